@@ -1,0 +1,215 @@
+//! What an episode archive may contain.
+//!
+//! An archive is a tar stream whose entries all sit under `<id>/`, in sorted path
+//! order (component by component, as a depth-first walk with sorted siblings
+//! yields and as GNU `tar --sort=name` writes), holding only directories and
+//! regular files. The receiver applies [`check_entry`] and [`PathOrder`] to every
+//! entry as it streams by; the shipper applies the same rules before it packs, so
+//! a local `archive_failed` and a remote `archive_invalid` can never disagree.
+
+use std::cmp::Ordering;
+
+/// The kind of a tar entry, reduced to what the rules care about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Regular,
+    Directory,
+    Symlink,
+    HardLink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    /// Anything else (sparse files, vendor extensions, sockets on the host side).
+    Other,
+}
+
+/// What an accepted entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryRole {
+    /// The `<id>/` directory itself.
+    Root,
+    Directory,
+    File,
+    /// `<id>/meta.json`, a regular file.
+    Meta,
+}
+
+/// Why an entry is refused. The messages name the offending path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryRuleError {
+    #[error("entry {path:?} is an absolute path")]
+    Absolute { path: String },
+    #[error("entry {path:?} contains an empty, '.' or '..' component")]
+    BadComponent { path: String },
+    #[error("entry {path:?} is outside the episode directory {id:?}")]
+    Outside { path: String, id: String },
+    #[error("entry {path:?} is a {kind}; only directories and regular files are allowed")]
+    Kind { path: String, kind: &'static str },
+    #[error("entry {path:?} is not a regular file")]
+    MetaNotFile { path: String },
+    #[error("entry {path:?} is out of sorted order or repeated (after {previous:?})")]
+    Order { path: String, previous: String },
+}
+
+fn display(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).chars().take(300).collect()
+}
+
+/// Splits a tar path into components, refusing absolute paths and empty, `.` or
+/// `..` components. One trailing slash (how tar spells directories) is allowed.
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, EntryRuleError> {
+    if path.first() == Some(&b'/') {
+        return Err(EntryRuleError::Absolute { path: display(path) });
+    }
+    let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+    let parts: Vec<&[u8]> = trimmed.split(|&b| b == b'/').collect();
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == b"." || *c == b".." || c.contains(&0))
+    {
+        return Err(EntryRuleError::BadComponent { path: display(path) });
+    }
+    Ok(parts)
+}
+
+/// Checks one entry of the archive of episode `id`.
+pub fn check_entry(id: &str, path: &[u8], kind: EntryKind) -> Result<EntryRole, EntryRuleError> {
+    let parts = components(path)?;
+    if parts[0] != id.as_bytes() {
+        return Err(EntryRuleError::Outside {
+            path: display(path),
+            id: id.to_owned(),
+        });
+    }
+    let refuse = |kind: &'static str| EntryRuleError::Kind { path: display(path), kind };
+    let is_meta = parts.len() == 2 && parts[1] == crate::stamp::META_FILE.as_bytes();
+    match kind {
+        EntryKind::Directory if is_meta => Err(EntryRuleError::MetaNotFile { path: display(path) }),
+        EntryKind::Directory if parts.len() == 1 => Ok(EntryRole::Root),
+        EntryKind::Directory => Ok(EntryRole::Directory),
+        EntryKind::Regular if parts.len() == 1 => Err(EntryRuleError::Outside {
+            path: display(path),
+            id: id.to_owned(),
+        }),
+        EntryKind::Regular if is_meta => Ok(EntryRole::Meta),
+        EntryKind::Regular => Ok(EntryRole::File),
+        EntryKind::Symlink => Err(refuse("symlink")),
+        EntryKind::HardLink => Err(refuse("hard link")),
+        EntryKind::CharDevice => Err(refuse("character device")),
+        EntryKind::BlockDevice => Err(refuse("block device")),
+        EntryKind::Fifo => Err(refuse("fifo")),
+        EntryKind::Other => Err(refuse("special entry")),
+    }
+}
+
+/// Compares two archive paths component by component (the order of a depth-first
+/// walk with siblings sorted by name).
+pub fn path_order(a: &[u8], b: &[u8]) -> Ordering {
+    let a = a.strip_suffix(b"/").unwrap_or(a);
+    let b = b.strip_suffix(b"/").unwrap_or(b);
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
+/// Enforces strictly increasing path order across a stream of entries, which
+/// also rules out duplicate entries without remembering every path.
+#[derive(Debug, Default)]
+pub struct PathOrder {
+    previous: Option<Vec<u8>>,
+}
+
+impl PathOrder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn admit(&mut self, path: &[u8]) -> Result<(), EntryRuleError> {
+        if let Some(prev) = &self.previous
+            && path_order(prev, path) != Ordering::Less
+        {
+            return Err(EntryRuleError::Order {
+                path: display(path),
+                previous: display(prev),
+            });
+        }
+        self.previous = Some(path.to_vec());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_a_normal_tree() {
+        assert_eq!(check_entry("ep", b"ep/", EntryKind::Directory), Ok(EntryRole::Root));
+        assert_eq!(check_entry("ep", b"ep/meta.json", EntryKind::Regular), Ok(EntryRole::Meta));
+        assert_eq!(check_entry("ep", b"ep/a/meta.json", EntryKind::Regular), Ok(EntryRole::File));
+        assert_eq!(check_entry("ep", b"ep/data/", EntryKind::Directory), Ok(EntryRole::Directory));
+    }
+
+    #[test]
+    fn refuses_escapes_links_and_specials() {
+        let bad: &[(&[u8], EntryKind)] = &[
+            (b"/ep/x", EntryKind::Regular),
+            (b"ep/../x", EntryKind::Regular),
+            (b"ep/./x", EntryKind::Regular),
+            (b"ep//x", EntryKind::Regular),
+            (b"other/x", EntryKind::Regular),
+            (b"ep", EntryKind::Regular),
+            (b"..", EntryKind::Directory),
+            (b"ep/l", EntryKind::Symlink),
+            (b"ep/h", EntryKind::HardLink),
+            (b"ep/c", EntryKind::CharDevice),
+            (b"ep/b", EntryKind::BlockDevice),
+            (b"ep/f", EntryKind::Fifo),
+            (b"ep/meta.json/", EntryKind::Directory),
+        ];
+        for (path, kind) in bad {
+            assert!(check_entry("ep", path, *kind).is_err(), "{:?}", String::from_utf8_lossy(path));
+        }
+    }
+
+    #[test]
+    fn order_is_depth_first_by_component() {
+        let mut o = PathOrder::new();
+        for p in ["ep/", "ep/a/", "ep/a/x", "ep/a.txt", "ep/meta.json"] {
+            o.admit(p.as_bytes()).unwrap();
+        }
+        assert!(o.admit(b"ep/meta.json").is_err(), "duplicate");
+        assert!(o.admit(b"ep/b").is_err(), "backwards");
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_paths_stay_inside(path in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if check_entry("ep", &path, EntryKind::Regular).is_ok() {
+                let parts = components(&path).unwrap();
+                prop_assert_eq!(parts[0], b"ep".as_slice());
+                prop_assert!(parts.len() >= 2);
+                prop_assert!(parts.iter().all(|c| *c != b".." && *c != b"." && !c.is_empty()));
+                prop_assert!(path[0] != b'/');
+            }
+        }
+
+        #[test]
+        fn dotdot_anywhere_is_refused(prefix in "[a-z]{0,3}(/[a-z]{1,3}){0,3}", suffix in "(/[a-z]{1,3}){0,3}") {
+            let path = format!("ep/{prefix}/..{suffix}");
+            prop_assert!(check_entry("ep", path.as_bytes(), EntryKind::Regular).is_err());
+        }
+
+        #[test]
+        fn sorted_walk_is_admitted(mut names in proptest::collection::btree_set("[a-z.]{1,4}(/[a-z]{1,3})?", 1..20)) {
+            let mut paths: Vec<String> = std::mem::take(&mut names).into_iter()
+                .filter(|n| components(n.as_bytes()).is_ok())
+                .map(|n| format!("ep/{n}")).collect();
+            paths.sort_by(|a, b| path_order(a.as_bytes(), b.as_bytes()));
+            paths.dedup();
+            let mut o = PathOrder::new();
+            for p in &paths {
+                prop_assert!(o.admit(p.as_bytes()).is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The lab-host shipper daemon (issue 3; not built yet).

@@ -1,0 +1,1 @@
+//! doctor and quarantine-unstamped (issue 4; not built yet).
