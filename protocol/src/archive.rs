@@ -59,7 +59,9 @@ fn display(path: &[u8]) -> String {
 /// `..` components. One trailing slash (how tar spells directories) is allowed.
 pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, EntryRuleError> {
     if path.first() == Some(&b'/') {
-        return Err(EntryRuleError::Absolute { path: display(path) });
+        return Err(EntryRuleError::Absolute {
+            path: display(path),
+        });
     }
     let trimmed = path.strip_suffix(b"/").unwrap_or(path);
     let parts: Vec<&[u8]> = trimmed.split(|&b| b == b'/').collect();
@@ -67,7 +69,9 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, EntryRuleError> {
         .iter()
         .any(|c| c.is_empty() || *c == b"." || *c == b".." || c.contains(&0))
     {
-        return Err(EntryRuleError::BadComponent { path: display(path) });
+        return Err(EntryRuleError::BadComponent {
+            path: display(path),
+        });
     }
     Ok(parts)
 }
@@ -81,10 +85,15 @@ pub fn check_entry(id: &str, path: &[u8], kind: EntryKind) -> Result<EntryRole, 
             id: id.to_owned(),
         });
     }
-    let refuse = |kind: &'static str| EntryRuleError::Kind { path: display(path), kind };
+    let refuse = |kind: &'static str| EntryRuleError::Kind {
+        path: display(path),
+        kind,
+    };
     let is_meta = parts.len() == 2 && parts[1] == crate::stamp::META_FILE.as_bytes();
     match kind {
-        EntryKind::Directory if is_meta => Err(EntryRuleError::MetaNotFile { path: display(path) }),
+        EntryKind::Directory if is_meta => Err(EntryRuleError::MetaNotFile {
+            path: display(path),
+        }),
         EntryKind::Directory if parts.len() == 1 => Ok(EntryRole::Root),
         EntryKind::Directory => Ok(EntryRole::Directory),
         EntryKind::Regular if parts.len() == 1 => Err(EntryRuleError::Outside {
@@ -143,10 +152,22 @@ mod tests {
 
     #[test]
     fn accepts_a_normal_tree() {
-        assert_eq!(check_entry("ep", b"ep/", EntryKind::Directory), Ok(EntryRole::Root));
-        assert_eq!(check_entry("ep", b"ep/meta.json", EntryKind::Regular), Ok(EntryRole::Meta));
-        assert_eq!(check_entry("ep", b"ep/a/meta.json", EntryKind::Regular), Ok(EntryRole::File));
-        assert_eq!(check_entry("ep", b"ep/data/", EntryKind::Directory), Ok(EntryRole::Directory));
+        assert_eq!(
+            check_entry("ep", b"ep/", EntryKind::Directory),
+            Ok(EntryRole::Root)
+        );
+        assert_eq!(
+            check_entry("ep", b"ep/meta.json", EntryKind::Regular),
+            Ok(EntryRole::Meta)
+        );
+        assert_eq!(
+            check_entry("ep", b"ep/a/meta.json", EntryKind::Regular),
+            Ok(EntryRole::File)
+        );
+        assert_eq!(
+            check_entry("ep", b"ep/data/", EntryKind::Directory),
+            Ok(EntryRole::Directory)
+        );
     }
 
     #[test]
@@ -167,7 +188,11 @@ mod tests {
             (b"ep/meta.json/", EntryKind::Directory),
         ];
         for (path, kind) in bad {
-            assert!(check_entry("ep", path, *kind).is_err(), "{:?}", String::from_utf8_lossy(path));
+            assert!(
+                check_entry("ep", path, *kind).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(path)
+            );
         }
     }
 

@@ -114,11 +114,23 @@ mod tests {
         let d = Sha256Digest::of(b"x");
         let dict = format!("sha-512=:AAAA:, {};p=1", d.header_value());
         assert_eq!(Sha256Digest::parse_header(&dict), Ok(d));
-        assert_eq!(Sha256Digest::parse_header("md5=:AAAA:"), Err(DigestError::NoSha256));
+        assert_eq!(
+            Sha256Digest::parse_header("md5=:AAAA:"),
+            Err(DigestError::NoSha256)
+        );
         assert_eq!(Sha256Digest::parse_header(""), Err(DigestError::NoSha256));
-        assert_eq!(Sha256Digest::parse_header("sha-256=abc"), Err(DigestError::Syntax));
-        assert_eq!(Sha256Digest::parse_header("sha-256=:!!:"), Err(DigestError::Syntax));
-        assert_eq!(Sha256Digest::parse_header("sha-256=:AAAA:"), Err(DigestError::Length { len: 3 }));
+        assert_eq!(
+            Sha256Digest::parse_header("sha-256=abc"),
+            Err(DigestError::Syntax)
+        );
+        assert_eq!(
+            Sha256Digest::parse_header("sha-256=:!!:"),
+            Err(DigestError::Syntax)
+        );
+        assert_eq!(
+            Sha256Digest::parse_header("sha-256=:AAAA:"),
+            Err(DigestError::Length { len: 3 })
+        );
     }
 
     proptest! {

@@ -134,7 +134,11 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_wire_names() {
-        for code in [ErrorCode::CommitOutOfWindow, ErrorCode::InsufficientStorage, ErrorCode::MetaInvalid] {
+        for code in [
+            ErrorCode::CommitOutOfWindow,
+            ErrorCode::InsufficientStorage,
+            ErrorCode::MetaInvalid,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
@@ -151,7 +155,11 @@ mod tests {
             assert_eq!(disposition(s), Disposition::Transient { loud: true }, "{s}");
         }
         for s in [503, 507, 502] {
-            assert_eq!(disposition(s), Disposition::Transient { loud: false }, "{s}");
+            assert_eq!(
+                disposition(s),
+                Disposition::Transient { loud: false },
+                "{s}"
+            );
         }
         assert_eq!(ErrorCode::CommitOutOfWindow.http_status(), Some(412));
         assert_eq!(ErrorCode::ArchiveFailed.http_status(), None);

@@ -83,14 +83,33 @@ mod tests {
 
     #[test]
     fn accepts_typical_ids() {
-        for ok in ["a", "ep-0001", "2026-11-23T10.00.00_run", "A.b_c-d", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "ep-0001",
+            "2026-11-23T10.00.00_run",
+            "A.b_c-d",
+            &"x".repeat(128),
+        ] {
             assert!(Id::parse(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_path_tricks() {
-        for bad in ["", ".", "..", ".hidden", "-x", "_x", "a/b", "a\\b", "a b", "é", "a%2fb", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "_x",
+            "a/b",
+            "a\\b",
+            "a b",
+            "é",
+            "a%2fb",
+            &"x".repeat(129),
+        ] {
             assert!(Id::parse(bad).is_err(), "{bad:?}");
         }
     }

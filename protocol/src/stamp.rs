@@ -70,11 +70,15 @@ impl StampError {
 }
 
 /// Parses `meta.json` bytes into a JSON object (the shipper's readiness rule).
-pub fn parse_meta_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, StampError> {
+pub fn parse_meta_object(
+    bytes: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, StampError> {
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(StampError::NotObject),
-        Err(e) => Err(StampError::NotJson { detail: e.to_string() }),
+        Err(e) => Err(StampError::NotJson {
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -103,20 +107,38 @@ mod tests {
 
     #[test]
     fn parses_a_stamp() {
-        let s = parse_meta(format!(r#"{{"code_version":{{"commit":"{C}","dirty":true}},"x":1}}"#).as_bytes()).unwrap();
+        let s = parse_meta(
+            format!(r#"{{"code_version":{{"commit":"{C}","dirty":true}},"x":1}}"#).as_bytes(),
+        )
+        .unwrap();
         assert_eq!(s.commit.as_str(), C);
         assert_eq!(s.dirty, Some(true));
     }
 
     #[test]
     fn classifies_failures() {
-        assert!(matches!(parse_meta(b"nope"), Err(StampError::NotJson { .. })));
+        assert!(matches!(
+            parse_meta(b"nope"),
+            Err(StampError::NotJson { .. })
+        ));
         assert_eq!(parse_meta(b"[1,2]"), Err(StampError::NotObject));
         assert_eq!(parse_meta(b"{}"), Err(StampError::Missing));
-        assert_eq!(parse_meta(br#"{"code_version":{}}"#), Err(StampError::Missing));
-        assert_eq!(parse_meta(br#"{"code_version":"abc"}"#), Err(StampError::Missing));
-        assert!(matches!(parse_meta(br#"{"code_version":{"commit":"ABC"}}"#), Err(StampError::Malformed { .. })));
-        assert!(matches!(parse_meta(br#"{"code_version":{"commit":7}}"#), Err(StampError::Malformed { .. })));
+        assert_eq!(
+            parse_meta(br#"{"code_version":{}}"#),
+            Err(StampError::Missing)
+        );
+        assert_eq!(
+            parse_meta(br#"{"code_version":"abc"}"#),
+            Err(StampError::Missing)
+        );
+        assert!(matches!(
+            parse_meta(br#"{"code_version":{"commit":"ABC"}}"#),
+            Err(StampError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_meta(br#"{"code_version":{"commit":7}}"#),
+            Err(StampError::Malformed { .. })
+        ));
         let upper = C.to_uppercase();
         assert!(Commit::parse(&upper).is_err());
         assert!(Commit::parse(&C[..39]).is_err());

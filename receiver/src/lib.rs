@@ -1,0 +1,175 @@
+//! The labship receiver as a library: [`Receiver::prepare`] turns a validated
+//! [`config::Config`] into everything the server needs (TLS, gate, tokens,
+//! store, audit log), failing with a [`config::ConfigError`] (exit 2) on any
+//! problem an operator must fix; [`Receiver::run`] serves on listeners and a
+//! shutdown signal that the caller (the binary, or a test) owns.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gate;
+pub mod ingest;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod systemd;
+pub mod tls;
+
+use config::{Config, ConfigError};
+use routes::AppState;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// A receiver ready to serve.
+#[derive(Debug)]
+pub struct Receiver {
+    config: Config,
+    state: Arc<AppState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Receiver {
+    /// Loads certificates, the token table and the gate, opens the store (removing
+    /// scratch left by a crash) and the audit log.
+    pub fn prepare(config: Config) -> Result<Self, ConfigError> {
+        let file = config.file.clone();
+        let tokens = match &config.tokens_file {
+            Some(path) => auth::Tokens::load(path)
+                .map_err(|e| ConfigError::new(&file, "auth.tokens_file", e.to_string()))?,
+            None => auth::Tokens::default(),
+        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|files| tls::server_config(&file, files, config.tokens_file.is_some()))
+            .transpose()?;
+        let gate = gate::Gate::open(&config.allowed_commits_file, config.remediation.clone())
+            .map_err(|e| ConfigError::new(&file, "gate.allowed_commits_file", e.to_string()))?;
+        let store = store::FsStore::open(&config.storage_dir)
+            .map_err(|e| ConfigError::new(&file, "storage.dir", e.to_string()))?;
+        let audit = audit::Audit::open(&config.audit_log).map_err(|e| {
+            ConfigError::new(
+                &file,
+                "ops.audit_log",
+                format!("cannot open {}: {e}", config.audit_log.display()),
+            )
+        })?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        metrics.gate_commits.set(gate.snapshot().len() as i64);
+        let state = Arc::new(AppState {
+            gate: Arc::new(gate),
+            tokens: RwLock::new(Arc::new(tokens)),
+            store,
+            metrics,
+            audit,
+            uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            shutting_down: AtomicBool::new(false),
+            limits: ingest::Limits {
+                max_bytes: config.max_episode_bytes,
+                max_unpacked: config.max_unpacked_bytes,
+                body_idle: config.body_idle_timeout,
+            },
+        });
+        Ok(Self { config, state, tls })
+    }
+
+    /// Serves until `shutdown` turns true, then drains (bounded by
+    /// [`server::DRAIN_TIMEOUT`]). `hup` ticks on every SIGHUP.
+    pub async fn run(
+        self,
+        api: TcpListener,
+        ops: TcpListener,
+        shutdown: watch::Receiver<bool>,
+        hup: watch::Receiver<u64>,
+    ) {
+        let state = self.state;
+        let reload = tokio::spawn(reload_loop(
+            state.clone(),
+            self.config.clone(),
+            hup,
+            shutdown.clone(),
+        ));
+        let watchdog = tokio::spawn(server::watchdog_loop(state.clone(), shutdown.clone()));
+        let ops = tokio::spawn(server::ops_loop(ops, state.clone(), shutdown.clone()));
+        let api_addr = api.local_addr().ok();
+        tracing::info!(
+            listen = ?api_addr,
+            tls = self.tls.is_some(),
+            store = %state.store.dir().display(),
+            gate_commits = state.gate.snapshot().len(),
+            version = routes::VERSION,
+            "receiver ready"
+        );
+        systemd::ready(&format!(
+            "serving on {}",
+            api_addr.map(|a| a.to_string()).unwrap_or_default()
+        ));
+        let limits = server::ConnLimits {
+            max_connections: self.config.max_connections,
+            handshake: self.config.handshake_timeout,
+            header: self.config.header_timeout,
+        };
+        let mut stopping = shutdown.clone();
+        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        let accept = tokio::spawn(server::accept_loop(
+            api,
+            acceptor,
+            state.clone(),
+            limits,
+            shutdown,
+        ));
+        let _ = stopping.wait_for(|s| *s).await;
+        systemd::stopping();
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = accept.await;
+        let _ = ops.await;
+        reload.abort();
+        watchdog.abort();
+        tracing::info!("receiver stopped");
+    }
+}
+
+/// Re-reads the gate when its file changes and, on SIGHUP, the gate and the
+/// token table.
+async fn reload_loop(
+    state: Arc<AppState>,
+    config: Config,
+    mut hup: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(gate::POLL);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            changed = hup.changed() => changed.is_ok(),
+            _ = shutdown.changed() => return,
+        };
+        let gate = state.gate.clone();
+        match tokio::task::spawn_blocking(move || gate.reload(forced)).await {
+            Ok(Ok(Some(n))) => {
+                tracing::info!(commits = n, forced, "gate reloaded");
+                state.metrics.gate_commits.set(n as i64);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, kept = state.gate.snapshot().len(), "gate file rejected; keeping the last good set")
+            }
+            Err(e) => tracing::error!(error = %e, "gate reload task failed"),
+        }
+        if forced && let Some(path) = &config.tokens_file {
+            match auth::Tokens::load(path) {
+                Ok(tokens) => {
+                    tracing::info!(tokens = tokens.len(), "tokens reloaded");
+                    *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "tokens file rejected; keeping the previous table")
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,98 @@
-fn main(){}
+//! `receiver [--config PATH]`: parses arguments, sets up logging and signals,
+//! binds the listeners and hands them to `labship_receiver::Receiver::run`.
+//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration.
+
+use clap::Parser;
+use labship_receiver::Receiver;
+use labship_receiver::config::{Config, DEFAULT_PATH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The labship receiver: authenticates lab hosts, gates episodes on their code
+/// stamp, stores archives durably.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+async fn bind(
+    file: &std::path::Path,
+    key: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{}: {key}: cannot listen on {addr}: {e}", file.display()))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // One crypto provider for the whole process (see RECIPES: two would panic).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let prepared = Config::load(&args.config).and_then(|c| Ok((c.clone(), Receiver::prepare(c)?)));
+    let (config, receiver) = match prepared {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("receiver: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("receiver: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (api, ops) = match (
+            bind(&config.file, "listen", config.listen).await,
+            bind(&config.file, "ops.listen", config.ops_listen).await,
+        ) {
+            (Ok(api), Ok(ops)) => (api, ops),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("receiver: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (hup_tx, hup_rx) = tokio::sync::watch::channel(0u64);
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+            eprintln!("receiver: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => { hup_tx.send_modify(|n| *n += 1); continue; }
+                }
+            }
+            let _ = stop_tx.send(true);
+        });
+        receiver.run(api, ops, stop_rx, hup_rx).await;
+        ExitCode::SUCCESS
+    })
+}

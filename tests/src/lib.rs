@@ -1,1 +1,98 @@
-//! helpers
+//! Helpers every labship suite reuses: a temp dir and PKI per test ([`TestEnv`]),
+//! the real binaries as child processes ([`process`]), episode trees and
+//! archives, well-formed or hostile ([`episode`]), and HTTP clients with the
+//! right identities ([`TestEnv::client`]).
+//!
+//! The binaries are the ones `cargo build --workspace --bins` leaves next to the
+//! test executable; `scripts/test.sh` builds them first.
+
+pub mod episode;
+pub mod pki;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+
+/// A commit the test gate accepts.
+pub const GOOD_COMMIT: &str = "1111111111111111111111111111111111111111";
+/// A well-formed commit the test gate does not accept.
+pub const OLD_COMMIT: &str = "2222222222222222222222222222222222222222";
+/// The remediation the test receivers put in 412 bodies.
+pub const REMEDIATION: &str = "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh";
+
+/// One test's world: a temp dir, a CA with server and client certificates.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub pki: pki::Pki,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        // Both rustls users in a test process must agree on one provider.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::Builder::new()
+            .prefix("labship-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let pki = pki::Pki::new(&dir.path().join("pki"));
+        Self { dir, pki }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under the test dir, with its parent created.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        p
+    }
+
+    /// An HTTPS client that trusts the test CA and presents `identity`
+    /// (a host's client certificate), or none.
+    pub fn client(&self, identity: Option<&pki::Issued>) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.pki.ca_pem.as_bytes()).expect("CA pem");
+        let mut b = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(id) = identity {
+            let pem = format!("{}{}", id.cert_pem, id.key_pem);
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity pem"));
+        }
+        b.build().expect("client")
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LABSHIP_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug
+    exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path to a workspace binary, with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}

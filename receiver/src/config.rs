@@ -1,0 +1,435 @@
+//! `receiver.toml`: the raw serde form (unknown keys rejected, named defaults) and
+//! the validated runtime [`Config`]. Every error names the file and the key.
+//!
+//! Keys beyond CONTRACT §8 (all optional, documented in docs/protocol.md):
+//! `limits.max_connections`, `limits.handshake_timeout_s`,
+//! `limits.header_timeout_s`, `limits.body_idle_timeout_s`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
+
+/// A configuration problem: the binary exits 2 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key, or empty when the whole file is at fault.
+    pub key: String,
+    pub why: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "d_listen")]
+    listen: String,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    gate: RawGate,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    ops: RawOps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    client_ca_file: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    tokens_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default = "d_kind")]
+    kind: String,
+    #[serde(default = "d_storage_dir")]
+    dir: PathBuf,
+    // The S3 keys of CONTRACT §8 are accepted so one file serves both backends;
+    // the s3 backend that reads them is not built yet.
+    #[allow(dead_code)]
+    #[serde(default)]
+    bucket: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    prefix: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    endpoint: String,
+    #[allow(dead_code)]
+    #[serde(default = "d_region")]
+    region: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    allow_http: bool,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            kind: d_kind(),
+            dir: d_storage_dir(),
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: String::new(),
+            region: d_region(),
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    #[serde(default = "d_allowed_commits")]
+    allowed_commits_file: PathBuf,
+    #[serde(default = "d_remediation")]
+    remediation: String,
+}
+
+impl Default for RawGate {
+    fn default() -> Self {
+        Self {
+            allowed_commits_file: d_allowed_commits(),
+            remediation: d_remediation(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "d_max_episode")]
+    max_episode_bytes: u64,
+    #[serde(default = "d_max_unpacked")]
+    max_unpacked_bytes: u64,
+    #[serde(default = "d_max_uploads")]
+    max_concurrent_uploads: usize,
+    #[serde(default = "d_max_connections")]
+    max_connections: usize,
+    #[serde(default = "d_handshake")]
+    handshake_timeout_s: u64,
+    #[serde(default = "d_header")]
+    header_timeout_s: u64,
+    #[serde(default = "d_body_idle")]
+    body_idle_timeout_s: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_episode_bytes: d_max_episode(),
+            max_unpacked_bytes: d_max_unpacked(),
+            max_concurrent_uploads: d_max_uploads(),
+            max_connections: d_max_connections(),
+            handshake_timeout_s: d_handshake(),
+            header_timeout_s: d_header(),
+            body_idle_timeout_s: d_body_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    #[serde(default = "d_ops_listen")]
+    listen: String,
+    #[serde(default = "d_audit")]
+    audit_log: PathBuf,
+}
+
+impl Default for RawOps {
+    fn default() -> Self {
+        Self {
+            listen: d_ops_listen(),
+            audit_log: d_audit(),
+        }
+    }
+}
+
+fn d_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn d_kind() -> String {
+    "fs".into()
+}
+fn d_storage_dir() -> PathBuf {
+    "/var/lib/labship-receiver/episodes".into()
+}
+fn d_region() -> String {
+    "us-east-1".into()
+}
+fn d_allowed_commits() -> PathBuf {
+    "/etc/labship/allowed-commits".into()
+}
+fn d_remediation() -> String {
+    "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh".into()
+}
+fn d_max_episode() -> u64 {
+    64 << 30
+}
+fn d_max_unpacked() -> u64 {
+    256 << 30
+}
+fn d_max_uploads() -> usize {
+    16
+}
+fn d_max_connections() -> usize {
+    1024
+}
+fn d_handshake() -> u64 {
+    10
+}
+fn d_header() -> u64 {
+    30
+}
+fn d_body_idle() -> u64 {
+    60
+}
+fn d_ops_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn d_audit() -> PathBuf {
+    "/var/lib/labship-receiver/audit.jsonl".into()
+}
+
+/// TLS material, paths resolved; the files are read by [`crate::tls`].
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// `None` only when bearer tokens are configured (TLS then authenticates the
+    /// server only and hosts present tokens).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub tokens_file: Option<PathBuf>,
+    pub storage_dir: PathBuf,
+    pub allowed_commits_file: PathBuf,
+    pub remediation: Option<String>,
+    pub max_episode_bytes: u64,
+    pub max_unpacked_bytes: u64,
+    pub max_concurrent_uploads: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub ops_listen: SocketAddr,
+    pub audit_log: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against
+    /// `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let err = |key: &str, why: String| ConfigError::new(path, key, why);
+        let addr = |key: &str, s: &str| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    key,
+                    format!("{s:?} is not an address:port such as 0.0.0.0:8443"),
+                )
+            })
+        };
+
+        let listen = addr("listen", &raw.listen)?;
+        let tokens_file =
+            (!raw.auth.tokens_file.as_os_str().is_empty()).then(|| resolve(&raw.auth.tokens_file));
+        let tls = match raw.tls {
+            None => {
+                if !listen.ip().is_loopback() {
+                    return Err(err(
+                        "listen",
+                        format!(
+                            "{listen} is not a loopback address, and plain HTTP (no [tls] table) is only allowed on loopback; add a [tls] table or listen on 127.0.0.1"
+                        ),
+                    ));
+                }
+                None
+            }
+            Some(t) => {
+                let client_ca_file =
+                    (!t.client_ca_file.as_os_str().is_empty()).then(|| resolve(&t.client_ca_file));
+                if client_ca_file.is_none() && tokens_file.is_none() {
+                    return Err(err(
+                        "tls.client_ca_file",
+                        "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
+                    ));
+                }
+                Some(TlsFiles {
+                    cert_file: resolve(&t.cert_file),
+                    key_file: resolve(&t.key_file),
+                    client_ca_file,
+                })
+            }
+        };
+        match raw.storage.kind.as_str() {
+            "fs" => {}
+            "s3" => {
+                return Err(err(
+                    "storage.kind",
+                    "\"s3\" is not available in this build yet (see docs/protocol.md); use \"fs\""
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(err(
+                    "storage.kind",
+                    format!("{other:?} is not one of \"fs\", \"s3\""),
+                ));
+            }
+        }
+        let l = &raw.limits;
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(err(key, "must be greater than 0".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("limits.max_episode_bytes", l.max_episode_bytes)?;
+        positive("limits.max_unpacked_bytes", l.max_unpacked_bytes)?;
+        positive(
+            "limits.max_concurrent_uploads",
+            l.max_concurrent_uploads as u64,
+        )?;
+        positive("limits.max_connections", l.max_connections as u64)?;
+        let ops_listen = addr("ops.listen", &raw.ops.listen)?;
+        let remediation = raw.gate.remediation.trim();
+        Ok(Self {
+            file: path.to_owned(),
+            listen,
+            tls,
+            tokens_file,
+            storage_dir: resolve(&raw.storage.dir),
+            allowed_commits_file: resolve(&raw.gate.allowed_commits_file),
+            remediation: (!remediation.is_empty()).then(|| remediation.to_owned()),
+            max_episode_bytes: l.max_episode_bytes,
+            max_unpacked_bytes: l.max_unpacked_bytes,
+            max_concurrent_uploads: l.max_concurrent_uploads,
+            max_connections: l.max_connections,
+            handshake_timeout: Duration::from_secs(positive(
+                "limits.handshake_timeout_s",
+                l.handshake_timeout_s,
+            )?),
+            header_timeout: Duration::from_secs(positive(
+                "limits.header_timeout_s",
+                l.header_timeout_s,
+            )?),
+            body_idle_timeout: Duration::from_secs(positive(
+                "limits.body_idle_timeout_s",
+                l.body_idle_timeout_s,
+            )?),
+            ops_listen,
+            audit_log: resolve(&raw.ops.audit_log),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/labship/receiver.toml"), text)
+    }
+
+    const TLS: &str =
+        "[tls]\ncert_file = \"r.pem\"\nkey_file = \"r.key\"\nclient_ca_file = \"/x/ca.pem\"\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse(TLS).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/labship/r.pem"));
+        assert_eq!(tls.client_ca_file.unwrap(), Path::new("/x/ca.pem"));
+        assert_eq!(c.max_concurrent_uploads, 16);
+        assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9464");
+        assert!(c.remediation.unwrap().contains("install-lab-host.sh"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse(&format!("{TLS}[limits]\nmax_concurent_uploads = 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/labship/receiver.toml: "), "{e}");
+        assert!(e.contains("max_concurent_uploads"), "{e}");
+        let e = parse("listen = \"0.0.0.0:80\"\n").unwrap_err().to_string();
+        assert!(e.contains(": listen: ") && e.contains("loopback"), "{e}");
+        let e = parse(&format!("{TLS}[storage]\nkind = \"nfs\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.kind"), "{e}");
+        let e = parse("[tls]\ncert_file = \"a\"\nkey_file = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_ca_file"), "{e}");
+        let e = parse(&format!("{TLS}[limits]\nmax_concurrent_uploads = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_concurrent_uploads: must be greater than 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_http_on_loopback_is_allowed() {
+        let c = parse("listen = \"127.0.0.1:0\"\n").unwrap();
+        assert!(c.tls.is_none());
+    }
+}

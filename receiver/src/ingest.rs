@@ -1,0 +1,375 @@
+//! Streaming validation of a PUT body.
+//!
+//! The async side reads body frames (each with an idle timeout), counts them
+//! against `limits.max_episode_bytes`, and hands them over a small bounded
+//! channel to a blocking thread. That thread tees every byte into the SHA-256
+//! hasher and the scratch file, and at the same time decompresses (zstd) and
+//! parses (tar) the stream, checking every entry against the archive rules of the
+//! protocol crate, the `meta.json` stamp against `X-Labship-Commit`, and the
+//! unpacked size against `limits.max_unpacked_bytes`. Memory per upload is the
+//! channel (a few frames), zstd's window and tar's header buffer; nothing is
+//! unpacked to disk.
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use labship_protocol::archive::{EntryKind, EntryRole, PathOrder, check_entry};
+use labship_protocol::digest::Hasher;
+use labship_protocol::stamp::{META_FILE, META_MAX_BYTES, parse_meta};
+use labship_protocol::{Commit, Sha256Digest, StampError};
+use std::io::{self, BufWriter, Read, Write};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest zstd window accepted (2^24 = 16 MiB): covers every level up to 19,
+/// and stops a hostile frame from making each upload allocate 128 MiB or more.
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// Frames queued between the network and the validator.
+const CHANNEL_FRAMES: usize = 8;
+
+/// What a fully received, valid upload produced.
+#[derive(Debug)]
+pub struct Ingested {
+    pub scratch: tempfile::NamedTempFile,
+    pub digest: Sha256Digest,
+    pub bytes: u64,
+    pub unpacked: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("archive is larger than limits.max_episode_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("archive unpacks past limits.max_unpacked_bytes ({limit} bytes)")]
+    TooLargeUnpacked { limit: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    StampMismatch(String),
+    #[error("writing scratch: {0}")]
+    Store(io::Error),
+    #[error("client stopped sending: {0}")]
+    ClientGone(String),
+    #[error("validator failed: {0}")]
+    Internal(String),
+}
+
+/// Reads and discards what is left of `body`, at most `budget` bytes, each frame
+/// within `idle`. An HTTP/1.1 client that is still sending when the server
+/// answers and closes sees a broken pipe instead of the answer; draining first
+/// makes early answers (200, 409, 412, a mid-stream 400) reach the client.
+/// Returns false when the budget or the idle timeout cut the drain short.
+pub async fn drain(body: &mut axum::body::Body, mut budget: u64, idle: Duration) -> bool {
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match budget.checked_sub(n) {
+                    Some(left) => budget = left,
+                    None => return false,
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+}
+
+/// Limits for one upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_unpacked: u64,
+    pub body_idle: Duration,
+}
+
+/// Receives `body` for episode `episode`, validating as it streams.
+/// `on_bytes` is called with the size of every frame (for metrics).
+pub async fn ingest(
+    body: &mut axum::body::Body,
+    episode: String,
+    commit: Commit,
+    scratch: tempfile::NamedTempFile,
+    limits: Limits,
+    on_bytes: impl Fn(u64),
+) -> Result<Ingested, IngestError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+    let validator = tokio::task::spawn_blocking(move || {
+        validate(
+            ChannelReader {
+                rx,
+                chunk: Bytes::new(),
+            },
+            scratch,
+            &episode,
+            &commit,
+            limits.max_unpacked,
+        )
+    });
+
+    let mut received = 0u64;
+    let mut network_error = None;
+    loop {
+        let frame = match tokio::time::timeout(limits.body_idle, body.frame()).await {
+            Err(_) => {
+                network_error = Some(IngestError::ClientGone(format!(
+                    "no body bytes for {}s (limits.body_idle_timeout_s)",
+                    limits.body_idle.as_secs()
+                )));
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                network_error = Some(IngestError::ClientGone(e.to_string()));
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        on_bytes(data.len() as u64);
+        if received > limits.max_bytes {
+            network_error = Some(IngestError::TooLarge {
+                limit: limits.max_bytes,
+            });
+            break;
+        }
+        if tx.send(data).await.is_err() {
+            // The validator stopped early: its verdict is the answer.
+            break;
+        }
+    }
+    drop(tx);
+    let verdict = validator
+        .await
+        .map_err(|e| IngestError::Internal(e.to_string()))?;
+    match network_error {
+        Some(e) => Err(e),
+        None => verdict,
+    }
+}
+
+/// Reads the frames the async side sends; EOF when the sender is dropped.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Tees the compressed stream into the hasher and the scratch file.
+struct Tee<R> {
+    inner: R,
+    hasher: Hasher,
+    file: BufWriter<tempfile::NamedTempFile>,
+    bytes: u64,
+    /// A scratch write failure, kept aside so it is not mistaken for a bad archive.
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        if let Err(e) = self.file.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.write_error = Some(e);
+            return Err(io::Error::new(kind, "scratch write failed"));
+        }
+        Ok(n)
+    }
+}
+
+/// Counts decompressed bytes and stops at the limit.
+struct Unpacked<R> {
+    inner: R,
+    count: u64,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Unpacked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if self.count > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other("unpacked size limit reached"));
+        }
+        Ok(n)
+    }
+}
+
+fn kind_of(t: tar::EntryType) -> EntryKind {
+    match t {
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::Regular,
+        tar::EntryType::Directory => EntryKind::Directory,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        tar::EntryType::Link => EntryKind::HardLink,
+        tar::EntryType::Char => EntryKind::CharDevice,
+        tar::EntryType::Block => EntryKind::BlockDevice,
+        tar::EntryType::Fifo => EntryKind::Fifo,
+        _ => EntryKind::Other,
+    }
+}
+
+fn validate(
+    reader: ChannelReader,
+    scratch: tempfile::NamedTempFile,
+    episode: &str,
+    commit: &Commit,
+    max_unpacked: u64,
+) -> Result<Ingested, IngestError> {
+    let mut tee = Tee {
+        inner: reader,
+        hasher: Hasher::new(),
+        file: BufWriter::with_capacity(1 << 20, scratch),
+        bytes: 0,
+        write_error: None,
+    };
+    let mut unpacked = 0;
+    let checked = check_archive(&mut tee, episode, commit, max_unpacked, &mut unpacked);
+    if let Some(e) = tee.write_error.take() {
+        return Err(IngestError::Store(e));
+    }
+    checked?;
+    // The archive ended; anything the client still sends belongs to the digest.
+    io::copy(&mut tee, &mut io::sink()).map_err(|e| match tee.write_error.take() {
+        Some(w) => IngestError::Store(w),
+        None => IngestError::Internal(e.to_string()),
+    })?;
+    let Tee {
+        hasher,
+        file,
+        bytes,
+        ..
+    } = tee;
+    let scratch = file
+        .into_inner()
+        .map_err(|e| IngestError::Store(e.into_error()))?;
+    Ok(Ingested {
+        scratch,
+        digest: hasher.finish(),
+        bytes,
+        unpacked,
+    })
+}
+
+fn check_archive<R: Read>(
+    tee: &mut Tee<R>,
+    episode: &str,
+    commit: &Commit,
+    max_unpacked: u64,
+    unpacked_out: &mut u64,
+) -> Result<(), IngestError> {
+    let invalid =
+        |what: &str, e: &dyn std::fmt::Display| IngestError::Invalid(format!("{what}: {e}"));
+    let mut decoder = zstd::stream::read::Decoder::new(tee).map_err(|e| invalid("zstd", &e))?;
+    decoder
+        .window_log_max(WINDOW_LOG_MAX)
+        .map_err(|e| IngestError::Internal(e.to_string()))?;
+    let mut counter = Unpacked {
+        inner: decoder,
+        count: 0,
+        limit: max_unpacked,
+        exceeded: false,
+    };
+    let result = check_entries(&mut counter, episode, commit);
+    let result = result.and_then(|()| {
+        // After tar's end marker only zero padding may follow, up to the end of
+        // the zstd stream (which must be intact: trailing garbage fails here).
+        let mut rest = [0u8; 64 * 1024];
+        loop {
+            let n = counter
+                .read(&mut rest)
+                .map_err(|e| invalid("not a complete zstd stream", &e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if rest[..n].iter().any(|&b| b != 0) {
+                return Err(IngestError::Invalid(
+                    "data after the end of the tar archive".into(),
+                ));
+            }
+        }
+    });
+    *unpacked_out = counter.count;
+    if counter.exceeded {
+        return Err(IngestError::TooLargeUnpacked {
+            limit: max_unpacked,
+        });
+    }
+    result
+}
+
+fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(), IngestError> {
+    let invalid =
+        |e: io::Error| IngestError::Invalid(format!("not a valid zstd-compressed tar stream: {e}"));
+    let mut archive = tar::Archive::new(reader);
+    let mut order = PathOrder::new();
+    let mut meta_seen = false;
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+            // pax global metadata (written by some tars); carries no file.
+            continue;
+        }
+        let kind = kind_of(entry.header().entry_type());
+        let path = entry.path_bytes().into_owned();
+        let role =
+            check_entry(episode, &path, kind).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        order
+            .admit(&path)
+            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+        if role == EntryRole::Meta {
+            meta_seen = true;
+            if entry.size() > META_MAX_BYTES {
+                return Err(IngestError::Invalid(format!(
+                    "{episode}/{META_FILE} is {} bytes; the limit is {META_MAX_BYTES}",
+                    entry.size()
+                )));
+            }
+            let mut meta = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut meta).map_err(invalid)?;
+            match parse_meta(&meta) {
+                Ok(stamp) if stamp.commit == *commit => {}
+                Ok(stamp) => {
+                    return Err(IngestError::StampMismatch(format!(
+                        "{META_FILE} says commit {} but X-Labship-Commit says {commit}",
+                        stamp.commit
+                    )));
+                }
+                Err(e @ (StampError::NotJson { .. } | StampError::NotObject)) => {
+                    return Err(IngestError::Invalid(format!("{episode}/{e}")));
+                }
+                Err(e) => {
+                    return Err(IngestError::StampMismatch(format!(
+                        "X-Labship-Commit is {commit} but {e}"
+                    )));
+                }
+            }
+        }
+    }
+    if !meta_seen {
+        return Err(IngestError::Invalid(format!(
+            "archive has no {episode}/{META_FILE}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! The HTTP API of CONTRACT §4: `POST /v1/ping`, `HEAD` and `PUT
+//! /v1/episodes/{host_id}/{episode_id}`, and the ops routes `/healthz`,
+//! `/metrics`.
+//!
+//! A PUT is decided in two phases. From the headers alone: identity (401/403),
+//! ids (400), stamp and digest headers (400), declared size (413), the gate
+//! (412) and an existing archive (200 same digest / 409 other digest). Only then
+//! is the body read, so a client using `Expect: 100-continue` never uploads a
+//! doomed archive. The body phase validates while streaming (see `ingest`) and
+//! commits through the store (see `store`).
+
+use crate::audit::{Audit, AuditRecord};
+use crate::auth::{self, ConnInfo, Identity, Tokens};
+use crate::error::ApiError;
+use crate::gate::Gate;
+use crate::ingest::{self, IngestError};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::store::{Client, CommitOutcome, FsStore, Manifest};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
+use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+use tokio::sync::Semaphore;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything a request handler needs, shared across connections.
+#[derive(Debug)]
+pub struct AppState {
+    pub gate: Arc<Gate>,
+    /// Replaced wholesale on SIGHUP.
+    pub tokens: RwLock<Arc<Tokens>>,
+    pub store: FsStore,
+    pub metrics: Arc<Metrics>,
+    pub audit: Audit,
+    /// One permit per body being received (`limits.max_concurrent_uploads`).
+    pub uploads: Arc<Semaphore>,
+    /// Set when shutdown starts: new PUTs get 503 `shutting_down`.
+    pub shutting_down: AtomicBool,
+    pub limits: ingest::Limits,
+}
+
+/// The API router. Connection facts arrive as a [`ConnInfo`] request extension.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ping", post(ping))
+        .route(
+            "/v1/episodes/{host_id}/{episode_id}",
+            put(put_episode).head(head_episode),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// The ops router (plain HTTP, loopback by default).
+pub fn ops_app(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = format!("{} {route}", request.method());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see docs/protocol.md")
+}
+
+fn authenticate(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
+    let fallback = ConnInfo {
+        peer: ([0, 0, 0, 0], 0).into(),
+        cert_host: None,
+    };
+    let tokens = state
+        .tokens
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    auth::identify(conn.unwrap_or(&fallback), authorization, &tokens)
+        .map_err(|why| ApiError::new(ErrorCode::Unauthenticated, why))
+}
+
+/// Identity, host match and id validation, shared by HEAD and PUT.
+fn authorize(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(Identity, Id), ApiError> {
+    let identity = authenticate(state, conn, headers)?;
+    let Path((host, episode)) = path
+        .map_err(|e| ApiError::new(ErrorCode::InvalidEpisodeId, format!("unusable path: {e}")))?;
+    if host != identity.host_id {
+        return Err(ApiError::new(
+            ErrorCode::HostMismatch,
+            format!(
+                "authenticated as host {:?} but the path names host {host:?}",
+                identity.host_id
+            ),
+        ));
+    }
+    let episode = Id::parse(&episode).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidEpisodeId,
+            format!("episode id {episode:?}: {e}"),
+        )
+    })?;
+    Ok((identity, episode))
+}
+
+async fn ping(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let identity = authenticate(&state, conn.as_deref(), &headers)?;
+    let gate = state.gate.snapshot();
+    Ok(axum::Json(json!({
+        "ok": true,
+        "host_id": identity.host_id,
+        "receiver_version": VERSION,
+        "gate": {
+            "commits": gate.len(),
+            "loaded_at": humantime::format_rfc3339_seconds(gate.loaded_at).to_string(),
+        },
+    })))
+}
+
+async fn head_episode(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (identity, episode) = authorize(&state, conn.as_deref(), &headers, path)?;
+    match state.store.head(&identity.host_id, episode.as_str()).await {
+        Ok(Some(manifest)) => {
+            let mut response = StatusCode::OK.into_response();
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(manifest.bytes));
+            if let Ok(v) = HeaderValue::from_str(&manifest.digest) {
+                h.insert(CONTENT_DIGEST, v);
+            }
+            Ok(response)
+        }
+        Ok(None) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            "no archive stored under this id",
+        )),
+        Err(e) => {
+            state.metrics.storage_errors.inc();
+            Err(ApiError::internal(e))
+        }
+    }
+}
+
+/// What the audit line of a PUT records, filled in as the request progresses.
+#[derive(Debug, Default)]
+struct PutFacts {
+    identity: Option<Identity>,
+    /// Body bytes read (all of them on success).
+    bytes: u64,
+    /// Whether the body phase started (the body has been polled).
+    body_started: bool,
+    digest: Option<Sha256Digest>,
+}
+
+async fn put_episode(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    mut body: Body,
+) -> Response {
+    let started = Instant::now();
+    let episode_raw = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let mut facts = PutFacts::default();
+    let result = put_inner(
+        &state,
+        conn.as_deref(),
+        &headers,
+        path,
+        &mut body,
+        &mut facts,
+    )
+    .await;
+    // A client that asked `Expect: 100-continue` and got an answer from the
+    // headers never sends the body; polling it would invite the upload.
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // After a successful body phase the body is at its end and this is free.
+    if (facts.body_started || !expects_continue)
+        && !ingest::drain(&mut body, state.limits.max_bytes, state.limits.body_idle).await
+    {
+        tracing::debug!(episode = %episode_raw, "body not drained; the connection will close");
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match &result {
+        Ok((status, _)) => (*status, None),
+        Err(e) => (e.status(), Some(e)),
+    };
+    let host = facts.identity.as_ref().map(|i| i.host_id.as_str());
+    let peer = conn
+        .as_ref()
+        .map(|c| c.peer.to_string())
+        .unwrap_or_default();
+    state.audit.record(&AuditRecord {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        host_id: host,
+        episode_id: &episode_raw,
+        status: status.as_u16(),
+        error: error.map(|e| e.code.as_str()),
+        bytes: facts.bytes,
+        digest: facts.digest.map(|d| d.header_value()),
+        duration_ms,
+        peer: peer.clone(),
+        auth: facts.identity.as_ref().map(|i| i.method),
+    });
+    match error {
+        None => {
+            tracing::info!(host, episode = %episode_raw, status = status.as_u16(), bytes = facts.bytes, duration_ms, "put")
+        }
+        Some(e) if e.code == ErrorCode::Internal => {}
+        Some(e) => tracing::warn!(
+            host, episode = %episode_raw, status = status.as_u16(), error_code = e.code.as_str(),
+            peer, message = %e.message, "put rejected"
+        ),
+    }
+    match result {
+        Ok((status, body)) => (status, axum::Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
+async fn put_inner(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: &mut Body,
+    facts: &mut PutFacts,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "receiver is shutting down; retry shortly",
+        ));
+    }
+    let (identity, episode) = authorize(state, conn, headers, path)?;
+    facts.identity = Some(identity.clone());
+    let host = identity.host_id.as_str();
+
+    // Phase 1: decide from the headers.
+    let commit = match header_str(headers, LABSHIP_COMMIT) {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::StampMissing,
+                "X-Labship-Commit header is required",
+            ));
+        }
+        Some(v) => Commit::parse(v.trim()).map_err(|e| {
+            ApiError::new(ErrorCode::StampMalformed, format!("X-Labship-Commit: {e}"))
+        })?,
+    };
+    let digest = match header_str(headers, CONTENT_DIGEST) {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::DigestMissing,
+                "Content-Digest: sha-256=:<base64>: is required",
+            ));
+        }
+        Some(v) => Sha256Digest::parse_header(v)
+            .map_err(|e| ApiError::new(ErrorCode::DigestMissing, e.to_string()))?,
+    };
+    facts.digest = Some(digest);
+    let declared = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::new(ErrorCode::ArchiveInvalid, "Content-Length is not a number")
+        })?),
+    };
+    if let Some(len) = declared
+        && len > state.limits.max_bytes
+    {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "archive is {len} bytes; limits.max_episode_bytes is {}",
+                state.limits.max_bytes
+            ),
+        ));
+    }
+    if !state.gate.allows(&commit) {
+        return Err(ApiError::new(
+            ErrorCode::CommitOutOfWindow,
+            format!("commit {commit} is not in the receiver's accepted window; update the code on host {host} and re-run its installer"),
+        )
+        .with_remediation(state.gate.remediation.clone()));
+    }
+    match state.store.head(host, episode.as_str()).await {
+        Ok(Some(stored)) => return existing(&stored, &digest),
+        Ok(None) => {}
+        Err(e) => {
+            state.metrics.storage_errors.inc();
+            return Err(ApiError::internal(e));
+        }
+    }
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
+        ));
+    };
+
+    // Phase 2: stream, validate, commit.
+    let scratch = state
+        .store
+        .scratch_file()
+        .map_err(|e| storage_error(state, e))?;
+    state.metrics.uploads_in_flight.inc();
+    facts.body_started = true;
+    let started = Instant::now();
+    let received = ingest::ingest(
+        body,
+        episode.to_string(),
+        commit.clone(),
+        scratch,
+        state.limits,
+        |n| {
+            state.metrics.received_bytes.inc_by(n);
+        },
+    )
+    .await;
+    state.metrics.uploads_in_flight.dec();
+    state
+        .metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let ingested = received.map_err(|e| ingest_error(state, e))?;
+    facts.bytes = ingested.bytes;
+    if ingested.digest != digest {
+        return Err(ApiError::new(
+            ErrorCode::DigestMismatch,
+            format!(
+                "body digest is {} but Content-Digest says {}",
+                ingested.digest, digest
+            ),
+        ));
+    }
+    let conn_peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
+    let manifest = Manifest {
+        host_id: host.to_owned(),
+        episode_id: episode.to_string(),
+        digest: digest.header_value(),
+        sha256_hex: digest.hex(),
+        bytes: ingested.bytes,
+        commit: commit.to_string(),
+        received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        client: Client {
+            host_id: identity.host_id.clone(),
+            auth: identity.method.to_owned(),
+            peer: conn_peer,
+        },
+    };
+    let body = json!({"host_id": host, "episode_id": episode.as_str(), "digest": digest.header_value(), "bytes": ingested.bytes});
+    match state.store.commit(ingested.scratch, manifest).await {
+        Ok(CommitOutcome::Stored) => Ok((StatusCode::CREATED, body)),
+        Ok(CommitOutcome::AlreadyStored) => Ok((StatusCode::OK, body)),
+        Ok(CommitOutcome::Conflict(stored)) => existing(&stored, &digest),
+        Err(e) => Err(storage_error(state, e)),
+    }
+}
+
+/// The answer when an archive is already stored under the id.
+fn existing(
+    stored: &Manifest,
+    digest: &Sha256Digest,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    if stored.digest() == Some(*digest) {
+        Ok((
+            StatusCode::OK,
+            json!({"host_id": stored.host_id, "episode_id": stored.episode_id, "digest": stored.digest, "bytes": stored.bytes}),
+        ))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "episode {}/{} is already stored with digest {} ({} bytes, received {}); this upload's digest is {}",
+                stored.host_id,
+                stored.episode_id,
+                stored.digest,
+                stored.bytes,
+                stored.received_at,
+                digest
+            ),
+        ))
+    }
+}
+
+fn storage_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
+    state.metrics.storage_errors.inc();
+    if e.is_full() {
+        tracing::error!(error = %e, "store is full");
+        ApiError::new(
+            ErrorCode::InsufficientStorage,
+            "the receiver's store is full; retry later",
+        )
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
+    match e {
+        IngestError::TooLarge { .. } | IngestError::TooLargeUnpacked { .. } => {
+            ApiError::new(ErrorCode::TooLarge, e.to_string())
+        }
+        IngestError::Invalid(m) => ApiError::new(ErrorCode::ArchiveInvalid, m),
+        IngestError::StampMismatch(m) => ApiError::new(ErrorCode::StampMismatch, m),
+        IngestError::Store(io) if crate::store::is_full(&io) => {
+            state.metrics.storage_errors.inc();
+            tracing::error!(error = %io, "store is full");
+            ApiError::new(
+                ErrorCode::InsufficientStorage,
+                "the receiver's store is full; retry later",
+            )
+        }
+        IngestError::Store(io) => {
+            state.metrics.storage_errors.inc();
+            ApiError::internal(format!("scratch write: {io}"))
+        }
+        IngestError::ClientGone(m) => {
+            ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))
+        }
+        IngestError::Internal(m) => ApiError::internal(m),
+    }
+}

@@ -1,0 +1,162 @@
+//! A throwaway PKI per test: a CA, a server certificate for 127.0.0.1 and
+//! localhost, and client certificates per host (also expired, not-yet-valid,
+//! serverAuth-only and rogue-CA variants for the security tests).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::path::{Path, PathBuf};
+
+/// A certificate and key, as PEM text and as files.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What a client certificate should look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Good,
+    Expired,
+    NotYetValid,
+    ServerAuthOnly,
+    /// No CN; the host id is carried as the first DNS SAN.
+    SanOnly,
+}
+
+pub struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+    pub ca_file: PathBuf,
+    pub server: Issued,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("CA cert");
+    (Issuer::new(params, key), cert.pem())
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let (issuer, ca_pem) = ca("labship test CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).expect("write CA");
+        let mut pki = Self {
+            dir: dir.to_owned(),
+            issuer,
+            ca_pem,
+            ca_file,
+            server: Issued {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                cert_file: PathBuf::new(),
+                key_file: PathBuf::new(),
+            },
+        };
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "labship-receiver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        pki.server = pki.sign("receiver", params);
+        pki
+    }
+
+    fn sign(&self, name: &str, params: CertificateParams) -> Issued {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        write(&self.dir, name, cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate for `host` signed by this CA.
+    pub fn client(&self, host: &str) -> Issued {
+        self.client_variant(host, Variant::Good)
+    }
+
+    pub fn client_variant(&self, host: &str, variant: Variant) -> Issued {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        match variant {
+            Variant::SanOnly => {
+                // rcgen's default DN has a CN; a SAN-only certificate needs none.
+                params.distinguished_name = rcgen::DistinguishedName::new();
+                params
+                    .subject_alt_names
+                    .push(SanType::DnsName(host.try_into().expect("dns name")));
+            }
+            _ => params.distinguished_name.push(DnType::CommonName, host),
+        }
+        params.extended_key_usages = vec![if variant == Variant::ServerAuthOnly {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        match variant {
+            Variant::Expired => {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            Variant::NotYetValid => {
+                params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
+            _ => {}
+        }
+        self.sign(&format!("client-{host}-{variant:?}"), params)
+    }
+
+    /// A client certificate for `host` from a CA nobody trusts.
+    pub fn rogue_client(&self, host: &str) -> Issued {
+        let (issuer, _) = ca("rogue CA");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        write(
+            &self.dir,
+            &format!("rogue-{host}"),
+            cert.pem(),
+            key.serialize_pem(),
+        )
+    }
+}
+
+fn write(dir: &Path, name: &str, cert_pem: String, key_pem: String) -> Issued {
+    let cert_file = dir.join(format!("{name}.pem"));
+    let key_file = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_file, &cert_pem).expect("write cert");
+    std::fs::write(&key_file, &key_pem).expect("write key");
+    Issued {
+        cert_pem,
+        key_pem,
+        cert_file,
+        key_file,
+    }
+}
