@@ -428,6 +428,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = parse(include_str!("../../etc/receiver.toml.example")).unwrap();
+        assert_eq!(c.max_episode_bytes, 64 << 30);
+        assert_eq!(
+            c.tls.unwrap().client_ca_file.unwrap(),
+            Path::new("/etc/labship/ca.pem")
+        );
+    }
+
+    #[test]
     fn plain_http_on_loopback_is_allowed() {
         let c = parse("listen = \"127.0.0.1:0\"\n").unwrap();
         assert!(c.tls.is_none());

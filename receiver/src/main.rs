@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The labship receiver: authenticates lab hosts, gates episodes on their code
 /// stamp, stores archives durably.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "receiver", version, about)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]

@@ -26,6 +26,10 @@ use std::sync::Arc;
 /// with a dot, so it never collides with a host directory.
 pub const SCRATCH: &str = ".scratch";
 
+/// Mode of stored archives and manifests: readable by the store's group (the
+/// people and jobs that read episodes), never world-readable.
+const STORED_MODE: u32 = 0o640;
+
 /// Number of lock stripes serialising commits of the same episode.
 const STRIPES: usize = 64;
 
@@ -231,9 +235,12 @@ impl FsStore {
                 CommitOutcome::Conflict(Box::new(existing))
             });
         }
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = || std::fs::Permissions::from_mode(STORED_MODE);
         scratch
             .as_file()
-            .sync_all()
+            .set_permissions(mode())
+            .and_then(|()| scratch.as_file().sync_all())
             .map_err(StoreError::io("fsync", scratch.path()))?;
 
         let host_dir = self.dir.join(host);
@@ -255,6 +262,7 @@ impl FsStore {
         })?;
         tmp.write_all(&json)
             .and_then(|()| tmp.write_all(b"\n"))
+            .and_then(|()| tmp.as_file().set_permissions(mode()))
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(StoreError::io("write", tmp.path()))?;
         tmp.persist(&manifest_path)

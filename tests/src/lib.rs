@@ -79,8 +79,7 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test> -> target/debug
-    exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()

@@ -31,8 +31,10 @@ pub struct ReceiverOpts {
     pub store: Option<PathBuf>,
     /// Prefix the command (e.g. `unshare -m sh -c '…'`); see [`Receiver::start`].
     pub wrapper: Option<Vec<String>>,
-    /// Extra `[auth]` table lines.
+    /// `auth.tokens_file`, when set.
     pub tokens_file: Option<PathBuf>,
+    /// Extra environment for the process (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ReceiverOpts {
@@ -44,6 +46,7 @@ impl Default for ReceiverOpts {
             store: None,
             wrapper: None,
             tokens_file: None,
+            env: Vec::new(),
         }
     }
 }
@@ -242,6 +245,7 @@ fn spawn(opts: &ReceiverOpts, config: &Path, log: &Path) -> Child {
         .arg(config)
         .env("LABSHIP_LOG", "info,labship_receiver=debug")
         .env_remove("NOTIFY_SOCKET")
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("dup log"))
         .stderr(log_file)

@@ -597,3 +597,23 @@ async fn concurrent_uploads_and_racing_twins() {
     assert_eq!(r.stored(HOST).len(), 18);
     assert!(r.scratch().is_empty());
 }
+
+#[tokio::test]
+async fn stored_files_are_group_readable_not_world_readable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let body = RawTar::new()
+        .dir("ep/")
+        .meta("ep", GOOD_COMMIT)
+        .finish_zst();
+    assert_eq!(put(&c, &r.url, "ep", body).await.0, 201);
+    for name in ["ep.tar.zst", "ep.json"] {
+        let mode = std::fs::metadata(r.store.join(HOST).join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "{name}");
+    }
+}
