@@ -562,3 +562,80 @@ async fn systemd_notify_ready_watchdog_stopping() {
             .success()
     );
 }
+
+#[tokio::test]
+async fn a_body_that_stops_moving_is_cut_and_its_scratch_removed() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nbody_idle_timeout_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let full = archive("ep", GOOD_COMMIT, 400_000);
+    let (tx, task) = slow_put(&c, &r.url, "ep", &full);
+    tx.send(full[..100_000].to_vec()).await.unwrap();
+    wait_until("upload in flight", Duration::from_secs(10), || {
+        !r.scratch().is_empty()
+    })
+    .await;
+    // Stall: keep the sender open but send nothing more.
+    let t = Instant::now();
+    wait_until("scratch removed", Duration::from_secs(5), || {
+        r.scratch().is_empty()
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(4));
+    let answer = task.await.unwrap();
+    assert!(matches!(answer, Ok(503) | Err(_)), "{answer:?}");
+    drop(tx);
+    assert!(r.stored(HOST).is_empty());
+    let audit = r.audit_records();
+    assert_eq!(audit.last().unwrap()["status"], 503, "{audit:?}");
+}
+
+#[tokio::test]
+async fn the_connection_cap_closes_extra_sockets_and_frees_slots() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_connections = 4\nhandshake_timeout_s = 2\n".into(),
+            ..Default::default()
+        },
+    );
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(r.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = std::net::TcpStream::connect(r.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(
+        extra.read(&mut [0u8; 8]).unwrap_or(1),
+        0,
+        "the fifth socket is closed at once"
+    );
+    assert!(
+        r.ops_get("/metrics")
+            .contains("labship_connections_refused_total 1")
+    );
+    // When the held sockets time out, their slots come back.
+    drop(held);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let started = Instant::now();
+    loop {
+        if let Ok(resp) = c.post(format!("{}/v1/ping", r.url)).send().await {
+            assert_eq!(resp.status(), 200);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "slots never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
