@@ -49,6 +49,8 @@ pub enum EntryRuleError {
     MetaNotFile { path: String },
     #[error("entry {path:?} is out of sorted order or repeated (after {previous:?})")]
     Order { path: String, previous: String },
+    #[error("entry {path:?} sits under {parent:?}, which is not a directory")]
+    UnderFile { path: String, parent: String },
 }
 
 fn display(path: &[u8]) -> String {
@@ -120,10 +122,13 @@ pub fn path_order(a: &[u8], b: &[u8]) -> Ordering {
 }
 
 /// Enforces strictly increasing path order across a stream of entries, which
-/// also rules out duplicate entries without remembering every path.
+/// also rules out duplicate entries without remembering every path, and refuses
+/// an entry under a path that was a file (in sorted order a file's would-be
+/// children follow it directly).
 #[derive(Debug, Default)]
 pub struct PathOrder {
     previous: Option<Vec<u8>>,
+    previous_is_dir: bool,
 }
 
 impl PathOrder {
@@ -131,16 +136,27 @@ impl PathOrder {
         Self::default()
     }
 
-    pub fn admit(&mut self, path: &[u8]) -> Result<(), EntryRuleError> {
-        if let Some(prev) = &self.previous
-            && path_order(prev, path) != Ordering::Less
-        {
-            return Err(EntryRuleError::Order {
-                path: display(path),
-                previous: display(prev),
-            });
+    pub fn admit(&mut self, path: &[u8], is_dir: bool) -> Result<(), EntryRuleError> {
+        if let Some(prev) = &self.previous {
+            if path_order(prev, path) != Ordering::Less {
+                return Err(EntryRuleError::Order {
+                    path: display(path),
+                    previous: display(prev),
+                });
+            }
+            let prev_trimmed = prev.strip_suffix(b"/").unwrap_or(prev);
+            if !self.previous_is_dir
+                && path.starts_with(prev_trimmed)
+                && path.get(prev_trimmed.len()) == Some(&b'/')
+            {
+                return Err(EntryRuleError::UnderFile {
+                    path: display(path),
+                    parent: display(prev),
+                });
+            }
         }
         self.previous = Some(path.to_vec());
+        self.previous_is_dir = is_dir;
         Ok(())
     }
 }
@@ -200,10 +216,16 @@ mod tests {
     fn order_is_depth_first_by_component() {
         let mut o = PathOrder::new();
         for p in ["ep/", "ep/a/", "ep/a/x", "ep/a.txt", "ep/meta.json"] {
-            o.admit(p.as_bytes()).unwrap();
+            o.admit(p.as_bytes(), p.ends_with('/')).unwrap();
         }
-        assert!(o.admit(b"ep/meta.json").is_err(), "duplicate");
-        assert!(o.admit(b"ep/b").is_err(), "backwards");
+        assert!(o.admit(b"ep/meta.json", false).is_err(), "duplicate");
+        assert!(o.admit(b"ep/b", false).is_err(), "backwards");
+        let mut o = PathOrder::new();
+        o.admit(b"ep/f", false).unwrap();
+        assert!(matches!(
+            o.admit(b"ep/f/x", false),
+            Err(EntryRuleError::UnderFile { .. })
+        ));
     }
 
     proptest! {
@@ -232,8 +254,10 @@ mod tests {
             paths.sort_by(|a, b| path_order(a.as_bytes(), b.as_bytes()));
             paths.dedup();
             let mut o = PathOrder::new();
-            for p in &paths {
-                prop_assert!(o.admit(p.as_bytes()).is_ok());
+            for (i, p) in paths.iter().enumerate() {
+                // An entry is a directory when the next one sits under it.
+                let is_dir = paths.get(i + 1).is_some_and(|n| n.starts_with(&format!("{p}/")));
+                prop_assert!(o.admit(p.as_bytes(), is_dir).is_ok());
             }
         }
     }

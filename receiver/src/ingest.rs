@@ -318,24 +318,73 @@ fn check_archive<R: Read>(
     result
 }
 
+/// Largest GNU long-name / pax extension entry accepted. The tar crate reads
+/// these whole into memory, so they are iterated raw and capped here.
+const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
+
 fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(), IngestError> {
     let invalid =
         |e: io::Error| IngestError::Invalid(format!("not a valid zstd-compressed tar stream: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut order = PathOrder::new();
     let mut meta_seen = false;
-    for entry in archive.entries().map_err(invalid)? {
+    // A long path announced by a GNU `L` entry or a pax `path` record, for the
+    // entry that follows it.
+    let mut long_path: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(invalid)?.raw(true) {
         let mut entry = entry.map_err(invalid)?;
-        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
-            // pax global metadata (written by some tars); carries no file.
+        let entry_type = entry.header().entry_type();
+        if matches!(
+            entry_type,
+            tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+                | tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+        ) {
+            if entry.size() > MAX_EXTENSION_BYTES {
+                return Err(IngestError::Invalid(format!(
+                    "a tar extension header is {} bytes; the limit is {MAX_EXTENSION_BYTES}",
+                    entry.size()
+                )));
+            }
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data).map_err(invalid)?;
+            match entry_type {
+                tar::EntryType::GNULongName => {
+                    while data.last() == Some(&0) {
+                        data.pop();
+                    }
+                    long_path = Some(data);
+                }
+                tar::EntryType::XHeader => {
+                    for ext in tar::PaxExtensions::new(&data) {
+                        let ext = ext.map_err(invalid)?;
+                        match ext.key_bytes() {
+                            b"path" => long_path = Some(ext.value_bytes().to_vec()),
+                            b"size" => {
+                                return Err(IngestError::Invalid(
+                                    "pax size records are not supported; pack with GNU or ustar headers".into(),
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                // Link targets are irrelevant (links are refused); global
+                // headers carry no file.
+                _ => {}
+            }
             continue;
         }
-        let kind = kind_of(entry.header().entry_type());
-        let path = entry.path_bytes().into_owned();
+        let kind = kind_of(entry_type);
+        let path = match long_path.take() {
+            Some(p) => p,
+            None => entry.path_bytes().into_owned(),
+        };
         let role =
             check_entry(episode, &path, kind).map_err(|e| IngestError::Invalid(e.to_string()))?;
         order
-            .admit(&path)
+            .admit(&path, kind == EntryKind::Directory)
             .map_err(|e| IngestError::Invalid(e.to_string()))?;
         if role == EntryRole::Meta {
             meta_seen = true;

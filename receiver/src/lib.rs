@@ -126,7 +126,14 @@ impl Receiver {
         systemd::stopping();
         tracing::info!("shutting down: draining in-flight requests");
         let _ = accept.await;
-        let _ = ops.await;
+        // The ops listener has no header timeout; do not let a stuck local
+        // client hold up the exit.
+        if tokio::time::timeout(server::DRAIN_TIMEOUT, ops)
+            .await
+            .is_err()
+        {
+            tracing::warn!("ops listener did not stop in time");
+        }
         reload.abort();
         watchdog.abort();
         tracing::info!("receiver stopped");

@@ -177,6 +177,9 @@ async fn ping(
             "commits": gate.len(),
             "loaded_at": humantime::format_rfc3339_seconds(gate.loaded_at).to_string(),
         },
+        // Additive to the contract: lets a shipper refuse an oversize archive
+        // before uploading it (a declared-oversize body is not drained).
+        "limits": { "max_episode_bytes": state.limits.max_bytes },
     })))
 }
 
@@ -224,27 +227,41 @@ async fn put_episode(
     conn: Option<axum::Extension<ConnInfo>>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Response {
+    // hyper drops a handler whose client went away. A PUT runs in its own task
+    // instead, so a commit in progress keeps its per-episode lock, its upload
+    // permit and its audit line whatever the connection does.
+    let conn = conn.map(|c| c.0);
+    let task = tokio::spawn(put_decided(state, conn, headers, path, body));
+    task.await
+        .unwrap_or_else(|e| ApiError::internal(format!("put task: {e}")).into_response())
+}
+
+async fn put_decided(
+    state: Arc<AppState>,
+    conn: Option<ConnInfo>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
     mut body: Body,
 ) -> Response {
     let started = Instant::now();
     let episode_raw = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let mut facts = PutFacts::default();
-    let result = put_inner(
-        &state,
-        conn.as_deref(),
-        &headers,
-        path,
-        &mut body,
-        &mut facts,
-    )
-    .await;
+    let result = put_inner(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
     // A client that asked `Expect: 100-continue` and got an answer from the
     // headers never sends the body; polling it would invite the upload.
     let expects_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Not for a stranger (401) or a declared size already over the limit (413):
+    // reading those would only hand out free bandwidth; the connection closes.
+    let not_worth_draining = matches!(
+        &result,
+        Err(e) if matches!(e.code, ErrorCode::Unauthenticated | ErrorCode::TooLarge)
+    );
     // After a successful body phase the body is at its end and this is free.
-    if (facts.body_started || !expects_continue)
+    if (facts.body_started || (!expects_continue && !not_worth_draining))
         && !ingest::drain(&mut body, state.limits.max_bytes, state.limits.body_idle).await
     {
         tracing::debug!(episode = %episode_raw, "body not drained; the connection will close");
@@ -332,6 +349,16 @@ async fn put_inner(
             .map_err(|e| ApiError::new(ErrorCode::DigestMissing, e.to_string()))?,
     };
     facts.digest = Some(digest);
+    // An archive already stored answers first: a retry whose 201 was lost must
+    // get its 200 even if the gate or the limits have moved since.
+    match state.store.head(host, episode.as_str()).await {
+        Ok(Some(stored)) => return existing(&stored, &digest),
+        Ok(None) => {}
+        Err(e) => {
+            state.metrics.storage_errors.inc();
+            return Err(ApiError::internal(e));
+        }
+    }
     let declared = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
         None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
@@ -355,14 +382,6 @@ async fn put_inner(
             format!("commit {commit} is not in the receiver's accepted window; update the code on host {host} and re-run its installer"),
         )
         .with_remediation(state.gate.remediation.clone()));
-    }
-    match state.store.head(host, episode.as_str()).await {
-        Ok(Some(stored)) => return existing(&stored, &digest),
-        Ok(None) => {}
-        Err(e) => {
-            state.metrics.storage_errors.inc();
-            return Err(ApiError::internal(e));
-        }
     }
     let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
         return Err(ApiError::new(

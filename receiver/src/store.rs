@@ -3,7 +3,8 @@
 //!
 //! Commit protocol, per episode, under a per-episode lock (see docs/protocol.md):
 //! 1. the scratch file (already written and verified) is fsynced;
-//! 2. the manifest is written to scratch, fsynced, renamed to `<id>.json`;
+//! 2. the manifest is written to scratch, fsynced, renamed to `<id>.json`,
+//!    and the host directory fsynced;
 //! 3. the archive is renamed into place with no-clobber semantics
 //!    (`renameat2(RENAME_NOREPLACE)`, or link+unlink), and the host directory is
 //!    fsynced.
@@ -243,11 +244,11 @@ impl FsStore {
             .and_then(|()| scratch.as_file().sync_all())
             .map_err(StoreError::io("fsync", scratch.path()))?;
 
+        // Always fsync the parent: another commit may have just created the
+        // host directory without having made its entry durable yet.
         let host_dir = self.dir.join(host);
-        if !host_dir.exists() {
-            std::fs::create_dir_all(&host_dir).map_err(StoreError::io("create", &host_dir))?;
-            fsync_dir(&self.dir)?;
-        }
+        std::fs::create_dir_all(&host_dir).map_err(StoreError::io("create", &host_dir))?;
+        fsync_dir(&self.dir)?;
 
         // Manifest first: durable before the archive can be seen.
         let manifest_path = self.manifest_path(host, episode);
@@ -267,6 +268,9 @@ impl FsStore {
             .map_err(StoreError::io("write", tmp.path()))?;
         tmp.persist(&manifest_path)
             .map_err(|e| StoreError::io("rename into", &manifest_path)(e.error))?;
+        // Renames are not ordered by POSIX: make the manifest's durable before
+        // the archive's, so no crash leaves an archive without its manifest.
+        fsync_dir(&host_dir)?;
 
         // The commit point: no-clobber rename, then make it durable.
         let archive_path = self.archive_path(host, episode);

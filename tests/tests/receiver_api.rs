@@ -393,6 +393,19 @@ async fn hostile_archives_are_refused_and_nothing_is_stored() {
             r.scratch()
         );
     }
+    // A legitimate GNU long name (path over 100 bytes) is honoured.
+    let long = format!("ln/{}", "d".repeat(150));
+    let body = RawTar::new()
+        .dir("ln/")
+        .entry(
+            b"././@LongLink",
+            T::GNULongName,
+            format!("{long}\0").as_bytes(),
+        )
+        .file(&long[..99], b"payload")
+        .meta("ln", GOOD_COMMIT)
+        .finish_zst();
+    assert_eq!(put(&c, &r.url, "ln", body).await.0, 201);
     // Still healthy, and a good archive is accepted afterwards.
     assert_eq!(
         put(&c, &r.url, "ep", good().file("ep/x", b"1").finish_zst())

@@ -411,6 +411,22 @@ async fn curl_expect_100_continue_sends_no_doomed_body_and_raw_dotdot_is_refused
     assert_eq!(out, "412 0", "curl stderr: {err}");
     assert!(err.contains("commit_out_of_window"), "{err}");
 
+    // A declared-oversize body gets its 413 without being sent.
+    let (out, err) = curl(&[
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        &digest,
+        "-H",
+        &format!("X-Labship-Commit: {GOOD_COMMIT}"),
+        "-H",
+        "Content-Length: 99999999999999",
+        "-T",
+        file.to_str().unwrap(),
+        &format!("{}/v1/episodes/{HOST}/big", r.url),
+    ]);
+    assert!(out.starts_with("413 "), "{out} {err}");
+
     let url = format!("{}/v1/episodes/{HOST}/..", r.url);
     let (out, err) = curl(&[
         "--path-as-is",
@@ -638,4 +654,41 @@ async fn the_connection_cap_closes_extra_sockets_and_frees_slots() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_retry_after_the_gate_moved_still_gets_200_not_412() {
+    // Regression: a shipper whose 201 was lost retries; if the window moved in
+    // between, a 412 would make it quarantine an episode the receiver holds.
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let body = archive("ep", GOOD_COMMIT, 1000);
+    assert_eq!(
+        put(&c, &r.url, "ep", GOOD_COMMIT, body.clone())
+            .await
+            .status(),
+        201
+    );
+    std::fs::write(&r.allowed, format!("{OLD_COMMIT}\n")).unwrap();
+    r.signal(1);
+    let started = Instant::now();
+    while put(
+        &c,
+        &r.url,
+        "new",
+        GOOD_COMMIT,
+        archive("new", GOOD_COMMIT, 10),
+    )
+    .await
+    .status()
+        != 412
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "gate did not move"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(put(&c, &r.url, "ep", GOOD_COMMIT, body).await.status(), 200);
 }
