@@ -398,6 +398,7 @@ async fn put_inner(
     state.metrics.uploads_in_flight.inc();
     facts.body_started = true;
     let started = Instant::now();
+    let body_bytes = std::sync::atomic::AtomicU64::new(0);
     let received = ingest::ingest(
         body,
         episode.to_string(),
@@ -406,9 +407,12 @@ async fn put_inner(
         state.limits,
         |n| {
             state.metrics.received_bytes.inc_by(n);
+            body_bytes.fetch_add(n, Ordering::Relaxed);
         },
     )
     .await;
+    // Recorded for the audit line whatever the verdict.
+    facts.bytes = body_bytes.load(Ordering::Relaxed);
     state.metrics.uploads_in_flight.dec();
     state
         .metrics

@@ -110,6 +110,19 @@ pub struct FsStore {
     stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
+/// Runs filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "join",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })?
+}
+
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path)
         .and_then(|d| d.sync_all())
@@ -186,13 +199,7 @@ impl FsStore {
 
     pub async fn head(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
         let (store, host, episode) = (self.clone(), host.to_owned(), episode.to_owned());
-        tokio::task::spawn_blocking(move || store.head_blocking(&host, &episode))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "join",
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
+        blocking(move || store.head_blocking(&host, &episode)).await
     }
 
     fn stripe(&self, host: &str, episode: &str) -> &tokio::sync::Mutex<()> {
@@ -214,13 +221,7 @@ impl FsStore {
             .lock()
             .await;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.commit_blocking(scratch, manifest))
-            .await
-            .map_err(|e| StoreError::Io {
-                op: "join",
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
+        blocking(move || store.commit_blocking(scratch, manifest)).await
     }
 
     fn commit_blocking(

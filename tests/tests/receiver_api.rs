@@ -217,6 +217,12 @@ async fn header_decisions() {
     let audit = r.audit_records();
     assert!(audit.iter().all(|a| a["status"] != 201));
     assert!(audit.iter().any(|a| a["error"] == "commit_out_of_window"));
+    // A rejection found in the body records how many bytes arrived.
+    let mismatch = audit
+        .iter()
+        .find(|a| a["error"] == "digest_mismatch")
+        .unwrap();
+    assert_eq!(mismatch["bytes"], a.len());
 }
 
 #[tokio::test]

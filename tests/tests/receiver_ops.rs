@@ -64,6 +64,41 @@ fn slow_put(
     (tx, task)
 }
 
+fn with_limits(env: &TestEnv, limits: &str) -> Receiver {
+    Receiver::start_with(
+        env,
+        ReceiverOpts {
+            extra: format!("[limits]\n{limits}\n"),
+            ..Default::default()
+        },
+    )
+}
+
+/// Starts a slow upload of `len` random bytes as episode `id`, sends `first`
+/// bytes, and returns once the receiver is writing it to scratch.
+async fn upload_in_flight(
+    r: &Receiver,
+    c: &reqwest::Client,
+    id: &str,
+    len: usize,
+    first: usize,
+) -> (
+    Vec<u8>,
+    mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<Result<u16, String>>,
+) {
+    let full = archive(id, GOOD_COMMIT, len);
+    let (tx, task) = slow_put(c, &r.url, id, &full);
+    tx.send(full[..first].to_vec())
+        .await
+        .expect("upload stream open");
+    wait_until("upload in flight", Duration::from_secs(10), || {
+        !r.scratch().is_empty()
+    })
+    .await;
+    (full, tx, task)
+}
+
 async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
@@ -148,13 +183,7 @@ async fn kill_9_mid_upload_leaves_nothing_visible() {
     let env = TestEnv::new();
     let mut r = Receiver::start(&env);
     let c = env.client(Some(&env.pki.client(HOST)));
-    let full = archive("ep", GOOD_COMMIT, 2_000_000);
-    let (tx, task) = slow_put(&c, &r.url, "ep", &full);
-    tx.send(full[..1_000_000].to_vec()).await.unwrap();
-    wait_until("scratch file", Duration::from_secs(10), || {
-        !r.scratch().is_empty()
-    })
-    .await;
+    let (full, _tx, task) = upload_in_flight(&r, &c, "ep", 2_000_000, 1_000_000).await;
     r.kill9();
     assert!(
         task.await.unwrap().is_err(),
@@ -262,21 +291,9 @@ fn nix_is_root() -> bool {
 #[tokio::test]
 async fn over_the_upload_limit_is_busy_with_retry_after() {
     let env = TestEnv::new();
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            extra: "[limits]\nmax_concurrent_uploads = 1\n".into(),
-            ..Default::default()
-        },
-    );
+    let r = with_limits(&env, "max_concurrent_uploads = 1");
     let c = env.client(Some(&env.pki.client(HOST)));
-    let full = archive("slow", GOOD_COMMIT, 500_000);
-    let (tx, task) = slow_put(&c, &r.url, "slow", &full);
-    tx.send(full[..100_000].to_vec()).await.unwrap();
-    wait_until("upload in flight", Duration::from_secs(10), || {
-        !r.scratch().is_empty()
-    })
-    .await;
+    let (full, tx, task) = upload_in_flight(&r, &c, "slow", 500_000, 100_000).await;
     let resp = put(
         &c,
         &r.url,
@@ -310,13 +327,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_then_exits_0() {
     let env = TestEnv::new();
     let mut r = Receiver::start(&env);
     let c = env.client(Some(&env.pki.client(HOST)));
-    let full = archive("ep", GOOD_COMMIT, 1_000_000);
-    let (tx, task) = slow_put(&c, &r.url, "ep", &full);
-    tx.send(full[..500_000].to_vec()).await.unwrap();
-    wait_until("upload in flight", Duration::from_secs(10), || {
-        !r.scratch().is_empty()
-    })
-    .await;
+    let (full, tx, task) = upload_in_flight(&r, &c, "ep", 1_000_000, 500_000).await;
     r.signal(15);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -336,13 +347,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_then_exits_0() {
 #[tokio::test]
 async fn idle_and_slow_connections_do_not_starve_others() {
     let env = TestEnv::new();
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            extra: "[limits]\nhandshake_timeout_s = 1\nheader_timeout_s = 1\n".into(),
-            ..Default::default()
-        },
-    );
+    let r = with_limits(&env, "handshake_timeout_s = 1\nheader_timeout_s = 1");
     let idle: Vec<_> = (0..60)
         .map(|_| std::net::TcpStream::connect(r.addr).unwrap())
         .collect();
@@ -582,21 +587,9 @@ async fn systemd_notify_ready_watchdog_stopping() {
 #[tokio::test]
 async fn a_body_that_stops_moving_is_cut_and_its_scratch_removed() {
     let env = TestEnv::new();
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            extra: "[limits]\nbody_idle_timeout_s = 1\n".into(),
-            ..Default::default()
-        },
-    );
+    let r = with_limits(&env, "body_idle_timeout_s = 1");
     let c = env.client(Some(&env.pki.client(HOST)));
-    let full = archive("ep", GOOD_COMMIT, 400_000);
-    let (tx, task) = slow_put(&c, &r.url, "ep", &full);
-    tx.send(full[..100_000].to_vec()).await.unwrap();
-    wait_until("upload in flight", Duration::from_secs(10), || {
-        !r.scratch().is_empty()
-    })
-    .await;
+    let (_full, tx, task) = upload_in_flight(&r, &c, "ep", 400_000, 100_000).await;
     // Stall: keep the sender open but send nothing more.
     let t = Instant::now();
     wait_until("scratch removed", Duration::from_secs(5), || {
@@ -615,13 +608,7 @@ async fn a_body_that_stops_moving_is_cut_and_its_scratch_removed() {
 #[tokio::test]
 async fn the_connection_cap_closes_extra_sockets_and_frees_slots() {
     let env = TestEnv::new();
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            extra: "[limits]\nmax_connections = 4\nhandshake_timeout_s = 2\n".into(),
-            ..Default::default()
-        },
-    );
+    let r = with_limits(&env, "max_connections = 4\nhandshake_timeout_s = 2");
     let held: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(r.addr).unwrap())
         .collect();
