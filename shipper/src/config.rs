@@ -1,0 +1,392 @@
+//! `shipper.toml`: the raw serde form (unknown keys rejected, named defaults)
+//! and the validated [`Config`]. Every error names the file and the key; the
+//! binaries exit 2 on one. `doctor` reuses this loader (issue 4).
+
+use labship_protocol::Id;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/labship/shipper.toml";
+
+/// The highest zstd level the receiver's decoder window admits (see
+/// docs/protocol.md: window ≤ 16 MiB).
+pub const MAX_ZSTD_LEVEL: i32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub why: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    host_id: String,
+    #[serde(default = "d_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "d_scan")]
+    scan_interval_s: u64,
+    #[serde(default = "d_settle")]
+    settle_s: u64,
+    #[serde(default = "d_level")]
+    zstd_level: i32,
+    receiver: RawReceiver,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    quarantine: RawQuarantine,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceiver {
+    url: String,
+    #[serde(default)]
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: PathBuf,
+    #[serde(default)]
+    key_file: PathBuf,
+    #[serde(default)]
+    token_file: PathBuf,
+    #[serde(default = "d_connect")]
+    connect_timeout_s: u64,
+    #[serde(default = "d_stall")]
+    stall_timeout_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default = "d_initial")]
+    initial_backoff_s: u64,
+    #[serde(default = "d_max_backoff")]
+    max_backoff_s: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            initial_backoff_s: d_initial(),
+            max_backoff_s: d_max_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    #[serde(default = "d_keep_days")]
+    keep_days: u64,
+    #[serde(default = "d_cleanup")]
+    cleanup_interval_s: u64,
+}
+
+impl Default for RawQuarantine {
+    fn default() -> Self {
+        Self {
+            keep_days: d_keep_days(),
+            cleanup_interval_s: d_cleanup(),
+        }
+    }
+}
+
+fn d_data_dir() -> PathBuf {
+    "/var/lib/labship".into()
+}
+fn d_scan() -> u64 {
+    5
+}
+fn d_settle() -> u64 {
+    30
+}
+fn d_level() -> i32 {
+    3
+}
+fn d_connect() -> u64 {
+    10
+}
+fn d_stall() -> u64 {
+    60
+}
+fn d_initial() -> u64 {
+    1
+}
+fn d_max_backoff() -> u64 {
+    300
+}
+fn d_keep_days() -> u64 {
+    30
+}
+fn d_cleanup() -> u64 {
+    3600
+}
+
+/// How the shipper proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// Client certificate and key (PEM), when configured.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// A bearer token file, when configured (TLS ending at a proxy).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub host_id: Id,
+    pub data_dir: PathBuf,
+    pub scan_interval: Duration,
+    pub settle: Duration,
+    pub zstd_level: i32,
+    pub url: reqwest::Url,
+    /// CA bundle for the receiver's certificate; `None` uses the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub auth: ClientAuth,
+    pub connect_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// `None` keeps quarantine forever (`keep_days = 0`).
+    pub quarantine_keep: Option<Duration>,
+    pub cleanup_interval: Duration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`; also checks that the configured
+    /// certificate, key, CA and token files are readable.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let err = |key: &str, why: String| ConfigError::new(path, key, why);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let optional = |p: &Path| (!p.as_os_str().is_empty()).then(|| resolve(p));
+        let readable = |key: &str, p: &Path| {
+            std::fs::File::open(p)
+                .map(drop)
+                .map_err(|e| err(key, format!("cannot read {}: {e}", p.display())))
+        };
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(err(key, "must be greater than 0".into()))
+            } else {
+                Ok(Duration::from_secs(v))
+            }
+        };
+
+        let host_id = Id::parse(&raw.host_id).map_err(|e| {
+            err(
+                "host_id",
+                format!(
+                    "{:?} is not a valid host id ({e}); it must equal the client certificate's CN",
+                    raw.host_id
+                ),
+            )
+        })?;
+        if !(1..=MAX_ZSTD_LEVEL).contains(&raw.zstd_level) {
+            return Err(err(
+                "zstd_level",
+                format!("{} is outside 1..={MAX_ZSTD_LEVEL}", raw.zstd_level),
+            ));
+        }
+        let r = &raw.receiver;
+        let url = reqwest::Url::parse(&r.url)
+            .map_err(|e| err("receiver.url", format!("{:?}: {e}", r.url)))?;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            other => {
+                return Err(err(
+                    "receiver.url",
+                    format!(
+                        "scheme {other:?}: use https:// (plain http only to a loopback receiver)"
+                    ),
+                ));
+            }
+        }
+        let ca_file = optional(&r.ca_file);
+        if let Some(p) = &ca_file {
+            readable("receiver.ca_file", p)?;
+        }
+        let token_file = optional(&r.token_file);
+        if let Some(p) = &token_file {
+            readable("receiver.token_file", p)?;
+        }
+        let cert_and_key = match (optional(&r.cert_file), optional(&r.key_file)) {
+            (Some(c), Some(k)) => {
+                readable("receiver.cert_file", &c)?;
+                readable("receiver.key_file", &k)?;
+                Some((c, k))
+            }
+            (None, None) if token_file.is_some() => None,
+            (None, None) => {
+                return Err(err(
+                    "receiver.cert_file",
+                    "is required (with receiver.key_file) unless receiver.token_file is set".into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "receiver.key_file",
+                    "is required with receiver.cert_file".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "receiver.cert_file",
+                    "is required with receiver.key_file".into(),
+                ));
+            }
+        };
+        let initial_backoff = positive("retry.initial_backoff_s", raw.retry.initial_backoff_s)?;
+        let max_backoff = positive("retry.max_backoff_s", raw.retry.max_backoff_s)?;
+        if max_backoff < initial_backoff {
+            return Err(err(
+                "retry.max_backoff_s",
+                "must not be less than retry.initial_backoff_s".into(),
+            ));
+        }
+        Ok(Self {
+            file: path.to_owned(),
+            host_id,
+            data_dir: resolve(&raw.data_dir),
+            scan_interval: positive("scan_interval_s", raw.scan_interval_s)?,
+            settle: Duration::from_secs(raw.settle_s),
+            zstd_level: raw.zstd_level,
+            url,
+            ca_file,
+            auth: ClientAuth {
+                cert_and_key,
+                token_file,
+            },
+            connect_timeout: positive("receiver.connect_timeout_s", r.connect_timeout_s)?,
+            stall_timeout: positive("receiver.stall_timeout_s", r.stall_timeout_s)?,
+            initial_backoff,
+            max_backoff,
+            quarantine_keep: (raw.quarantine.keep_days > 0)
+                .then(|| Duration::from_secs(raw.quarantine.keep_days * 86_400)),
+            cleanup_interval: positive(
+                "quarantine.cleanup_interval_s",
+                raw.quarantine.cleanup_interval_s,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Self {
+            let d = tempfile::tempdir().unwrap();
+            for f in ["ca.pem", "client.pem", "client.key", "token"] {
+                std::fs::write(d.path().join(f), "x").unwrap();
+            }
+            Self(d)
+        }
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::parse(&self.0.path().join("shipper.toml"), text)
+        }
+    }
+
+    const OK: &str = "host_id = \"lab-01\"\n[receiver]\nurl = \"https://r.example.org:8443\"\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let d = Dir::new();
+        let c = d.parse(OK).unwrap();
+        assert_eq!(c.host_id.as_str(), "lab-01");
+        assert_eq!(c.data_dir, Path::new("/var/lib/labship"));
+        assert_eq!(c.settle, Duration::from_secs(30));
+        assert_eq!(c.zstd_level, 3);
+        assert_eq!(c.ca_file.unwrap(), d.0.path().join("ca.pem"));
+        assert_eq!(c.quarantine_keep, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.max_backoff, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_shipped_example_parses_apart_from_its_files() {
+        let d = Dir::new();
+        let example = include_str!("../../etc/shipper.toml.example").replace("/etc/labship/", "");
+        d.parse(&example).unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let d = Dir::new();
+        let cases = [
+            (OK.replace("lab-01", "lab 01"), "host_id"),
+            (format!("zstd_level = 22\n{OK}"), "zstd_level"),
+            (
+                OK.replace("https://r.example.org:8443", "http://r.example.org"),
+                "receiver.url",
+            ),
+            (
+                OK.replace("client.pem", "missing.pem"),
+                "receiver.cert_file",
+            ),
+            (
+                OK.replace("cert_file = \"client.pem\"\n", ""),
+                "receiver.cert_file",
+            ),
+            (
+                format!("{OK}[retry]\nmax_backoff_s = 0\n"),
+                "retry.max_backoff_s",
+            ),
+            (format!("{OK}[quarantine]\nkeep_dayz = 3\n"), "keep_dayz"),
+        ];
+        for (text, key) in cases {
+            let e = d.parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("shipper.toml: ") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_replaces_the_client_certificate_and_loopback_may_be_plain() {
+        let d = Dir::new();
+        let c = d
+            .parse("host_id = \"h\"\n[receiver]\nurl = \"http://127.0.0.1:8080\"\ntoken_file = \"token\"\n")
+            .unwrap();
+        assert_eq!(c.auth.cert_and_key, None);
+        assert!(c.auth.token_file.is_some());
+    }
+}

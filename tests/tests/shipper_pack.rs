@@ -1,0 +1,53 @@
+//! The shipper's packer and the receiver agree: an archive packed by
+//! `labship_shipper::archive::pack` from a producer-like tree (nested dirs,
+//! names over 100 bytes, odd modes, binary data) is accepted by the real
+//! receiver and unpacks to the same bytes.
+
+use labship_protocol::Id;
+use labship_shipper::archive::pack;
+use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::process::Receiver;
+use labship_tests::{GOOD_COMMIT, TestEnv};
+use std::os::unix::fs::PermissionsExt as _;
+
+#[tokio::test]
+async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let long = format!("deep/{}/{}.csv", "d".repeat(90), "f".repeat(60));
+    let src = write_episode(
+        &env.file("src"),
+        "run-2026.11.23_a",
+        Some(GOOD_COMMIT),
+        &[
+            ("frames/0001.bin", &noise(2_000_000, 7)),
+            ("frames/0002.bin", b""),
+            (long.as_str(), b"t,x\n0,1\n"),
+        ],
+    );
+    std::fs::set_permissions(
+        src.join("frames/0002.bin"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let id = Id::parse("run-2026.11.23_a").unwrap();
+    let mut archive = Vec::new();
+    let packed = pack(&src, &id, &mut archive, 3, 2).unwrap();
+    assert_eq!(packed.bytes, archive.len() as u64);
+
+    let c = env.client(Some(&env.pki.client("lab-01")));
+    let resp = c
+        .put(format!("{}/v1/episodes/lab-01/{id}", r.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", packed.digest.header_value())
+        .body(archive.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let stored = std::fs::read(r.store.join("lab-01").join(format!("{id}.tar.zst"))).unwrap();
+    assert_eq!(stored, archive);
+    let out = env.file("out/.keep");
+    unpack(&stored, out.parent().unwrap());
+    assert_same_tree(&src, &out.parent().unwrap().join(id.as_str()));
+}
