@@ -6,3 +6,6 @@
 
 pub mod archive;
 pub mod config;
+pub mod disk;
+pub mod scan;
+pub mod state;

@@ -1,0 +1,202 @@
+//! Finding work in `episodes/`.
+//!
+//! A pass lists the directory once. Invalid names are warned about once per
+//! name, never touched. An episode is ready when its top-level `meta.json`
+//! exists and parses and nothing in its tree changed for `settle`. Walking a
+//! tree is the only expensive step, so each episode remembers the earliest time
+//! it could be ready (newest mtime + settle) and is not walked again before
+//! then: a pass over 10,000 episodes still being written costs one `readdir`
+//! and a map lookup each.
+
+use labship_protocol::stamp::{META_FILE, META_MAX_BYTES, parse_meta};
+use labship_protocol::{Commit, Id, StampError};
+use std::collections::{HashMap, HashSet};
+use std::io::Read as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// What a pass found for one episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Settled and stamped.
+    Ready(Commit),
+    /// Settled, but its `meta.json` carries no usable stamp: local fatal.
+    Unstamped(StampError),
+    /// A quarantine was decided before a crash; finish it.
+    QuarantinePending,
+}
+
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Earliest time each unsettled episode could be ready.
+    not_before: HashMap<String, SystemTime>,
+    warned: HashSet<String>,
+}
+
+/// One pass's result.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Ready work, in id order.
+    pub found: Vec<(Id, Found)>,
+    /// Valid episodes not ready yet (no `meta.json`, or still changing).
+    pub pending: usize,
+}
+
+impl Scanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn scan(
+        &mut self,
+        episodes: &Path,
+        settle: Duration,
+        now: SystemTime,
+    ) -> std::io::Result<Pass> {
+        let mut pass = Pass::default();
+        let mut seen = HashSet::new();
+        let mut names: Vec<_> = std::fs::read_dir(episodes)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let Ok(id) = Id::parse(&name) else {
+                if self.warned.insert(name.clone()) {
+                    tracing::warn!(name = %name, dir = %episodes.display(), "skipping a directory whose name is not a valid episode id; it will never be shipped");
+                }
+                continue;
+            };
+            seen.insert(name.clone());
+            let dir = episodes.join(&name);
+            if dir.join(crate::disk::REASON_FILE).is_file() {
+                pass.found.push((id, Found::QuarantinePending));
+                continue;
+            }
+            if self.not_before.get(&name).is_some_and(|t| now < *t) {
+                pass.pending += 1;
+                continue;
+            }
+            let meta = dir.join(META_FILE);
+            if !meta.is_file() {
+                pass.pending += 1;
+                continue;
+            }
+            let newest = newest_mtime(&dir);
+            let ready_at = newest + settle;
+            if now < ready_at {
+                self.not_before.insert(name, ready_at);
+                pass.pending += 1;
+                continue;
+            }
+            self.not_before.remove(&name);
+            let found = match read_meta(&meta) {
+                Ok(bytes) => match parse_meta(&bytes) {
+                    Ok(stamp) => Found::Ready(stamp.commit),
+                    Err(e) => Found::Unstamped(e),
+                },
+                Err(e) => Found::Unstamped(StampError::NotJson {
+                    detail: e.to_string(),
+                }),
+            };
+            pass.found.push((id, found));
+        }
+        // Forget episodes that left the queue.
+        self.not_before.retain(|k, _| seen.contains(k));
+        Ok(pass)
+    }
+}
+
+fn read_meta(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(META_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > META_MAX_BYTES {
+        return Err(std::io::Error::other(format!(
+            "meta.json is larger than {META_MAX_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The newest mtime in the tree (directories included: a created or removed
+/// file changes its directory's mtime). Unreadable entries count as "now".
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let t = entry
+            .ok()
+            .and_then(|e| e.metadata().ok())
+            .and_then(|m| m.modified().ok())
+            .unwrap_or_else(SystemTime::now);
+        newest = newest.max(t);
+    }
+    newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "1111111111111111111111111111111111111111";
+
+    fn set_mtime(path: &Path, t: SystemTime) {
+        std::fs::File::open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn settles_warns_once_and_classifies() {
+        let root = tempfile::tempdir().unwrap();
+        let ep = root.path();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for (name, meta) in [
+            (
+                "a",
+                Some(format!(r#"{{"code_version":{{"commit":"{C}"}}}}"#)),
+            ),
+            ("b", Some("{}".into())),
+            ("c", None),
+            ("bad name", Some("{}".into())),
+        ] {
+            let d = ep.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            if let Some(m) = meta {
+                std::fs::write(d.join("meta.json"), m).unwrap();
+                set_mtime(&d.join("meta.json"), old);
+            }
+            set_mtime(&d, old);
+        }
+        let mut s = Scanner::new();
+        let now = SystemTime::now();
+        let pass = s.scan(ep, Duration::from_secs(30), now).unwrap();
+        assert_eq!(pass.pending, 1, "c has no meta.json");
+        assert_eq!(
+            pass.found[0],
+            (
+                Id::parse("a").unwrap(),
+                Found::Ready(Commit::parse(C).unwrap())
+            )
+        );
+        assert_eq!(
+            pass.found[1],
+            (
+                Id::parse("b").unwrap(),
+                Found::Unstamped(StampError::Missing)
+            )
+        );
+        assert!(s.warned.contains("bad name"));
+
+        // A fresh write makes it wait, without re-walking until the deadline.
+        std::fs::write(ep.join("a/new.bin"), b"x").unwrap();
+        let pass = s
+            .scan(ep, Duration::from_secs(30), SystemTime::now())
+            .unwrap();
+        assert!(pass.found.iter().all(|(id, _)| id.as_str() != "a"));
+        assert!(s.not_before.contains_key("a"));
+        let later = SystemTime::now() + Duration::from_secs(31);
+        let pass = s.scan(ep, Duration::from_secs(30), later).unwrap();
+        assert!(pass.found.iter().any(|(id, _)| id.as_str() == "a"));
+    }
+}

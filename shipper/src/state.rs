@@ -1,0 +1,341 @@
+//! The episode lifecycle as one explicit state machine (docs/transport.md).
+//!
+//! [`step`] is pure: given where an episode stands and what just happened, it
+//! says where it stands now and what the driver must do next. The driver
+//! (`queue`) performs the I/O; every durable state is a place on disk, so a
+//! restart rebuilds the machine from the directories alone.
+
+use labship_protocol::{Commit, Disposition, ErrorCode, Sha256Digest, disposition};
+
+/// An archive built in `outbox/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    pub digest: Sha256Digest,
+    pub bytes: u64,
+    pub commit: Commit,
+}
+
+/// Why an episode is quarantined (becomes `quarantine_reason.json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub code: ErrorCode,
+    pub http_status: Option<u16>,
+    pub message: String,
+    pub remediation: Option<String>,
+    pub commit: Option<String>,
+}
+
+/// Where an episode stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// In `episodes/`, settled, stamped: to be packed.
+    Ready { commit: Commit },
+    /// Archive in `outbox/`. `recovered` when found there at start-up: the
+    /// receiver may already hold it, so ask (HEAD) before uploading.
+    Packed { archive: Archive, recovered: bool },
+    /// Final: moved to `shipped/`.
+    Shipped,
+    /// Final: moved to `quarantine/` with its reason.
+    Quarantined(Reason),
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Packed(Archive),
+    /// Packing failed; `fatal` for symlinks and special files.
+    PackFailed {
+        fatal: bool,
+        message: String,
+    },
+    /// HEAD answered: `Some(digest)` when something is stored, `None` for 404.
+    Head(Option<Sha256Digest>),
+    /// PUT answered with `status` and, for errors, the receiver's body.
+    Answer {
+        status: u16,
+        error: Option<ErrorCode>,
+        message: String,
+        remediation: Option<String>,
+    },
+    /// No answer (connect failure, reset, stall, timeout). `auth` when the
+    /// failure looks like a refused client certificate.
+    NoAnswer {
+        auth: bool,
+        message: String,
+    },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Pack,
+    Head,
+    Upload,
+    /// Move to `shipped/`, then drop the outbox archive.
+    Retire,
+    /// Move to `quarantine/` with the reason, then drop the outbox archive.
+    Quarantine,
+    /// Keep the state; try again after backoff. `loud` for problems an operator
+    /// must fix (certificates, 401/403, unexpected answers).
+    RetryLater {
+        loud: bool,
+        code: Option<ErrorCode>,
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+/// One transition.
+pub fn step(state: &State, event: Event) -> (State, Action) {
+    let retry = |loud, code, status, message| {
+        (
+            state.clone(),
+            Action::RetryLater {
+                loud,
+                code,
+                status,
+                message,
+            },
+        )
+    };
+    match (state, event) {
+        (State::Ready { .. }, Event::Packed(archive)) => (
+            State::Packed {
+                archive,
+                recovered: false,
+            },
+            Action::Upload,
+        ),
+        (
+            State::Ready { commit },
+            Event::PackFailed {
+                fatal: true,
+                message,
+            },
+        ) => (
+            State::Quarantined(Reason {
+                code: ErrorCode::ArchiveFailed,
+                http_status: None,
+                message,
+                remediation: None,
+                commit: Some(commit.to_string()),
+            }),
+            Action::Quarantine,
+        ),
+        (
+            State::Ready { .. },
+            Event::PackFailed {
+                fatal: false,
+                message,
+            },
+        ) => retry(false, None, None, message),
+        (State::Packed { archive, .. }, Event::Head(Some(stored))) if stored == archive.digest => {
+            (State::Shipped, Action::Retire)
+        }
+        (State::Packed { archive, .. }, Event::Head(_)) => (
+            // Absent, or another digest (the PUT will then answer 409).
+            State::Packed {
+                archive: archive.clone(),
+                recovered: false,
+            },
+            Action::Upload,
+        ),
+        (
+            State::Packed { archive, .. },
+            Event::Answer {
+                status,
+                error,
+                message,
+                remediation,
+            },
+        ) => match disposition(status) {
+            Disposition::Stored => (State::Shipped, Action::Retire),
+            Disposition::Fatal => (
+                State::Quarantined(Reason {
+                    code: error.unwrap_or(ErrorCode::ArchiveInvalid),
+                    http_status: Some(status),
+                    message,
+                    remediation,
+                    commit: Some(archive.commit.to_string()),
+                }),
+                Action::Quarantine,
+            ),
+            Disposition::Transient { loud } => retry(loud, error, Some(status), message),
+        },
+        (State::Packed { .. }, Event::NoAnswer { auth, message }) => retry(
+            auth,
+            auth.then_some(ErrorCode::Unauthenticated),
+            None,
+            message,
+        ),
+        // Anything else is a driver bug; staying put and retrying is safe.
+        (s, e) => (
+            s.clone(),
+            Action::RetryLater {
+                loud: true,
+                code: None,
+                status: None,
+                message: format!("unexpected event {e:?}"),
+            },
+        ),
+    }
+}
+
+/// The first action for a state found on disk.
+pub fn start(state: &State) -> Option<Action> {
+    match state {
+        State::Ready { .. } => Some(Action::Pack),
+        State::Packed {
+            recovered: true, ..
+        } => Some(Action::Head),
+        State::Packed {
+            recovered: false, ..
+        } => Some(Action::Upload),
+        State::Shipped | State::Quarantined(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive() -> Archive {
+        Archive {
+            digest: Sha256Digest::of(b"a"),
+            bytes: 1,
+            commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
+        }
+    }
+
+    fn packed(recovered: bool) -> State {
+        State::Packed {
+            archive: archive(),
+            recovered,
+        }
+    }
+
+    fn answer(status: u16, error: Option<ErrorCode>) -> Event {
+        Event::Answer {
+            status,
+            error,
+            message: "m".into(),
+            remediation: Some("fix".into()),
+        }
+    }
+
+    #[test]
+    fn the_happy_path() {
+        let ready = State::Ready {
+            commit: archive().commit,
+        };
+        assert_eq!(start(&ready), Some(Action::Pack));
+        let (s, a) = step(&ready, Event::Packed(archive()));
+        assert_eq!((s.clone(), a), (packed(false), Action::Upload));
+        assert_eq!(
+            step(&s, answer(201, None)),
+            (State::Shipped, Action::Retire)
+        );
+        assert_eq!(step(&s, answer(200, None)).1, Action::Retire);
+    }
+
+    #[test]
+    fn every_row_of_the_answer_table() {
+        for (status, code) in [
+            (400, ErrorCode::StampMismatch),
+            (409, ErrorCode::Conflict),
+            (412, ErrorCode::CommitOutOfWindow),
+            (413, ErrorCode::TooLarge),
+        ] {
+            let (s, a) = step(&packed(false), answer(status, Some(code)));
+            assert_eq!(a, Action::Quarantine, "{status}");
+            let State::Quarantined(r) = s else {
+                panic!("{status}")
+            };
+            assert_eq!(
+                (r.code, r.http_status, r.remediation.as_deref()),
+                (code, Some(status), Some("fix"))
+            );
+        }
+        for (status, loud) in [
+            (401, true),
+            (403, true),
+            (404, true),
+            (503, false),
+            (507, false),
+            (500, false),
+        ] {
+            let (s, a) = step(&packed(false), answer(status, None));
+            assert_eq!(s, packed(false), "{status}: stays packed");
+            assert!(
+                matches!(a, Action::RetryLater { loud: l, .. } if l == loud),
+                "{status}: {a:?}"
+            );
+        }
+        let (_, a) = step(
+            &packed(false),
+            Event::NoAnswer {
+                auth: true,
+                message: "closed".into(),
+            },
+        );
+        assert!(matches!(
+            a,
+            Action::RetryLater {
+                loud: true,
+                code: Some(ErrorCode::Unauthenticated),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn recovery_asks_before_uploading() {
+        assert_eq!(start(&packed(true)), Some(Action::Head));
+        assert_eq!(
+            step(&packed(true), Event::Head(Some(archive().digest))),
+            (State::Shipped, Action::Retire)
+        );
+        assert_eq!(
+            step(&packed(true), Event::Head(None)),
+            (packed(false), Action::Upload)
+        );
+        assert_eq!(
+            step(&packed(true), Event::Head(Some(Sha256Digest::of(b"other")))).1,
+            Action::Upload
+        );
+    }
+
+    #[test]
+    fn pack_failures() {
+        let ready = State::Ready {
+            commit: archive().commit,
+        };
+        let (s, a) = step(
+            &ready,
+            Event::PackFailed {
+                fatal: true,
+                message: "symlink".into(),
+            },
+        );
+        assert_eq!(a, Action::Quarantine);
+        assert!(matches!(
+            s,
+            State::Quarantined(Reason {
+                code: ErrorCode::ArchiveFailed,
+                http_status: None,
+                ..
+            })
+        ));
+        assert_eq!(
+            step(
+                &ready,
+                Event::PackFailed {
+                    fatal: false,
+                    message: "changed".into()
+                }
+            )
+            .0,
+            ready
+        );
+    }
+}
