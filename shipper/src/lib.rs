@@ -7,5 +7,8 @@
 pub mod archive;
 pub mod config;
 pub mod disk;
+pub mod queue;
 pub mod scan;
 pub mod state;
+pub mod systemd;
+pub mod upload;

@@ -1,0 +1,168 @@
+//! `shipper [--config PATH] [--ping | --once]`: parses arguments, sets up
+//! logging and signals, and hands over to the library. Exit codes (CONTRACT §5):
+//! `--ping` 0 ok, 2 config, 3 TLS/auth refused, 4 unreachable, 5 unexpected;
+//! `--once` 0, 1 when a transient failure left work, 2 config; daemon 0 on a
+//! clean stop, 2 on bad config.
+
+use clap::Parser;
+use labship_shipper::config::{Config, DEFAULT_PATH};
+use labship_shipper::queue::Shipper;
+use labship_shipper::systemd;
+use labship_shipper::upload::{NoAnswer, Uploader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The labship shipper: ships finished episodes to the receiver.
+#[derive(Debug, Parser)]
+#[command(name = "shipper", version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// One authenticated ping of the receiver; one line out.
+    #[arg(long, conflicts_with = "once")]
+    ping: bool,
+    /// One pass: ship every ready episode, print a summary, exit.
+    #[arg(long)]
+    once: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shipper: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shipper: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let uploader = match Uploader::new(&config) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("shipper: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if args.ping {
+            return ping(&config, &uploader).await;
+        }
+        let mut shipper = match Shipper::new(config.clone(), uploader) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("shipper: {}: data_dir: cannot prepare {}: {e}", config.file.display(), config.data_dir.display());
+                return ExitCode::from(2);
+            }
+        };
+        if args.once {
+            let s = shipper.pass(&|| {}).await;
+            println!(
+                "shipped {}, already present {}, quarantined {}, left pending {} ({} by a transient failure)",
+                s.shipped, s.already_present, s.quarantined, s.pending, s.transient
+            );
+            return if s.transient > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+        daemon(shipper, &config).await
+    })
+}
+
+async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {
+    match uploader
+        .ping(config.connect_timeout + Duration::from_secs(10))
+        .await
+    {
+        Ok(p) => {
+            println!(
+                "ok: receiver {} (version {}) knows this host as {}; gate {}",
+                config.url, p.receiver_version, p.host_id, p.gate
+            );
+            ExitCode::SUCCESS
+        }
+        Err(Ok((status, body))) if status == 401 || status == 403 => {
+            println!(
+                "refused: receiver {} answered {status} for host {}: {body}",
+                config.url, config.host_id
+            );
+            ExitCode::from(3)
+        }
+        Err(Ok((status, body))) => {
+            println!(
+                "unexpected: receiver {} answered {status}: {body}",
+                config.url
+            );
+            ExitCode::from(5)
+        }
+        Err(Err(NoAnswer::Auth(m))) => {
+            println!(
+                "refused: TLS with receiver {} failed for host {} (check receiver.cert_file, receiver.key_file, receiver.ca_file): {m}",
+                config.url, config.host_id
+            );
+            ExitCode::from(3)
+        }
+        Err(Err(NoAnswer::Unreachable(m))) => {
+            println!("unreachable: receiver {}: {m}", config.url);
+            ExitCode::from(4)
+        }
+    }
+}
+
+async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("shipper: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let watchdog = systemd::Watchdog::from_env();
+    systemd::ready(&format!("shipping to {}", config.url));
+    tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");
+    let alive = || watchdog.alive();
+    loop {
+        let pass = shipper.pass(&alive);
+        // A pass is never cut in the middle: every move in it is atomic, and an
+        // upload cut by SIGTERM is retried after restart. So stop between steps.
+        let summary = tokio::select! {
+            s = pass => s,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        watchdog.alive();
+        systemd::status(&format!(
+            "pending {} shipped {} quarantined {} transient {}",
+            summary.pending,
+            summary.shipped + summary.already_present,
+            summary.quarantined,
+            summary.transient
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(config.scan_interval) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    systemd::stopping();
+    tracing::info!("shipper stopped");
+    ExitCode::SUCCESS
+}

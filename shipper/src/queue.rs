@@ -1,0 +1,370 @@
+//! The thin async driver of the episode state machine.
+//!
+//! A pass scans `episodes/`, then takes each ready episode through
+//! [`state::step`] until it is final or must wait: packing on a blocking
+//! thread, HEAD/PUT through the [`Uploader`], moves through [`Layout`].
+//! Transient failures put that one episode on its own backoff (exponential,
+//! full jitter, at least any `Retry-After`), so a failing episode never blocks
+//! the others. After every pass `state/status.json` is written atomically.
+
+use crate::config::Config;
+use crate::disk::Layout;
+use crate::scan::{Found, Scanner};
+use crate::state::{self, Action, Event, Reason, State};
+use crate::upload::Uploader;
+use labship_protocol::{ErrorCode, Id, StampError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub shipped: usize,
+    pub already_present: usize,
+    pub quarantined: usize,
+    /// Not ready yet (no `meta.json`, still settling) or waiting for a retry.
+    pub pending: usize,
+    /// Left by a transient failure in this pass.
+    pub transient: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct LastError {
+    code: Option<String>,
+    status: Option<u16>,
+    episode: String,
+    message: String,
+    at: String,
+}
+
+#[derive(Debug)]
+struct Backoff {
+    attempts: u32,
+    next: Instant,
+}
+
+#[derive(Debug)]
+pub struct Shipper {
+    config: Config,
+    layout: Layout,
+    scanner: Scanner,
+    uploader: Uploader,
+    backoff: HashMap<Id, Backoff>,
+    /// Outbox archives found at start-up are verified with HEAD once.
+    verified: std::collections::HashSet<Id>,
+    workers: u32,
+    last_success: Option<SystemTime>,
+    last_error: Option<LastError>,
+    rng: u64,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Shipper {
+    /// Prepares the directories (clearing crash leftovers in `outbox/`).
+    pub fn new(config: Config, uploader: Uploader) -> std::io::Result<Self> {
+        let layout = Layout::new(&config.data_dir);
+        layout.prepare()?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let rng = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Ok(Self {
+            config,
+            layout,
+            scanner: Scanner::new(),
+            uploader,
+            backoff: HashMap::new(),
+            verified: Default::default(),
+            workers,
+            last_success: None,
+            last_error: None,
+            rng,
+        })
+    }
+
+    pub fn uploader(&self) -> &Uploader {
+        &self.uploader
+    }
+
+    /// One pass. `progress` is called while work moves (scan, uploads).
+    pub async fn pass(&mut self, progress: &(dyn Fn() + Sync)) -> Summary {
+        let mut summary = Summary::default();
+        let scanned = {
+            let (episodes, settle) = (self.layout.episodes.clone(), self.config.settle);
+            let mut scanner = std::mem::take(&mut self.scanner);
+            let result = tokio::task::spawn_blocking(move || {
+                let r = scanner.scan(&episodes, settle, SystemTime::now());
+                (scanner, r)
+            })
+            .await;
+            match result {
+                Ok((scanner, r)) => {
+                    self.scanner = scanner;
+                    r
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        };
+        progress();
+        let pass = match scanned {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %self.layout.episodes.display(), event = "scan_failed", "cannot scan the queue");
+                return summary;
+            }
+        };
+        summary.pending = pass.pending;
+        for (id, found) in pass.found {
+            if self
+                .backoff
+                .get(&id)
+                .is_some_and(|b| Instant::now() < b.next)
+            {
+                summary.pending += 1;
+                continue;
+            }
+            self.drive(id, found, &mut summary, progress).await;
+        }
+        self.write_status(&summary);
+        summary
+    }
+
+    async fn drive(
+        &mut self,
+        id: Id,
+        found: Found,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+    ) {
+        let mut state = match found {
+            Found::QuarantinePending => {
+                match self.layout.finish_quarantine(&id) {
+                    Ok(dest) => {
+                        tracing::warn!(episode = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
+                        summary.quarantined += 1;
+                    }
+                    Err(e) => self.io_failure(&id, "finishing quarantine", &e),
+                }
+                return;
+            }
+            Found::Unstamped(e) => State::Quarantined(local_reason(&e)),
+            Found::Ready(commit) => match self.layout.outbox_archive(&id) {
+                Some(archive) => {
+                    let recovered = self.verified.insert(id.clone());
+                    State::Packed { archive, recovered }
+                }
+                None => State::Ready { commit },
+            },
+        };
+        let mut action = match &state {
+            State::Quarantined(_) => Some(Action::Quarantine),
+            s => state::start(s),
+        };
+        let mut already = false;
+        // The last answer's Retry-After: the floor of the next backoff.
+        let mut floor = None;
+        while let Some(a) = action.take() {
+            let (event, retry_after) = match a {
+                Action::Pack => (self.pack(&id, &state).await, None),
+                Action::Head => (self.uploader.head(&id).await, None),
+                Action::Upload => {
+                    let State::Packed { archive, .. } = &state else {
+                        break;
+                    };
+                    let path = self.layout.archive_path(&id);
+                    self.uploader.put(&id, &path, archive, progress).await
+                }
+                Action::Retire => {
+                    match self.layout.retire(&id) {
+                        Ok(dest) => {
+                            if already {
+                                summary.already_present += 1;
+                            } else {
+                                summary.shipped += 1;
+                            }
+                            self.backoff.remove(&id);
+                            self.last_success = Some(SystemTime::now());
+                            tracing::info!(episode = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
+                        }
+                        Err(e) => self.io_failure(&id, "moving to shipped/", &e),
+                    }
+                    break;
+                }
+                Action::Quarantine => {
+                    let State::Quarantined(reason) = &state else {
+                        break;
+                    };
+                    match self.layout.quarantine(&id, &self.config.host_id, reason) {
+                        Ok(dest) => {
+                            summary.quarantined += 1;
+                            self.backoff.remove(&id);
+                            self.record_error(
+                                &id,
+                                Some(reason.code),
+                                reason.http_status,
+                                &reason.message,
+                            );
+                            tracing::error!(
+                                episode = %id, error_code = reason.code.as_str(), http_status = reason.http_status,
+                                remediation = reason.remediation.as_deref(), dest = %dest.display(),
+                                event = "quarantined", message = %reason.message, "quarantined"
+                            );
+                        }
+                        Err(e) => self.io_failure(&id, "moving to quarantine/", &e),
+                    }
+                    break;
+                }
+                Action::RetryLater {
+                    loud,
+                    code,
+                    status,
+                    message,
+                } => {
+                    summary.transient += 1;
+                    summary.pending += 1;
+                    let wait = self.schedule(&id, floor);
+                    self.record_error(&id, code, status, &message);
+                    if loud {
+                        tracing::error!(episode = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure that needs an operator");
+                    } else {
+                        tracing::warn!(episode = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure; will retry");
+                    }
+                    break;
+                }
+            };
+            if matches!(
+                event,
+                Event::Head(Some(_)) | Event::Answer { status: 200, .. }
+            ) {
+                already = true;
+            }
+            floor = retry_after;
+            let (next, act) = state::step(&state, event);
+            state = next;
+            action = Some(act);
+        }
+    }
+
+    async fn pack(&self, id: &Id, state: &State) -> Event {
+        let State::Ready { commit } = state else {
+            return Event::PackFailed {
+                fatal: false,
+                message: "pack requested outside Ready".into(),
+            };
+        };
+        let (layout, id2, commit, level, workers) = (
+            self.layout.clone(),
+            id.clone(),
+            commit.clone(),
+            self.config.zstd_level,
+            self.workers,
+        );
+        match tokio::task::spawn_blocking(move || layout.pack(&id2, &commit, level, workers)).await
+        {
+            Ok(Ok(archive)) => Event::Packed(archive),
+            Ok(Err(e)) => Event::PackFailed {
+                fatal: e.is_fatal(),
+                message: e.to_string(),
+            },
+            Err(e) => Event::PackFailed {
+                fatal: false,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Exponential backoff with full jitter; returns the wait.
+    fn schedule(&mut self, id: &Id, floor: Option<Duration>) -> Duration {
+        let b = self.backoff.entry(id.clone()).or_insert(Backoff {
+            attempts: 0,
+            next: Instant::now(),
+        });
+        let cap = self
+            .config
+            .initial_backoff
+            .saturating_mul(1u32 << b.attempts.min(20))
+            .min(self.config.max_backoff);
+        b.attempts += 1;
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter = Duration::from_millis(self.rng % (cap.as_millis() as u64 + 1));
+        let wait = jitter.max(floor.unwrap_or_default());
+        let next = Instant::now() + wait;
+        b.next = b.next.max(next);
+        b.next.saturating_duration_since(Instant::now())
+    }
+
+    fn record_error(
+        &mut self,
+        id: &Id,
+        code: Option<ErrorCode>,
+        status: Option<u16>,
+        message: &str,
+    ) {
+        self.last_error = Some(LastError {
+            code: code.map(|c| c.as_str().to_owned()),
+            status,
+            episode: id.to_string(),
+            message: message.chars().take(500).collect(),
+            at: rfc3339(SystemTime::now()),
+        });
+    }
+
+    fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error) {
+        let wait = self.schedule(id, None);
+        self.record_error(id, None, None, &format!("{what}: {e}"));
+        tracing::error!(episode = %id, error = %e, retry_in_s = wait.as_secs(), event = "io_error", "{what} failed; will retry");
+    }
+
+    fn write_status(&self, s: &Summary) {
+        let outbox = std::fs::read_dir(&self.layout.outbox)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "zst"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let quarantined_total = std::fs::read_dir(&self.layout.quarantine)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let status = serde_json::json!({
+            "time": rfc3339(SystemTime::now()),
+            "host_id": self.config.host_id.as_str(),
+            "pending": s.pending,
+            "outbox": outbox,
+            "shipped_this_pass": s.shipped + s.already_present,
+            "quarantined_this_pass": s.quarantined,
+            "quarantined": quarantined_total,
+            "transient_this_pass": s.transient,
+            "last_success": self.last_success.map(rfc3339),
+            "last_error": self.last_error,
+        });
+        let path = self.layout.state.join("status.json");
+        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        if let Err(e) = crate::disk::write_atomic(&path, &bytes) {
+            tracing::error!(error = %e, path = %path.display(), event = "status_write_failed", "cannot write status.json");
+        }
+    }
+}
+
+/// The local quarantine reason for a `meta.json` without a usable stamp.
+fn local_reason(e: &StampError) -> Reason {
+    let code = match e {
+        StampError::NotJson { .. } | StampError::NotObject => ErrorCode::MetaInvalid,
+        StampError::Missing => ErrorCode::StampMissing,
+        StampError::Malformed { .. } => ErrorCode::StampMalformed,
+    };
+    Reason {
+        code,
+        http_status: None,
+        message: format!("{e}; the receiver refuses unstamped episodes"),
+        remediation: Some("record code_version.commit (40 lowercase hex) in the producer's meta.json; this episode itself cannot be shipped as is".into()),
+        commit: None,
+    }
+}

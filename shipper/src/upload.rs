@@ -1,0 +1,313 @@
+//! Talking to the receiver: `POST /v1/ping`, `HEAD` and `PUT` of an archive.
+//!
+//! One reqwest client (rustls, connection reuse) per process. Uploads stream
+//! from the outbox file; there is no total timeout (a long upload that moves is
+//! never killed), but one that moves no byte for `stall_timeout_s` is aborted.
+//! Failures with no answer are classified: a refused client certificate under
+//! TLS 1.3 surfaces only on the first request as a closed connection, so it is
+//! reported as an authentication problem, not as "unreachable".
+
+use crate::config::Config;
+use crate::state::{Archive, Event};
+use labship_protocol::headers::{ARCHIVE_CONTENT_TYPE, CONTENT_DIGEST, LABSHIP_COMMIT};
+use labship_protocol::{ErrorBody, Id, Sha256Digest};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why the client could not be built: a configuration problem (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {why}")]
+pub struct SetupError {
+    pub file: String,
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// A failure with no HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// TLS or client-certificate trouble (`--ping` exit 3).
+    Auth(String),
+    /// Could not connect, reset, stalled or timed out (`--ping` exit 4).
+    Unreachable(String),
+}
+
+impl NoAnswer {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Auth(m) | Self::Unreachable(m) => m,
+        }
+    }
+}
+
+fn classify(e: &reqwest::Error) -> NoAnswer {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = chain.to_lowercase();
+    let tls = [
+        "certificate",
+        "handshake",
+        "alert",
+        "tls",
+        "unknownissuer",
+        "badsignature",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    // RECIPES: under TLS 1.3 a refused client certificate shows up as the
+    // connection closing before the first answer.
+    let closed_early = lower.contains("connection closed before message completed")
+        || lower.contains("canceled")
+        || lower.contains("connection reset");
+    if tls || (closed_early && !e.is_connect() && !e.is_timeout()) {
+        NoAnswer::Auth(chain)
+    } else {
+        NoAnswer::Unreachable(chain)
+    }
+}
+
+/// A successful ping.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Pong {
+    pub host_id: String,
+    pub receiver_version: String,
+    pub gate: serde_json::Value,
+}
+
+#[derive(Debug)]
+pub struct Uploader {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    host: Id,
+    token: Option<String>,
+    stall: Duration,
+}
+
+impl Uploader {
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
+        let file = config.file.display().to_string();
+        let setup = |key: &'static str, why: String| SetupError {
+            file: file.clone(),
+            key,
+            why,
+        };
+        let read = |key: &'static str, p: &Path| {
+            std::fs::read(p).map_err(|e| setup(key, format!("{}: {e}", p.display())))
+        };
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("labship-shipper/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true);
+        if let Some(ca) = &config.ca_file {
+            let pem = read("receiver.ca_file", ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup("receiver.ca_file", format!("{}: {e}", ca.display())))?;
+            b = b.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &config.auth.cert_and_key {
+            let mut pem = read("receiver.cert_file", cert)?;
+            pem.extend(read("receiver.key_file", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                setup(
+                    "receiver.cert_file",
+                    format!("{} with {}: {e}", cert.display(), key.display()),
+                )
+            })?;
+            b = b.identity(identity);
+        }
+        let token = match &config.auth.token_file {
+            Some(p) => Some(
+                String::from_utf8(read("receiver.token_file", p)?)
+                    .map_err(|_| setup("receiver.token_file", "is not UTF-8".into()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let client = b.build().map_err(|e| setup("receiver", e.to_string()))?;
+        Ok(Self {
+            client,
+            base: config.url.clone(),
+            host: config.host_id.clone(),
+            token,
+            stall: config.stall_timeout,
+        })
+    }
+
+    fn url(&self, tail: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let path = format!("{}/{tail}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
+    }
+
+    fn authorize(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// One authenticated ping. `Err(Ok(..))` is an HTTP answer other than 200.
+    pub async fn ping(&self, timeout: Duration) -> Result<Pong, Result<(u16, String), NoAnswer>> {
+        let req = self
+            .authorize(self.client.post(self.url("v1/ping")))
+            .timeout(timeout);
+        let resp = req.send().await.map_err(|e| Err(classify(&e)))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| Err(classify(&e)))?;
+        if status != 200 {
+            return Err(Ok((status, text)));
+        }
+        serde_json::from_str(&text).map_err(|e| Ok((status, format!("unexpected ping body: {e}"))))
+    }
+
+    /// HEAD: the stored digest, `None` when absent.
+    pub async fn head(&self, id: &Id) -> Event {
+        let req = self
+            .authorize(
+                self.client
+                    .head(self.url(&format!("v1/episodes/{}/{id}", self.host))),
+            )
+            .timeout(self.stall);
+        match req.send().await {
+            Err(e) => no_answer(classify(&e)),
+            Ok(r) if r.status() == 404 => Event::Head(None),
+            Ok(r) if r.status() == 200 => Event::Head(
+                r.headers()
+                    .get(CONTENT_DIGEST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Sha256Digest::parse_header(v).ok()),
+            ),
+            Ok(r) => answer(r).await.0,
+        }
+    }
+
+    /// PUT the outbox archive. `progress` is called as bytes move (for the
+    /// watchdog). Returns the event and any `Retry-After`.
+    pub async fn put(
+        &self,
+        id: &Id,
+        path: &Path,
+        archive: &Archive,
+        progress: &(dyn Fn() + Sync),
+    ) -> (Event, Option<Duration>) {
+        let file = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) => {
+                return (
+                    no_answer(NoAnswer::Unreachable(format!("{}: {e}", path.display()))),
+                    None,
+                );
+            }
+        };
+        let started = Instant::now();
+        let moved_at = Arc::new(AtomicU64::new(0));
+        let stamp = moved_at.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let stream = inspect_chunks(stream, move || {
+            stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        });
+        let req = self
+            .authorize(
+                self.client
+                    .put(self.url(&format!("v1/episodes/{}/{id}", self.host))),
+            )
+            .header(CONTENT_DIGEST, archive.digest.header_value())
+            .header(LABSHIP_COMMIT, archive.commit.as_str())
+            .header(reqwest::header::CONTENT_TYPE, ARCHIVE_CONTENT_TYPE)
+            .header(reqwest::header::CONTENT_LENGTH, archive.bytes)
+            .body(reqwest::Body::wrap_stream(stream));
+        let send = req.send();
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.stall));
+        let mut last_seen = 0;
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break r,
+                _ = tick.tick() => {
+                    let at = moved_at.load(Ordering::Relaxed);
+                    if at != last_seen {
+                        last_seen = at;
+                        progress();
+                    }
+                    let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
+                    if idle > self.stall {
+                        return (no_answer(NoAnswer::Unreachable(format!(
+                            "upload stalled: no progress for {}s (receiver.stall_timeout_s)", self.stall.as_secs()
+                        ))), None);
+                    }
+                }
+            }
+        };
+        match resp {
+            Err(e) => (no_answer(classify(&e)), None),
+            Ok(r) => answer(r).await,
+        }
+    }
+}
+
+fn no_answer(n: NoAnswer) -> Event {
+    let auth = matches!(n, NoAnswer::Auth(_));
+    Event::NoAnswer {
+        auth,
+        message: n.message().to_owned(),
+    }
+}
+
+async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = r.text().await.unwrap_or_default();
+    let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
+    let event = Event::Answer {
+        status,
+        error: body.as_ref().map(|b| b.error),
+        message: body
+            .as_ref()
+            .map_or_else(|| text.chars().take(300).collect(), |b| b.message.clone()),
+        remediation: body.and_then(|b| b.remediation),
+    };
+    (event, retry_after)
+}
+
+/// Calls `on_chunk` for every chunk that passes (a tiny `inspect`; futures-util
+/// would bring a lot for one combinator).
+fn inspect_chunks<S>(stream: S, on_chunk: impl Fn() + Send + Sync + 'static) -> InspectStream<S> {
+    InspectStream {
+        inner: stream,
+        on_chunk: Box::new(on_chunk),
+    }
+}
+
+struct InspectStream<S> {
+    inner: S,
+    on_chunk: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<S: futures_core::Stream + Unpin> futures_core::Stream for InspectStream<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            (self.on_chunk)();
+        }
+        polled
+    }
+}

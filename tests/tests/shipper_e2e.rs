@@ -1,0 +1,235 @@
+//! The real `shipper` binary against the real receiver over mutual TLS.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::pki::Issued;
+use labship_tests::process::{Receiver, run};
+use labship_tests::{GOOD_COMMIT, OLD_COMMIT, REMEDIATION, TestEnv};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const HOST: &str = "lab-01";
+
+/// Writes a shipper config for `url` with `id` as client identity; settle 0.
+fn shipper_config(env: &TestEnv, url: &str, id: &Issued) -> (PathBuf, PathBuf) {
+    let data = env.path().join("lab");
+    std::fs::create_dir_all(data.join("episodes")).unwrap();
+    let cfg = env.path().join("shipper.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host_id = \"{HOST}\"\ndata_dir = {data:?}\nsettle_s = 0\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
+            env.pki.ca_file, id.cert_file, id.key_file
+        ),
+    )
+    .unwrap();
+    (cfg, data)
+}
+
+fn shipper(cfg: &Path, flag: &str) -> (i32, String, String) {
+    run("shipper", &["--config", cfg.to_str().unwrap(), flag])
+}
+
+fn reason(data: &Path, id: &str) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(
+            data.join("quarantine")
+                .join(id)
+                .join("quarantine_reason.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn once_ships_quarantines_and_is_idempotent() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    let eps = data.join("episodes");
+    let a = write_episode(
+        &eps,
+        "ep-a",
+        Some(GOOD_COMMIT),
+        &[
+            ("frames/0.bin", &noise(1_000_000, 1)),
+            ("log.csv", b"t,v\n"),
+        ],
+    );
+    write_episode(&eps, "ep-b", Some(GOOD_COMMIT), &[]);
+    write_episode(&eps, "old", Some(OLD_COMMIT), &[("x", b"1")]);
+    write_episode(&eps, "unstamped", None, &[("x", b"1")]);
+    let sym = write_episode(&eps, "sym", Some(GOOD_COMMIT), &[]);
+    std::os::unix::fs::symlink("/etc/passwd", sym.join("link")).unwrap();
+    std::fs::create_dir_all(eps.join("bad name")).unwrap();
+    std::fs::create_dir_all(eps.join("writing")).unwrap(); // no meta.json yet
+    let source_a = env.file("copy/.keep").parent().unwrap().join("ep-a");
+    std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&source_a)
+        .status()
+        .unwrap();
+
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("shipped 2, already present 0, quarantined 3, left pending 1"),
+        "{out}"
+    );
+    assert_eq!(names(&data.join("shipped")), ["ep-a", "ep-b"]);
+    assert_eq!(names(&data.join("quarantine")), ["old", "sym", "unstamped"]);
+    assert_eq!(
+        names(&eps),
+        ["bad name", "writing"],
+        "invalid names and unfinished episodes are left alone"
+    );
+    assert!(names(&data.join("outbox")).is_empty());
+
+    let old = reason(&data, "old");
+    assert_eq!(
+        (old["reason"].as_str(), old["http_status"].as_u64()),
+        (Some("commit_out_of_window"), Some(412))
+    );
+    assert_eq!(old["remediation"], REMEDIATION);
+    assert_eq!(old["commit"], OLD_COMMIT);
+    assert_eq!(old["host_id"], HOST);
+    assert!(old["quarantined_at"].as_str().unwrap().ends_with('Z'));
+    let uns = reason(&data, "unstamped");
+    assert_eq!(
+        (uns["reason"].as_str(), uns["http_status"].as_u64()),
+        (Some("stamp_missing"), None)
+    );
+    assert_eq!(reason(&data, "sym")["reason"], "archive_failed");
+
+    // The receiver holds exactly what was in the episode.
+    let stored = std::fs::read(r.store.join(HOST).join("ep-a.tar.zst")).unwrap();
+    let out_dir = env.file("unpacked/.keep");
+    unpack(&stored, out_dir.parent().unwrap());
+    assert_same_tree(&source_a, &out_dir.parent().unwrap().join("ep-a"));
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(data.join("state/status.json")).unwrap()).unwrap();
+    assert_eq!(status["quarantined_this_pass"], 3);
+    assert!(status["last_success"].is_string());
+
+    // A second pass changes nothing.
+    let (code, out, _) = shipper(&cfg, "--once");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("shipped 0, already present 0, quarantined 0, left pending 1"),
+        "{out}"
+    );
+    assert_eq!(
+        r.audit_records()
+            .iter()
+            .filter(|a| a["status"] == 201)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn receiver_down_then_back_and_recovery_by_head() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    write_episode(
+        &data.join("episodes"),
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(10_000, 3))],
+    );
+    r.kill9();
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 1, "transient failure leaves work: {out}\n{err}");
+    assert!(
+        out.contains("left pending 1 (1 by a transient failure)"),
+        "{out}"
+    );
+    assert_eq!(names(&data.join("outbox")), ["ep.json", "ep.tar.zst"]);
+    assert_eq!(names(&data.join("episodes")), ["ep"]);
+
+    // Simulate "uploaded, then crashed before retiring": the receiver gets the
+    // outbox archive by another route; the shipper must HEAD and retire it
+    // without a second upload.
+    r.restart();
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(data.join("outbox/ep.json")).unwrap()).unwrap();
+    let body = std::fs::read(data.join("outbox/ep.tar.zst")).unwrap();
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        c.put(format!("{}/v1/episodes/{HOST}/ep", r.url))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header("Content-Digest", sidecar["digest"].as_str().unwrap())
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 201);
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("shipped 0, already present 1"), "{out}");
+    assert_eq!(names(&data.join("shipped")), ["ep"]);
+    assert!(names(&data.join("outbox")).is_empty());
+    assert_eq!(
+        r.audit_records().len(),
+        1,
+        "no second PUT: {:?}",
+        r.audit_records()
+    );
+}
+
+#[test]
+fn ping_exit_codes() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let (cfg, _) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok:") && out.contains(HOST), "{out}");
+
+    let rogue_cfg = env.path().join("rogue.toml");
+    let rogue = env.pki.rogue_client(HOST);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let own = env.pki.client(HOST);
+    std::fs::write(
+        &rogue_cfg,
+        text.replace(
+            own.cert_file.to_str().unwrap(),
+            rogue.cert_file.to_str().unwrap(),
+        )
+        .replace(
+            own.key_file.to_str().unwrap(),
+            rogue.key_file.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let (code, out, _) = shipper(&rogue_cfg, "--ping");
+    assert_eq!(code, 3, "rejected certificate: {out}");
+
+    r.kill9();
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 4, "receiver down: {out}");
+
+    let bad = env.path().join("bad.toml");
+    std::fs::write(&bad, "host_id = \"x\"\n").unwrap();
+    let (code, _, err) = shipper(&bad, "--ping");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bad.toml") && err.contains("receiver"),
+        "{err}"
+    );
+}
