@@ -5,6 +5,7 @@
 //! state machine, uploads and the daemon are still to come.
 
 pub mod archive;
+pub mod cleanup;
 pub mod config;
 pub mod disk;
 pub mod queue;

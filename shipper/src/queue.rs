@@ -57,6 +57,7 @@ pub struct Shipper {
     last_success: Option<SystemTime>,
     last_error: Option<LastError>,
     rng: u64,
+    cleanup: crate::cleanup::Schedule,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -74,7 +75,6 @@ impl Shipper {
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
         Ok(Self {
-            config,
             layout,
             scanner: Scanner::new(),
             uploader,
@@ -84,6 +84,8 @@ impl Shipper {
             last_success: None,
             last_error: None,
             rng,
+            cleanup: crate::cleanup::Schedule::new(config.quarantine_keep, config.cleanup_interval),
+            config,
         })
     }
 
@@ -130,8 +132,33 @@ impl Shipper {
             }
             self.drive(id, found, &mut summary, progress).await;
         }
+        self.sweep_quarantine().await;
         self.write_status(&summary);
         summary
+    }
+
+    async fn sweep_quarantine(&mut self) {
+        let Some(keep) = self.cleanup.due(Instant::now()) else {
+            return;
+        };
+        let dir = self.layout.quarantine.clone();
+        match tokio::task::spawn_blocking(move || {
+            crate::cleanup::sweep(&dir, keep, SystemTime::now())
+        })
+        .await
+        {
+            Ok(Ok(removed)) => {
+                for (path, age) in removed {
+                    tracing::info!(path = %path.display(), age_days = age.as_secs() / 86_400, event = "quarantine_removed", "removed an expired quarantine entry");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, event = "quarantine_cleanup_failed", "quarantine cleanup failed")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, event = "quarantine_cleanup_failed", "quarantine cleanup task failed")
+            }
+        }
     }
 
     async fn drive(

@@ -1,5 +1,8 @@
 //! The real `shipper` binary against the real receiver over mutual TLS.
-#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
 use labship_tests::pki::Issued;
