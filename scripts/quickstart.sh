@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# quickstart: the receiver end to end on local defaults, with curl as the client.
+# quickstart: labship end to end on local defaults.
 #
 # Builds the workspace, makes a dev CA and certificates in .dev/ (git-ignored),
-# starts a receiver on loopback, packs sample episodes with tar + zstd exactly as
-# the contract says, and walks the status table: 201 stored, 200 retry, HEAD,
-# 412 out-of-window (with remediation), 400 unstamped, 409 conflict. Then stops
-# the receiver. The shipper replaces curl here once it exists (issue 3/5).
+# starts a receiver on loopback, writes sample episodes for a lab host (two good,
+# one unstamped, one out of the commit window), runs `shipper --ping` and
+# `shipper --once`, shows what was shipped and quarantined and why, then walks
+# the receiver's status table with curl alone (201, 200, HEAD, 412, 400, 409)
+# and stops the receiver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -80,11 +81,42 @@ put() { # id commit-header file
 }
 row() { printf '  %-44s -> %s  %s\n' "$1" "$2" "$(cat answer.json 2>/dev/null)"; }
 
+echo "== lab host: shipper --ping and --once (data dir $dev/lab)"
+mkdir -p lab/episodes
+sample() { # id commit-or-empty
+  mkdir -p "lab/episodes/$1/frames"
+  if [ -n "$2" ]; then
+    printf '{"episode":"%s","code_version":{"commit":"%s","dirty":false}}\n' "$1" "$2" > "lab/episodes/$1/meta.json"
+  else
+    printf '{"episode":"%s"}\n' "$1" > "lab/episodes/$1/meta.json"
+  fi
+  head -c 200000 /dev/urandom > "lab/episodes/$1/frames/0001.bin"
+  seq 1 5000 > "lab/episodes/$1/steps.csv"
+}
+sample run-001 "$good"; sample run-002 "$good"; sample run-003 ""; sample run-004 "$old"
+cat > shipper.toml <<TOML
+host_id = "$host"
+data_dir = "lab"
+settle_s = 0
+[receiver]
+url = "https://127.0.0.1:$port"
+ca_file = "pki/ca.pem"
+cert_file = "pki/client.pem"
+key_file = "pki/client.key"
+TOML
+"$bin/shipper" --config shipper.toml --ping
+"$bin/shipper" --config shipper.toml --once 2>shipper.log
+echo "  shipped/:    $(ls lab/shipped | tr '\n' ' ')"
+for q in lab/quarantine/*/; do
+  printf '  quarantine/: %-10s %s\n' "$(basename "$q")" "$(tr -d '\n' < "$q/quarantine_reason.json" | sed 's/  */ /g' | cut -c1-220)"
+done
+echo "  receiver store: $(ls "store/$host" | tr '\n' ' ')"
+
 episode ep-0001 "$good"
 episode ep-0002 "$old"
 episode ep-0003 ""
 
-echo "== the status table, with curl"
+echo "== the receiver's status table, with curl alone"
 printf '  %-44s -> %s\n' "POST /v1/ping" "$(curl_ -X POST "https://127.0.0.1:$port/v1/ping")"
 row "PUT ep-0001 (stamped, in window)" "$(put ep-0001 $good ep-0001.tar.zst)"
 row "PUT ep-0001 again (same bytes)" "$(put ep-0001 $good ep-0001.tar.zst)"

@@ -236,3 +236,66 @@ fn ping_exit_codes() {
         "{err}"
     );
 }
+
+#[test]
+fn daemon_notifies_ships_and_stops_cleanly_on_sigterm() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 1"),
+    )
+    .unwrap();
+    let sock_path = env.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(std::fs::File::create(env.path().join("shipper.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv = |seen: &mut Vec<String>| {
+        let n = sock.recv(&mut buf).expect("a notify message");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    };
+    recv(&mut seen);
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    // An episode written while the daemon runs is shipped by a later pass.
+    write_episode(
+        &data.join("episodes"),
+        "live",
+        Some(GOOD_COMMIT),
+        &[("d", b"1")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !data.join("shipped/live").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "not shipped: {}",
+            std::fs::read_to_string(env.path().join("shipper.log")).unwrap()
+        );
+        recv(&mut seen);
+    }
+    while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 2 {
+        recv(&mut seen);
+    }
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=pending")),
+        "{seen:?}"
+    );
+    assert!(labship_tests::process::unsafe_free_kill(child.id(), 15));
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        recv(&mut seen);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
