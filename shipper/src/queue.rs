@@ -172,7 +172,7 @@ impl Shipper {
             Found::QuarantinePending => {
                 match self.layout.finish_quarantine(&id) {
                     Ok(dest) => {
-                        tracing::warn!(episode = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
+                        tracing::warn!(episode_id = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
                         summary.quarantined += 1;
                     }
                     Err(e) => self.io_failure(&id, "finishing quarantine", &e),
@@ -216,7 +216,7 @@ impl Shipper {
                             }
                             self.backoff.remove(&id);
                             self.last_success = Some(SystemTime::now());
-                            tracing::info!(episode = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
+                            tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
                         }
                         Err(e) => self.io_failure(&id, "moving to shipped/", &e),
                     }
@@ -237,7 +237,7 @@ impl Shipper {
                                 &reason.message,
                             );
                             tracing::error!(
-                                episode = %id, error_code = reason.code.as_str(), http_status = reason.http_status,
+                                episode_id = %id, error_code = reason.code.as_str(), http_status = reason.http_status,
                                 remediation = reason.remediation.as_deref(), dest = %dest.display(),
                                 event = "quarantined", message = %reason.message, "quarantined"
                             );
@@ -257,9 +257,9 @@ impl Shipper {
                     let wait = self.schedule(&id, floor);
                     self.record_error(&id, code, status, &message);
                     if loud {
-                        tracing::error!(episode = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure that needs an operator");
+                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure that needs an operator");
                     } else {
-                        tracing::warn!(episode = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure; will retry");
+                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure; will retry");
                     }
                     break;
                 }
@@ -346,7 +346,7 @@ impl Shipper {
     fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error) {
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
-        tracing::error!(episode = %id, error = %e, retry_in_s = wait.as_secs(), event = "io_error", "{what} failed; will retry");
+        tracing::error!(episode_id = %id, error = %e, retry_in_s = wait.as_secs(), event = "io_error", "{what} failed; will retry");
     }
 
     fn write_status(&self, s: &Summary) {

@@ -299,3 +299,58 @@ fn daemon_notifies_ships_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn the_journal_gets_native_fields_doctor_can_classify() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !is_root || !Path::new("/lib/systemd/systemd-journald").exists() {
+        eprintln!(
+            "SKIP the_journal_gets_native_fields_doctor_can_classify: needs root and systemd-journald"
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    write_episode(&data.join("episodes"), "good", Some(GOOD_COMMIT), &[]);
+    write_episode(&data.join("episodes"), "old", Some(OLD_COMMIT), &[]);
+    // A real journald in a private mount namespace (RECIPES.md), then the real
+    // shipper logging to it, then the real `journalctl -o json`.
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/systemd/journal /run/log; \
+         /lib/systemd/systemd-journald </dev/null >/dev/null 2>&1 & J=$!; trap 'kill $J' EXIT; sleep 1; \
+         LABSHIP_JOURNAL=1 {shipper:?} --config {cfg:?} --once >/dev/null; sleep 0.5; \
+         journalctl --no-pager -o json -t shipper",
+        shipper = labship_tests::bin("shipper"),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let entries: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |event: &str, ep: &str| {
+        entries
+            .iter()
+            .find(|e| e["EVENT"] == event && e["EPISODE_ID"] == ep)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {event} entry for {ep} in:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .clone()
+    };
+    let q = find("quarantined", "old");
+    assert_eq!(q["HTTP_STATUS"], "412");
+    assert_eq!(q["ERROR_CODE"], "commit_out_of_window");
+    assert_eq!(q["REMEDIATION"], REMEDIATION);
+    assert_eq!(q["PRIORITY"], "3", "quarantine is logged as an error");
+    find("shipped", "good");
+}
