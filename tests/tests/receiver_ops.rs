@@ -152,15 +152,20 @@ async fn gate_reloads_on_change_and_sighup_and_keeps_last_good_set() {
         r.log_text()
     );
 
-    // SIGHUP applies a good file at once.
+    // SIGHUP applies a good file at once. (Fresh ids: a probe stored before
+    // the reload would answer 200 forever.)
     std::fs::write(&r.allowed, format!("{GOOD_COMMIT}\n")).unwrap();
     r.signal(1);
     let started = Instant::now();
-    while put(&c, &r.url, "e3", OLD_COMMIT, archive("e3", OLD_COMMIT, 10))
-        .await
-        .status()
-        != 412
-    {
+    for n in 0.. {
+        let id = format!("e3-{n}");
+        if put(&c, &r.url, &id, OLD_COMMIT, archive(&id, OLD_COMMIT, 10))
+            .await
+            .status()
+            == 412
+        {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "SIGHUP reload not applied"
@@ -659,18 +664,18 @@ async fn a_retry_after_the_gate_moved_still_gets_200_not_412() {
     );
     std::fs::write(&r.allowed, format!("{OLD_COMMIT}\n")).unwrap();
     r.signal(1);
+    // Probe with a fresh id each time: a probe that lands before the reload is
+    // stored, and a stored id answers 200 whatever the gate says.
     let started = Instant::now();
-    while put(
-        &c,
-        &r.url,
-        "new",
-        GOOD_COMMIT,
-        archive("new", GOOD_COMMIT, 10),
-    )
-    .await
-    .status()
-        != 412
-    {
+    for n in 0.. {
+        let id = format!("probe-{n}");
+        if put(&c, &r.url, &id, GOOD_COMMIT, archive(&id, GOOD_COMMIT, 10))
+            .await
+            .status()
+            == 412
+        {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "gate did not move"
