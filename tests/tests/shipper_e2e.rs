@@ -354,3 +354,128 @@ fn the_journal_gets_native_fields_doctor_can_classify() {
     assert_eq!(q["PRIORITY"], "3", "quarantine is logged as an error");
     find("shipped", "good");
 }
+
+#[test]
+fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 1"),
+    )
+    .unwrap();
+    let copies = env.path().join("copies");
+    let n = 16;
+    for i in 0..n {
+        let id = format!("ep-{i:02}");
+        write_episode(
+            &data.join("episodes"),
+            &id,
+            Some(GOOD_COMMIT),
+            &[("d.bin", &noise(400_000, i)), ("t.csv", b"1\n")],
+        );
+        write_episode(
+            &copies,
+            &id,
+            Some(GOOD_COMMIT),
+            &[("d.bin", &noise(400_000, i)), ("t.csv", b"1\n")],
+        );
+    }
+    let seed: u64 = std::env::var("LABSHIP_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let trials: usize = std::env::var("LABSHIP_CRASH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let delays = noise(trials, seed);
+    let spawn = || {
+        std::process::Command::new(labship_tests::bin("shipper"))
+            .args(["--config", cfg.to_str().unwrap()])
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(env.path().join("shipper.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let mut progress_at_kill = Vec::new();
+    for d in &delays {
+        let mut child = spawn();
+        std::thread::sleep(Duration::from_millis(30 + u64::from(*d) / 2));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        progress_at_kill.push(names(&data.join("shipped")).len());
+    }
+    // The campaign only proves something if kills landed with work half done.
+    assert!(
+        progress_at_kill.iter().any(|&k| k > 0 && k < n as usize),
+        "no kill interrupted work in progress: {progress_at_kill:?}"
+    );
+    eprintln!("shipped after each kill: {progress_at_kill:?}");
+    let mut child = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while names(&data.join("shipped")).len() < n as usize {
+        assert!(
+            Instant::now() < deadline,
+            "not all shipped: {:?}\n{}",
+            names(&data.join("shipped")),
+            std::fs::read_to_string(env.path().join("shipper.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let expected: Vec<String> = (0..n).map(|i| format!("ep-{i:02}")).collect();
+    assert_eq!(
+        names(&data.join("shipped")),
+        expected,
+        "each episode shipped exactly once"
+    );
+    assert!(names(&data.join("episodes")).is_empty());
+    assert!(
+        names(&data.join("quarantine")).is_empty(),
+        "a crash must never cause a quarantine"
+    );
+    assert!(names(&data.join("outbox")).iter().all(|f| {
+        !f.ends_with(".tar.zst")
+            || data
+                .join("episodes")
+                .join(f.trim_end_matches(".tar.zst"))
+                .exists()
+    }));
+    let stored: Vec<String> = r
+        .stored(HOST)
+        .into_iter()
+        .filter(|f| f.ends_with(".tar.zst"))
+        .collect();
+    assert_eq!(stored.len(), n as usize);
+    assert_eq!(
+        r.audit_records()
+            .iter()
+            .filter(|a| a["status"] == 201)
+            .count(),
+        n as usize,
+        "stored once each"
+    );
+    for id in &expected {
+        let out = env.path().join("unpacked").join(id);
+        std::fs::create_dir_all(&out).unwrap();
+        unpack(
+            &std::fs::read(r.store.join(HOST).join(format!("{id}.tar.zst"))).unwrap(),
+            &out,
+        );
+        assert_same_tree(&copies.join(id), &out.join(id));
+        assert_same_tree(&copies.join(id), &data.join("shipped").join(id));
+    }
+    assert!(r.scratch().is_empty());
+}
