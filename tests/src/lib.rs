@@ -9,6 +9,7 @@
 pub mod episode;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 

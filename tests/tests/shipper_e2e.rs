@@ -479,3 +479,46 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
     }
     assert!(r.scratch().is_empty());
 }
+
+#[test]
+fn a_stalled_upload_is_cut_by_stall_timeout_and_the_retry_ships_it() {
+    use labship_tests::proxy::{Fault, Proxy};
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let proxy = Proxy::start(r.addr, Fault::StallAfter(200_000));
+    let url = format!("https://127.0.0.1:{}", proxy.addr.port());
+    let (cfg, data) = shipper_config(&env, &url, &env.pki.client(HOST));
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("stall_timeout_s = 5", "stall_timeout_s = 2"),
+    )
+    .unwrap();
+    write_episode(
+        &data.join("episodes"),
+        "big",
+        Some(GOOD_COMMIT),
+        &[("d.bin", &noise(3_000_000, 11))],
+    );
+
+    let t = Instant::now();
+    let (code, out, err) = shipper(&cfg, "--once");
+    let took = t.elapsed();
+    assert_eq!(code, 1, "a stall is transient: {out}\n{err}");
+    assert!(err.contains("stalled"), "{err}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "cut after {took:?}"
+    );
+    assert!(
+        names(&data.join("quarantine")).is_empty(),
+        "never quarantined for a wire fault"
+    );
+
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("shipped 1"), "{out}");
+    assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
