@@ -257,9 +257,9 @@ impl Shipper {
                     let wait = self.schedule(&id, floor);
                     self.record_error(&id, code, status, &message);
                     if loud {
-                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure that needs an operator");
+                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, event = "retry", message = %message, "transient failure that needs an operator");
                     } else {
-                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_s = wait.as_secs(), event = "retry", message = %message, "transient failure; will retry");
+                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, event = "retry", message = %message, "transient failure; will retry");
                     }
                     break;
                 }
@@ -346,7 +346,7 @@ impl Shipper {
     fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error) {
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
-        tracing::error!(episode_id = %id, error = %e, retry_in_s = wait.as_secs(), event = "io_error", "{what} failed; will retry");
+        tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed; will retry");
     }
 
     fn write_status(&self, s: &Summary) {

@@ -522,3 +522,80 @@ fn a_stalled_upload_is_cut_by_stall_timeout_and_the_retry_ships_it() {
     assert!(out.contains("shipped 1"), "{out}");
     assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+#[test]
+fn retry_after_from_a_busy_receiver_is_honoured() {
+    use labship_tests::process::ReceiverOpts;
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_concurrent_uploads = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    write_episode(
+        &data.join("episodes"),
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", b"1")],
+    );
+    // Hold the receiver's only upload slot with a body that never finishes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = env.client(Some(&env.pki.client("lab-02")));
+    let url = format!("{}/v1/episodes/lab-02/hold", r.url);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let hold = rt.spawn(async move {
+        let body =
+            reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (b, rx))
+            }));
+        c.put(url)
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header(
+                "Content-Digest",
+                "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:",
+            )
+            .body(body)
+            .send()
+            .await
+    });
+    rt.block_on(tx.send(Ok(vec![0x28, 0xb5, 0x2f, 0xfd])))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.scratch().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hold upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap(), "--once"])
+        .env("LABSHIP_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("event=\"retry\"") || l.contains("event=retry"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("http_status=503") && line.contains("error_code=\"busy\""),
+        "{line}"
+    );
+    let ms: u64 = line
+        .split("retry_in_ms=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(
+        ms >= 4_900,
+        "Retry-After: 5 must floor the backoff (initial_backoff_s = 1); got {ms} ms"
+    );
+    drop(tx);
+    let _ = rt.block_on(hold);
+}
