@@ -51,17 +51,20 @@ impl ArchiveError {
 }
 
 /// Hashes and counts what passes through to `inner`.
-struct HashingWriter<W> {
+struct HashingWriter<'a, W> {
     inner: W,
     hasher: Hasher,
     bytes: u64,
+    written: &'a std::sync::atomic::AtomicU64,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        self.written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -85,14 +88,16 @@ fn special_kind(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Packs the episode directory `dir` (named `id`) into `out`. `workers` > 1
-/// compresses on that many threads.
+/// Packs the episode directory `dir` (named `id`) into `out`, compressing on
+/// `workers` threads. `written` counts compressed bytes as they go (progress
+/// for the watchdog during long packs).
 pub fn pack<W: Write>(
     dir: &Path,
     id: &Id,
     out: W,
     level: i32,
     workers: u32,
+    written: &std::sync::atomic::AtomicU64,
 ) -> Result<Packed, ArchiveError> {
     let io_at = |path: &Path| {
         let path = path.to_owned();
@@ -103,11 +108,12 @@ pub fn pack<W: Write>(
         inner: out,
         hasher: Hasher::new(),
         bytes: 0,
+        written,
     };
     let mut encoder = zstd::stream::write::Encoder::new(hashing, level).map_err(io_at(dir))?;
-    if workers > 1 {
-        encoder.multithread(workers).map_err(io_at(dir))?;
-    }
+    // Always the multithreaded encoder (even with one worker): its output does
+    // not depend on the worker count, while single-threaded zstd's differs.
+    encoder.multithread(workers.max(1)).map_err(io_at(dir))?;
     let mut tar = tar::Builder::new(encoder);
     let mut files = 0u64;
     for entry in walkdir::WalkDir::new(dir)
@@ -251,13 +257,18 @@ mod tests {
     #[test]
     fn packs_deterministically_whatever_the_worker_count() {
         let (_root, dir) = tree();
+        let c = Default::default();
         let mut one = Vec::new();
-        let p1 = pack(&dir, &id(), &mut one, 3, 1).unwrap();
+        let p1 = pack(&dir, &id(), &mut one, 3, 1, &c).unwrap();
         let mut four = Vec::new();
-        let p4 = pack(&dir, &id(), &mut four, 3, 4).unwrap();
+        let p4 = pack(&dir, &id(), &mut four, 3, 4, &c).unwrap();
         let mut again = Vec::new();
-        pack(&dir, &id(), &mut again, 3, 4).unwrap();
+        pack(&dir, &id(), &mut again, 3, 4, &c).unwrap();
         assert_eq!(four, again, "two packs of one tree differ");
+        assert_eq!(
+            one, four,
+            "the output must not depend on the host's core count"
+        );
         assert_eq!(p4.digest, Sha256Digest::of(&four));
         assert_eq!(p4.bytes, four.len() as u64);
         assert_eq!(p1.files, 4);
@@ -268,7 +279,7 @@ mod tests {
     fn keeps_modes_mtimes_order_and_drops_owners() {
         let (_root, dir) = tree();
         let mut out = Vec::new();
-        pack(&dir, &id(), &mut out, 3, 2).unwrap();
+        pack(&dir, &id(), &mut out, 3, 2, &Default::default()).unwrap();
         let tar = zstd::decode_all(out.as_slice()).unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
         let mut paths = Vec::new();
@@ -298,7 +309,7 @@ mod tests {
     fn symlinks_and_fifos_are_fatal_and_named() {
         let (_root, dir) = tree();
         std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
-        let e = pack(&dir, &id(), io::sink(), 3, 1).unwrap_err();
+        let e = pack(&dir, &id(), io::sink(), 3, 1, &Default::default()).unwrap_err();
         assert!(
             e.is_fatal() && e.to_string().contains("link") && e.to_string().contains("symlink"),
             "{e}"
@@ -309,7 +320,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(ok.success());
-        let e = pack(&dir, &id(), io::sink(), 3, 1).unwrap_err();
+        let e = pack(&dir, &id(), io::sink(), 3, 1, &Default::default()).unwrap_err();
         assert!(e.is_fatal() && e.to_string().contains("fifo"), "{e}");
     }
 }

@@ -153,6 +153,7 @@ impl Layout {
         commit: &Commit,
         level: i32,
         workers: u32,
+        written: &std::sync::atomic::AtomicU64,
     ) -> Result<Archive, ArchiveError> {
         let io_at = |path: &Path| {
             let path = path.to_owned();
@@ -169,6 +170,7 @@ impl Layout {
             io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
             level,
             workers,
+            written,
         )?;
         tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
         let path = self.archive_path(id);

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let uploader = match Uploader::new(&config) {
             Ok(u) => u,
             Err(e) => {
@@ -76,7 +76,12 @@ fn main() -> ExitCode {
             return if s.transient > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
         daemon(shipper, &config).await
-    })
+    });
+    // A pack still running on a blocking thread (SIGTERM mid-pass) is not
+    // waited for: its temp file in outbox/ is cleared at the next start, and
+    // the stop must not outlast systemd's TimeoutStopSec.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
 }
 
 /// Logs go to the journal as native fields (`EVENT`, `EPISODE_ID`,

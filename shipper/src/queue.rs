@@ -3,10 +3,18 @@
 //! A pass scans `episodes/`, then takes each ready episode through
 //! [`state::step`] until it is final or must wait: packing on a blocking
 //! thread, HEAD/PUT through the [`Uploader`], moves through [`Layout`].
-//! Transient failures put that one episode on its own backoff (exponential,
-//! full jitter, at least any `Retry-After`), so a failing episode never blocks
-//! the others. After every pass `state/status.json` is written atomically.
+//! Transient failures that belong to one episode (a 500, a failed pack, a
+//! failed move) put that episode on its own backoff (exponential, full jitter,
+//! at least any `Retry-After`), so a failing episode never blocks the others.
+//! Failures that belong to the receiver or the link (no answer, 401, 403, 429,
+//! 503, 507) put the whole host on hold instead and end the pass: hammering a
+//! receiver that is down or full once per episode helps nobody.
+//!
+//! While one episode uploads, the next ready one is packed on a blocking
+//! thread (look-ahead of one: one extra archive in `outbox/` at most).
+//! After every pass `state/status.json` is written atomically.
 
+use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::disk::Layout;
 use crate::scan::{Found, Scanner};
@@ -14,7 +22,9 @@ use crate::state::{self, Action, Event, Reason, State};
 use crate::upload::Uploader;
 use labship_protocol::{ErrorCode, Id, StampError};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What one pass did.
@@ -44,6 +54,59 @@ struct Backoff {
     next: Instant,
 }
 
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            attempts: 0,
+            next: Instant::now(),
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        Instant::now() < self.next
+    }
+
+    /// Exponential backoff with full jitter, never shorter than `floor`;
+    /// returns the wait.
+    fn bump(
+        &mut self,
+        rng: &mut u64,
+        initial: Duration,
+        max: Duration,
+        floor: Option<Duration>,
+    ) -> Duration {
+        let cap = initial
+            .saturating_mul(1u32 << self.attempts.min(20))
+            .min(max);
+        self.attempts += 1;
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let jitter = Duration::from_millis(*rng % (cap.as_millis() as u64 + 1));
+        let wait = jitter.max(floor.unwrap_or_default());
+        self.next = self.next.max(Instant::now() + wait);
+        self.next.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A pack started ahead of its turn.
+#[derive(Debug)]
+struct Prefetch {
+    id: Id,
+    written: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
+}
+
+/// Does this failure belong to the receiver or the link rather than to the
+/// episode? Then every episode would meet it: hold the whole host.
+fn host_wide(event: &Event) -> bool {
+    match event {
+        Event::NoAnswer { .. } => true,
+        Event::Answer { status, .. } => matches!(status, 401 | 403 | 429 | 503 | 507),
+        _ => false,
+    }
+}
+
 #[derive(Debug)]
 pub struct Shipper {
     config: Config,
@@ -51,6 +114,9 @@ pub struct Shipper {
     scanner: Scanner,
     uploader: Uploader,
     backoff: HashMap<Id, Backoff>,
+    /// Set while the receiver or the link is failing for everyone.
+    hold: Option<Backoff>,
+    prefetch: Option<Prefetch>,
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: std::collections::HashSet<Id>,
     workers: u32,
@@ -79,6 +145,8 @@ impl Shipper {
             scanner: Scanner::new(),
             uploader,
             backoff: HashMap::new(),
+            hold: None,
+            prefetch: None,
             verified: Default::default(),
             workers,
             last_success: None,
@@ -117,24 +185,90 @@ impl Shipper {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, dir = %self.layout.episodes.display(), event = "scan_failed", "cannot scan the queue");
+                summary.transient += 1;
+                self.last_error = Some(LastError {
+                    code: None,
+                    status: None,
+                    episode: String::new(),
+                    message: format!("cannot scan {}: {e}", self.layout.episodes.display()),
+                    at: rfc3339(SystemTime::now()),
+                });
+                self.write_status(&summary);
                 return summary;
             }
         };
         summary.pending = pass.pending;
-        for (id, found) in pass.found {
-            if self
-                .backoff
-                .get(&id)
-                .is_some_and(|b| Instant::now() < b.next)
-            {
+        let mut work: VecDeque<(Id, Found)> = pass.found.into();
+        while let Some((id, found)) = work.pop_front() {
+            // Local work (quarantining unstamped or half-quarantined episodes)
+            // goes on while the host is on hold; talking to the receiver waits.
+            let remote = matches!(found, Found::Ready(_));
+            let held = self.hold.as_ref().is_some_and(Backoff::waiting);
+            if remote && (held || self.backoff.get(&id).is_some_and(Backoff::waiting)) {
                 summary.pending += 1;
                 continue;
             }
-            self.drive(id, found, &mut summary, progress).await;
+            self.drive(id, found, &mut summary, progress, &work).await;
+            progress();
         }
+        self.finish_prefetch(progress).await;
         self.sweep_quarantine().await;
         self.write_status(&summary);
         summary
+    }
+
+    /// Packs the next ready episode in `upcoming` (not yet in the outbox) on a
+    /// blocking thread, unless a look-ahead pack is already running.
+    fn start_prefetch(&mut self, upcoming: &VecDeque<(Id, Found)>) {
+        if self.prefetch.is_some() {
+            return;
+        }
+        let next = upcoming.iter().find_map(|(id, found)| match found {
+            Found::Ready(commit)
+                if !self.backoff.get(id).is_some_and(Backoff::waiting)
+                    && self.layout.outbox_archive(id).is_none() =>
+            {
+                Some((id.clone(), commit.clone()))
+            }
+            _ => None,
+        });
+        if let Some((id, commit)) = next {
+            let (task, written) = self.spawn_pack(&id, commit);
+            self.prefetch = Some(Prefetch { id, written, task });
+        }
+    }
+
+    /// A look-ahead pack whose episode was not driven in this pass (the host
+    /// went on hold) is let finish; its archive waits in the outbox, known
+    /// to be ours, so the next pass uploads it without asking first.
+    async fn finish_prefetch(&mut self, progress: &(dyn Fn() + Sync)) {
+        if let Some(p) = self.prefetch.take() {
+            let id = p.id.clone();
+            if let Event::Packed(_) = await_pack(p.task, &p.written, progress).await {
+                self.verified.insert(id);
+            }
+        }
+    }
+
+    fn spawn_pack(
+        &self,
+        id: &Id,
+        commit: labship_protocol::Commit,
+    ) -> (
+        tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
+        Arc<AtomicU64>,
+    ) {
+        let written = Arc::new(AtomicU64::new(0));
+        let (layout, id, level, workers, w) = (
+            self.layout.clone(),
+            id.clone(),
+            self.config.zstd_level,
+            self.workers,
+            written.clone(),
+        );
+        let task =
+            tokio::task::spawn_blocking(move || layout.pack(&id, &commit, level, workers, &w));
+        (task, written)
     }
 
     async fn sweep_quarantine(&mut self) {
@@ -167,6 +301,7 @@ impl Shipper {
         found: Found,
         summary: &mut Summary,
         progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
     ) {
         let mut state = match found {
             Found::QuarantinePending => {
@@ -175,11 +310,15 @@ impl Shipper {
                         tracing::warn!(episode_id = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
                         summary.quarantined += 1;
                     }
-                    Err(e) => self.io_failure(&id, "finishing quarantine", &e),
+                    Err(e) => self.io_failure(&id, "finishing quarantine", &e, summary),
                 }
                 return;
             }
             Found::Unstamped(e) => State::Quarantined(local_reason(&e)),
+            // Its look-ahead pack is ours, finished or not: collect it.
+            Found::Ready(commit) if self.prefetch.as_ref().is_some_and(|p| p.id == id) => {
+                State::Ready { commit }
+            }
             Found::Ready(commit) => match self.layout.outbox_archive(&id) {
                 Some(archive) => {
                     let recovered = self.verified.insert(id.clone());
@@ -195,14 +334,17 @@ impl Shipper {
         let mut already = false;
         // The last answer's Retry-After: the floor of the next backoff.
         let mut floor = None;
+        // Whether the last event was the receiver's or the link's failure.
+        let mut whole_host = false;
         while let Some(a) = action.take() {
             let (event, retry_after) = match a {
-                Action::Pack => (self.pack(&id, &state).await, None),
+                Action::Pack => (self.pack(&id, &state, progress).await, None),
                 Action::Head => (self.uploader.head(&id).await, None),
                 Action::Upload => {
                     let State::Packed { archive, .. } = &state else {
                         break;
                     };
+                    self.start_prefetch(upcoming);
                     let path = self.layout.archive_path(&id);
                     self.uploader.put(&id, &path, archive, progress).await
                 }
@@ -215,10 +357,11 @@ impl Shipper {
                                 summary.shipped += 1;
                             }
                             self.backoff.remove(&id);
+                            self.hold = None;
                             self.last_success = Some(SystemTime::now());
                             tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
                         }
-                        Err(e) => self.io_failure(&id, "moving to shipped/", &e),
+                        Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
                     }
                     break;
                 }
@@ -242,7 +385,7 @@ impl Shipper {
                                 event = "quarantined", message = %reason.message, "quarantined"
                             );
                         }
-                        Err(e) => self.io_failure(&id, "moving to quarantine/", &e),
+                        Err(e) => self.io_failure(&id, "moving to quarantine/", &e, summary),
                     }
                     break;
                 }
@@ -254,12 +397,18 @@ impl Shipper {
                 } => {
                     summary.transient += 1;
                     summary.pending += 1;
-                    let wait = self.schedule(&id, floor);
+                    let (scope, wait) = if whole_host {
+                        let (initial, max) = (self.config.initial_backoff, self.config.max_backoff);
+                        let hold = self.hold.get_or_insert_with(Backoff::new);
+                        ("host", hold.bump(&mut self.rng, initial, max, floor))
+                    } else {
+                        ("episode", self.schedule(&id, floor))
+                    };
                     self.record_error(&id, code, status, &message);
                     if loud {
-                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, event = "retry", message = %message, "transient failure that needs an operator");
+                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", message = %message, "transient failure that needs an operator");
                     } else {
-                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, event = "retry", message = %message, "transient failure; will retry");
+                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", message = %message, "transient failure; will retry");
                     }
                     break;
                 }
@@ -271,60 +420,42 @@ impl Shipper {
                 already = true;
             }
             floor = retry_after;
+            whole_host = host_wide(&event);
+            if matches!(event, Event::Answer { .. } | Event::Head(_)) && !whole_host {
+                // The receiver answered with a verdict on this episode: it is
+                // reachable and working, whatever the verdict.
+                self.hold = None;
+            }
             let (next, act) = state::step(&state, event);
             state = next;
             action = Some(act);
         }
     }
 
-    async fn pack(&self, id: &Id, state: &State) -> Event {
+    async fn pack(&mut self, id: &Id, state: &State, progress: &(dyn Fn() + Sync)) -> Event {
         let State::Ready { commit } = state else {
             return Event::PackFailed {
                 fatal: false,
                 message: "pack requested outside Ready".into(),
             };
         };
-        let (layout, id2, commit, level, workers) = (
-            self.layout.clone(),
-            id.clone(),
-            commit.clone(),
-            self.config.zstd_level,
-            self.workers,
-        );
-        match tokio::task::spawn_blocking(move || layout.pack(&id2, &commit, level, workers)).await
-        {
-            Ok(Ok(archive)) => Event::Packed(archive),
-            Ok(Err(e)) => Event::PackFailed {
-                fatal: e.is_fatal(),
-                message: e.to_string(),
-            },
-            Err(e) => Event::PackFailed {
-                fatal: false,
-                message: e.to_string(),
-            },
-        }
+        let (task, written) = match self.prefetch.take() {
+            Some(p) if p.id == *id => (p.task, p.written),
+            other => {
+                self.prefetch = other;
+                self.spawn_pack(id, commit.clone())
+            }
+        };
+        await_pack(task, &written, progress).await
     }
 
-    /// Exponential backoff with full jitter; returns the wait.
+    /// This episode's own backoff; returns the wait.
     fn schedule(&mut self, id: &Id, floor: Option<Duration>) -> Duration {
-        let b = self.backoff.entry(id.clone()).or_insert(Backoff {
-            attempts: 0,
-            next: Instant::now(),
-        });
-        let cap = self
-            .config
-            .initial_backoff
-            .saturating_mul(1u32 << b.attempts.min(20))
-            .min(self.config.max_backoff);
-        b.attempts += 1;
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let jitter = Duration::from_millis(self.rng % (cap.as_millis() as u64 + 1));
-        let wait = jitter.max(floor.unwrap_or_default());
-        let next = Instant::now() + wait;
-        b.next = b.next.max(next);
-        b.next.saturating_duration_since(Instant::now())
+        let (initial, max) = (self.config.initial_backoff, self.config.max_backoff);
+        self.backoff
+            .entry(id.clone())
+            .or_insert_with(Backoff::new)
+            .bump(&mut self.rng, initial, max, floor)
     }
 
     fn record_error(
@@ -343,7 +474,9 @@ impl Shipper {
         });
     }
 
-    fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error) {
+    fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error, summary: &mut Summary) {
+        summary.transient += 1;
+        summary.pending += 1;
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
         tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed; will retry");
@@ -376,6 +509,42 @@ impl Shipper {
         let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         if let Err(e) = crate::disk::write_atomic(&path, &bytes) {
             tracing::error!(error = %e, path = %path.display(), event = "status_write_failed", "cannot write status.json");
+        }
+    }
+}
+
+/// Awaits a pack on its blocking thread, calling `progress` (the watchdog)
+/// each second in which it wrote compressed bytes: a long pack is alive, a
+/// wedged one (blocked read, hung disk) is not.
+async fn await_pack(
+    task: tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
+    written: &AtomicU64,
+    progress: &(dyn Fn() + Sync),
+) -> Event {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
+    tokio::pin!(task);
+    loop {
+        tokio::select! {
+            r = &mut task => return match r {
+                Ok(Ok(archive)) => Event::Packed(archive),
+                Ok(Err(e)) => Event::PackFailed {
+                    fatal: e.is_fatal(),
+                    message: e.to_string(),
+                },
+                Err(e) => Event::PackFailed {
+                    fatal: false,
+                    message: format!("the pack task failed: {e}"),
+                },
+            },
+            _ = tick.tick() => {
+                let now = written.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    progress();
+                }
+            }
         }
     }
 }

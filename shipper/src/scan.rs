@@ -31,6 +31,8 @@ pub struct Scanner {
     /// Earliest time each unsettled episode could be ready.
     not_before: HashMap<String, SystemTime>,
     warned: HashSet<String>,
+    /// Episodes whose `meta.json` could not be read (logged once each).
+    unreadable: HashSet<String>,
 }
 
 /// One pass's result.
@@ -61,6 +63,7 @@ impl Scanner {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
+        let seen_names: HashSet<String> = names.iter().cloned().collect();
         for name in names {
             let Ok(id) = Id::parse(&name) else {
                 if self.warned.insert(name.clone()) {
@@ -96,14 +99,28 @@ impl Scanner {
                     Ok(stamp) => Found::Ready(stamp.commit),
                     Err(e) => Found::Unstamped(e),
                 },
-                Err(e) => Found::Unstamped(StampError::NotJson {
-                    detail: e.to_string(),
-                }),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Found::Unstamped(StampError::NotJson {
+                        detail: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    // Permissions, I/O errors: the episode is not at fault and
+                    // must not be quarantined for it. Wait, and say why once.
+                    if self.unreadable.insert(name.clone()) {
+                        tracing::error!(episode_id = %id, event = "meta_unreadable", path = %meta.display(), error = %e, "cannot read meta.json; the episode waits until it can be read (check its owner and mode)");
+                    }
+                    pass.pending += 1;
+                    continue;
+                }
             };
+            self.unreadable.remove(&name);
             pass.found.push((id, found));
         }
         // Forget episodes that left the queue.
         self.not_before.retain(|k, _| seen.contains(k));
+        self.warned.retain(|k| seen_names.contains(k));
+        self.unreadable.retain(|k| seen.contains(k));
         Ok(pass)
     }
 }
@@ -114,9 +131,10 @@ fn read_meta(path: &Path) -> std::io::Result<Vec<u8>> {
         .take(META_MAX_BYTES + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > META_MAX_BYTES {
-        return Err(std::io::Error::other(format!(
-            "meta.json is larger than {META_MAX_BYTES} bytes"
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("meta.json is larger than {META_MAX_BYTES} bytes"),
+        ));
     }
     Ok(bytes)
 }

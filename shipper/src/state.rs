@@ -148,11 +148,14 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
                 message,
                 remediation,
             },
-        ) => match disposition(status) {
-            Disposition::Stored => (State::Shipped, Action::Retire),
-            Disposition::Fatal => (
+        ) => match (disposition(status), error) {
+            (Disposition::Stored, _) => (State::Shipped, Action::Retire),
+            // Fatal only on the receiver's own word: a labship error code that
+            // belongs to this status. A bare 400/409/412/413 from a proxy or a
+            // misrouted URL is an operator's problem, not the episode's.
+            (Disposition::Fatal, Some(code)) if code.http_status() == Some(status) => (
                 State::Quarantined(Reason {
-                    code: error.unwrap_or(ErrorCode::ArchiveInvalid),
+                    code,
                     http_status: Some(status),
                     message,
                     remediation,
@@ -160,7 +163,16 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
                 }),
                 Action::Quarantine,
             ),
-            Disposition::Transient { loud } => retry(loud, error, Some(status), message),
+            (Disposition::Fatal, error) => retry(
+                true,
+                error,
+                Some(status),
+                format!(
+                    "HTTP {status} without a matching labship error code (is something \
+                     other than the receiver answering?): {message}"
+                ),
+            ),
+            (Disposition::Transient { loud }, error) => retry(loud, error, Some(status), message),
         },
         (State::Packed { .. }, Event::NoAnswer { auth, message }) => retry(
             auth,
@@ -286,6 +298,24 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_fatal_status_without_the_receivers_code_is_not_fatal() {
+        for (status, error) in [
+            (400, None),
+            (413, None),
+            (412, Some(ErrorCode::TooLarge)),
+            (409, Some(ErrorCode::Internal)),
+        ] {
+            let (s, a) = step(&packed(false), answer(status, error));
+            assert_eq!(s, packed(false), "{status} {error:?}: stays packed");
+            assert!(
+                matches!(&a, Action::RetryLater { loud: true, status: Some(st), message, .. }
+                    if *st == status && message.contains("without a matching labship error code")),
+                "{status}: {a:?}"
+            );
+        }
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl NoAnswer {
 }
 
 fn classify(e: &reqwest::Error) -> NoAnswer {
-    let mut chain = e.to_string();
+    // The causes only: the top-level message carries the URL, and a host name
+    // like "tls-gw" must not make every failure look like a TLS one.
+    let mut chain = String::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         chain.push_str(": ");
@@ -63,9 +65,13 @@ fn classify(e: &reqwest::Error) -> NoAnswer {
     .any(|w| lower.contains(w));
     // RECIPES: under TLS 1.3 a refused client certificate shows up as the
     // connection closing before the first answer.
-    let closed_early = lower.contains("connection closed before message completed")
-        || lower.contains("canceled")
-        || lower.contains("connection reset");
+    let closed_early =
+        lower.contains("connection closed before message completed") || lower.contains("canceled");
+    let chain = if chain.is_empty() {
+        e.to_string()
+    } else {
+        chain.trim_start_matches(": ").to_owned()
+    };
     if tls || (closed_early && !e.is_connect() && !e.is_timeout()) {
         NoAnswer::Auth(chain)
     } else {

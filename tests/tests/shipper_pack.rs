@@ -32,7 +32,7 @@ async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
     .unwrap();
     let id = Id::parse("run-2026.11.23_a").unwrap();
     let mut archive = Vec::new();
-    let packed = pack(&src, &id, &mut archive, 3, 2).unwrap();
+    let packed = pack(&src, &id, &mut archive, 3, 2, &Default::default()).unwrap();
     assert_eq!(packed.bytes, archive.len() as u64);
 
     let c = env.client(Some(&env.pki.client("lab-01")));
