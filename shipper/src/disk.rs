@@ -63,6 +63,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// As [`write_atomic`], but the temp file lives in `scratch` (same
+/// filesystem), so a crash never leaves a stray file next to `path`: used for
+/// the reason file, which goes inside an episode that may yet be packed.
+pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(scratch)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    match tmp.persist(path) {
+        Ok(_) => fsync_dir(dir),
+        // EXDEV: `episodes/` on another filesystem than `state/`.
+        Err(e) if e.error.raw_os_error() == Some(18) => write_atomic(path, bytes),
+        Err(e) => Err(e.error),
+    }
+}
+
 /// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing.
 fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
     rustix::fs::renameat_with(
@@ -120,7 +138,15 @@ impl Layout {
                 std::fs::remove_file(&path)?;
             }
         }
-        fsync_dir(&self.outbox)
+        fsync_dir(&self.outbox)?;
+        for entry in std::fs::read_dir(&self.state)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                tracing::info!(path = %entry.path().display(), "removing state leftover");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn archive_path(&self, id: &Id) -> PathBuf {
@@ -173,8 +199,10 @@ impl Layout {
             written,
         )?;
         tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
+        crate::crash_point("pack:archive-synced");
         let path = self.archive_path(id);
         tmp.persist(&path).map_err(|e| io_at(&path)(e.error))?;
+        crate::crash_point("pack:archive-renamed");
         let sidecar = Sidecar {
             digest: packed.digest.header_value(),
             bytes: packed.bytes,
@@ -182,6 +210,7 @@ impl Layout {
         };
         let json = serde_json::to_vec(&sidecar).map_err(|e| io_at(&path)(io::Error::other(e)))?;
         write_atomic(&self.sidecar_path(id), &json).map_err(io_at(&self.outbox))?;
+        crate::crash_point("pack:sidecar-written");
         Ok(Archive {
             digest: packed.digest,
             bytes: packed.bytes,
@@ -202,7 +231,9 @@ impl Layout {
     /// The receiver holds it: `episodes/<id>` → `shipped/<id>`, then the outbox
     /// copy goes. Returns where it went.
     pub fn retire(&self, id: &Id) -> io::Result<PathBuf> {
+        crate::crash_point("retire:before-move");
         let dest = self.move_noclobber(id, &self.shipped)?;
+        crate::crash_point("retire:moved");
         self.drop_outbox(id)?;
         Ok(dest)
     }
@@ -223,13 +254,19 @@ impl Layout {
                 .to_string(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        write_atomic(&self.episodes.join(id.as_str()).join(REASON_FILE), &json)?;
+        write_atomic_via(
+            &self.state,
+            &self.episodes.join(id.as_str()).join(REASON_FILE),
+            &json,
+        )?;
+        crate::crash_point("quarantine:reason-written");
         self.finish_quarantine(id)
     }
 
     /// Completes a quarantine whose reason file is already in the episode.
     pub fn finish_quarantine(&self, id: &Id) -> io::Result<PathBuf> {
         let dest = self.move_noclobber(id, &self.quarantine)?;
+        crate::crash_point("quarantine:moved");
         self.drop_outbox(id)?;
         Ok(dest)
     }

@@ -1,8 +1,11 @@
-//! The labship shipper as a library (issue 3, in progress).
+//! The labship shipper as a library; `main.rs` is the thin CLI over it.
 //!
-//! Built so far: [`config`] (the validated `shipper.toml`) and [`archive`] (the
-//! contract's deterministic tar+zstd pack with its SHA-256). The scan loop, the
-//! state machine, uploads and the daemon are still to come.
+//! [`config`] is the validated `shipper.toml`; [`scan`] finds settled episodes;
+//! [`state`] is the pure episode state machine and [`queue`] its async driver;
+//! [`archive`] packs (deterministic tar+zstd with its SHA-256); [`disk`] owns
+//! every durable move; [`upload`] speaks the receiver's HTTP API; [`cleanup`]
+//! expires old quarantine entries; [`systemd`] notifies. docs/transport.md
+//! describes the states and what survives a crash in each.
 
 pub mod archive;
 pub mod cleanup;
@@ -13,3 +16,18 @@ pub mod scan;
 pub mod state;
 pub mod systemd;
 pub mod upload;
+
+/// A named crash point for the crash tests: in debug builds, when
+/// `LABSHIP_CRASH_AT` names this point, the process sends itself SIGKILL
+/// here (no unwinding, no destructors, no flushing: as `kill -9` or a power
+/// cut would leave it). Compiled out of release builds.
+#[inline]
+pub fn crash_point(name: &'static str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}

@@ -2,7 +2,13 @@
 //!
 //! One reqwest client (rustls, connection reuse) per process. Uploads stream
 //! from the outbox file; there is no total timeout (a long upload that moves is
-//! never killed), but one that moves no byte for `stall_timeout_s` is aborted.
+//! never killed), but one whose body moves no byte for `stall_timeout_s` is
+//! aborted. Once the last body byte is handed to the socket, what is left in
+//! flight sits in kernel buffers where no progress is visible: there the
+//! kernel cuts a link that stops acknowledging (`TCP_USER_TIMEOUT` =
+//! `stall_timeout_s`), and the answer must come within `stall_timeout_s` +
+//! [`ANSWER_GRACE`] (buffers draining over a slow link, the receiver's last
+//! checks and fsync).
 //! Failures with no answer are classified: a refused client certificate under
 //! TLS 1.3 surfaces only on the first request as a closed connection, so it is
 //! reported as an authentication problem, not as "unreachable".
@@ -15,6 +21,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// How much longer than `stall_timeout_s` the answer may take after the last
+/// body byte left. Kept well under the unit's `WatchdogSec=180` with the
+/// default 60 s stall timeout.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(60);
+
+/// Error bodies are small JSON; anything longer is cut (a misrouted request
+/// can meet an HTML page of any size).
+const ANSWER_BODY_CAP: usize = 64 * 1024;
 
 /// Why the client could not be built: a configuration problem (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +126,7 @@ impl Uploader {
             .user_agent(concat!("labship-shipper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_user_timeout(config.stall_timeout)
             .tcp_nodelay(true);
         if let Some(ca) = &config.ca_file {
             let pem = read("receiver.ca_file", ca)?;
@@ -217,9 +233,11 @@ impl Uploader {
         };
         let started = Instant::now();
         let moved_at = Arc::new(AtomicU64::new(0));
-        let stamp = moved_at.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stamp, count) = (moved_at.clone(), sent.clone());
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-        let stream = inspect_chunks(stream, move || {
+        let stream = inspect_chunks(stream, move |n| {
+            count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
         let req = self
@@ -246,16 +264,34 @@ impl Uploader {
                         progress();
                     }
                     let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
-                    if idle > self.stall {
+                    let body_done = sent.load(Ordering::Relaxed) >= archive.bytes;
+                    if !body_done && idle > self.stall {
                         return (no_answer(NoAnswer::Unreachable(format!(
                             "upload stalled: no progress for {}s (receiver.stall_timeout_s)", self.stall.as_secs()
+                        ))), None);
+                    }
+                    if body_done && idle > self.stall + ANSWER_GRACE {
+                        return (no_answer(NoAnswer::Unreachable(format!(
+                            "no answer {}s after the whole archive was sent (receiver.stall_timeout_s + {}s)",
+                            idle.as_secs(), ANSWER_GRACE.as_secs()
                         ))), None);
                     }
                 }
             }
         };
         match resp {
-            Err(e) => (no_answer(classify(&e)), None),
+            // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
+            // unacknowledged for stall_timeout_s.
+            Err(e) => match classify(&e) {
+                NoAnswer::Unreachable(m) if m.contains("os error 110") => (
+                    no_answer(NoAnswer::Unreachable(format!(
+                        "upload stalled: the receiver acknowledged no byte for {}s (receiver.stall_timeout_s): {m}",
+                        self.stall.as_secs()
+                    ))),
+                    None,
+                ),
+                n => (no_answer(n), None),
+            },
             Ok(r) => answer(r).await,
         }
     }
@@ -277,7 +313,7 @@ async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let text = r.text().await.unwrap_or_default();
+    let text = read_capped(r, ANSWER_BODY_CAP).await;
     let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
     let event = Event::Answer {
         status,
@@ -290,9 +326,27 @@ async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
     (event, retry_after)
 }
 
-/// Calls `on_chunk` for every chunk that passes (a tiny `inspect`; futures-util
-/// would bring a lot for one combinator).
-fn inspect_chunks<S>(stream: S, on_chunk: impl Fn() + Send + Sync + 'static) -> InspectStream<S> {
+/// The answer's body, at most `cap` bytes, given up after 10 s without a
+/// chunk: the status is what matters, the text only explains it.
+async fn read_capped(mut r: reqwest::Response, cap: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match tokio::time::timeout(Duration::from_secs(10), r.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                buf.extend_from_slice(&chunk[..chunk.len().min(cap - buf.len())]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Calls `on_chunk` with the size of every chunk that passes (a tiny
+/// `inspect`; futures-util would bring a lot for one combinator).
+fn inspect_chunks<S>(
+    stream: S,
+    on_chunk: impl Fn(usize) + Send + Sync + 'static,
+) -> InspectStream<S> {
     InspectStream {
         inner: stream,
         on_chunk: Box::new(on_chunk),
@@ -301,18 +355,21 @@ fn inspect_chunks<S>(stream: S, on_chunk: impl Fn() + Send + Sync + 'static) -> 
 
 struct InspectStream<S> {
     inner: S,
-    on_chunk: Box<dyn Fn() + Send + Sync>,
+    on_chunk: Box<dyn Fn(usize) + Send + Sync>,
 }
 
-impl<S: futures_core::Stream + Unpin> futures_core::Stream for InspectStream<S> {
+impl<S, E> futures_core::Stream for InspectStream<S>
+where
+    S: futures_core::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
     type Item = S::Item;
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<S::Item>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
-        if let std::task::Poll::Ready(Some(_)) = &polled {
-            (self.on_chunk)();
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            (self.on_chunk)(chunk.len());
         }
         polled
     }

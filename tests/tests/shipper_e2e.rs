@@ -535,12 +535,14 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
         },
     );
     let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
-    write_episode(
-        &data.join("episodes"),
-        "ep",
-        Some(GOOD_COMMIT),
-        &[("d", b"1")],
-    );
+    for name in ["ep-a", "ep-b", "ep-c"] {
+        write_episode(
+            &data.join("episodes"),
+            name,
+            Some(GOOD_COMMIT),
+            &[("d", name.as_bytes())],
+        );
+    }
     // Hold the receiver's only upload slot with a body that never finishes.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = env.client(Some(&env.pki.client("lab-02")));
@@ -577,14 +579,25 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    let summary = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
+    // A busy receiver is busy for every episode: one 503 puts the whole host
+    // on hold and ends the pass, instead of one doomed PUT per episode.
+    let retries: Vec<&str> = err
         .lines()
-        .find(|l| l.contains("event=\"retry\"") || l.contains("event=retry"))
-        .unwrap_or_else(|| panic!("{err}"));
+        .filter(|l| l.contains("event=\"retry\"") || l.contains("event=retry"))
+        .collect();
+    assert_eq!(retries.len(), 1, "{err}");
+    let line = retries[0];
     assert!(
-        line.contains("http_status=503") && line.contains("error_code=\"busy\""),
+        line.contains("http_status=503")
+            && line.contains("error_code=\"busy\"")
+            && line.contains("scope=\"host\""),
         "{line}"
+    );
+    assert!(
+        summary.contains("left pending 3 (1 by a transient failure)"),
+        "{summary}"
     );
     let ms: u64 = line
         .split("retry_in_ms=")
@@ -598,4 +611,208 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
     );
     drop(tx);
     let _ = rt.block_on(hold);
+    // Slot free again: a fresh process ships all three (the look-ahead
+    // archive left in the outbox is checked with HEAD, then uploaded).
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("shipped 3"), "{out}\n{err}");
+    assert_eq!(names(&data.join("outbox")), Vec::<String>::new());
+}
+
+/// Every durable step of the shipper, with a SIGKILL right after it (the
+/// debug-build `LABSHIP_CRASH_AT` hook), then a clean restart: each episode
+/// ends in exactly one place, stored once, nothing half-written left behind.
+#[test]
+fn kill_9_at_every_named_crash_point_then_restart_converges() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let points = [
+        "pack:archive-synced",
+        "pack:archive-renamed",
+        "pack:sidecar-written",
+        "retire:before-move",
+        "retire:moved",
+        "quarantine:reason-written",
+        "quarantine:moved",
+    ];
+    for (t, point) in points.iter().enumerate() {
+        let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+        // A fresh data_dir per point, beside the shared receiver.
+        let fresh = env.path().join(format!("lab-{t}"));
+        std::fs::rename(&data, &fresh).unwrap();
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&format!("{data:?}"), &format!("{fresh:?}"));
+        let cfg_t = env.path().join(format!("shipper-{t}.toml"));
+        std::fs::write(&cfg_t, text).unwrap();
+        let data = fresh;
+        let (good, late, bare) = (
+            format!("t{t}-a-good"),
+            format!("t{t}-b-late"),
+            format!("t{t}-c-bare"),
+        );
+        let files: &[(&str, &[u8])] = &[("d.bin", &noise(200_000, t as u64)), ("t.csv", b"1\n")];
+        let eps = data.join("episodes");
+        write_episode(&eps, &good, Some(GOOD_COMMIT), files);
+        write_episode(&eps, &late, Some(OLD_COMMIT), files);
+        write_episode(&eps, &bare, None, files);
+        let copy = env.path().join(format!("copy-{t}"));
+        write_episode(&copy, &good, Some(GOOD_COMMIT), files);
+
+        let out = std::process::Command::new(labship_tests::bin("shipper"))
+            .args(["--config", cfg_t.to_str().unwrap(), "--once"])
+            .env("LABSHIP_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: the crash point was never reached\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (code, stdout, err) = shipper(&cfg_t, "--once");
+        assert_eq!(code, 0, "{point}: restart\n{stdout}\n{err}");
+
+        assert_eq!(names(&data.join("shipped")), vec![good.clone()], "{point}");
+        assert_eq!(
+            names(&data.join("quarantine")),
+            vec![late.clone(), bare.clone()],
+            "{point}"
+        );
+        assert_eq!(
+            reason(&data, &late)["reason"],
+            "commit_out_of_window",
+            "{point}"
+        );
+        assert_eq!(reason(&data, &bare)["reason"], "stamp_missing", "{point}");
+        for dir in ["episodes", "outbox"] {
+            assert_eq!(
+                names(&data.join(dir)),
+                Vec::<String>::new(),
+                "{point}: {dir}/"
+            );
+        }
+        assert!(
+            names(&data.join("state"))
+                .iter()
+                .all(|f| !f.starts_with(".tmp-")),
+            "{point}: temp file left in state/"
+        );
+        // Nothing but the producer's files and our reason file in quarantine.
+        for q in [&late, &bare] {
+            assert_eq!(
+                names(&data.join("quarantine").join(q)),
+                vec!["d.bin", "meta.json", "quarantine_reason.json", "t.csv"],
+                "{point}: {q}"
+            );
+        }
+        let stored = r.store.join(HOST).join(format!("{good}.tar.zst"));
+        let out_dir = env.path().join(format!("unpacked-{t}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        unpack(&std::fs::read(&stored).unwrap(), &out_dir);
+        assert_same_tree(&copy.join(&good), &out_dir.join(&good));
+        assert!(
+            !r.store.join(HOST).join(format!("{late}.tar.zst")).exists(),
+            "{point}"
+        );
+        assert_eq!(
+            r.audit_records()
+                .iter()
+                .filter(|a| a["status"] == 201 && a["episode_id"] == good.as_str())
+                .count(),
+            1,
+            "{point}: stored once"
+        );
+    }
+}
+
+/// An upload longer than the watchdog interval keeps the watchdog fed by its
+/// own progress (the pass-level ping comes only at the end of the pass).
+#[test]
+fn a_slow_upload_longer_than_the_watchdog_keeps_pinging() {
+    use labship_tests::proxy::{Fault, Proxy};
+    use std::time::{Duration, Instant};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let proxy = Proxy::start(r.addr, Fault::Throttle(2_000_000));
+    let url = format!("https://localhost:{}", proxy.addr.port());
+    let (cfg, data) = shipper_config(&env, &url, &env.pki.client(HOST));
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 600"),
+    )
+    .unwrap();
+    // Incompressible: 16 MB at 2 MB/s is about 8 s on the wire. Socket
+    // buffers swallow the last few MB at once (progress the shipper cannot
+    // see), so the episode is made much larger than they are.
+    write_episode(
+        &data.join("episodes"),
+        "slow",
+        Some(GOOD_COMMIT),
+        &[("d.bin", &noise(16_000_000, 3))],
+    );
+    let sock_path = env.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let watchdog = Duration::from_secs(4);
+    let mut child = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .stderr(std::fs::File::create(env.path().join("shipper.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut pings = Vec::new();
+    let mut started = None;
+    loop {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notify message ({e}); log:\n{}",
+                std::fs::read_to_string(env.path().join("shipper.log")).unwrap()
+            )
+        });
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("READY=1") {
+            started = Some(Instant::now());
+        }
+        if msg.contains("WATCHDOG=1") {
+            pings.push(Instant::now());
+        }
+        // The STATUS after the first pass: the upload is over.
+        if msg.contains("STATUS=pending") {
+            break;
+        }
+    }
+    let started = started.unwrap();
+    let took = started.elapsed();
+    assert!(
+        data.join("shipped/slow").exists(),
+        "not shipped:\n{}",
+        std::fs::read_to_string(env.path().join("shipper.log")).unwrap()
+    );
+    assert!(
+        took > watchdog * 2,
+        "the upload took {took:?}: too fast to prove anything"
+    );
+    let mut last = started;
+    for p in &pings {
+        assert!(
+            *p - last < watchdog,
+            "a {:?} gap without WATCHDOG=1 (interval {watchdog:?}); pings at {:?}",
+            *p - last,
+            pings.iter().map(|p| *p - started).collect::<Vec<_>>()
+        );
+        last = *p;
+    }
+    eprintln!(
+        "pass took {took:?}; watchdog pings at {:?}",
+        pings.iter().map(|p| *p - started).collect::<Vec<_>>()
+    );
+    assert!(labship_tests::process::unsafe_free_kill(child.id(), 15));
+    assert!(child.wait().unwrap().success());
 }
