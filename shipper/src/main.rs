@@ -132,6 +132,16 @@ async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {
         .ping(config.connect_timeout + Duration::from_secs(10))
         .await
     {
+        Ok(p) if p.host_id != config.host_id.as_str() => {
+            println!(
+                "refused: receiver {} knows this certificate as host {:?}, but {} says host_id = {:?}; every upload would be refused (403) — fix host_id there, or install this host's own certificate",
+                config.url,
+                p.host_id,
+                config.file.display(),
+                config.host_id.as_str()
+            );
+            ExitCode::from(3)
+        }
         Ok(p) => {
             println!(
                 "ok: receiver {} (version {}) knows this host as {}; gate {}",

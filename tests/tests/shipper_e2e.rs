@@ -816,3 +816,188 @@ fn a_slow_upload_longer_than_the_watchdog_keeps_pinging() {
     assert!(labship_tests::process::unsafe_free_kill(child.id(), 15));
     assert!(child.wait().unwrap().success());
 }
+
+/// PUT `body` as `host`'s episode `id` directly (what another shipper run, or
+/// another machine, might have stored before).
+fn put_direct(env: &TestEnv, url: &str, host: &str, id: &str, body: Vec<u8>) -> u16 {
+    let c = env.client(Some(&env.pki.client(host)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        c.put(format!("{url}/v1/episodes/{host}/{id}"))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header(
+                "Content-Digest",
+                labship_tests::episode::digest_header(&body),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+/// The rows of the CONTRACT §4 table not covered above, end to end: 400
+/// (a damaged outbox archive: digest_mismatch), 409, 413, 200 already
+/// present, 403 (and what `--ping` says of it), and `--ping` exit 5.
+#[test]
+fn the_rest_of_the_answer_table_end_to_end() {
+    use labship_tests::process::ReceiverOpts;
+    use std::sync::atomic::AtomicU64;
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    let eps = data.join("episodes");
+
+    // 400: packed while the receiver was down, then the outbox copy rots.
+    write_episode(
+        &eps,
+        "rotten",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(50_000, 5))],
+    );
+    r.kill9();
+    assert_eq!(shipper(&cfg, "--once").0, 1);
+    let archive = data.join("outbox/rotten.tar.zst");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    r.restart();
+
+    // 200: the same bytes are already stored (the shipper's own pack).
+    let shipper_pack = |dir: &Path| {
+        let mut out = Vec::new();
+        let id = dir.file_name().unwrap().to_str().unwrap();
+        labship_shipper::archive::pack(
+            dir,
+            &labship_protocol::Id::parse(id).unwrap(),
+            &mut out,
+            3,
+            2,
+            &AtomicU64::new(0),
+        )
+        .unwrap();
+        out
+    };
+    let present = write_episode(&eps, "present", Some(GOOD_COMMIT), &[("d", b"same")]);
+    assert_eq!(
+        put_direct(&env, &r.url, HOST, "present", shipper_pack(&present)),
+        201
+    );
+    // 409: another archive is stored under the same id.
+    write_episode(&eps, "conflict", Some(GOOD_COMMIT), &[("d", b"mine")]);
+    let theirs = write_episode(
+        &env.path().join("theirs"),
+        "conflict",
+        Some(GOOD_COMMIT),
+        &[("d", b"theirs")],
+    );
+    assert_eq!(
+        put_direct(&env, &r.url, HOST, "conflict", shipper_pack(&theirs)),
+        201
+    );
+
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("shipped 0, already present 1, quarantined 2, left pending 0"),
+        "{out}\n{err}"
+    );
+    assert_eq!(names(&data.join("shipped")), ["present"]);
+    let rot = reason(&data, "rotten");
+    assert_eq!(
+        (rot["reason"].as_str(), rot["http_status"].as_u64()),
+        (Some("digest_mismatch"), Some(400))
+    );
+    let con = reason(&data, "conflict");
+    assert_eq!(
+        (con["reason"].as_str(), con["http_status"].as_u64()),
+        (Some("conflict"), Some(409))
+    );
+    assert_eq!(
+        names(&data.join("quarantine/conflict")),
+        ["d", "meta.json", "quarantine_reason.json"],
+        "the local episode is kept whole"
+    );
+
+    // 413: a receiver with a small limit.
+    let small = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_episode_bytes = 10000\n".into(),
+            store: Some(env.path().join("small-store")),
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&r.url, &small.url),
+    )
+    .unwrap();
+    write_episode(
+        &eps,
+        "huge",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(100_000, 6))],
+    );
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let huge = reason(&data, "huge");
+    assert_eq!(
+        (huge["reason"].as_str(), huge["http_status"].as_u64()),
+        (Some("too_large"), Some(413))
+    );
+
+    // 403: this host's config names lab-01 but holds lab-02's certificate.
+    let other = env.pki.client("lab-02");
+    let own = env.pki.client(HOST);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&small.url, &r.url)
+            .replace(
+                own.cert_file.to_str().unwrap(),
+                other.cert_file.to_str().unwrap(),
+            )
+            .replace(
+                own.key_file.to_str().unwrap(),
+                other.key_file.to_str().unwrap(),
+            ),
+    )
+    .unwrap();
+    write_episode(&eps, "mine", Some(GOOD_COMMIT), &[("d", b"1")]);
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 1, "403 is transient and loud: {out}\n{err}");
+    assert!(
+        err.contains("ERROR") && err.contains("http_status=403") && err.contains("host_mismatch"),
+        "{err}"
+    );
+    assert_eq!(names(&eps), ["mine"], "kept for when the identity is fixed");
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("knows this certificate as host \"lab-02\"") && out.contains("shipper.toml"),
+        "{out}"
+    );
+
+    // --ping exit 5: something answers, but not the receiver's API.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("url = \"{}\"", r.url),
+            &format!("url = \"{}/nope\"", r.url),
+        ),
+    )
+    .unwrap();
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.starts_with("unexpected:") && out.contains("404"),
+        "{out}"
+    );
+}
