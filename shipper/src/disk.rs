@@ -107,7 +107,7 @@ impl Layout {
     /// Creates the directories and clears scratch left by a crash: temp files,
     /// archives without a sidecar, and outbox entries whose episode already left
     /// the queue.
-    pub fn prepare(&self) -> io::Result<()> {
+    pub fn prepare(&self) -> io::Result<File> {
         for d in [
             &self.episodes,
             &self.outbox,
@@ -116,6 +116,30 @@ impl Layout {
             &self.state,
         ] {
             std::fs::create_dir_all(d)?;
+        }
+        // One shipper per data_dir, locked before anything is cleaned: a
+        // second one (`--once` beside the daemon) would otherwise remove the
+        // first one's half-written archives and race it on every move.
+        let lock_path = self.state.join("shipper.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        if let Err(e) =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
+            return Err(if e == rustix::io::Errno::WOULDBLOCK {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "another shipper is already running on this data_dir (it holds {}); it ships these episodes — see `systemctl status labship-shipper`, or stop it before running this one",
+                        lock_path.display()
+                    ),
+                )
+            } else {
+                io::Error::from(e)
+            });
         }
         for entry in std::fs::read_dir(&self.outbox)? {
             let path = entry?.path();
@@ -146,7 +170,7 @@ impl Layout {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        Ok(())
+        Ok(lock)
     }
 
     pub fn archive_path(&self, id: &Id) -> PathBuf {

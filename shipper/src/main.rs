@@ -62,6 +62,10 @@ fn main() -> ExitCode {
         }
         let mut shipper = match Shipper::new(config.clone(), uploader) {
             Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                eprintln!("shipper: {}: {e}", config.data_dir.display());
+                return ExitCode::FAILURE;
+            }
             Err(e) => {
                 eprintln!("shipper: {}: data_dir: cannot prepare {}: {e}", config.file.display(), config.data_dir.display());
                 return ExitCode::from(2);

@@ -124,6 +124,10 @@ pub struct Shipper {
     last_error: Option<LastError>,
     rng: u64,
     cleanup: crate::cleanup::Schedule,
+    /// `pending` of the last full pass (reported while the host is on hold).
+    last_pending: usize,
+    /// Held (flock) for the process's life: one shipper per data_dir.
+    _lock: std::fs::File,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -134,7 +138,7 @@ impl Shipper {
     /// Prepares the directories (clearing crash leftovers in `outbox/`).
     pub fn new(config: Config, uploader: Uploader) -> std::io::Result<Self> {
         let layout = Layout::new(&config.data_dir);
-        layout.prepare()?;
+        let lock = layout.prepare()?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let rng = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -153,6 +157,8 @@ impl Shipper {
             last_error: None,
             rng,
             cleanup: crate::cleanup::Schedule::new(config.quarantine_keep, config.cleanup_interval),
+            last_pending: 0,
+            _lock: lock,
             config,
         })
     }
@@ -164,6 +170,14 @@ impl Shipper {
     /// One pass. `progress` is called while work moves (scan, uploads).
     pub async fn pass(&mut self, progress: &(dyn Fn() + Sync)) -> Summary {
         let mut summary = Summary::default();
+        if self.hold.as_ref().is_some_and(Backoff::waiting) {
+            // The receiver or the link is failing for everyone: no scan, no
+            // tree walks, nothing to do until the hold lifts.
+            summary.pending = self.last_pending;
+            self.write_status(&summary);
+            progress();
+            return summary;
+        }
         let scanned = {
             let (episodes, settle) = (self.layout.episodes.clone(), self.config.settle);
             let mut scanner = std::mem::take(&mut self.scanner);
@@ -213,6 +227,7 @@ impl Shipper {
         }
         self.finish_prefetch(progress).await;
         self.sweep_quarantine().await;
+        self.last_pending = summary.pending;
         self.write_status(&summary);
         summary
     }
@@ -504,6 +519,10 @@ impl Shipper {
             "transient_this_pass": s.transient,
             "last_success": self.last_success.map(rfc3339),
             "last_error": self.last_error,
+            // Seconds until the whole host retries, while the receiver or
+            // the link fails for everyone; null otherwise.
+            "hold_s": self.hold.as_ref().filter(|h| h.waiting())
+                .map(|h| h.next.saturating_duration_since(Instant::now()).as_secs()),
         });
         let path = self.layout.state.join("status.json");
         let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();

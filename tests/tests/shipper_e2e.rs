@@ -288,6 +288,14 @@ fn daemon_notifies_ships_and_stops_cleanly_on_sigterm() {
     while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 2 {
         recv(&mut seen);
     }
+    // One shipper per data_dir: `--once` beside the daemon refuses, naming
+    // the lock, and touches nothing.
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("another shipper is already running") && err.contains("shipper.lock"),
+        "{err}"
+    );
     assert!(
         seen.iter().any(|m| m.contains("STATUS=pending")),
         "{seen:?}"
