@@ -18,9 +18,9 @@ use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::disk::Layout;
 use crate::scan::{Found, Scanner};
-use crate::state::{self, Action, Event, Reason, State};
+use crate::state::{self, Action, Event, State};
 use crate::upload::Uploader;
-use labship_protocol::{ErrorCode, Id, StampError};
+use labship_protocol::{ErrorCode, Id};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -212,6 +212,11 @@ impl Shipper {
             }
         };
         summary.pending = pass.pending;
+        // Forget episodes that left the queue by other hands (an operator's
+        // mv): these maps must not grow for months.
+        let queued: std::collections::HashSet<&Id> = pass.found.iter().map(|(id, _)| id).collect();
+        self.backoff.retain(|id, _| queued.contains(id));
+        self.verified.retain(|id| queued.contains(id));
         let mut work: VecDeque<(Id, Found)> = pass.found.into();
         while let Some((id, found)) = work.pop_front() {
             // Local work (quarantining unstamped or half-quarantined episodes)
@@ -329,7 +334,7 @@ impl Shipper {
                 }
                 return;
             }
-            Found::Unstamped(e) => State::Quarantined(local_reason(&e)),
+            Found::Unstamped(e) => State::Quarantined(state::unstamped_reason(&e)),
             // Its look-ahead pack is ours, finished or not: collect it.
             Found::Ready(commit) if self.prefetch.as_ref().is_some_and(|p| p.id == id) => {
                 State::Ready { commit }
@@ -565,21 +570,5 @@ async fn await_pack(
                 }
             }
         }
-    }
-}
-
-/// The local quarantine reason for a `meta.json` without a usable stamp.
-fn local_reason(e: &StampError) -> Reason {
-    let code = match e {
-        StampError::NotJson { .. } | StampError::NotObject => ErrorCode::MetaInvalid,
-        StampError::Missing => ErrorCode::StampMissing,
-        StampError::Malformed { .. } => ErrorCode::StampMalformed,
-    };
-    Reason {
-        code,
-        http_status: None,
-        message: format!("{e}; the receiver refuses unstamped episodes"),
-        remediation: Some("record code_version.commit (40 lowercase hex) in the producer's meta.json; this episode itself cannot be shipped as is".into()),
-        commit: None,
     }
 }

@@ -5,7 +5,7 @@
 //! (`queue`) performs the I/O; every durable state is a place on disk, so a
 //! restart rebuilds the machine from the directories alone.
 
-use labship_protocol::{Commit, Disposition, ErrorCode, Sha256Digest, disposition};
+use labship_protocol::{Commit, Disposition, ErrorCode, Sha256Digest, StampError, disposition};
 
 /// An archive built in `outbox/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,27 @@ pub struct Reason {
     pub message: String,
     pub remediation: Option<String>,
     pub commit: Option<String>,
+}
+
+/// The local quarantine reason for a settled `meta.json` without a usable
+/// stamp (the shipper's and `quarantine-unstamped`'s). No remediation: no
+/// shell command fixes an episode recorded without its commit; the message
+/// says what the producer must do for the next ones.
+pub fn unstamped_reason(e: &StampError) -> Reason {
+    let code = match e {
+        StampError::NotJson { .. } | StampError::NotObject => ErrorCode::MetaInvalid,
+        StampError::Missing => ErrorCode::StampMissing,
+        StampError::Malformed { .. } => ErrorCode::StampMalformed,
+    };
+    Reason {
+        code,
+        http_status: None,
+        message: format!(
+            "{e}; the receiver refuses unstamped episodes: the producer must record code_version.commit (40 lowercase hex) in meta.json"
+        ),
+        remediation: None,
+        commit: None,
+    }
 }
 
 /// Where an episode stands.

@@ -113,6 +113,10 @@ fn once_ships_quarantines_and_is_idempotent() {
         (uns["reason"].as_str(), uns["http_status"].as_u64()),
         (Some("stamp_missing"), None)
     );
+    assert!(
+        uns["remediation"].is_null(),
+        "remediation is null or a shell command; none fixes a missing stamp"
+    );
     assert_eq!(reason(&data, "sym")["reason"], "archive_failed");
 
     // The receiver holds exactly what was in the episode.

@@ -1,0 +1,2 @@
+//! `doctor`: see `labship_tools::doctor`.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `quarantine-unstamped`: see `labship_tools::unstamped`.
+fn main() {}

@@ -1,0 +1,1 @@
+//! doctor (in progress).

@@ -1,0 +1,1 @@
+//! quarantine-unstamped (in progress).
