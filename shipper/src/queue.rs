@@ -124,6 +124,8 @@ pub struct Shipper {
     last_error: Option<LastError>,
     rng: u64,
     cleanup: crate::cleanup::Schedule,
+    /// The receiver's advertised `max_episode_bytes` and when it was asked.
+    limit: Option<(Option<u64>, Instant)>,
     /// `pending` of the last full pass (reported while the host is on hold).
     last_pending: usize,
     /// Held (flock) for the process's life: one shipper per data_dir.
@@ -157,6 +159,7 @@ impl Shipper {
             last_error: None,
             rng,
             cleanup: crate::cleanup::Schedule::new(config.quarantine_keep, config.cleanup_interval),
+            limit: None,
             last_pending: 0,
             _lock: lock,
             config,
@@ -235,6 +238,30 @@ impl Shipper {
         self.last_pending = summary.pending;
         self.write_status(&summary);
         summary
+    }
+
+    /// The receiver's `max_episode_bytes`, from its ping, asked at most every
+    /// ten minutes. An archive over it is refused locally: the receiver would
+    /// answer 413 from the headers, but an HTTP/1 client still writing the
+    /// body does not read that early answer and sees only a broken pipe.
+    async fn receiver_limit(&mut self) -> Option<u64> {
+        const FRESH: Duration = Duration::from_secs(600);
+        match self.limit {
+            Some((limit, at)) if at.elapsed() < FRESH => limit,
+            _ => {
+                let timeout = self.config.connect_timeout + Duration::from_secs(10);
+                match self.uploader.ping(timeout).await {
+                    Ok(pong) => {
+                        let limit = pong.limits.and_then(|l| l.max_episode_bytes);
+                        self.limit = Some((limit, Instant::now()));
+                        limit
+                    }
+                    // The upload that follows meets the same trouble and
+                    // reports it; ask again next time.
+                    Err(_) => None,
+                }
+            }
+        }
     }
 
     /// Packs the next ready episode in `upcoming` (not yet in the outbox) on a
@@ -364,9 +391,15 @@ impl Shipper {
                     let State::Packed { archive, .. } = &state else {
                         break;
                     };
-                    self.start_prefetch(upcoming);
-                    let path = self.layout.archive_path(&id);
-                    self.uploader.put(&id, &path, archive, progress).await
+                    let bytes = archive.bytes;
+                    match self.receiver_limit().await {
+                        Some(limit) if bytes > limit => (Event::OverLimit { bytes, limit }, None),
+                        _ => {
+                            self.start_prefetch(upcoming);
+                            let path = self.layout.archive_path(&id);
+                            self.uploader.put(&id, &path, archive, progress).await
+                        }
+                    }
                 }
                 Action::Retire => {
                     match self.layout.retire(&id) {

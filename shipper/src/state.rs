@@ -78,6 +78,12 @@ pub enum Event {
         message: String,
         remediation: Option<String>,
     },
+    /// The archive is over the receiver's advertised `max_episode_bytes`:
+    /// refused locally, never uploaded.
+    OverLimit {
+        bytes: u64,
+        limit: u64,
+    },
     /// No answer (connect failure, reset, stall, timeout). `auth` when the
     /// failure looks like a refused client certificate.
     NoAnswer {
@@ -195,6 +201,18 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
             ),
             (Disposition::Transient { loud }, error) => retry(loud, error, Some(status), message),
         },
+        (State::Packed { archive, .. }, Event::OverLimit { bytes, limit }) => (
+            State::Quarantined(Reason {
+                code: ErrorCode::TooLarge,
+                http_status: None,
+                message: format!(
+                    "the archive is {bytes} bytes, over the receiver's limits.max_episode_bytes = {limit} (advertised by its ping); not uploaded"
+                ),
+                remediation: None,
+                commit: Some(archive.commit.to_string()),
+            }),
+            Action::Quarantine,
+        ),
         (State::Packed { .. }, Event::NoAnswer { auth, message }) => retry(
             auth,
             auth.then_some(ErrorCode::Unauthenticated),
@@ -337,6 +355,25 @@ mod tests {
                 "{status}: {a:?}"
             );
         }
+    }
+
+    #[test]
+    fn over_the_advertised_limit_is_a_local_too_large() {
+        let (s, a) = step(
+            &packed(false),
+            Event::OverLimit {
+                bytes: 20,
+                limit: 10,
+            },
+        );
+        assert_eq!(a, Action::Quarantine);
+        let State::Quarantined(r) = s else { panic!() };
+        assert_eq!((r.code, r.http_status), (ErrorCode::TooLarge, None));
+        assert!(
+            r.message.contains("max_episode_bytes = 10"),
+            "{}",
+            r.message
+        );
     }
 
     #[test]

@@ -100,6 +100,15 @@ pub struct Pong {
     pub host_id: String,
     pub receiver_version: String,
     pub gate: serde_json::Value,
+    /// Additive: receivers that advertise their limits.
+    #[serde(default)]
+    pub limits: Option<PongLimits>,
+}
+
+/// The limits a receiver advertises in its ping.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct PongLimits {
+    pub max_episode_bytes: Option<u64>,
 }
 
 #[derive(Debug)]

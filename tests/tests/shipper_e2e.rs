@@ -851,8 +851,9 @@ fn put_direct(env: &TestEnv, url: &str, host: &str, id: &str, body: Vec<u8>) -> 
 }
 
 /// The rows of the CONTRACT §4 table not covered above, end to end: 400
-/// (a damaged outbox archive: digest_mismatch), 409, 413, 200 already
-/// present, 403 (and what `--ping` says of it), and `--ping` exit 5.
+/// (a damaged outbox archive: digest_mismatch), 409, too large (refused
+/// locally from the receiver's advertised limit), 200 already present, 403
+/// (and what `--ping` says of it), and `--ping` exit 5.
 #[test]
 fn the_rest_of_the_answer_table_end_to_end() {
     use labship_tests::process::ReceiverOpts;
@@ -958,10 +959,27 @@ fn the_rest_of_the_answer_table_end_to_end() {
     );
     let (code, out, err) = shipper(&cfg, "--once");
     assert_eq!(code, 0, "{out}\n{err}");
+    // Refused before upload, from the limit the receiver's ping advertises:
+    // an HTTP/1 client still writing a body never reads the early 413.
     let huge = reason(&data, "huge");
     assert_eq!(
         (huge["reason"].as_str(), huge["http_status"].as_u64()),
-        (Some("too_large"), Some(413))
+        (Some("too_large"), None)
+    );
+    assert!(
+        huge["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_episode_bytes = 10000"),
+        "{huge}"
+    );
+    assert!(
+        !small
+            .audit_records()
+            .iter()
+            .any(|a| a["episode_id"] == "huge"),
+        "not uploaded: {:?}",
+        small.audit_records()
     );
 
     // 403: this host's config names lab-01 but holds lab-02's certificate.
