@@ -295,7 +295,7 @@ async fn put_decided(
         Some(e) if e.code == ErrorCode::Internal => {}
         Some(e) => tracing::warn!(
             host, episode = %episode_raw, status = status.as_u16(), error_code = e.code.as_str(),
-            peer, message = %e.message, "put rejected"
+            peer, "put rejected: {}", e.message
         ),
     }
     match result {

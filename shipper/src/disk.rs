@@ -52,11 +52,20 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// Mode of the small files labship writes (reason files, sidecars,
+/// status.json): readable by the group, so `doctor` run by an operator in the
+/// `labship` group sees them; tempfile's default is 0600.
+static READABLE: std::sync::LazyLock<std::fs::Permissions> =
+    std::sync::LazyLock::new(|| std::os::unix::fs::PermissionsExt::from_mode(0o640));
+
 /// Writes `bytes` to `path` atomically and durably: temp name, fsync, rename,
 /// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(READABLE.clone())
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -70,6 +79,7 @@ pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        .permissions(READABLE.clone())
         .tempfile_in(scratch)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -242,7 +252,8 @@ impl Layout {
         })
     }
 
-    fn drop_outbox(&self, id: &Id) -> io::Result<()> {
+    /// Removes the outbox archive and sidecar of `id`, if any.
+    pub fn drop_outbox(&self, id: &Id) -> io::Result<()> {
         for p in [self.sidecar_path(id), self.archive_path(id)] {
             match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -8,7 +8,7 @@ use clap::Parser;
 use labship_shipper::config::{Config, DEFAULT_PATH};
 use labship_shipper::queue::Shipper;
 use labship_shipper::systemd;
-use labship_shipper::upload::{NoAnswer, Uploader};
+use labship_shipper::upload::Uploader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -132,53 +132,11 @@ fn stderr_is_journal() -> bool {
 }
 
 async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {
-    match uploader
-        .ping(config.connect_timeout + Duration::from_secs(10))
-        .await
-    {
-        Ok(p) if p.host_id != config.host_id.as_str() => {
-            println!(
-                "refused: receiver {} knows this certificate as host {:?}, but {} says host_id = {:?}; every upload would be refused (403) — fix host_id there, or install this host's own certificate",
-                config.url,
-                p.host_id,
-                config.file.display(),
-                config.host_id.as_str()
-            );
-            ExitCode::from(3)
-        }
-        Ok(p) => {
-            println!(
-                "ok: receiver {} (version {}) knows this host as {}; gate {}",
-                config.url, p.receiver_version, p.host_id, p.gate
-            );
-            ExitCode::SUCCESS
-        }
-        Err(Ok((status, body))) if status == 401 || status == 403 => {
-            println!(
-                "refused: receiver {} answered {status} for host {}: {body}",
-                config.url, config.host_id
-            );
-            ExitCode::from(3)
-        }
-        Err(Ok((status, body))) => {
-            println!(
-                "unexpected: receiver {} answered {status}: {body}",
-                config.url
-            );
-            ExitCode::from(5)
-        }
-        Err(Err(NoAnswer::Auth(m))) => {
-            println!(
-                "refused: TLS with receiver {} failed for host {} (check receiver.cert_file, receiver.key_file, receiver.ca_file): {m}",
-                config.url, config.host_id
-            );
-            ExitCode::from(3)
-        }
-        Err(Err(NoAnswer::Unreachable(m))) => {
-            println!("unreachable: receiver {}: {m}", config.url);
-            ExitCode::from(4)
-        }
-    }
+    let verdict = uploader
+        .check(config, config.connect_timeout + Duration::from_secs(10))
+        .await;
+    println!("{verdict}");
+    ExitCode::from(verdict.exit_code())
 }
 
 async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {

@@ -435,7 +435,7 @@ impl Shipper {
                             tracing::error!(
                                 episode_id = %id, error_code = reason.code.as_str(), http_status = reason.http_status,
                                 remediation = reason.remediation.as_deref(), dest = %dest.display(),
-                                event = "quarantined", message = %reason.message, "quarantined"
+                                event = "quarantined", "quarantined {id}: {}", reason.message
                             );
                         }
                         Err(e) => self.io_failure(&id, "moving to quarantine/", &e, summary),
@@ -459,9 +459,9 @@ impl Shipper {
                     };
                     self.record_error(&id, code, status, &message);
                     if loud {
-                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", message = %message, "transient failure that needs an operator");
+                        tracing::error!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", "transient failure that needs an operator: {message}");
                     } else {
-                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", message = %message, "transient failure; will retry");
+                        tracing::warn!(episode_id = %id, error_code = code.map(|c| c.as_str()), http_status = status, retry_in_ms = wait.as_millis() as u64, scope, event = "retry", "transient failure, will retry: {message}");
                     }
                     break;
                 }
@@ -528,6 +528,18 @@ impl Shipper {
     }
 
     fn io_failure(&mut self, id: &Id, what: &str, e: &std::io::Error, summary: &mut Summary) {
+        if e.kind() == std::io::ErrorKind::NotFound
+            && !self.layout.episodes.join(id.as_str()).exists()
+        {
+            // Moved away meanwhile by other hands (quarantine-unstamped
+            // beside us, or an operator): nothing is lost, nothing to retry.
+            self.backoff.remove(id);
+            if let Err(e) = self.layout.drop_outbox(id) {
+                tracing::warn!(episode_id = %id, error = %e, "cannot clear the outbox copy of an episode that left the queue");
+            }
+            tracing::info!(episode_id = %id, event = "left_queue", "the episode left episodes/ by other hands while {what}; nothing to do");
+            return;
+        }
         summary.transient += 1;
         summary.pending += 1;
         let wait = self.schedule(id, None);

@@ -94,16 +94,9 @@ impl Scanner {
                 continue;
             }
             self.not_before.remove(&name);
-            let found = match read_meta(&meta) {
-                Ok(bytes) => match parse_meta(&bytes) {
-                    Ok(stamp) => Found::Ready(stamp.commit),
-                    Err(e) => Found::Unstamped(e),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    Found::Unstamped(StampError::NotJson {
-                        detail: e.to_string(),
-                    })
-                }
+            let found = match read_stamp(&meta) {
+                Ok(Ok(commit)) => Found::Ready(commit),
+                Ok(Err(e)) => Found::Unstamped(e),
                 Err(e) => {
                     // Permissions, I/O errors: the episode is not at fault and
                     // must not be quarantined for it. Wait, and say why once.
@@ -125,6 +118,23 @@ impl Scanner {
     }
 }
 
+/// The stamp in the `meta.json` at `path`: `Ok(Err(why))` when the file is
+/// the episode's fault (not JSON, not an object, too large, no or a bad
+/// stamp: quarantine), `Err` when it cannot be read (the host's fault: wait).
+/// Shared with `quarantine-unstamped`, so both judge a stamp alike.
+pub fn read_stamp(path: &Path) -> std::io::Result<Result<Commit, StampError>> {
+    match read_meta(path) {
+        Ok(bytes) => Ok(parse_meta(&bytes).map(|stamp| stamp.commit)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Err(StampError::NotJson {
+            detail: e.to_string(),
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `meta.json`, refusing one over [`META_MAX_BYTES`] with
+/// `InvalidData` (a `meta_invalid` episode); any other error is the host's,
+/// not the episode's.
 fn read_meta(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
@@ -141,7 +151,8 @@ fn read_meta(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// The newest mtime in the tree (directories included: a created or removed
 /// file changes its directory's mtime). Unreadable entries count as "now".
-fn newest_mtime(dir: &Path) -> SystemTime {
+/// Shared with `quarantine-unstamped`, so both agree on "settled".
+pub fn newest_mtime(dir: &Path) -> SystemTime {
     let mut newest = SystemTime::UNIX_EPOCH;
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let t = entry

@@ -111,6 +111,102 @@ pub struct PongLimits {
     pub max_episode_bytes: Option<u64>,
 }
 
+/// What one authenticated ping says about this host's setup: `shipper
+/// --ping` prints it, `doctor` reports it.
+#[derive(Debug, Clone)]
+pub enum PingVerdict {
+    Ok {
+        url: String,
+        pong: Pong,
+    },
+    /// The receiver accepts the certificate but knows it as another host:
+    /// every upload would answer 403.
+    HostMismatch {
+        url: String,
+        known_as: String,
+        host_id: String,
+        config: String,
+    },
+    /// 401/403.
+    Refused {
+        url: String,
+        host_id: String,
+        status: u16,
+        body: String,
+    },
+    /// TLS or a refused client certificate.
+    TlsRefused {
+        url: String,
+        host_id: String,
+        message: String,
+    },
+    Unreachable {
+        url: String,
+        message: String,
+    },
+    Unexpected {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+impl PingVerdict {
+    /// `shipper --ping`'s exit code (CONTRACT §5).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Ok { .. } => 0,
+            Self::HostMismatch { .. } | Self::Refused { .. } | Self::TlsRefused { .. } => 3,
+            Self::Unreachable { .. } => 4,
+            Self::Unexpected { .. } => 5,
+        }
+    }
+}
+
+impl std::fmt::Display for PingVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok { url, pong } => write!(
+                f,
+                "ok: receiver {url} (version {}) knows this host as {}; gate {}",
+                pong.receiver_version, pong.host_id, pong.gate
+            ),
+            Self::HostMismatch {
+                url,
+                known_as,
+                host_id,
+                config,
+            } => write!(
+                f,
+                "refused: receiver {url} knows this certificate as host {known_as:?}, but {config} says host_id = {host_id:?}; every upload would be refused (403) — fix host_id there, or install this host's own certificate"
+            ),
+            Self::Refused {
+                url,
+                host_id,
+                status,
+                body,
+            } => write!(
+                f,
+                "refused: receiver {url} answered {status} for host {host_id}: {body}"
+            ),
+            Self::TlsRefused {
+                url,
+                host_id,
+                message,
+            } => write!(
+                f,
+                "refused: TLS with receiver {url} failed for host {host_id} (check receiver.cert_file, receiver.key_file, receiver.ca_file): {message}"
+            ),
+            Self::Unreachable { url, message } => {
+                write!(f, "unreachable: receiver {url}: {message}")
+            }
+            Self::Unexpected { url, status, body } => {
+                write!(f, "unexpected: receiver {url} answered {status}: {body}")
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Uploader {
     client: reqwest::Client,
@@ -199,6 +295,34 @@ impl Uploader {
             return Err(Ok((status, text)));
         }
         serde_json::from_str(&text).map_err(|e| Ok((status, format!("unexpected ping body: {e}"))))
+    }
+
+    /// One ping, judged against `config` (host id included).
+    pub async fn check(&self, config: &Config, timeout: Duration) -> PingVerdict {
+        let url = config.url.to_string();
+        let host_id = config.host_id.to_string();
+        match self.ping(timeout).await {
+            Ok(pong) if pong.host_id != host_id => PingVerdict::HostMismatch {
+                url,
+                known_as: pong.host_id,
+                host_id,
+                config: config.file.display().to_string(),
+            },
+            Ok(pong) => PingVerdict::Ok { url, pong },
+            Err(Ok((status, body))) if status == 401 || status == 403 => PingVerdict::Refused {
+                url,
+                host_id,
+                status,
+                body,
+            },
+            Err(Ok((status, body))) => PingVerdict::Unexpected { url, status, body },
+            Err(Err(NoAnswer::Auth(message))) => PingVerdict::TlsRefused {
+                url,
+                host_id,
+                message,
+            },
+            Err(Err(NoAnswer::Unreachable(message))) => PingVerdict::Unreachable { url, message },
+        }
     }
 
     /// HEAD: the stored digest, `None` when absent.
@@ -324,12 +448,15 @@ async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
         .map(Duration::from_secs);
     let text = read_capped(r, ANSWER_BODY_CAP).await;
     let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
+    let message = match &body {
+        Some(b) => b.message.clone(),
+        None if text.trim().is_empty() => format!("HTTP {status} without a body"),
+        None => text.chars().take(300).collect(),
+    };
     let event = Event::Answer {
         status,
         error: body.as_ref().map(|b| b.error),
-        message: body
-            .as_ref()
-            .map_or_else(|| text.chars().take(300).collect(), |b| b.message.clone()),
+        message,
         remediation: body.and_then(|b| b.remediation),
     };
     (event, retry_after)

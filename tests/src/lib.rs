@@ -1,12 +1,15 @@
 //! Helpers every labship suite reuses: a temp dir and PKI per test ([`TestEnv`]),
 //! the real binaries as child processes ([`process`]), episode trees and
 //! archives, well-formed or hostile ([`episode`]), and HTTP clients with the
-//! right identities ([`TestEnv::client`]).
+//! right identities ([`TestEnv::client`]), and a real systemd in a container
+//! for the units and the journal ([`nspawn`], [`lab_host`]).
 //!
 //! The binaries are the ones `cargo build --workspace --bins` leaves next to the
 //! test executable; `scripts/test.sh` builds them first.
 
 pub mod episode;
+pub mod lab_host;
+pub mod nspawn;
 pub mod pki;
 pub mod process;
 pub mod proxy;

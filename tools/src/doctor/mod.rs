@@ -1,1 +1,236 @@
-//! doctor (in progress).
+//! doctor: what is wrong on this lab host, in one line, with the command that
+//! fixes it (CONTRACT §5).
+//!
+//! Every check produces [`Finding`]s (`OK`, `WARN`, `FAIL`, a check name, what
+//! was found, the fix when one exists). The headline is the worst finding
+//! (level first, then [`Finding::rank`]: 412 outranks 400, and so on), so an
+//! agent acts on the first line alone. Checks never crash the report: a
+//! journal it may not read, a missing config or a receiver that does not
+//! answer are findings like any other.
+//!
+//! - [`journal`]: the shipper's own structured events and systemd's messages
+//!   about the unit, over `--since`;
+//! - [`host`]: service state, config, certificate, receiver ping, disk, the
+//!   queue's directories and `state/status.json`;
+//! - [`render`]: aligned human rows (colored on a terminal) and `--json`.
+
+pub mod host;
+pub mod journal;
+pub mod render;
+
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// The shipper's unit.
+pub const UNIT: &str = "labship-shipper.service";
+
+/// How bad a finding is. Ordered: `Ok < Warn < Fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+        }
+    }
+
+    /// CONTRACT §5: 0 all OK, 1 warnings, 2 failures.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Warn => 1,
+            Self::Fail => 2,
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// The check's name (`journal`, `service`, `config`, `disk`, …).
+    pub check: &'static str,
+    /// What was found, in one line.
+    pub finding: String,
+    /// The exact command that fixes it, when there is one.
+    pub fix: Option<String>,
+    /// Among findings of one level, lower ranks head the report.
+    #[serde(skip)]
+    pub rank: u8,
+    /// Machine-readable details for agents (`--json`).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl Finding {
+    pub fn ok(check: &'static str, finding: impl Into<String>) -> Self {
+        Self::new(Level::Ok, check, finding, None, 200)
+    }
+
+    pub fn new(
+        level: Level,
+        check: &'static str,
+        finding: impl Into<String>,
+        fix: Option<String>,
+        rank: u8,
+    ) -> Self {
+        Self {
+            level,
+            check,
+            finding: one_line(&finding.into()),
+            fix,
+            rank,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// What to examine.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// How far back the journal is read.
+    pub since: Duration,
+    /// Captured `journalctl -o json` output instead of the live journal
+    /// (read whole: the capture already chose its window; the live service
+    /// state is then not checked).
+    pub journal_file: Option<PathBuf>,
+    /// Skip the receiver ping (offline diagnosis).
+    pub no_ping: bool,
+    /// "Now", for ages; injectable so reports can be compared in tests.
+    pub now: SystemTime,
+}
+
+/// The whole diagnosis.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub status: Level,
+    pub headline: String,
+    pub exit_code: u8,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Orders the findings worst first and derives the headline.
+    pub fn new(mut findings: Vec<Finding>) -> Self {
+        // Stable: checks of equal weight keep the order they ran in.
+        findings.sort_by_key(|f| (std::cmp::Reverse(f.level), f.rank));
+        let worst = findings.first().map_or(Level::Ok, |f| f.level);
+        let headline = match findings.first() {
+            Some(f) if f.level > Level::Ok => match &f.fix {
+                Some(fix) => format!("{} {} — fix: {fix}", f.level.as_str(), f.finding),
+                None => format!("{} {}", f.level.as_str(), f.finding),
+            },
+            _ => {
+                let shipped = findings
+                    .iter()
+                    .find(|f| f.check == "activity")
+                    .map(|f| format!(": {}", f.finding))
+                    .unwrap_or_default();
+                format!("OK labship shipper healthy{shipped}")
+            }
+        };
+        Self {
+            status: worst,
+            headline,
+            exit_code: worst.exit_code(),
+            findings,
+        }
+    }
+}
+
+/// Runs every check.
+pub async fn run(opts: &Options) -> Report {
+    let mut opts = opts.clone();
+    // Fixes name the config by its full path: they are pasted elsewhere.
+    if let Ok(full) = std::fs::canonicalize(&opts.config) {
+        opts.config = full;
+    }
+    let opts = &opts;
+    let mut findings = Vec::new();
+    // A captured journal is examined as it is, maybe from another host or
+    // another day: this machine's service state is not mixed into it.
+    let service = match opts.journal_file {
+        Some(_) => None,
+        None => host::service(),
+    };
+    let running = service.as_ref().map(|s| s.running);
+    if let Some(s) = &service {
+        findings.push(s.finding.clone());
+    }
+    findings.extend(journal::check(opts, running.flatten()));
+    findings.extend(host::check(opts, running.flatten()).await);
+    Report::new(findings)
+}
+
+/// A finding is one row: whitespace (a TOML error's newlines, a receiver's
+/// message) collapsed, and at most 400 characters.
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
+
+/// "3h", "12min", "40s", "2d": an age for humans.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7_199 => format!("{}min", s / 60),
+        7_200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_finding_heads_and_sets_the_exit_code() {
+        let r = Report::new(vec![
+            Finding::ok("config", "fine"),
+            Finding::new(Level::Warn, "disk", "9% free", None, 50),
+            Finding::new(Level::Fail, "journal", "2 unstamped", Some("b".into()), 20),
+            Finding::new(
+                Level::Fail,
+                "journal",
+                "3 out-of-window (412)",
+                Some("a".into()),
+                10,
+            ),
+        ]);
+        assert_eq!(r.headline, "FAIL 3 out-of-window (412) — fix: a");
+        assert_eq!(r.exit_code, 2);
+        assert_eq!(r.findings[1].finding, "2 unstamped");
+        let r = Report::new(vec![Finding::ok("config", "fine")]);
+        assert_eq!(
+            (r.exit_code, r.headline.as_str()),
+            (0, "OK labship shipper healthy")
+        );
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(Duration::from_secs(40)), "40s");
+        assert_eq!(age(Duration::from_secs(600)), "10min");
+        assert_eq!(age(Duration::from_secs(3 * 3600)), "3h");
+        assert_eq!(age(Duration::from_secs(5 * 86_400)), "5d");
+    }
+}

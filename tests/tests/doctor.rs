@@ -1,0 +1,305 @@
+//! `doctor` against journals captured from the real shipper under a real
+//! systemd (`tests/fixtures/journal/`, made by
+//! `scripts/capture-journal-fixtures.sh`, never written by hand), and
+//! snapshots of its human output (`tests/fixtures/doctor/`; regenerate with
+//! `LABSHIP_UPDATE_SNAPSHOTS=1` after a deliberate change, and read the diff).
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
+use labship_tests::TestEnv;
+use labship_tests::process::run;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A valid shipper config (token auth: no certificate dates in snapshots)
+/// over an empty data_dir whose status.json says a pass just ran.
+fn host(env: &TestEnv) -> PathBuf {
+    let data = env.path().join("lab");
+    for d in ["episodes", "outbox", "shipped", "quarantine", "state"] {
+        std::fs::create_dir_all(data.join(d)).unwrap();
+    }
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    std::fs::write(
+        data.join("state/status.json"),
+        format!(r#"{{"time":"{now}","last_success":"{now}","pending":0,"last_error":null}}"#),
+    )
+    .unwrap();
+    std::fs::write(env.path().join("token"), "secret\n").unwrap();
+    let cfg = env.path().join("shipper.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host_id = \"lab-01\"\ndata_dir = {data:?}\n[receiver]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"token\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Replaces what differs from run to run: the temp dir, free space, ages.
+fn sanitize(out: &str, tmp: &Path) -> String {
+    let tmp = std::fs::canonicalize(tmp).unwrap();
+    out.replace(tmp.to_str().unwrap(), "<tmp>")
+        .lines()
+        .map(|l| {
+            if l.contains("% free on") || l.contains(" ago") {
+                let mut s = String::new();
+                let mut in_num = false;
+                for c in l.chars() {
+                    if c.is_ascii_digit() || (in_num && c == '.') {
+                        if !in_num {
+                            s.push('N');
+                        }
+                        in_num = true;
+                    } else {
+                        in_num = false;
+                        s.push(c);
+                    }
+                }
+                s
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn doctor(cfg: &Path, journal: &Path, json: bool) -> (i32, String) {
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "--journal-file",
+        journal.to_str().unwrap(),
+        "--no-ping",
+    ];
+    if json {
+        args.push("--json");
+    }
+    let (code, out, err) = run("doctor", &args);
+    assert!(err.is_empty(), "doctor wrote to stderr: {err}");
+    (code, out)
+}
+
+/// Compares with the stored snapshot, or writes it under
+/// `LABSHIP_UPDATE_SNAPSHOTS=1`.
+fn snapshot(name: &str, got: &str) {
+    let path = fixtures().join("doctor").join(format!("{name}.txt"));
+    if std::env::var_os("LABSHIP_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with LABSHIP_UPDATE_SNAPSHOTS=1 to create it. Got:\n{got}",
+            path.display()
+        )
+    });
+    assert_eq!(got, want, "snapshot {} differs", path.display());
+}
+
+/// Each captured scenario: the headline names the problem (and the fix),
+/// the exit code matches, `--json` agrees with the rows, and the whole human
+/// report matches its snapshot.
+#[test]
+fn each_captured_scenario_gets_its_headline_and_fix() {
+    let cases: &[(&str, i32, &[&str])] = &[
+        ("healthy", 0, &["OK labship shipper healthy", "shipped"]),
+        (
+            "out_of_window",
+            2,
+            &["FAIL", "rejected as out-of-window (412)", "— fix: "],
+        ),
+        (
+            "unstamped",
+            2,
+            &["FAIL", "quarantined as unstamped", "stamp_missing"],
+        ),
+        (
+            "receiver_down",
+            1,
+            &[
+                "WARN",
+                "transient failure(s) reaching the receiver",
+                "--ping",
+            ],
+        ),
+        (
+            "rejected_certificate",
+            2,
+            &[
+                "FAIL",
+                "refused: the receiver does not accept this host's identity",
+            ],
+        ),
+        ("host_mismatch", 2, &["FAIL", "refused", "host_mismatch"]),
+        ("watchdog", 2, &["FAIL", "missing its watchdog"]),
+        (
+            "config_invalid",
+            2,
+            &[
+                "FAIL",
+                "failed to start",
+                "invalid configuration",
+                "fix: sudoedit",
+            ],
+        ),
+    ];
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    for (name, want_code, needles) in cases {
+        let journal = fixtures().join("journal").join(format!("{name}.jsonl"));
+        let (code, out) = doctor(&cfg, &journal, false);
+        let headline = out.lines().next().unwrap_or("");
+        assert_eq!(code, *want_code, "{name}:\n{out}");
+        for n in *needles {
+            assert!(headline.contains(n), "{name}: headline lacks {n:?}:\n{out}");
+        }
+        let (jcode, json) = doctor(&cfg, &journal, true);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (jcode, v["exit_code"].as_i64()),
+            (code, Some(i64::from(code)))
+        );
+        assert_eq!(v["headline"], headline, "{name}");
+        assert_eq!(
+            v["findings"].as_array().unwrap().len(),
+            out.lines().count() - 1,
+            "{name}: one JSON finding per row"
+        );
+        snapshot(name, &sanitize(&out, env.path()));
+    }
+}
+
+/// 412 outranks 400 when both occur.
+#[test]
+fn out_of_window_outranks_unstamped() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let both = env.path().join("both.jsonl");
+    let read = |n: &str| std::fs::read_to_string(fixtures().join("journal").join(n)).unwrap();
+    std::fs::write(
+        &both,
+        read("unstamped.jsonl") + &read("out_of_window.jsonl"),
+    )
+    .unwrap();
+    let (code, out) = doctor(&cfg, &both, false);
+    assert_eq!(code, 2);
+    let mut lines = out.lines();
+    assert!(
+        lines.next().unwrap().contains("out-of-window (412)"),
+        "{out}"
+    );
+    assert!(
+        lines.any(|l| l.contains("quarantined as unstamped")),
+        "the 400s are still listed:\n{out}"
+    );
+}
+
+/// The host checks speak up even when the journal is quiet: a nearly full
+/// disk is not simulated here, but the queue's own trouble is.
+#[test]
+fn host_findings_backlog_unfinished_and_stale_status() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let data = env.path().join("lab");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400);
+    let set = |p: &Path| {
+        std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+    };
+    let ep = labship_tests::episode::write_episode(
+        &data.join("episodes"),
+        "waiting",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("d", b"1")],
+    );
+    set(&ep.join("meta.json"));
+    let unfinished = data.join("episodes/half-written");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    set(&unfinished);
+    std::fs::write(
+        data.join("state/status.json"),
+        r#"{"time":"2026-01-01T00:00:00Z","last_success":null,"pending":1}"#,
+    )
+    .unwrap();
+    let empty = env.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out) = doctor(&cfg, &empty, false);
+    assert_eq!(code, 2, "{out}");
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.contains("last completed pass was") && first.contains("fix: sudo systemctl restart"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("backlog") && l.contains("oldest for 3d")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("half-written")),
+        "{out}"
+    );
+}
+
+/// Run as a user who may not read the system journal, doctor says so and
+/// names the fix instead of reporting a quiet, healthy journal.
+#[test]
+fn journal_denied_is_a_finding_with_its_fix() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("SKIP journal_denied_is_a_finding_with_its_fix: needs root to drop to nobody");
+        return;
+    }
+    if std::process::Command::new("journalctl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP journal_denied_is_a_finding_with_its_fix: no journalctl");
+        return;
+    }
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    // nobody must be able to read the config and walk the data dir.
+    let ok = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(env.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(labship_tests::bin("doctor"))
+        .args(["--config", cfg.to_str().unwrap(), "--no-ping"])
+        .env("USER", "nobody")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains("journal"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no journal row:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(
+        row.starts_with("WARN") && row.contains("may not read the system journal"),
+        "{text}"
+    );
+    assert!(
+        row.contains("fix: sudo usermod -aG systemd-journal nobody"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+}

@@ -1,0 +1,554 @@
+//! The host checks: the unit's state (when a systemd manager runs), the
+//! shipper's config (its own loader), the client certificate's expiry, a
+//! ping of the receiver (the shipper's own), free space on `data_dir`, the
+//! queue's directories and `state/status.json`.
+
+use super::{Finding, Level, Options, UNIT, age};
+use labship_shipper::config::Config;
+use labship_shipper::upload::{PingVerdict, Uploader};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Episodes waiting longer than this are a backlog worth a warning.
+const BACKLOG_AGE: Duration = Duration::from_secs(3600);
+/// A directory without `meta.json` idle this long was probably abandoned.
+const UNFINISHED_AGE: Duration = Duration::from_secs(86_400);
+/// Client certificates expiring sooner than this are a warning.
+const CERT_WARN: Duration = Duration::from_secs(14 * 86_400);
+
+/// The unit as the service manager sees it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// `None` when the state says nothing about running (not installed).
+    pub running: Option<bool>,
+    pub finding: Finding,
+}
+
+/// `systemctl show` of the unit; `None` when no systemd manager runs here.
+pub fn service() -> Option<Service> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let out = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            UNIT,
+            "--no-pager",
+            "-p",
+            "LoadState,ActiveState,SubState,Result,NRestarts,UnitFileState",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (load, active, sub, result, restarts, enabled) = (
+        get("LoadState"),
+        get("ActiveState"),
+        get("SubState"),
+        get("Result"),
+        get("NRestarts"),
+        get("UnitFileState"),
+    );
+    let state = format!("{active} ({sub})");
+    let s = |running, level, finding: String, fix: Option<String>, rank| Service {
+        running,
+        finding: Finding::new(level, "service", finding, fix, rank).with_details(
+            serde_json::json!({"load": load, "active": active, "sub": sub, "result": result,
+                "restarts": restarts, "enabled": enabled}),
+        ),
+    };
+    Some(match (load.as_str(), active.as_str()) {
+        ("not-found", _) => s(
+            Some(false),
+            Level::Fail,
+            format!("{UNIT} is not installed"),
+            Some("cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()),
+            3,
+        ),
+        (_, "active") => s(
+            Some(true),
+            Level::Ok,
+            format!("{UNIT} {state}, {restarts} restart(s), {enabled}"),
+            None,
+            200,
+        ),
+        (_, "failed") => s(
+            Some(false),
+            Level::Fail,
+            format!("{UNIT} has failed (result: {result}); see the journal findings for why"),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            6,
+        ),
+        (_, "activating") if sub == "auto-restart" => s(
+            Some(false),
+            Level::Fail,
+            format!(
+                "{UNIT} keeps failing and restarting ({restarts} restart(s), result: {result})"
+            ),
+            Some(format!("journalctl -u {UNIT} -n 30 --no-pager")),
+            7,
+        ),
+        (_, "activating" | "reloading" | "deactivating") => s(
+            Some(true),
+            Level::Warn,
+            format!("{UNIT} is {state}"),
+            None,
+            70,
+        ),
+        _ => s(
+            Some(false),
+            Level::Fail,
+            format!("{UNIT} is not running ({state}, {enabled})"),
+            Some(format!("sudo systemctl enable --now {UNIT}")),
+            8,
+        ),
+    })
+}
+
+/// Every check that needs the config.
+pub async fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
+    let config = match Config::load(&opts.config) {
+        Ok(c) => c,
+        Err(e) => {
+            let fix = if e.key.is_empty() && !opts.config.exists() {
+                "cd /opt/labship && sudo ./scripts/install-lab-host.sh".to_owned()
+            } else {
+                format!("sudoedit {}", opts.config.display())
+            };
+            return vec![Finding::new(
+                Level::Fail,
+                "config",
+                format!("invalid configuration: {e}"),
+                Some(fix),
+                4,
+            )];
+        }
+    };
+    let mut out = vec![Finding::ok(
+        "config",
+        format!(
+            "{} valid (host {}, receiver {})",
+            opts.config.display(),
+            config.host_id,
+            config.url
+        ),
+    )];
+    out.extend(certificate(&config, opts.now));
+    if opts.no_ping {
+        out.push(Finding::ok("receiver", "ping skipped (--no-ping)"));
+    } else {
+        out.push(ping(&config).await);
+    }
+    out.extend(disk(&config));
+    out.extend(queue(&config, opts.now, running));
+    out
+}
+
+fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
+    let Some((cert, _)) = &config.auth.cert_and_key else {
+        return vec![Finding::ok(
+            "certificate",
+            "no client certificate (bearer token)",
+        )];
+    };
+    let pem = match std::fs::read(cert) {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![Finding::new(
+                Level::Fail,
+                "certificate",
+                format!("cannot read {}: {e}", cert.display()),
+                Some(format!(
+                    "sudo chgrp labship {} && sudo chmod 640 {}",
+                    cert.display(),
+                    cert.display()
+                )),
+                14,
+            )];
+        }
+    };
+    let not_after = x509_parser::pem::parse_x509_pem(&pem)
+        .ok()
+        .and_then(|(_, p)| {
+            p.parse_x509()
+                .ok()
+                .map(|c| c.validity().not_after.timestamp())
+        });
+    let Some(not_after) = not_after else {
+        return vec![Finding::new(
+            Level::Fail,
+            "certificate",
+            format!("{} is not a PEM certificate", cert.display()),
+            None,
+            14,
+        )];
+    };
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let until = humantime::format_rfc3339_seconds(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
+    );
+    let left = not_after - now_s;
+    let renew = format!(
+        "install a renewed certificate at {} (same key path {}), then: sudo systemctl restart {UNIT}",
+        cert.display(),
+        config
+            .auth
+            .cert_and_key
+            .as_ref()
+            .map_or(String::new(), |(_, k)| k.display().to_string())
+    );
+    vec![if left <= 0 {
+        Finding::new(
+            Level::Fail,
+            "certificate",
+            format!("client certificate {} expired at {until}", cert.display()),
+            Some(renew),
+            13,
+        )
+    } else if (left as u64) < CERT_WARN.as_secs() {
+        Finding::new(
+            Level::Warn,
+            "certificate",
+            format!(
+                "client certificate {} expires in {} ({until})",
+                cert.display(),
+                age(Duration::from_secs(left as u64))
+            ),
+            Some(renew),
+            55,
+        )
+    } else {
+        Finding::ok(
+            "certificate",
+            format!("{} valid until {until}", cert.display()),
+        )
+    }]
+}
+
+async fn ping(config: &Config) -> Finding {
+    let uploader = match Uploader::new(config) {
+        Ok(u) => u,
+        Err(e) => {
+            return Finding::new(
+                Level::Fail,
+                "receiver",
+                format!("cannot set up the client: {e}"),
+                Some(format!("sudoedit {}", config.file.display())),
+                4,
+            );
+        }
+    };
+    let verdict = uploader.check(config, Duration::from_secs(5)).await;
+    let line = verdict.to_string();
+    let recheck = format!(
+        "sudo -u labship /opt/labship/bin/shipper --ping --config {}",
+        config.file.display()
+    );
+    match verdict {
+        PingVerdict::Ok { .. } => Finding::ok("receiver", line),
+        PingVerdict::HostMismatch { .. }
+        | PingVerdict::Refused { .. }
+        | PingVerdict::TlsRefused { .. } => {
+            Finding::new(Level::Fail, "receiver", line, Some(recheck), 16)
+        }
+        PingVerdict::Unreachable { .. } => {
+            Finding::new(Level::Fail, "receiver", line, Some(recheck), 17)
+        }
+        PingVerdict::Unexpected { .. } => Finding::new(
+            Level::Fail,
+            "receiver",
+            line,
+            Some(format!(
+                "sudoedit {}   # receiver.url",
+                config.file.display()
+            )),
+            17,
+        ),
+    }
+}
+
+fn disk(config: &Config) -> Vec<Finding> {
+    let dir = &config.data_dir;
+    let st = match rustix::fs::statvfs(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Finding::new(
+                Level::Fail,
+                "disk",
+                format!("cannot stat {}: {e}", dir.display()),
+                Some("cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()),
+                9,
+            )];
+        }
+    };
+    let total = st.f_blocks.max(1);
+    let pct = st.f_bavail as f64 * 100.0 / total as f64;
+    let free_gib = (st.f_bavail * st.f_frsize) as f64 / (1u64 << 30) as f64;
+    let finding = format!("{:.1}% free on {} ({free_gib:.1} GiB)", pct, dir.display());
+    let fix = Some(format!(
+        "sudo find {} -mindepth 1 -maxdepth 1 -mtime +30 -exec rm -rf {{}} +   # delivered episodes older than 30 days",
+        dir.join("shipped").display()
+    ));
+    vec![if pct < 2.0 {
+        Finding::new(Level::Fail, "disk", finding, fix, 11)
+    } else if pct < 10.0 {
+        Finding::new(Level::Warn, "disk", finding, fix, 52)
+    } else {
+        Finding::ok("disk", finding)
+    }]
+}
+
+/// Age of `path`'s mtime.
+fn age_of(path: &Path, now: SystemTime) -> Option<Duration> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(now.duration_since(t).unwrap_or_default())
+}
+
+/// The newest mtime in a tree (shallow enough for doctor: the top two levels).
+fn newest(dir: &Path) -> Option<SystemTime> {
+    let mut newest = std::fs::metadata(dir).ok()?.modified().ok()?;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
+}
+
+fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding> {
+    let data = &config.data_dir;
+    let mut out = Vec::new();
+
+    // Backlog and unfinished directories.
+    let mut ready = Vec::new();
+    let mut unfinished = Vec::new();
+    for e in std::fs::read_dir(data.join("episodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !path.is_dir() || labship_protocol::Id::parse(&name).is_err() {
+            continue;
+        }
+        let meta = path.join(labship_protocol::stamp::META_FILE);
+        if meta.is_file() {
+            ready.push((name, age_of(&meta, now).unwrap_or_default()));
+        } else {
+            let idle = newest(&path).map_or(Duration::ZERO, |t| {
+                now.duration_since(t).unwrap_or_default()
+            });
+            if idle >= UNFINISHED_AGE {
+                unfinished.push((name, idle));
+            }
+        }
+    }
+    let oldest = ready.iter().map(|(_, a)| *a).max();
+    out.push(
+        match oldest {
+            Some(a) if a >= BACKLOG_AGE => Finding::new(
+                Level::Warn,
+                "backlog",
+                format!(
+                    "{} episode(s) waiting, the oldest for {}",
+                    ready.len(),
+                    age(a)
+                ),
+                None,
+                45,
+            ),
+            Some(a) => Finding::ok(
+                "backlog",
+                format!(
+                    "{} episode(s) waiting, the oldest for {}",
+                    ready.len(),
+                    age(a)
+                ),
+            ),
+            None => Finding::ok("backlog", "no episode waiting"),
+        }
+        .with_details(
+            serde_json::json!({"waiting": ready.len(), "oldest_s": oldest.map(|a| a.as_secs())}),
+        ),
+    );
+    if !unfinished.is_empty() {
+        unfinished.sort();
+        let names: Vec<&str> = unfinished.iter().take(5).map(|(n, _)| n.as_str()).collect();
+        out.push(Finding::new(
+            Level::Warn,
+            "unfinished",
+            format!(
+                "{} director(ies) in episodes/ without meta.json, idle for over a day: {}{} (never shipped until the producer writes meta.json)",
+                unfinished.len(),
+                names.join(", "),
+                if unfinished.len() > names.len() { ", …" } else { "" }
+            ),
+            None,
+            65,
+        ));
+    }
+
+    // Outbox leftovers: archives waiting long, temp files a crash left.
+    let mut archives = 0;
+    let mut stale = Vec::new();
+    for e in std::fs::read_dir(data.join("outbox"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let a = age_of(&e.path(), now).unwrap_or_default();
+        if name.ends_with(".tar.zst") && !name.starts_with('.') {
+            archives += 1;
+        }
+        if a >= BACKLOG_AGE {
+            stale.push(name);
+        }
+    }
+    out.push(if stale.is_empty() {
+        Finding::ok("outbox", format!("{archives} archive(s) in flight"))
+    } else {
+        Finding::new(
+            Level::Warn,
+            "outbox",
+            format!(
+                "{} file(s) in outbox/ older than {}: {} (a restart clears crash leftovers; archives wait for the receiver)",
+                stale.len(),
+                age(BACKLOG_AGE),
+                stale.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            58,
+        )
+    });
+
+    // Quarantine by reason; recent ones are news.
+    let mut by_reason = std::collections::BTreeMap::<String, usize>::new();
+    let mut recent = 0;
+    let mut total = 0;
+    for e in std::fs::read_dir(data.join("quarantine"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        total += 1;
+        let reason: Option<serde_json::Value> =
+            std::fs::read(e.path().join(labship_shipper::disk::REASON_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        let code = reason
+            .as_ref()
+            .and_then(|r| r["reason"].as_str())
+            .unwrap_or("no reason file")
+            .to_owned();
+        *by_reason.entry(code).or_default() += 1;
+        if age_of(&e.path(), now).is_some_and(|a| a < UNFINISHED_AGE) {
+            recent += 1;
+        }
+    }
+    let counts = by_reason
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.push(
+        if recent > 0 {
+            Finding::new(
+                Level::Warn,
+                "quarantine",
+                format!("{total} quarantined ({counts}), {recent} in the last day"),
+                None,
+                56,
+            )
+        } else if total > 0 {
+            Finding::ok(
+                "quarantine",
+                format!("{total} quarantined ({counts}), none in the last day"),
+            )
+        } else {
+            Finding::ok("quarantine", "empty")
+        }
+        .with_details(
+            serde_json::json!({"total": total, "recent": recent, "by_reason": by_reason}),
+        ),
+    );
+
+    out.push(status(config, now, running, ready.len()));
+    out
+}
+
+/// `state/status.json`: is the loop alive, when did it last ship.
+fn status(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
+    let path = config.data_dir.join("state/status.json");
+    let Some(status) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return if running == Some(false) {
+            Finding::ok(
+                "status",
+                "no state/status.json (the shipper is not running)",
+            )
+        } else {
+            Finding::new(
+                Level::Warn,
+                "status",
+                format!(
+                    "no {}: the shipper has not completed a pass",
+                    path.display()
+                ),
+                Some(format!("sudo systemctl restart {UNIT}")),
+                57,
+            )
+        };
+    };
+    let at = |k: &str| {
+        status[k]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .map(|t| now.duration_since(t).unwrap_or_default())
+    };
+    let pass = at("time");
+    let success = at("last_success");
+    let last = success.map_or("never".to_owned(), |a| format!("{} ago", age(a)));
+    let stale_after = (config.scan_interval * 3).max(Duration::from_secs(300));
+    let details = serde_json::json!({
+        "last_pass_s": pass.map(|a| a.as_secs()),
+        "last_success_s": success.map(|a| a.as_secs()),
+        "last_error": status["last_error"],
+        "hold_s": status["hold_s"],
+    });
+    match pass {
+        Some(a) if a > stale_after && running != Some(false) => Finding::new(
+            Level::Fail,
+            "status",
+            format!(
+                "the shipper's last completed pass was {} ago (expected every {}): stalled or stopped",
+                age(a),
+                age(config.scan_interval)
+            ),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            9,
+        ),
+        _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
+            Level::Warn,
+            "status",
+            format!(
+                "last successful ship {last} while {waiting} episode(s) wait; last error: {}",
+                status["last_error"]["message"].as_str().unwrap_or("none")
+            ),
+            None,
+            44,
+        ),
+        _ => Finding::ok("status", format!("last successful ship {last}")),
+    }
+    .with_details(details)
+}
