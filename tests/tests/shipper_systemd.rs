@@ -290,6 +290,28 @@ fn a_wedged_shipper_is_killed_by_the_watchdog_and_restarted() {
         "a wedge is never the episode's fault"
     );
     eprintln!("timings: watchdog fired {fired:?} after start, shipped {shipped:?} after start");
+
+    // doctor, run on the host afterwards, leads with the kill even though the
+    // restarted shipper is healthy now.
+    let out = host.container.exec(&[
+        "/opt/labship/bin/doctor",
+        "--config",
+        "/etc/labship/shipper.toml",
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    assert!(
+        report.starts_with(
+            "FAIL systemd killed the shipper 1 time(s) for missing its watchdog (it hung)"
+        ),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("WARN") && l.contains("restarted 1 time(s)")),
+        "{report}"
+    );
 }
 
 // ---- journal fixtures for doctor ------------------------------------------

@@ -70,6 +70,13 @@ pub fn service() -> Option<Service> {
             Some("cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()),
             3,
         ),
+        (_, "active") if enabled != "enabled" && enabled != "static" => s(
+            Some(true),
+            Level::Warn,
+            format!("{UNIT} {state} but {enabled}: it will not start after a reboot"),
+            Some(format!("sudo systemctl enable {UNIT}")),
+            54,
+        ),
         (_, "active") => s(
             Some(true),
             Level::Ok,
