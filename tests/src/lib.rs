@@ -99,3 +99,20 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// The text of a `shipper.toml` for host `host` over `data` and `url`, with
+/// `id` as client identity, short timeouts and backoff for tests; `top` is
+/// extra top-level keys (e.g. `settle_s = 0`).
+pub fn shipper_toml(
+    env: &TestEnv,
+    host: &str,
+    url: &str,
+    data: &Path,
+    id: &pki::Issued,
+    top: &str,
+) -> String {
+    format!(
+        "host_id = \"{host}\"\ndata_dir = {data:?}\n{top}\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
+        env.pki.ca_file, id.cert_file, id.key_file
+    )
+}

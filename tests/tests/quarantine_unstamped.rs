@@ -32,10 +32,7 @@ fn config(env: &TestEnv, url: &str, extra: &str) -> (PathBuf, PathBuf) {
     let cfg = env.path().join("shipper.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "host_id = \"{HOST}\"\ndata_dir = {data:?}\n{extra}\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
-            env.pki.ca_file, id.cert_file, id.key_file
-        ),
+        labship_tests::shipper_toml(env, HOST, url, &data, &id, extra),
     )
     .unwrap();
     (cfg, data)

@@ -20,10 +20,7 @@ fn shipper_config(env: &TestEnv, url: &str, id: &Issued) -> (PathBuf, PathBuf) {
     let cfg = env.path().join("shipper.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "host_id = \"{HOST}\"\ndata_dir = {data:?}\nsettle_s = 0\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
-            env.pki.ca_file, id.cert_file, id.key_file
-        ),
+        labship_tests::shipper_toml(env, HOST, url, &data, id, "settle_s = 0"),
     )
     .unwrap();
     (cfg, data)
@@ -422,7 +419,20 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
     let mut progress_at_kill = Vec::new();
     for d in &delays {
         let mut child = spawn();
-        std::thread::sleep(Duration::from_millis(30 + u64::from(*d) / 2));
+        // Wait for work to be under way (an archive being built or waiting in
+        // outbox/, or a new ship), whatever the machine's load, then kill at
+        // a varied moment inside it.
+        let count = |d: &str| std::fs::read_dir(data.join(d)).map_or(0, Iterator::count);
+        let before = count("shipped");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count("outbox") == 0
+            && count("shipped") == before
+            && before < n as usize
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(*d)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         progress_at_kill.push(names(&data.join("shipped")).len());
