@@ -22,6 +22,8 @@ pub struct Issued {
 pub enum Variant {
     Good,
     Expired,
+    /// Valid now, expiring in five days.
+    ExpiresSoon,
     NotYetValid,
     ServerAuthOnly,
     /// No CN; the host id is carried as the first DNS SAN.
@@ -121,6 +123,15 @@ impl Pki {
             Variant::Expired => {
                 params.not_before = rcgen::date_time_ymd(2020, 1, 1);
                 params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            Variant::ExpiresSoon => {
+                // rcgen takes calendar dates: today's plus five days.
+                let soon =
+                    std::time::SystemTime::now() + std::time::Duration::from_secs(5 * 86_400);
+                let day = humantime::format_rfc3339_seconds(soon).to_string();
+                let n = |r: std::ops::Range<usize>| day[r].parse().expect("date digits");
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(n(0..4), n(5..7) as u8, n(8..10) as u8);
             }
             Variant::NotYetValid => {
                 params.not_before = rcgen::date_time_ymd(2090, 1, 1);

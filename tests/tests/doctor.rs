@@ -303,3 +303,40 @@ fn journal_denied_is_a_finding_with_its_fix() {
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
 }
+
+/// The client certificate's expiry: FAIL once expired, WARN within 14 days,
+/// each with the renewal as its fix.
+#[test]
+fn certificate_expiry() {
+    use labship_tests::pki::Variant;
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let empty = env.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    for (variant, level, needle) in [
+        (Variant::Expired, "FAIL", "expired at 2021-01-01"),
+        (Variant::ExpiresSoon, "WARN", "expires in"),
+    ] {
+        let id = env.pki.client_variant("lab-01", variant);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = text.split("token_file").next().unwrap().to_owned()
+            + &format!(
+                "cert_file = {:?}\nkey_file = {:?}\n",
+                id.cert_file, id.key_file
+            );
+        let cfg2 = env.path().join(format!("{variant:?}.toml"));
+        std::fs::write(&cfg2, text).unwrap();
+        let (code, out) = doctor(&cfg2, &empty, false);
+        let row = out
+            .lines()
+            .find(|l| l.contains("certificate"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            row.starts_with(level)
+                && row.contains(needle)
+                && row.contains("fix: install a renewed certificate"),
+            "{variant:?}:\n{out}"
+        );
+        assert!(code >= 1, "{out}");
+    }
+}
