@@ -215,3 +215,50 @@ fn receiver_down_then_a_rejected_certificate() {
         "{human}"
     );
 }
+
+/// A typo in the config: exit 2, no restart loop (RestartPreventExitStatus=2),
+/// and doctor names the file, the key and the fix.
+#[test]
+fn an_invalid_config_fails_once_and_doctor_names_the_key() {
+    if !skip_unless_root_and_nspawn("an_invalid_config_fails_once_and_doctor_names_the_key") {
+        return;
+    }
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let host = boot(&env, &r.url, &env.pki.client(HOST));
+    host.write_config_text(
+        &ShipperConfig::new(&r.url)
+            .to_toml()
+            .replace("scan_interval_s", "scan_intervall_s"),
+    );
+    // RestartSec=1 only to keep the test short: a restart would come quickly.
+    host.drop_in("test", "[Service]\nRestartSec=1\n");
+    let out = host.systemctl(&["enable", "--now", SHIPPER_UNIT]);
+    assert!(!out.status.success(), "started with a broken config");
+    std::thread::sleep(Duration::from_secs(3));
+    let s = host.show(&["ActiveState", "NRestarts", "ExecMainStatus"]);
+    assert_eq!(
+        (
+            s["ActiveState"].as_str(),
+            s["NRestarts"].as_str(),
+            s["ExecMainStatus"].as_str()
+        ),
+        ("failed", "0", "2"),
+        "exit 2 must not restart-loop:\n{}",
+        host.diagnostics()
+    );
+    let (code, human, _) = doctor(&host, None);
+    assert_eq!(code, 2, "{human}");
+    let first = human.lines().next().unwrap();
+    assert!(
+        first.contains("invalid configuration")
+            && first.contains("scan_intervall_s")
+            && first.contains("fix: sudoedit /etc/labship/shipper.toml"),
+        "{human}"
+    );
+    assert!(
+        row(&human, "service")[0].starts_with("FAIL")
+            && row(&human, "service")[0].contains("failed"),
+        "{human}"
+    );
+}

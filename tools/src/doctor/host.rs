@@ -125,7 +125,10 @@ pub async fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
             let fix = if e.key.is_empty() && !opts.config.exists() {
                 "cd /opt/labship && sudo ./scripts/install-lab-host.sh".to_owned()
             } else {
-                format!("sudoedit {}", opts.config.display())
+                format!(
+                    "sudoedit {} && sudo systemctl restart {UNIT}",
+                    opts.config.display()
+                )
             };
             return vec![Finding::new(
                 Level::Fail,
