@@ -4,7 +4,8 @@
 # Builds the workspace, makes a dev CA and certificates in .dev/ (git-ignored),
 # starts a receiver on loopback, writes sample episodes for a lab host (two good,
 # one unstamped, one out of the commit window), runs `shipper --ping` and
-# `shipper --once`, shows what was shipped and quarantined and why, then walks
+# `shipper --once`, shows what was shipped and quarantined and why, runs
+# `doctor`, then walks
 # the receiver's status table with curl alone (201, 200, HEAD, 412, 400, 409)
 # and stops the receiver.
 set -euo pipefail
@@ -106,11 +107,21 @@ key_file = "pki/client.key"
 TOML
 "$bin/shipper" --config shipper.toml --ping
 "$bin/shipper" --config shipper.toml --once 2>shipper.log
-echo "  shipped/:    $(ls lab/shipped | tr '\n' ' ')"
+echo "  shipped/:    $(find lab/shipped -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"
 for q in lab/quarantine/*/; do
   printf '  quarantine/: %-10s %s\n' "$(basename "$q")" "$(tr -d '\n' < "$q/quarantine_reason.json" | sed 's/  */ /g' | cut -c1-220)"
 done
-echo "  receiver store: $(ls "store/$host" | tr '\n' ' ')"
+echo "  receiver store: $(find "store/$host" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"
+
+echo "== doctor: what an operator or an on-host agent runs first"
+echo "   (no systemd unit runs here, so the service and journal rows say so)"
+rc=0
+"$bin/doctor" --config shipper.toml || rc=$?
+if [ "$rc" -gt 2 ]; then
+  echo "quickstart: doctor failed unexpectedly (exit $rc)" >&2
+  exit 1
+fi
+echo "   doctor exit $rc (0 all OK, 1 warnings, 2 failures)"
 
 episode ep-0001 "$good"
 episode ep-0002 "$old"

@@ -444,6 +444,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
     let mut by_reason = std::collections::BTreeMap::<String, usize>::new();
     let mut recent = 0;
     let mut total = 0;
+    let mut fix: Option<(Duration, String)> = None;
     for e in std::fs::read_dir(data.join("quarantine"))
         .into_iter()
         .flatten()
@@ -460,8 +461,19 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
             .unwrap_or("no reason file")
             .to_owned();
         *by_reason.entry(code).or_default() += 1;
-        if age_of(&e.path(), now).is_some_and(|a| a < UNFINISHED_AGE) {
+        let a = age_of(&e.path(), now);
+        if a.is_some_and(|a| a < UNFINISHED_AGE) {
             recent += 1;
+            // The newest recent remediation (a shell command, or null).
+            let remediation = reason
+                .as_ref()
+                .and_then(|r| r["remediation"].as_str())
+                .map(str::to_owned);
+            if let (Some(r), Some(a)) = (remediation, a)
+                && fix.as_ref().is_none_or(|(age, _)| a < *age)
+            {
+                fix = Some((a, r));
+            }
         }
     }
     let counts = by_reason
@@ -475,7 +487,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 Level::Warn,
                 "quarantine",
                 format!("{total} quarantined ({counts}), {recent} in the last day"),
-                None,
+                fix.map(|(_, r)| r),
                 56,
             )
         } else if total > 0 {
