@@ -112,6 +112,15 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Nothing of labship bound in (no binaries, no unit): a host before
+    /// the installer ran, for the installers' tests; hostname `lab-01`.
+    pub fn bare() -> Self {
+        Self {
+            binds: Vec::new(),
+            ..Self::default()
+        }
+    }
+
     /// Binds `host` at `inside`, writable.
     pub fn bind(mut self, host: &Path, inside: &str) -> Self {
         self.binds.push((host.to_owned(), inside.to_owned(), false));

@@ -1,0 +1,538 @@
+# shellcheck shell=bash
+# Shared by scripts/install-lab-host.sh and scripts/install-receiver.sh
+# (CONTRACT.md §7, docs/install.md). Sourced, never run.
+#
+# Every step compares before it writes and reports one line per item:
+#   created | installed | updated | removed | unchanged | kept | skipped | …
+# so a second run reports "0 changed" and exits 0. Files are replaced
+# atomically (temp name in the same directory, then rename), so a running
+# binary or a unit being read never sees a half-written file.
+#
+# With --root DIR every path is DIR/<path>; the host's users, groups and
+# systemd are never touched (there is no manager running in DIR).
+
+# --- state, set by parse_args and the steps ----------------------------------
+SRC=""           # the source tree (the checkout this script lives in), resolved
+R=""             # "" for the real root, or the absolute --root DIR
+BIN_SRC=""       # --bin-dir, resolved; "" means build with cargo
+PREFIX=/opt/labship
+SVC_USER=labship
+SVC_UID=""       # numeric ids of the service user and group; "" when unknown
+SVC_GID=""
+CHOWN_OK=0       # 1 when we may and can chown (root, and the ids are known)
+CHANGED=0
+UNCHANGED=0
+LAST_CHANGED=0   # 1 when the last install_file/ensure_dir changed something
+SKIPPED=()
+NEXT=()          # what the operator must do next, printed at the end
+
+die() {
+  printf '%s: error: %s\n' "$PROGRAM" "$*" >&2
+  exit 1
+}
+
+# report STATE ITEM: one line per item; counts changes.
+report() {
+  printf '  %-10s %s\n' "$1" "$2"
+  case $1 in
+    created | installed | updated | removed) CHANGED=$((CHANGED + 1)) ;;
+    unchanged | kept) UNCHANGED=$((UNCHANGED + 1)) ;;
+  esac
+}
+
+# add_next STEP: one "next step" for the operator (duplicates dropped).
+add_next() {
+  local step
+  for step in "${NEXT[@]}"; do
+    [[ $step == "$1" ]] && return 0
+  done
+  NEXT+=("$1")
+}
+
+# Copies stdin to stdout, indented under the item lines.
+indent() {
+  local line
+  while IFS= read -r line; do
+    printf '               %s\n' "$line"
+  done
+}
+
+skip() {
+  report skipped "$1"
+  SKIPPED+=("$1")
+}
+
+usage_common() {
+  cat <<EOF
+Options:
+  --bin-dir DIR  install prebuilt binaries from DIR instead of building with
+                 \`cargo build --release --locked\` in $PREFIX
+  --root DIR     install under DIR (DIR$PREFIX, DIR/etc/labship,
+                 DIR/etc/systemd/system, DIR/var/lib/…) for tests and image
+                 builds: nothing outside DIR is touched; users, groups,
+                 systemctl and quarantine-unstamped are skipped
+  -h, --help     this text
+
+Idempotent: a second run changes nothing and exits 0. Safe to run from inside
+$PREFIX itself (cd $PREFIX && git pull && sudo ./scripts/$PROGRAM).
+Existing configs, keys and allowed-commits files are never overwritten.
+EOF
+}
+
+parse_args() {
+  local root=""
+  while (($#)); do
+    case $1 in
+      --bin-dir)
+        (($# >= 2)) || die "--bin-dir needs a directory"
+        BIN_SRC=$2
+        shift 2
+        ;;
+      --bin-dir=*)
+        BIN_SRC=${1#*=}
+        shift
+        ;;
+      --root)
+        (($# >= 2)) || die "--root needs a directory"
+        root=$2
+        shift 2
+        ;;
+      --root=*)
+        root=${1#*=}
+        shift
+        ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      *) die "unknown argument '$1' (see --help)" ;;
+    esac
+  done
+  if [[ -n $BIN_SRC ]]; then
+    [[ -d $BIN_SRC ]] || die "--bin-dir $BIN_SRC: not a directory"
+    BIN_SRC=$(realpath -- "$BIN_SRC")
+  fi
+  if [[ -n $root ]]; then
+    [[ -d $root ]] || die "--root $root: not a directory (create it first)"
+    R=$(realpath -- "$root")
+    [[ $R == / ]] && R=""
+  fi
+  if [[ -z $R && $EUID -ne 0 ]]; then
+    die "must run as root (sudo $0 …), or with --root DIR to install under DIR"
+  fi
+}
+
+# The checkout the running script belongs to (scripts/lib/../..), physical path.
+find_source() {
+  SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+  [[ -f $SRC/Cargo.toml && -d $SRC/etc ]] || die "cannot find the labship source tree around $SRC"
+}
+
+# True when a systemd manager runs on the target: only the real root
+# (never under --root DIR), and only when systemd is PID 1 (sd_booted()).
+systemd_running() {
+  [[ -z $R && -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1
+}
+
+# --- the service user ----------------------------------------------------------
+
+ensure_user() {
+  if [[ -n $R ]]; then
+    skip "user and group $SVC_USER (--root: the host's users are never touched)"
+  else
+    # A missing group is created with the user (--user-group) below.
+    if getent group "$SVC_USER" >/dev/null; then
+      report unchanged "group $SVC_USER (gid $(getent group "$SVC_USER" | cut -d: -f3))"
+    fi
+    if getent passwd "$SVC_USER" >/dev/null; then
+      report unchanged "user $SVC_USER (uid $(id -u "$SVC_USER"))"
+    else
+      command -v useradd >/dev/null 2>&1 || die "useradd not found (apt-get install passwd)"
+      local group_flag=(--user-group)
+      getent group "$SVC_USER" >/dev/null && group_flag=(--gid "$SVC_USER")
+      # --user-group explicitly: without /etc/login.defs (containers, minimal
+      # images) useradd --system would put the user in group "users".
+      useradd --system "${group_flag[@]}" --no-create-home --home-dir /var/lib/labship \
+        --shell /usr/sbin/nologin "$SVC_USER" ||
+        die "useradd $SVC_USER failed (see the message above)"
+      report created "user $SVC_USER (uid $(id -u "$SVC_USER"), system account, no login, group $SVC_USER)"
+    fi
+  fi
+  resolve_ids
+}
+
+# The service ids: from the host's databases, or DIR/etc/{passwd,group} under
+# --root (an image that already has the user gets the right owners).
+resolve_ids() {
+  if [[ -z $R ]]; then
+    SVC_UID=$(id -u "$SVC_USER")
+    SVC_GID=$(getent group "$SVC_USER" | cut -d: -f3)
+  else
+    SVC_UID=$(db_id "$R/etc/passwd" "$SVC_USER")
+    SVC_GID=$(db_id "$R/etc/group" "$SVC_USER")
+  fi
+  CHOWN_OK=0
+  if [[ $EUID -eq 0 && -n $SVC_UID && -n $SVC_GID ]]; then
+    CHOWN_OK=1
+  else
+    local why="no $SVC_USER user in $R/etc/passwd"
+    [[ $EUID -ne 0 ]] && why="not running as root"
+    skip "ownership root:$SVC_USER and $SVC_USER:$SVC_USER ($why; files keep the installing user's ids)"
+  fi
+}
+
+# --- files and directories -----------------------------------------------------
+
+# Applies MODE (4 octal digits) and, when possible, OWNER:GROUP (each "root"
+# or "svc", the service user/group) to PATH.
+set_meta() {
+  local path=$1 mode=$2 owner=$3 group=$4
+  # The extra leading 0 makes GNU chmod clear setgid on directories too.
+  chmod "0$mode" -- "$path" || die "chmod $mode $path failed"
+  if ((CHOWN_OK)); then
+    local u=$SVC_UID g=$SVC_GID
+    [[ $owner == root ]] && u=0
+    [[ $group == root ]] && g=0
+    chown -h "$u:$g" -- "$path" || die "chown $owner:$group $path failed"
+  fi
+}
+
+# Sets MDIFF to what differs between PATH's mode/owner and the wanted ones
+# ("" when nothing does). CUR ("mode uid gid", as `stat -c '%a %u %g'`
+# prints them) saves the stat when the caller already has it.
+MDIFF=""
+meta_diff() {
+  local path=$1 mode=$2 owner=$3 group=$4 cur=${5:-} cur_mode cur_u cur_g out=()
+  [[ -n $cur ]] || cur=$(stat -c '%a %u %g' -- "$path")
+  read -r cur_mode cur_u cur_g <<<"$cur"
+  ((8#$cur_mode == 8#$mode)) || out+=("mode $(printf '%04o' "$((8#$cur_mode))")→$mode")
+  if ((CHOWN_OK)); then
+    local u=$SVC_UID g=$SVC_GID
+    [[ $owner == root ]] && u=0
+    [[ $group == root ]] && g=0
+    [[ $cur_u == "$u" && $cur_g == "$g" ]] || out+=("owner $cur_u:$cur_g→$owner:$group")
+  fi
+  local IFS=,
+  MDIFF="${out[*]}"
+}
+
+# label OWNER GROUP MODE → "root:labship 0750"
+describe() {
+  if ((CHOWN_OK == 0)); then
+    printf '%s' "$3"
+    return
+  fi
+  local o=$1 g=$2
+  [[ $o == svc ]] && o=$SVC_USER
+  [[ $g == svc ]] && g=$SVC_USER
+  printf '%s:%s %s' "$o" "$g" "$3"
+}
+
+# ensure_dir PATH MODE OWNER GROUP: creates PATH or fixes its mode/owner.
+ensure_dir() {
+  local path=$1 mode=$2 owner=$3 group=$4 diff
+  LAST_CHANGED=0
+  if [[ -L $path && -d $path ]]; then
+    # e.g. /opt/labship -> /srv/labship: the operator's choice, left as is.
+    report unchanged "$path/ (symlink to $(realpath -- "$path"); left as is)"
+    return
+  fi
+  if [[ ! -d $path ]]; then
+    [[ -e $path || -L $path ]] && die "$path exists but is not a directory; move it away and re-run"
+    mkdir -p -- "$path" || die "cannot create directory $path"
+    set_meta "$path" "$mode" "$owner" "$group"
+    LAST_CHANGED=1
+    report created "$path/ ($(describe "$owner" "$group" "$mode"))"
+    return
+  fi
+  meta_diff "$path" "$mode" "$owner" "$group"
+  diff=$MDIFF
+  if [[ -n $diff ]]; then
+    set_meta "$path" "$mode" "$owner" "$group"
+    LAST_CHANGED=1
+    report updated "$path/ ($diff)"
+  else
+    report unchanged "$path/ ($(describe "$owner" "$group" "$mode"))"
+  fi
+}
+
+# Copies SRC to DEST atomically with MODE/OWNER/GROUP (no report).
+put_file() {
+  local src=$1 dest=$2 mode=$3 owner=$4 group=$5
+  local tmp="${dest%/*}/.${dest##*/}.labship-new"
+  install -m "$mode" -- "$src" "$tmp" || die "cannot write $tmp (from $src)"
+  # install(1) already set MODE, and a file root creates is root's.
+  if [[ $owner != root || $group != root ]]; then
+    set_meta "$tmp" "$mode" "$owner" "$group"
+  fi
+  mv -f -- "$tmp" "$dest" || die "cannot rename $tmp to $dest"
+}
+
+# install_file SRC DEST MODE OWNER GROUP: installs or updates DEST when its
+# bytes, mode or owner differ; sets LAST_CHANGED.
+install_file() {
+  local src=$1 dest=$2 mode=$3 owner=$4 group=$5 diff
+  LAST_CHANGED=0
+  [[ -f $src ]] || die "$src: missing (needed for $dest)"
+  if [[ -f $dest && ! -L $dest ]] && cmp -s -- "$src" "$dest"; then
+    meta_diff "$dest" "$mode" "$owner" "$group"
+    diff=$MDIFF
+    if [[ -n $diff ]]; then
+      set_meta "$dest" "$mode" "$owner" "$group"
+      LAST_CHANGED=1
+      report updated "$dest ($diff)"
+    else
+      report unchanged "$dest"
+    fi
+    return
+  fi
+  local state=installed
+  [[ -e $dest || -L $dest ]] && state=updated
+  put_file "$src" "$dest" "$mode" "$owner" "$group"
+  LAST_CHANGED=1
+  report "$state" "$dest ($(describe "$owner" "$group" "$mode"))"
+}
+
+# install_once SRC DEST MODE OWNER GROUP: a config, key or gate file. Installs
+# DEST only when absent; an existing one is never touched, not even its mode.
+install_once() {
+  local src=$1 dest=$2
+  LAST_CHANGED=0
+  if [[ -e $dest || -L $dest ]]; then
+    report kept "$dest (exists; never overwritten)"
+    return
+  fi
+  install_file "$@"
+}
+
+# --- the source tree -------------------------------------------------------------
+
+# Top-level names never synced (build output, VCS data, dev scratch) and never
+# removed from the destination (bin/ holds the installed binaries).
+SYNC_EXCLUDE=(target .git .dev .venv-s3 bin)
+
+# Mirrors SRC into R/opt/labship: files compared byte for byte, modes
+# normalised (0755 executables and directories, 0644 the rest), files gone
+# from the source removed. Skipped when the source IS the destination
+# (cd /opt/labship && ./scripts/…).
+sync_source() {
+  local dest=$R$PREFIX
+  ensure_dir "$dest" 0755 root root
+  if [[ $(realpath -- "$SRC") == "$(realpath -- "$dest")" ]]; then
+    report unchanged "$dest: the source is the install directory itself (no sync needed)"
+    return
+  fi
+  local prune=() name
+  for name in "${SYNC_EXCLUDE[@]}"; do
+    prune+=(-path "./$name" -o)
+  done
+  unset 'prune[-1]'
+  local new=0 upd=0 same=0 del=0 rel s d mode meta
+  # Modes and owners of everything already there, in one pass.
+  local -A META=()
+  while IFS= read -r -d '' rel && IFS= read -r -d '' meta; do
+    META[$rel]=$meta
+  done < <(find "$dest" -mindepth 1 -printf '%P\0%m %U %G\0')
+  while IFS= read -r -d '' rel; do
+    rel=${rel#./}
+    s=$SRC/$rel
+    d=$dest/$rel
+    if [[ -L $s ]]; then
+      if [[ -L $d && $(readlink -- "$s") == "$(readlink -- "$d")" ]]; then
+        same=$((same + 1))
+      else
+        [[ -e $d || -L $d ]] && { rm -rf -- "$d" || die "cannot replace $d"; }
+        ln -s -- "$(readlink -- "$s")" "$d" || die "cannot create symlink $d"
+        new=$((new + 1))
+      fi
+    elif [[ -d $s ]]; then
+      if [[ -d $d && ! -L $d ]]; then
+        meta_diff "$d" 0755 root root "${META[$rel]:-}"
+        if [[ -n $MDIFF ]]; then
+          set_meta "$d" 0755 root root
+          upd=$((upd + 1))
+        else
+          same=$((same + 1))
+        fi
+      else
+        [[ -e $d || -L $d ]] && { rm -f -- "$d" || die "cannot replace $d"; }
+        mkdir -m 0755 -- "$d" || die "cannot create directory $d"
+        new=$((new + 1))
+      fi
+    elif [[ -f $s ]]; then
+      mode=0644
+      [[ -x $s ]] && mode=0755
+      if [[ -f $d && ! -L $d ]] && cmp -s -- "$s" "$d"; then
+        meta_diff "$d" "$mode" root root "${META[$rel]:-}"
+        if [[ -n $MDIFF ]]; then
+          set_meta "$d" "$mode" root root
+          upd=$((upd + 1))
+        else
+          same=$((same + 1))
+        fi
+      else
+        if [[ -e $d || -L $d ]]; then
+          [[ -d $d && ! -L $d ]] && { rm -rf -- "$d" || die "cannot replace $d"; }
+          upd=$((upd + 1))
+        else
+          new=$((new + 1))
+        fi
+        put_file "$s" "$d" "$mode" root root
+      fi
+    fi
+  done < <(cd "$SRC" && find . -mindepth 1 \( "${prune[@]}" \) -prune -o -print0 | sort -z)
+  # Files that left the source leave the destination (deepest first).
+  while IFS= read -r -d '' rel; do
+    rel=${rel#./}
+    if [[ ! -e $SRC/$rel && ! -L $SRC/$rel ]]; then
+      rm -rf -- "${dest:?}/$rel" || die "cannot remove $dest/$rel"
+      del=$((del + 1))
+    fi
+  done < <(cd "$dest" && find . -mindepth 1 \( "${prune[@]}" \) -prune -o -print0 | sort -rz)
+  if ((new + upd + del)); then
+    report updated "$dest (source $SRC: $new new, $upd updated, $del removed, $same unchanged)"
+  else
+    report unchanged "$dest (source $SRC: $same entries)"
+  fi
+}
+
+# --- binaries ----------------------------------------------------------------------
+
+# check_binaries NAME…: before anything changes, what the binary step needs
+# is there (the prebuilt binaries, or cargo).
+check_binaries() {
+  local name
+  if [[ -n $BIN_SRC ]]; then
+    for name in "$@"; do
+      [[ -f $BIN_SRC/$name && -x $BIN_SRC/$name ]] ||
+        die "--bin-dir $BIN_SRC: no executable $name there (it needs: $*)"
+    done
+  else
+    command -v cargo >/dev/null 2>&1 ||
+      die "cargo not found in PATH (sudo resets PATH: run \`sudo env PATH=\"\$PATH\" $0\`, or build with \`cargo build --release --locked\` and pass --bin-dir target/release)"
+  fi
+}
+
+# install_binaries NAME…: from --bin-dir, or built in R/opt/labship.
+install_binaries() {
+  local from name
+  if [[ -n $BIN_SRC ]]; then
+    from=$BIN_SRC
+  else
+    local bins=()
+    for name in "$@"; do bins+=(--bin "$name"); done
+    echo "  building   cargo build --release --locked ${bins[*]} (in $R$PREFIX)"
+    (cd "$R$PREFIX" && cargo build --release --locked "${bins[@]}") ||
+      die "cargo build --release --locked failed in $R$PREFIX (see above); nothing was restarted"
+    from=${CARGO_TARGET_DIR:-$R$PREFIX/target}/release
+    for name in "$@"; do
+      [[ -f $from/$name && -x $from/$name ]] || die "$from/$name: missing after the build"
+    done
+  fi
+  ensure_dir "$R$PREFIX/bin" 0755 root root
+  for name in "$@"; do
+    install_file "$from/$name" "$R$PREFIX/bin/$name" 0755 root root
+  done
+}
+
+# --- units and services ------------------------------------------------------------
+
+UNITS_CHANGED=0
+
+install_unit() {
+  local unit=$1
+  ensure_dir "$R/etc/systemd/system" 0755 root root
+  install_file "$SRC/etc/$unit" "$R/etc/systemd/system/$unit" 0644 root root
+  ((LAST_CHANGED)) && UNITS_CHANGED=1
+  return 0
+}
+
+daemon_reload() {
+  if ((UNITS_CHANGED == 0)); then
+    return
+  fi
+  if ! systemd_running; then
+    skip "systemctl daemon-reload (no systemd manager runs on ${R:-this host})"
+    return
+  fi
+  systemctl daemon-reload || die "systemctl daemon-reload failed"
+  echo "  reloaded   systemd (a unit changed)"
+}
+
+# Restarts UNIT when it is enabled; never starts a disabled one.
+restart_if_enabled() {
+  local unit=$1 state
+  if ! systemd_running; then
+    skip "restart of $unit (no systemd manager runs on ${R:-this host})"
+    return
+  fi
+  state=$(systemctl is-enabled "$unit" 2>/dev/null) || true
+  if [[ $state != enabled && $state != enabled-runtime ]]; then
+    printf '  %-10s %s\n' "${state:-absent}" "$unit (not enabled: the installer never starts a disabled unit)"
+    add_next "sudo systemctl enable --now $unit"
+    return
+  fi
+  if ! systemctl restart "$unit"; then
+    systemctl status --no-pager -l "$unit" >&2 || true
+    die "systemctl restart $unit failed (journalctl -u $unit says why)"
+  fi
+  echo "  restarted  $unit (enabled; MainPID $(systemctl show -p MainPID --value "$unit"))"
+}
+
+# --- reading the config (simple `key = "string"` lines, enough for paths) ----------
+
+# toml_get FILE SECTION KEY: the string value, "" when absent. SECTION "" is
+# the top level. Pure bash: no awk (a minimal image may lack the alternatives
+# link /usr/bin/awk points through).
+toml_get() {
+  local file=$1 want=$2 key=$3 line section=""
+  [[ -r $file ]] || return 0
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ ^[[:space:]]*\[[[:space:]]*([A-Za-z0-9_.-]+)[[:space:]]*\] ]]; then
+      section=${BASH_REMATCH[1]}
+      continue
+    fi
+    [[ $section == "$want" ]] || continue
+    if [[ $line =~ ^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"([^\"]*)\" ]]; then
+      printf '%s' "${BASH_REMATCH[1]}"
+      return 0
+    fi
+  done <"$file"
+}
+
+# db_id FILE NAME: field 3 (the id) of NAME's line in a passwd/group file.
+db_id() {
+  local name rest id
+  [[ -r $1 ]] || return 0
+  while IFS=: read -r name rest id _; do
+    if [[ $name == "$2" ]]; then
+      printf '%s' "$id"
+      return 0
+    fi
+  done <"$1"
+}
+
+# A config path as installed: relative paths resolve against /etc/labship.
+abs_config_path() {
+  case $1 in
+    "") echo "" ;;
+    /*) echo "$1" ;;
+    *) echo "/etc/labship/$1" ;;
+  esac
+}
+
+finish() {
+  echo
+  local skipped=""
+  ((${#SKIPPED[@]})) && skipped=", ${#SKIPPED[@]} skipped (see above)"
+  echo "$PROGRAM: done: $CHANGED changed, $UNCHANGED unchanged$skipped"
+  if ((${#NEXT[@]})); then
+    echo
+    echo "Next steps:"
+    local i=1 step
+    for step in "${NEXT[@]}"; do
+      printf '  %d. %s\n' "$i" "$step"
+      i=$((i + 1))
+    done
+  fi
+}

@@ -1,0 +1,802 @@
+//! The installers (`scripts/install-lab-host.sh`, `scripts/install-receiver.sh`)
+//! on a host before anything of labship is there: a real systemd as PID 1 in
+//! systemd-nspawn (`labship_tests::nspawn`, with nothing bound but the source
+//! tree and the built binaries, both read-only), the real units they install,
+//! the real shipper and receiver.
+//!
+//! - lab host: install; the user, directories (modes, owners), unit; a config
+//!   and certificates; `enable --now`; an episode a producer in the `labship`
+//!   group writes ships to a receiver on the host's 127.0.0.1; a `WatchdogSec=3`
+//!   drop-in and `kill -STOP` get the shipper killed and restarted; a re-run
+//!   from inside /opt/labship exits 0, changes nothing, restarts the enabled
+//!   unit and keeps the config byte for byte.
+//! - receiver: the same with its unit, reached from the host by
+//!   `shipper --ping` and `--once`.
+//! - `--root DIR`: two installs into two trees give identical trees, a second
+//!   run changes nothing, and nothing outside DIR is touched (runs on the host).
+//!
+//! The container tests need root and systemd-nspawn and print SKIP otherwise.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use labship_tests::episode::{noise, write_episode};
+use labship_tests::lab_host::HOST;
+use labship_tests::nspawn::{
+    Container, Options, SHIPPER_UNIT, repo_root, skip_unless_root_and_nspawn, text,
+};
+use labship_tests::process::{Receiver, free_port, http_get, run};
+use labship_tests::{GOOD_COMMIT, TestEnv, bin_dir, shipper_toml};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const RECEIVER_UNIT: &str = "labship-receiver.service";
+/// Where the source tree and the built binaries are bound (read-only).
+const SRC: &str = "/src/labship";
+const BINS: &str = "/src/bin";
+
+/// A host with nothing of labship on it but a source checkout and binaries.
+fn boot(hostname: &str) -> Container {
+    Container::boot(
+        Options::bare()
+            .hostname(hostname)
+            .bind_ro(&repo_root(), SRC)
+            .bind_ro(&bin_dir(), BINS),
+    )
+}
+
+/// Runs `cd <dir> && ./scripts/<script> --bin-dir /src/bin` as root inside;
+/// asserts exit 0 (with the unit's diagnostics otherwise) and returns stdout.
+fn install(c: &Container, dir: &str, script: &str, unit: &str) -> String {
+    let t = Instant::now();
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!("cd {dir} && ./scripts/{script} --bin-dir {BINS}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{script} (from {dir}) failed ({}):\n{}\n{}",
+        out.status,
+        text(&out),
+        c.diagnostics(unit)
+    );
+    eprintln!("{script} from {dir}: {:?}", t.elapsed());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `stat -c '%a %U %G'` of `path` inside.
+fn stat(c: &Container, path: &str) -> String {
+    c.run(&["stat", "-c", "%a %U %G", path]).trim().to_owned()
+}
+
+fn show(c: &Container, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
+    c.run(&["systemctl", "show", "-p", &props.join(","), unit])
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn expect_ok(c: &Container, unit: &str, what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        text(out),
+        c.diagnostics(unit)
+    );
+}
+
+/// Polls `cond` every 100 ms; panics with the unit's diagnostics after `within`.
+fn wait_for(
+    c: &Container,
+    unit: &str,
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}\n{}",
+            c.diagnostics(unit)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A file inside as bytes (through the container's root).
+fn read(c: &Container, path: &str) -> Vec<u8> {
+    std::fs::read(c.root().join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("read {path} in {}: {e}", c.name))
+}
+
+/// Writes `path` inside as root:labship 0640 (how an operator installs
+/// configs and keys).
+fn put_private(c: &Container, path: &str, contents: &[u8]) {
+    c.write_file(path, &String::from_utf8_lossy(contents));
+    c.run(&["chown", "root:labship", path]);
+    c.run(&["chmod", "0640", path]);
+}
+
+/// `systemd-analyze security <unit>`'s overall exposure.
+fn exposure(c: &Container, unit: &str) -> f64 {
+    let out = c.run(&["systemd-analyze", "security", "--no-pager", unit]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure line:\n{out}"));
+    line.split(": ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"))
+}
+
+/// `systemd-analyze verify` prints nothing for a clean unit.
+fn verify(c: &Container, unit: &str) {
+    let out = c.exec(&["systemd-analyze", "verify", unit]);
+    assert!(
+        out.status.success() && text(&out).trim().is_empty(),
+        "systemd-analyze verify {unit}:\n{}",
+        text(&out)
+    );
+}
+
+/// A `WatchdogSec=3` drop-in (and a quick restart), the unit restarted so it
+/// is in force, then `kill -STOP` on the main PID: systemd must log the
+/// watchdog timeout, kill it and start a new process.
+fn watchdog_kills_and_restarts(c: &Container, unit: &str) {
+    c.write_file(
+        &format!("/etc/systemd/system/{unit}.d/test-watchdog.conf"),
+        "[Service]\nWatchdogSec=3\nRestartSec=1\n",
+    );
+    c.run(&["systemctl", "daemon-reload"]);
+    expect_ok(
+        c,
+        unit,
+        "systemctl restart",
+        &c.exec(&["systemctl", "restart", unit]),
+    );
+    let s = show(c, unit, &["MainPID", "WatchdogUSec", "NRestarts"]);
+    assert_eq!(s["WatchdogUSec"], "3s", "{s:?}\n{}", c.diagnostics(unit));
+    let (stopped, before) = (s["MainPID"].clone(), s["NRestarts"].parse::<u32>().unwrap());
+    let t = Instant::now();
+    c.run(&["kill", "-STOP", &stopped]);
+    wait_for(
+        c,
+        unit,
+        "a watchdog kill and restart",
+        Duration::from_secs(20),
+        || {
+            let s = show(c, unit, &["MainPID", "ActiveState", "NRestarts"]);
+            s["ActiveState"] == "active"
+                && s["MainPID"] != stopped
+                && s["MainPID"] != "0"
+                && s["NRestarts"].parse::<u32>().unwrap_or(0) > before
+        },
+    );
+    let journal = c.run(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]);
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "restarted, but not by the watchdog:\n{}",
+        c.diagnostics(unit)
+    );
+    eprintln!(
+        "{unit}: watchdog kill and restart after SIGSTOP in {:?}",
+        t.elapsed()
+    );
+    c.run(&[
+        "rm",
+        &format!("/etc/systemd/system/{unit}.d/test-watchdog.conf"),
+    ]);
+    c.run(&["systemctl", "daemon-reload"]);
+}
+
+/// Re-runs `script` from inside /opt/labship: exit 0, nothing changed, the
+/// enabled `unit` restarted (a new MainPID), `keep` byte for byte.
+fn rerun_from_install_dir(c: &Container, script: &str, unit: &str, keep: &[&str]) -> String {
+    let before: Vec<Vec<u8>> = keep.iter().map(|p| read(c, p)).collect();
+    let pid = show(c, unit, &["MainPID"])["MainPID"].clone();
+    let out = install(c, "/opt/labship", script, unit);
+    assert!(
+        out.contains("the source is the install directory itself"),
+        "{out}"
+    );
+    assert!(
+        out.contains(": done: 0 changed,"),
+        "second run changed something:\n{out}"
+    );
+    assert!(out.contains(&format!("restarted  {unit}")), "{out}");
+    let s = show(c, unit, &["MainPID", "ActiveState", "SubState"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), s["SubState"].as_str()),
+        ("active", "running"),
+        "{out}\n{}",
+        c.diagnostics(unit)
+    );
+    assert_ne!(
+        s["MainPID"],
+        pid,
+        "not restarted:\n{out}\n{}",
+        c.diagnostics(unit)
+    );
+    for (path, bytes) in keep.iter().zip(before) {
+        assert!(
+            read(c, path) == bytes,
+            "{path} changed by the re-run:\n{out}"
+        );
+    }
+    out
+}
+
+#[test]
+fn lab_host_installer_under_systemd() {
+    if !skip_unless_root_and_nspawn("lab_host_installer_under_systemd") {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = boot(HOST);
+    let boot_time = c.boot_time;
+
+    // First install, from the source checkout.
+    let out = install(&c, SRC, "install-lab-host.sh", SHIPPER_UNIT);
+    for want in [
+        "created    user labship",
+        "installed  /etc/labship/shipper.toml",
+        "Next steps:",
+        "usermod -aG labship",
+        "systemctl enable --now labship-shipper.service",
+        "/opt/labship/bin/doctor",
+        "disabled   labship-shipper.service",
+    ] {
+        assert!(out.contains(want), "first install: no {want:?} in:\n{out}");
+    }
+    let passwd = c.run(&["getent", "passwd", "labship"]);
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    assert_eq!(
+        (fields[5], fields[6]),
+        ("/var/lib/labship", "/usr/sbin/nologin"),
+        "{passwd}"
+    );
+    assert!(
+        fields[2].parse::<u32>().unwrap() < 1000,
+        "not a system user: {passwd}"
+    );
+    assert_eq!(c.run(&["id", "-gn", "labship"]).trim(), "labship");
+    for (path, want) in [
+        ("/etc/labship", "750 root labship"),
+        ("/etc/labship/shipper.toml", "640 root labship"),
+        ("/var/lib/labship", "750 labship labship"),
+        ("/var/lib/labship/episodes", "2770 labship labship"),
+        ("/var/lib/labship/outbox", "750 labship labship"),
+        ("/var/lib/labship/shipped", "750 labship labship"),
+        ("/var/lib/labship/quarantine", "750 labship labship"),
+        ("/var/lib/labship/state", "750 labship labship"),
+        ("/opt/labship/bin", "755 root root"),
+        ("/opt/labship/bin/shipper", "755 root root"),
+        ("/opt/labship/bin/doctor", "755 root root"),
+        ("/opt/labship/bin/quarantine-unstamped", "755 root root"),
+        ("/opt/labship/scripts/install-lab-host.sh", "755 root root"),
+        (
+            "/etc/systemd/system/labship-shipper.service",
+            "644 root root",
+        ),
+    ] {
+        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+    }
+    let repo = repo_root();
+    assert!(
+        read(&c, "/etc/labship/shipper.toml")
+            == std::fs::read(repo.join("etc/shipper.toml.example")).unwrap()
+    );
+    assert!(
+        read(&c, "/etc/systemd/system/labship-shipper.service")
+            == std::fs::read(repo.join("etc").join(SHIPPER_UNIT)).unwrap()
+    );
+    for absent in [
+        "/opt/labship/target",
+        "/opt/labship/.git",
+        "/opt/labship/.dev",
+    ] {
+        assert!(
+            !c.exec(&["test", "-e", absent]).status.success(),
+            "{absent} was synced:\n{out}"
+        );
+    }
+    let enabled = c.exec(&["systemctl", "is-enabled", SHIPPER_UNIT]);
+    assert_eq!(
+        text(&enabled).trim(),
+        "disabled",
+        "the installer enabled the unit"
+    );
+    verify(&c, SHIPPER_UNIT);
+    let score = exposure(&c, SHIPPER_UNIT);
+    assert!(score <= 5.0, "exposure {score}");
+
+    // The operator's part: certificates, config, enable --now.
+    let client = env.pki.client(HOST);
+    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    put_private(&c, "/etc/labship/client.pem", client.cert_pem.as_bytes());
+    put_private(&c, "/etc/labship/client.key", client.key_pem.as_bytes());
+    let config = labship_tests::lab_host::ShipperConfig::new(&r.url).to_toml();
+    put_private(&c, "/etc/labship/shipper.toml", config.as_bytes());
+    expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "systemctl enable --now",
+        &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
+    );
+
+    // A producer in the labship group writes an episode (umask 002, meta.json
+    // last, by rename); it ships.
+    c.run(&["useradd", "--user-group", "--no-create-home", "producer"]);
+    c.run(&["usermod", "-aG", "labship", "producer"]);
+    let produce = |id: &str| {
+        let script = format!(
+            "set -e; umask 002; e=/var/lib/labship/episodes/{id}; mkdir -p $e/data; \
+             head -c 100000 /dev/urandom > $e/data/run.bin; \
+             printf '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > $e/.meta.tmp; \
+             mv $e/.meta.tmp $e/meta.json"
+        );
+        let out = c.exec_as("producer", &["sh", "-c", &script]);
+        expect_ok(&c, SHIPPER_UNIT, "producer writes an episode", &out);
+    };
+    let shipped = |id: &str| {
+        r.stored(HOST).contains(&format!("{id}.tar.zst"))
+            && c.exec(&["test", "-d", &format!("/var/lib/labship/shipped/{id}")])
+                .status
+                .success()
+    };
+    produce("ep-1");
+    wait_for(
+        &c,
+        SHIPPER_UNIT,
+        "ep-1 shipped",
+        Duration::from_secs(20),
+        || shipped("ep-1"),
+    );
+    // setgid: the producer's episode belongs to the labship group.
+    assert_eq!(
+        stat(&c, "/var/lib/labship/shipped/ep-1"),
+        "2775 producer labship"
+    );
+
+    // The watchdog: a stopped shipper is killed and restarted, and ships.
+    watchdog_kills_and_restarts(&c, SHIPPER_UNIT);
+    produce("ep-2");
+    wait_for(
+        &c,
+        SHIPPER_UNIT,
+        "ep-2 shipped after the restart",
+        Duration::from_secs(20),
+        || shipped("ep-2"),
+    );
+
+    // The upgrade path: cd /opt/labship && ./scripts/install-lab-host.sh.
+    let out = rerun_from_install_dir(
+        &c,
+        "install-lab-host.sh",
+        SHIPPER_UNIT,
+        &["/etc/labship/shipper.toml", "/etc/labship/client.key"],
+    );
+    // With a valid config, quarantine-unstamped ran (as labship) this time.
+    assert!(
+        out.contains(
+            "ran        quarantine-unstamped --config /etc/labship/shipper.toml (as labship)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("Next steps"), "not a first install:\n{out}");
+    produce("ep-3");
+    wait_for(
+        &c,
+        SHIPPER_UNIT,
+        "ep-3 shipped after the re-run",
+        Duration::from_secs(20),
+        || shipped("ep-3"),
+    );
+    let shutdown = c.shutdown();
+    eprintln!(
+        "lab host: boot {boot_time:?}, shutdown {shutdown:?}, exposure {score}, whole test {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn receiver_installer_under_systemd() {
+    if !skip_unless_root_and_nspawn("receiver_installer_under_systemd") {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = TestEnv::new();
+    let c = boot("receiver-01");
+    let boot_time = c.boot_time;
+
+    let out = install(&c, SRC, "install-receiver.sh", RECEIVER_UNIT);
+    for want in [
+        "created    user labship",
+        "installed  /etc/labship/receiver.toml",
+        "installed  /etc/labship/allowed-commits",
+        "Next steps:",
+        "systemctl enable --now labship-receiver.service",
+        "disabled   labship-receiver.service",
+    ] {
+        assert!(out.contains(want), "first install: no {want:?} in:\n{out}");
+    }
+    for (path, want) in [
+        ("/etc/labship", "750 root labship"),
+        ("/etc/labship/receiver.toml", "640 root labship"),
+        ("/etc/labship/allowed-commits", "640 root labship"),
+        ("/var/lib/labship-receiver", "750 labship labship"),
+        ("/var/lib/labship-receiver/episodes", "750 labship labship"),
+        ("/opt/labship/bin/receiver", "755 root root"),
+        (
+            "/etc/systemd/system/labship-receiver.service",
+            "644 root root",
+        ),
+    ] {
+        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+    }
+    let repo = repo_root();
+    for (inside, example) in [
+        ("/etc/labship/receiver.toml", "etc/receiver.toml.example"),
+        (
+            "/etc/labship/allowed-commits",
+            "etc/allowed-commits.example",
+        ),
+        (
+            "/etc/systemd/system/labship-receiver.service",
+            "etc/labship-receiver.service",
+        ),
+    ] {
+        assert!(
+            read(&c, inside) == std::fs::read(repo.join(example)).unwrap(),
+            "{inside}"
+        );
+    }
+    verify(&c, RECEIVER_UNIT);
+    let score = exposure(&c, RECEIVER_UNIT);
+    assert!(score <= 5.0, "exposure {score}");
+
+    // The operator's part. The container shares the host's network, so the
+    // receiver listens on the host's 127.0.0.1.
+    let (port, ops_port) = (free_port(), free_port());
+    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    put_private(
+        &c,
+        "/etc/labship/receiver.pem",
+        env.pki.server.cert_pem.as_bytes(),
+    );
+    put_private(
+        &c,
+        "/etc/labship/receiver.key",
+        env.pki.server.key_pem.as_bytes(),
+    );
+    put_private(
+        &c,
+        "/etc/labship/allowed-commits",
+        format!("# accepted\n{GOOD_COMMIT}\n").as_bytes(),
+    );
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\n\n[tls]\ncert_file = \"/etc/labship/receiver.pem\"\n\
+         key_file = \"/etc/labship/receiver.key\"\nclient_ca_file = \"/etc/labship/ca.pem\"\n\n\
+         [storage]\ndir = \"/var/lib/labship-receiver/episodes\"\n\n\
+         [ops]\nlisten = \"127.0.0.1:{ops_port}\"\n"
+    );
+    put_private(&c, "/etc/labship/receiver.toml", config.as_bytes());
+    expect_ok(
+        &c,
+        RECEIVER_UNIT,
+        "systemctl enable --now",
+        &c.exec(&["systemctl", "enable", "--now", RECEIVER_UNIT]),
+    );
+    // Type=notify: active when `systemctl start` returned, so it answers now.
+    let health = http_get(([127, 0, 0, 1], ops_port).into(), "/healthz").unwrap_or_default();
+    assert!(
+        health.starts_with("HTTP/1.1 200"),
+        "{health}\n{}",
+        c.diagnostics(RECEIVER_UNIT)
+    );
+    let s = show(&c, RECEIVER_UNIT, &["User", "StatusText", "WatchdogUSec"]);
+    assert_eq!(s["User"], "labship");
+    assert_eq!(s["WatchdogUSec"], "1min");
+    assert!(s["StatusText"].starts_with("serving on"), "{s:?}");
+
+    // A lab host on the host side pings it and ships one episode into the
+    // hardened store.
+    let url = format!("https://127.0.0.1:{port}");
+    let client = env.pki.client(HOST);
+    let data = env.path().join("lab");
+    write_episode(
+        &data.join("episodes"),
+        "ep-1",
+        Some(GOOD_COMMIT),
+        &[("d.bin", &noise(50_000, 7))],
+    );
+    let cfg = env.file("shipper.toml");
+    std::fs::write(
+        &cfg,
+        shipper_toml(&env, HOST, &url, &data, &client, "settle_s = 0\n"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let ping = |what: &str| {
+        let (code, stdout, stderr) = run("shipper", &["--config", cfg, "--ping"]);
+        assert_eq!(
+            code,
+            0,
+            "{what}: shipper --ping: {stdout}{stderr}\n{}",
+            c.diagnostics(RECEIVER_UNIT)
+        );
+    };
+    ping("after enable --now");
+    let (code, stdout, stderr) = run("shipper", &["--config", cfg, "--once"]);
+    assert_eq!(
+        code,
+        0,
+        "shipper --once: {stdout}{stderr}\n{}",
+        c.diagnostics(RECEIVER_UNIT)
+    );
+    let archive = format!("/var/lib/labship-receiver/episodes/{HOST}/ep-1.tar.zst");
+    assert_eq!(
+        stat(&c, &archive),
+        "640 labship labship",
+        "UMask=0027 for archives"
+    );
+    assert_eq!(
+        stat(&c, "/var/lib/labship-receiver/audit.jsonl"),
+        "640 labship labship"
+    );
+
+    watchdog_kills_and_restarts(&c, RECEIVER_UNIT);
+    ping("after the watchdog restart");
+
+    let out = rerun_from_install_dir(
+        &c,
+        "install-receiver.sh",
+        RECEIVER_UNIT,
+        &[
+            "/etc/labship/receiver.toml",
+            "/etc/labship/allowed-commits",
+            "/etc/labship/receiver.key",
+        ],
+    );
+    assert!(!out.contains("Next steps"), "not a first install:\n{out}");
+    ping("after the re-run");
+    let shutdown = c.shutdown();
+    eprintln!(
+        "receiver: boot {boot_time:?}, shutdown {shutdown:?}, exposure {score}, whole test {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Every entry under `root`: path, type, mode, owner, size, SHA-256 (files),
+/// target (symlinks); one line each, sorted.
+fn listing(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let head = format!("{rel} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
+            if m.file_type().is_symlink() {
+                out.push(format!(
+                    "{head} -> {}",
+                    std::fs::read_link(&p).unwrap().display()
+                ));
+            } else if m.is_dir() {
+                out.push(format!("{head} dir"));
+                walk(root, &p, out);
+            } else {
+                let hash = Sha256::digest(std::fs::read(&p).unwrap());
+                out.push(format!("{head} {} {hash:x}", m.len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Copies the source tree `from` to `to`, without `target/`, `.git` and `.dev/`.
+fn copy_source(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if from == repo_root() && (name == "target" || name == ".git" || name == ".dev") {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            copy_source(&src, &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Runs `<src>/scripts/<script> --root <root> --bin-dir <src>/bins` on the
+/// host; asserts exit 0.
+fn install_root(src: &Path, script: &str, root: &Path) -> String {
+    let out = std::process::Command::new(src.join("scripts").join(script))
+        .arg("--root")
+        .arg(root)
+        .arg("--bin-dir")
+        .arg(src.join("bins"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} --root {}:\n{}",
+        root.display(),
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn root_runs_give_identical_trees_and_touch_nothing_outside() {
+    let t0 = Instant::now();
+    let env = TestEnv::new();
+    // A still copy of the source (the worktree may change meanwhile), with
+    // build output, VCS data and dev scratch that must not be installed.
+    let src = env.path().join("src");
+    copy_source(&repo_root(), &src);
+    for junk in [
+        "target/release/shipper",
+        ".git/HEAD",
+        ".dev/quickstart/ca.key",
+    ] {
+        std::fs::create_dir_all(src.join(junk).parent().unwrap()).unwrap();
+        std::fs::write(src.join(junk), "not to be installed").unwrap();
+    }
+    // Small stand-ins for the binaries: this test is about the tree, and
+    // the real ones may be rebuilt meanwhile (and take long to hash).
+    for name in ["shipper", "doctor", "quarantine-unstamped", "receiver"] {
+        let p = src.join("bins").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\necho {name}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let sandbox = env.path().join("sandbox");
+    let (a, b) = (sandbox.join("a"), sandbox.join("b"));
+    // An image that already has the service user: as root, the installer
+    // takes its ids from DIR/etc/{passwd,group} (never from the host's).
+    for root in [&a, &b] {
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nlabship:x:4242:4242::/var/lib/labship:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nlabship:x:4242:\n").unwrap();
+    }
+    let host_files = [
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/shadow",
+        "/etc/labship",
+        "/opt/labship",
+        "/var/lib/labship",
+        "/var/lib/labship-receiver",
+        "/etc/systemd/system/labship-shipper.service",
+        "/etc/systemd/system/labship-receiver.service",
+    ];
+    let snapshot = || -> Vec<String> {
+        host_files
+            .iter()
+            .map(|p| match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_file() => format!(
+                    "{p} {:x} {:o}",
+                    Sha256::digest(std::fs::read(p).unwrap_or_default()),
+                    m.mode()
+                ),
+                Ok(m) => format!("{p} {:o} mtime {}", m.mode(), m.mtime()),
+                Err(_) => format!("{p} absent"),
+            })
+            .collect()
+    };
+    let host_before = snapshot();
+
+    let scripts = ["install-lab-host.sh", "install-receiver.sh"];
+    let mut first = Vec::new();
+    for script in scripts {
+        first.push(install_root(&src, script, &a));
+    }
+    for script in scripts {
+        install_root(&src, script, &b);
+    }
+    let tree_a = listing(&a);
+    assert_eq!(tree_a, listing(&b), "two --root installs differ");
+    // Both roots and nothing else in the sandbox.
+    let mut names: Vec<_> = std::fs::read_dir(&sandbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+
+    // Second runs: no changes reported, none made.
+    for script in scripts {
+        let out = install_root(&src, script, &a);
+        assert!(
+            out.contains(": done: 0 changed,"),
+            "second --root run changed something:\n{out}"
+        );
+        assert!(!out.contains("Next steps"), "{out}");
+    }
+    assert_eq!(
+        listing(&a),
+        tree_a,
+        "the second --root run changed the tree"
+    );
+    assert_eq!(snapshot(), host_before, "a --root install touched the host");
+
+    let lab = &first[0];
+    for want in [
+        "skipped    user and group labship (--root",
+        "skipped    systemctl daemon-reload",
+        "skipped    quarantine-unstamped (--root",
+        "skipped    restart of labship-shipper.service",
+    ] {
+        assert!(lab.contains(want), "no {want:?} in:\n{lab}");
+    }
+    let line = |rel: &str| -> String {
+        tree_a
+            .iter()
+            .find(|l| l.split(' ').next() == Some(rel))
+            .unwrap_or_else(|| panic!("{rel} not installed:\n{}", tree_a.join("\n")))
+            .clone()
+    };
+    if rustix::process::geteuid().is_root() {
+        for (rel, want) in [
+            ("etc/labship", "750 0:4242 dir"),
+            ("var/lib/labship", "750 4242:4242 dir"),
+            ("var/lib/labship/episodes", "2770 4242:4242 dir"),
+            ("var/lib/labship/state", "750 4242:4242 dir"),
+            ("var/lib/labship-receiver/episodes", "750 4242:4242 dir"),
+            ("opt/labship/bin", "755 0:0 dir"),
+        ] {
+            assert_eq!(line(rel), format!("{rel} {want}"));
+        }
+        assert!(
+            line("etc/labship/shipper.toml").starts_with("etc/labship/shipper.toml 640 0:4242 ")
+        );
+    }
+    assert!(line("opt/labship/bin/shipper").starts_with("opt/labship/bin/shipper 755 "));
+    assert!(line("etc/systemd/system/labship-receiver.service").contains(" 644 "));
+    let synced_junk: Vec<&String> = tree_a
+        .iter()
+        .filter(|l| {
+            let path = l.split(' ').next().unwrap_or("");
+            ["target", ".git", ".dev"].iter().any(|junk| {
+                let top = format!("opt/labship/{junk}");
+                path == top || path.starts_with(&format!("{top}/"))
+            })
+        })
+        .collect();
+    assert!(synced_junk.is_empty(), "synced: {synced_junk:?}");
+    eprintln!(
+        "--root: {} entries, whole test {:?}",
+        tree_a.len(),
+        t0.elapsed()
+    );
+}
