@@ -544,7 +544,7 @@ impl Shipper {
         summary.pending += 1;
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
-        tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed; will retry");
+        tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed, will retry: {e}");
     }
 
     fn write_status(&self, s: &Summary) {

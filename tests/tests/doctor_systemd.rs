@@ -262,3 +262,61 @@ fn an_invalid_config_fails_once_and_doctor_names_the_key() {
         "{human}"
     );
 }
+
+/// A producer in the labship group writes with umask 022: its episode
+/// directory is not group-writable, so the shipper may upload it but not move
+/// it into shipped/. Nothing is lost or uploaded twice (retries ask HEAD),
+/// and doctor names the directory and the chmod that frees it.
+#[test]
+fn a_producer_umask_022_episode_is_diagnosed_with_its_chmod() {
+    if !skip_unless_root_and_nspawn("a_producer_umask_022_episode_is_diagnosed_with_its_chmod") {
+        return;
+    }
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let host = boot(&env, &r.url, &env.pki.client(HOST));
+    host.container
+        .run(&["useradd", "--user-group", "--groups", "labship", "producer"]);
+    let out = host.container.exec_as(
+        "producer",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "umask 022 && mkdir /var/lib/labship/episodes/p1 && printf '%s' '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > /var/lib/labship/episodes/p1/meta.json"
+            ),
+        ],
+    );
+    host.expect_ok("produce as producer with umask 022", &out);
+    start(&host);
+    host.wait_journal("the move refused", LONG, |e| {
+        events(e, "io_error")
+            .iter()
+            .any(|x| field(x, "EPISODE_ID") == "p1")
+    });
+    let (code, human, _) = doctor(&host, None);
+    assert_eq!(code, 2, "{human}");
+    let first = human.lines().next().unwrap();
+    assert!(
+        first.contains("local I/O error")
+            && first.contains("Permission denied")
+            && first.contains("fix: sudo chmod -R g+rwX /var/lib/labship/episodes/p1"),
+        "{human}"
+    );
+    assert_eq!(host.names("episodes"), ["p1"], "still queued, not lost");
+    assert_eq!(
+        r.audit_records()
+            .iter()
+            .filter(|a| a["episode_id"] == "p1")
+            .count(),
+        1,
+        "uploaded once: {:?}",
+        r.audit_records()
+    );
+    // The fix doctor gave frees it.
+    host.container
+        .run(&["chmod", "-R", "g+rwX", "/var/lib/labship/episodes/p1"]);
+    host.wait_for("p1 shipped after the chmod", LONG, || {
+        host.names("shipped") == ["p1"]
+    });
+}

@@ -409,6 +409,14 @@ fn findings(c: &Classified, opts: &Options, running: Option<bool>) -> Vec<Findin
         15,
     );
     let t = &c.local_io;
+    // The usual cause: a producer wrote with umask 022, so the shipper (in
+    // the group, not the owner) may not move the episode's directory.
+    let denied = t
+        .last_message
+        .as_deref()
+        .is_some_and(|m| m.contains("Permission denied"));
+    let data_dir = labship_shipper::config::Config::load(&opts.config)
+        .map_or_else(|_| "/var/lib/labship".into(), |c| c.data_dir);
     push(
         Level::Fail,
         t,
@@ -417,7 +425,16 @@ fn findings(c: &Classified, opts: &Options, running: Option<bool>) -> Vec<Findin
             t.count,
             t.last_message.as_deref().unwrap_or("")
         ),
-        None,
+        denied.then(|| {
+            format!(
+                "sudo chmod -R g+rwX {}   # and make producers write with umask 002",
+                t.ids
+                    .iter()
+                    .map(|id| data_dir.join("episodes").join(id).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }),
         18,
     );
     let t = &c.unstamped;
