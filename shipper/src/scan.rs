@@ -31,6 +31,8 @@ pub struct Scanner {
     /// Earliest time each unsettled episode could be ready.
     not_before: HashMap<String, SystemTime>,
     warned: HashSet<String>,
+    /// Tree walks done so far (the expensive step; tests and benchmarks read it).
+    pub walks: u64,
     /// Episodes whose `meta.json` could not be read (logged once each).
     unreadable: HashSet<String>,
 }
@@ -86,6 +88,7 @@ impl Scanner {
                 pass.pending += 1;
                 continue;
             }
+            self.walks += 1;
             let newest = newest_mtime(&dir);
             let ready_at = newest + settle;
             if now < ready_at {
@@ -227,5 +230,30 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(31);
         let pass = s.scan(ep, Duration::from_secs(30), later).unwrap();
         assert!(pass.found.iter().any(|(id, _)| id.as_str() == "a"));
+    }
+
+    /// The requirement: a pass over 10,000 episodes still being
+    /// written stays cheap. The first pass walks each tree once; passes
+    /// before their settle deadline walk none.
+    #[test]
+    fn ten_thousand_unsettled_episodes_are_walked_once_per_deadline() {
+        let root = tempfile::tempdir().unwrap();
+        for i in 0..10_000 {
+            let d = root.path().join(format!("ep-{i:05}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("meta.json"), "{}").unwrap();
+        }
+        let mut s = Scanner::new();
+        let settle = Duration::from_secs(60);
+        let pass = s.scan(root.path(), settle, SystemTime::now()).unwrap();
+        assert_eq!((pass.pending, s.walks), (10_000, 10_000));
+        for _ in 0..3 {
+            let pass = s.scan(root.path(), settle, SystemTime::now()).unwrap();
+            assert_eq!(pass.pending, 10_000);
+        }
+        assert_eq!(s.walks, 10_000, "no tree walked again before its deadline");
+        let later = SystemTime::now() + Duration::from_secs(61);
+        let pass = s.scan(root.path(), settle, later).unwrap();
+        assert_eq!((pass.found.len(), s.walks), (10_000, 20_000));
     }
 }
