@@ -17,6 +17,21 @@ pub mod store;
 pub mod systemd;
 pub mod tls;
 
+/// A named crash point for the crash tests (as the shipper's): in debug
+/// builds, when `LABSHIP_CRASH_AT` names this point, the process sends itself
+/// SIGKILL here, as `kill -9` or a power cut would stop it. Compiled out of
+/// release builds.
+#[inline]
+pub fn crash_point(name: &'static str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 use config::{Config, ConfigError};
 use routes::AppState;
 use std::sync::atomic::AtomicBool;

@@ -244,6 +244,7 @@ impl FsStore {
             .set_permissions(mode())
             .and_then(|()| scratch.as_file().sync_all())
             .map_err(StoreError::io("fsync", scratch.path()))?;
+        crate::crash_point("store:scratch-synced");
 
         // Always fsync the parent: another commit may have just created the
         // host directory without having made its entry durable yet.
@@ -272,13 +273,16 @@ impl FsStore {
         // Renames are not ordered by POSIX: make the manifest's durable before
         // the archive's, so no crash leaves an archive without its manifest.
         fsync_dir(&host_dir)?;
+        crate::crash_point("store:manifest-renamed");
 
         // The commit point: no-clobber rename, then make it durable.
         let archive_path = self.archive_path(host, episode);
         scratch
             .persist_noclobber(&archive_path)
             .map_err(|e| StoreError::io("rename into", &archive_path)(e.error))?;
+        crate::crash_point("store:archive-renamed");
         fsync_dir(&host_dir)?;
+        crate::crash_point("store:committed");
         Ok(CommitOutcome::Stored)
     }
 }
