@@ -304,8 +304,16 @@ async fn put_decided(
     }
 }
 
+/// A header's single value. One that is not text, or that appears more than
+/// once with different values, reads as U+FFFD so it fails to parse (400):
+/// an ambiguous stamp or digest must never be settled by picking one.
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.any(|v| v != first) {
+        return Some("\u{fffd}");
+    }
+    Some(first.to_str().unwrap_or("\u{fffd}"))
 }
 
 async fn put_inner(
