@@ -173,9 +173,17 @@ impl Layout {
             }
         }
         fsync_dir(&self.outbox)?;
+        // state/ is shared with quarantine-unstamped, which may run beside
+        // us and stage its reason files here for a few milliseconds: only
+        // temp files a minute old are crash leftovers.
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         for entry in std::fs::read_dir(&self.state)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < stale);
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") && old {
                 tracing::info!(path = %entry.path().display(), "removing state leftover");
                 std::fs::remove_file(entry.path())?;
             }

@@ -233,15 +233,43 @@ impl Uploader {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_user_timeout(config.stall_timeout)
             .tcp_nodelay(true);
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        // Each file is checked on its own first, so an error names the right
+        // key: reqwest's own errors say "builder error", and an empty CA
+        // bundle would silently trust nothing.
+        let certs_in =
+            |key: &'static str, path: &Path, pem: &[u8]| match CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(c) if !c.is_empty() => Ok(()),
+                Ok(_) => Err(setup(
+                    key,
+                    format!("{}: contains no PEM certificate", path.display()),
+                )),
+                Err(e) => Err(setup(
+                    key,
+                    format!("{}: not PEM certificates: {e}", path.display()),
+                )),
+            };
         if let Some(ca) = &config.ca_file {
             let pem = read("receiver.ca_file", ca)?;
+            certs_in("receiver.ca_file", ca, &pem)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| setup("receiver.ca_file", format!("{}: {e}", ca.display())))?;
             b = b.tls_certs_only(certs);
         }
         if let Some((cert, key)) = &config.auth.cert_and_key {
             let mut pem = read("receiver.cert_file", cert)?;
-            pem.extend(read("receiver.key_file", key)?);
+            certs_in("receiver.cert_file", cert, &pem)?;
+            let key_pem = read("receiver.key_file", key)?;
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                setup(
+                    "receiver.key_file",
+                    format!("{}: not a PEM private key: {e}", key.display()),
+                )
+            })?;
+            pem.extend(key_pem);
             let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 setup(
                     "receiver.cert_file",

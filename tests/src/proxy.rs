@@ -1,9 +1,16 @@
 //! A TCP fault proxy between a client and a real server, for wire-fault tests.
-//! `StallAfter(n)` black-holes the first connection's client→server direction
-//! after `n` bytes (the connection stays open, nothing moves); later
-//! connections pass through. `Throttle(r)` caps every connection's
-//! client→server direction at about `r` bytes per second. Issue 6 extends it
-//! (reset, truncate).
+//!
+//! - `StallAfter(n)` black-holes the first connection's client→server
+//!   direction after `n` bytes (the connection stays open, nothing moves,
+//!   until the proxy is dropped: then both sides get a FIN).
+//! - `ResetAfter(n)` forwards the first connection's first `n` client→server
+//!   bytes, then aborts both sides with a RST (`SO_LINGER` 0, then close).
+//! - `Truncate(n)` forwards the first connection's first `n` client→server
+//!   bytes, then closes both sides cleanly (FIN both ways).
+//! - `Throttle(r)` caps every connection's client→server direction at about
+//!   `r` bytes per second.
+//!
+//! With the first three, later connections pass through, so a retry succeeds.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -18,6 +25,20 @@ pub enum Fault {
     StallAfter(usize),
     /// Upload at about this many bytes per second, on every connection.
     Throttle(usize),
+    /// Reset (RST) both sides of the first connection after this many
+    /// client→server bytes.
+    ResetAfter(usize),
+    /// Close both sides of the first connection cleanly (FIN) after this many
+    /// client→server bytes.
+    Truncate(usize),
+}
+
+/// What the client→server pump does once its byte budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Stall,
+    Reset,
+    Close,
 }
 
 #[derive(Debug)]
@@ -26,6 +47,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Connections the fault was applied to (cut, reset or closed) so far.
+    pub faulted: Arc<AtomicUsize>,
 }
 
 impl Drop for Proxy {
@@ -48,7 +71,8 @@ impl Proxy {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (stop2, count) = (stop.clone(), connections.clone());
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let (stop2, count, faulted2) = (stop.clone(), connections.clone(), faulted.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -59,56 +83,95 @@ impl Proxy {
                     continue;
                 };
                 let index = count.fetch_add(1, Ordering::SeqCst);
-                let stall = match fault {
-                    Fault::StallAfter(n) if index == 0 => Some(n),
+                let cut = match fault {
+                    Fault::StallAfter(n) if index == 0 => Some((n, Cut::Stall)),
+                    Fault::ResetAfter(n) if index == 0 => Some((n, Cut::Reset)),
+                    Fault::Truncate(n) if index == 0 => Some((n, Cut::Close)),
                     _ => None,
                 };
                 let rate = match fault {
                     Fault::Throttle(r) => Some(r.max(10)),
                     _ => None,
                 };
-                pump(
-                    client.try_clone().expect("clone"),
-                    upstream.try_clone().expect("clone"),
-                    stall,
-                    rate,
-                    stop2.clone(),
-                );
-                pump(upstream, client, None, None, stop2.clone());
+                let conn = Arc::new(Conn {
+                    client,
+                    upstream,
+                    aborted: AtomicBool::new(false),
+                    stop: stop2.clone(),
+                    faulted: faulted2.clone(),
+                });
+                let c2 = conn.clone();
+                std::thread::spawn(move || c2.up(cut, rate));
+                std::thread::spawn(move || conn.down());
             }
         });
         Self {
             addr,
             stop,
             connections,
+            faulted,
         }
     }
 }
 
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    stall_after: Option<usize>,
-    rate: Option<usize>,
+/// One proxied connection. Both pumps share the two sockets (no dup'd file
+/// descriptors), so the sockets close when the last pump lets go, and a
+/// `SO_LINGER` 0 set on them turns that close into a RST.
+#[derive(Debug)]
+struct Conn {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// Set before the cut wakes the other pump: it then leaves without
+    /// shutting anything down itself.
+    aborted: AtomicBool,
     stop: Arc<AtomicBool>,
-) {
-    std::thread::spawn(move || {
+    faulted: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// client → server, with the fault.
+    fn up(&self, cut: Option<(usize, Cut)>, rate: Option<usize>) {
         let mut buf = vec![0u8; 64 * 1024];
         let mut moved = 0usize;
         loop {
-            let limit = stall_after.map_or(buf.len(), |n| buf.len().min(n.saturating_sub(moved)));
+            let limit = cut.map_or(buf.len(), |(n, _)| buf.len().min(n.saturating_sub(moved)));
             if limit == 0 {
-                // Black hole: hold the connection open, move nothing.
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
+                self.faulted.fetch_add(1, Ordering::SeqCst);
+                match cut.map(|(_, c)| c) {
+                    Some(Cut::Reset) => {
+                        for s in [&self.client, &self.upstream] {
+                            let _ =
+                                rustix::net::sockopt::set_socket_linger(s, Some(Duration::ZERO));
+                        }
+                        self.aborted.store(true, Ordering::SeqCst);
+                        // Wakes the other pump's read without sending anything
+                        // (SHUT_RD); the last reference closes with a RST.
+                        let _ = self.upstream.shutdown(Shutdown::Read);
+                        let _ = self.client.shutdown(Shutdown::Read);
+                    }
+                    Some(Cut::Close) => {
+                        self.aborted.store(true, Ordering::SeqCst);
+                        let _ = self.upstream.shutdown(Shutdown::Both);
+                        let _ = self.client.shutdown(Shutdown::Both);
+                    }
+                    _ => {
+                        // Black hole: hold the connection open, move nothing.
+                        while !self.stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        // The proxy is gone: so is the link (FIN both ways).
+                        self.aborted.store(true, Ordering::SeqCst);
+                        let _ = self.upstream.shutdown(Shutdown::Both);
+                        let _ = self.client.shutdown(Shutdown::Both);
+                    }
                 }
                 return;
             }
-            match from.read(&mut buf[..limit]) {
+            match (&self.client).read(&mut buf[..limit]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     moved += n;
-                    if to.write_all(&buf[..n]).is_err() {
+                    if (&self.upstream).write_all(&buf[..n]).is_err() {
                         break;
                     }
                     if let Some(rate) = rate {
@@ -120,6 +183,28 @@ fn pump(
                 }
             }
         }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+        if !self.aborted.load(Ordering::SeqCst) {
+            let _ = self.upstream.shutdown(Shutdown::Write);
+        }
+    }
+
+    /// server → client, untouched.
+    fn down(&self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match (&self.upstream).read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if self.aborted.load(Ordering::SeqCst)
+                        || (&self.client).write_all(&buf[..n]).is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.aborted.load(Ordering::SeqCst) {
+            let _ = self.client.shutdown(Shutdown::Write);
+        }
+    }
 }
