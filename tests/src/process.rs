@@ -288,3 +288,15 @@ pub fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A child process killed (SIGKILL) and reaped when the guard drops, however
+/// the test ends: no daemon outlives a failed assertion.
+#[derive(Debug)]
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -11,7 +11,7 @@
 )]
 
 use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
-use labship_tests::process::{Receiver, ReceiverOpts, run};
+use labship_tests::process::{Daemon, Receiver, ReceiverOpts, run};
 use labship_tests::{GOOD_COMMIT, TestEnv, shipper_toml};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -172,14 +172,16 @@ fn three_hosts_ship_while_the_receiver_is_killed_and_restarted() {
         .iter()
         .map(|h| lab(&env, &r.url, h, 12, 300_000))
         .collect();
-    let mut daemons: Vec<std::process::Child> = labs
+    let daemons: Vec<Daemon> = labs
         .iter()
         .map(|l| {
-            std::process::Command::new(labship_tests::bin("shipper"))
-                .args(["--config", l.cfg.to_str().unwrap()])
-                .stderr(std::fs::File::create(l.data.with_file_name("shipper.log")).unwrap())
-                .spawn()
-                .unwrap()
+            Daemon(
+                std::process::Command::new(labship_tests::bin("shipper"))
+                    .args(["--config", l.cfg.to_str().unwrap()])
+                    .stderr(std::fs::File::create(l.data.with_file_name("shipper.log")).unwrap())
+                    .spawn()
+                    .unwrap(),
+            )
         })
         .collect();
     let total: usize = labs.iter().map(|l| l.ids.len()).sum();
@@ -214,10 +216,7 @@ fn three_hosts_ship_while_the_receiver_is_killed_and_restarted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for d in &mut daemons {
-        let _ = d.kill();
-        let _ = d.wait();
-    }
+    drop(daemons);
     assert!(
         at_kill.iter().any(|&k| k > 0 && k < total),
         "no kill landed while work was in progress: {at_kill:?}"

@@ -15,6 +15,7 @@
 )]
 
 use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::process::Daemon;
 use labship_tests::process::{Receiver, ReceiverOpts, run};
 use labship_tests::proxy::{Fault, Proxy};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
@@ -485,16 +486,6 @@ cp -a "$DATA/shipped" "$OUT/shipped"
 }
 
 // ------------------------------------------------- the receiver's lifecycle
-
-/// Kills the daemon when the test ends, however it ends.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A shipper daemon uploads six episodes through a 4 MB/s link; the receiver
 /// is killed with -9 while an upload is in its scratch, and restarted, twice.

@@ -8,6 +8,7 @@
 )]
 
 use labship_tests::episode::{noise, write_episode};
+use labship_tests::process::Daemon;
 use labship_tests::process::{Receiver, run, unsafe_free_kill};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
 use serde_json::Value;
@@ -447,16 +448,6 @@ fn a_failed_move_exits_1_and_names_the_path() {
     assert!(out.contains("kept s (stamped"), "{out}");
     assert!(out.contains("failed 1"), "{out}");
     assert!(data.join("episodes/u/meta.json").is_file(), "still queued");
-}
-
-/// Kills the daemon if the test fails before stopping it.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
