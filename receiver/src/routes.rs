@@ -254,15 +254,20 @@ async fn put_decided(
     let expects_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // Not for a stranger (401) or a declared size already over the limit (413):
-    // reading those would only hand out free bandwidth; the connection closes.
-    let not_worth_draining = matches!(
-        &result,
-        Err(e) if matches!(e.code, ErrorCode::Unauthenticated | ErrorCode::TooLarge)
-    );
+    // Not for a stranger (401): reading would only hand out free bandwidth;
+    // the connection closes.
+    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
+    // A declared size over the limit (413 from the headers): an HTTP/1
+    // client still writing does not read the early answer and sees a broken
+    // pipe, so read (and discard) a bounded amount, enough for a modest
+    // overshoot to get its 413; a huge body is cut after that.
+    let budget = match &result {
+        Err(e) if e.code == ErrorCode::TooLarge && !facts.body_started => EARLY_REFUSAL_DRAIN,
+        _ => state.limits.max_bytes,
+    };
     // After a successful body phase the body is at its end and this is free.
-    if (facts.body_started || (!expects_continue && !not_worth_draining))
-        && !ingest::drain(&mut body, state.limits.max_bytes, state.limits.body_idle).await
+    if (facts.body_started || (!expects_continue && !stranger))
+        && !ingest::drain(&mut body, budget, state.limits.body_idle).await
     {
         tracing::debug!(episode = %episode_raw, "body not drained; the connection will close");
     }
@@ -303,6 +308,10 @@ async fn put_decided(
         Err(e) => e.into_response(),
     }
 }
+
+/// How much of a body declared too large is read and discarded before the
+/// 413 is sent, so that a client still writing it can read the answer.
+const EARLY_REFUSAL_DRAIN: u64 = 4 << 20;
 
 /// A header's single value. One that is not text, or that appears more than
 /// once with different values, reads as U+FFFD so it fails to parse (400):
