@@ -37,6 +37,25 @@ pub struct ReceiverOpts {
     pub env: Vec<(String, String)>,
 }
 
+impl ReceiverOpts {
+    /// The receiver in its own mount namespace (`unshare -m`, needs root)
+    /// with a tmpfs of `size` (e.g. `"4m"`) mounted as its store at `store`.
+    pub fn on_tmpfs_store(store: &Path, size: &str) -> Self {
+        let script = format!("mount -t tmpfs -o size={size} tmpfs {store:?} && exec \"$0\" \"$@\"");
+        Self {
+            wrapper: Some(vec![
+                "unshare".into(),
+                "-m".into(),
+                "sh".into(),
+                "-c".into(),
+                script,
+            ]),
+            store: Some(store.to_path_buf()),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for ReceiverOpts {
     fn default() -> Self {
         Self {

@@ -313,21 +313,7 @@ fn receiver_store_full_is_507_then_ships_when_space_returns() {
     let env = TestEnv::new();
     let store = env.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let script = format!("mount -t tmpfs -o size=4m tmpfs {store:?} && exec \"$0\" \"$@\"");
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            wrapper: Some(vec![
-                "unshare".into(),
-                "-m".into(),
-                "sh".into(),
-                "-c".into(),
-                script,
-            ]),
-            store: Some(store.clone()),
-            ..Default::default()
-        },
-    );
+    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
     // The tmpfs exists only in the receiver's namespace: look through its root.
     let view = PathBuf::from(format!("/proc/{}/root", r.child.id()))
         .join(store.strip_prefix("/").unwrap());

@@ -224,21 +224,7 @@ async fn full_store_answers_507_and_keeps_what_it_had() {
     let store = env.file("store/.keep");
     let store = store.parent().unwrap().to_path_buf();
     // The receiver runs in its own mount namespace with a 2 MiB tmpfs as store.
-    let script = format!("mount -t tmpfs -o size=2m tmpfs {store:?} && exec \"$0\" \"$@\"");
-    let r = Receiver::start_with(
-        &env,
-        ReceiverOpts {
-            wrapper: Some(vec![
-                "unshare".into(),
-                "-m".into(),
-                "sh".into(),
-                "-c".into(),
-                script,
-            ]),
-            store: Some(store),
-            ..Default::default()
-        },
-    );
+    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "2m"));
     let c = env.client(Some(&env.pki.client(HOST)));
     let small = archive("small", GOOD_COMMIT, 100_000);
     assert_eq!(

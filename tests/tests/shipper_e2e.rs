@@ -26,6 +26,13 @@ fn shipper_config(env: &TestEnv, url: &str, id: &Issued) -> (PathBuf, PathBuf) {
     (cfg, data)
 }
 
+/// Replaces `from` with `to` in the config file `cfg`.
+fn edit(cfg: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", cfg.display());
+    std::fs::write(cfg, text.replace(from, to)).unwrap();
+}
+
 fn shipper(cfg: &Path, flag: &str) -> (i32, String, String) {
     run("shipper", &["--config", cfg.to_str().unwrap(), flag])
 }
@@ -244,13 +251,7 @@ fn daemon_notifies_ships_and_stops_cleanly_on_sigterm() {
     let env = TestEnv::new();
     let r = Receiver::start(&env);
     let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 1"),
-    )
-    .unwrap();
+    edit(&cfg, "settle_s = 0", "settle_s = 0\nscan_interval_s = 1");
     let sock_path = env.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -370,13 +371,7 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
     let env = TestEnv::new();
     let r = Receiver::start(&env);
     let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 1"),
-    )
-    .unwrap();
+    edit(&cfg, "settle_s = 0", "settle_s = 0\nscan_interval_s = 1");
     let copies = env.path().join("copies");
     let n = 16;
     for i in 0..n {
@@ -511,13 +506,7 @@ fn a_stalled_upload_is_cut_by_stall_timeout_and_the_retry_ships_it() {
     let proxy = Proxy::start(r.addr, Fault::StallAfter(200_000));
     let url = format!("https://127.0.0.1:{}", proxy.addr.port());
     let (cfg, data) = shipper_config(&env, &url, &env.pki.client(HOST));
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("stall_timeout_s = 5", "stall_timeout_s = 2"),
-    )
-    .unwrap();
+    edit(&cfg, "stall_timeout_s = 5", "stall_timeout_s = 2");
     write_episode(
         &data.join("episodes"),
         "big",
@@ -760,13 +749,7 @@ fn a_slow_upload_longer_than_the_watchdog_keeps_pinging() {
     let proxy = Proxy::start(r.addr, Fault::Throttle(2_000_000));
     let url = format!("https://localhost:{}", proxy.addr.port());
     let (cfg, data) = shipper_config(&env, &url, &env.pki.client(HOST));
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("settle_s = 0", "settle_s = 0\nscan_interval_s = 600"),
-    )
-    .unwrap();
+    edit(&cfg, "settle_s = 0", "settle_s = 0\nscan_interval_s = 600");
     // Incompressible: 16 MB at 2 MB/s is about 8 s on the wire. Socket
     // buffers swallow the last few MB at once (progress the shipper cannot
     // see), so the episode is made much larger than they are.
@@ -954,13 +937,7 @@ fn the_rest_of_the_answer_table_end_to_end() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace(&r.url, &small.url),
-    )
-    .unwrap();
+    edit(&cfg, &r.url, &small.url);
     write_episode(
         &eps,
         "huge",
@@ -1026,14 +1003,11 @@ fn the_rest_of_the_answer_table_end_to_end() {
     );
 
     // --ping exit 5: something answers, but not the receiver's API.
-    std::fs::write(
+    edit(
         &cfg,
-        std::fs::read_to_string(&cfg).unwrap().replace(
-            &format!("url = \"{}\"", r.url),
-            &format!("url = \"{}/nope\"", r.url),
-        ),
-    )
-    .unwrap();
+        &format!("url = \"{}\"", r.url),
+        &format!("url = \"{}/nope\"", r.url),
+    );
     let (code, out, _) = shipper(&cfg, "--ping");
     assert_eq!(code, 5, "{out}");
     assert!(

@@ -4,7 +4,7 @@
 //! queue's directories and `state/status.json`.
 
 use super::{Finding, Level, Options, UNIT, age};
-use labship_shipper::config::Config;
+use labship_shipper::config::{Config, ConfigError};
 use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -117,9 +117,13 @@ pub fn service() -> Option<Service> {
     })
 }
 
-/// Every check that needs the config.
-pub async fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
-    let config = match Config::load(&opts.config) {
+/// Every check that needs the config (loaded once by the caller).
+pub async fn check(
+    opts: &Options,
+    loaded: &Result<Config, ConfigError>,
+    running: Option<bool>,
+) -> Vec<Finding> {
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             let fix = if e.key.is_empty() && !opts.config.exists() {
@@ -148,14 +152,14 @@ pub async fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
             config.url
         ),
     )];
-    out.extend(certificate(&config, opts.now));
+    out.extend(certificate(config, opts.now));
     if opts.no_ping {
         out.push(Finding::ok("receiver", "ping skipped (--no-ping)"));
     } else {
-        out.push(ping(&config).await);
+        out.push(ping(config).await);
     }
-    out.extend(disk(&config));
-    out.extend(queue(&config, opts.now, running));
+    out.extend(disk(config));
+    out.extend(queue(config, opts.now, running));
     out
 }
 

@@ -8,6 +8,7 @@
 use super::{Finding, Level, Options, UNIT};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// One journal entry (`journalctl -o json`: one object per line).
@@ -308,10 +309,10 @@ fn classify_plain(c: &mut Classified, e: &Entry) {
 }
 
 /// The journal's findings. `running`: what the service manager says, when
-/// there is one; `data_dir` makes fixes concrete.
-pub fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
+/// there is one; `data_dir` (from a valid config) makes fixes concrete.
+pub fn check(opts: &Options, running: Option<bool>, data_dir: Option<&Path>) -> Vec<Finding> {
     match read(opts) {
-        Ok(entries) => findings(&classify(&entries), opts, running),
+        Ok(entries) => findings(&classify(&entries), opts, running, data_dir),
         Err(Unreadable::NoJournalctl) => vec![Finding::new(
             Level::Warn,
             "journal",
@@ -345,7 +346,12 @@ pub fn check(opts: &Options, running: Option<bool>) -> Vec<Finding> {
     }
 }
 
-fn findings(c: &Classified, opts: &Options, running: Option<bool>) -> Vec<Finding> {
+fn findings(
+    c: &Classified,
+    opts: &Options,
+    running: Option<bool>,
+    data_dir: Option<&Path>,
+) -> Vec<Finding> {
     let window = super::age(opts.since);
     let cfg = opts.config.display();
     let mut out = Vec::new();
@@ -415,8 +421,7 @@ fn findings(c: &Classified, opts: &Options, running: Option<bool>) -> Vec<Findin
         .last_message
         .as_deref()
         .is_some_and(|m| m.contains("Permission denied"));
-    let data_dir = labship_shipper::config::Config::load(&opts.config)
-        .map_or_else(|_| "/var/lib/labship".into(), |c| c.data_dir);
+    let data_dir = data_dir.unwrap_or(Path::new("/var/lib/labship"));
     push(
         Level::Fail,
         t,

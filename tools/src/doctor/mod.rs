@@ -172,8 +172,10 @@ pub async fn run(opts: &Options) -> Report {
     if let Some(s) = &service {
         findings.push(s.finding.clone());
     }
-    findings.extend(journal::check(opts, running.flatten()));
-    findings.extend(host::check(opts, running.flatten()).await);
+    let config = labship_shipper::config::Config::load(&opts.config);
+    let data_dir = config.as_ref().ok().map(|c| c.data_dir.as_path());
+    findings.extend(journal::check(opts, running.flatten(), data_dir));
+    findings.extend(host::check(opts, &config, running.flatten()).await);
     Report::new(findings)
 }
 
