@@ -1,16 +1,17 @@
 //! A TCP fault proxy between a client and a real server, for wire-fault tests.
 //!
-//! - `StallAfter(n)` black-holes the first connection's client→server
-//!   direction after `n` bytes (the connection stays open, nothing moves,
+//! - `StallAfter(n)` black-holes the client→server direction of the first
+//!   connection to carry `n` bytes that way, from there on (the connection stays open, nothing moves,
 //!   until the proxy is dropped: then both sides get a FIN).
-//! - `ResetAfter(n)` forwards the first connection's first `n` client→server
-//!   bytes, then aborts both sides with a RST (`SO_LINGER` 0, then close).
-//! - `Truncate(n)` forwards the first connection's first `n` client→server
-//!   bytes, then closes both sides cleanly (FIN both ways).
+//! - `ResetAfter(n)` forwards the first `n` client→server bytes of the first
+//!   connection to carry that many, then aborts both sides with a RST (`SO_LINGER` 0, then close).
+//! - `Truncate(n)` forwards the first `n` client→server bytes of the first
+//!   connection to carry that many, then closes both sides cleanly (FIN both ways).
 //! - `Throttle(r)` caps every connection's client→server direction at about
 //!   `r` bytes per second.
 //!
-//! With the first three, later connections pass through, so a retry succeeds.
+//! With the first three the cut is made once, so a retry succeeds; a short
+//! request on its own connection (a ping) passes untouched.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -21,15 +22,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
     PassThrough,
-    /// Stall the first connection's upload after this many bytes.
+    /// Stall the upload after this many bytes (once; see the module doc).
     StallAfter(usize),
     /// Upload at about this many bytes per second, on every connection.
     Throttle(usize),
-    /// Reset (RST) both sides of the first connection after this many
-    /// client→server bytes.
+    /// Reset (RST) both sides after this many client→server bytes (once).
     ResetAfter(usize),
-    /// Close both sides of the first connection cleanly (FIN) after this many
-    /// client→server bytes.
+    /// Close both sides cleanly (FIN) after this many client→server bytes
+    /// (once).
     Truncate(usize),
 }
 
@@ -73,6 +73,10 @@ impl Proxy {
         let connections = Arc::new(AtomicUsize::new(0));
         let faulted = Arc::new(AtomicUsize::new(0));
         let (stop2, count, faulted2) = (stop.clone(), connections.clone(), faulted.clone());
+        // The cut hits the first connection whose upload reaches its byte
+        // budget, once: not simply the first connection, which may be a ping
+        // hyper did not pool back in time for the PUT.
+        let armed = Arc::new(AtomicBool::new(true));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -82,11 +86,11 @@ impl Proxy {
                 let Ok(upstream) = TcpStream::connect(target) else {
                     continue;
                 };
-                let index = count.fetch_add(1, Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 let cut = match fault {
-                    Fault::StallAfter(n) if index == 0 => Some((n, Cut::Stall)),
-                    Fault::ResetAfter(n) if index == 0 => Some((n, Cut::Reset)),
-                    Fault::Truncate(n) if index == 0 => Some((n, Cut::Close)),
+                    Fault::StallAfter(n) => Some((n, Cut::Stall)),
+                    Fault::ResetAfter(n) => Some((n, Cut::Reset)),
+                    Fault::Truncate(n) => Some((n, Cut::Close)),
                     _ => None,
                 };
                 let rate = match fault {
@@ -99,6 +103,7 @@ impl Proxy {
                     aborted: AtomicBool::new(false),
                     stop: stop2.clone(),
                     faulted: faulted2.clone(),
+                    armed: armed.clone(),
                 });
                 let c2 = conn.clone();
                 std::thread::spawn(move || c2.up(cut, rate));
@@ -126,15 +131,21 @@ struct Conn {
     aborted: AtomicBool,
     stop: Arc<AtomicBool>,
     faulted: Arc<AtomicUsize>,
+    /// Whether the one cut is still to be made.
+    armed: Arc<AtomicBool>,
 }
 
 impl Conn {
     /// client → server, with the fault.
-    fn up(&self, cut: Option<(usize, Cut)>, rate: Option<usize>) {
+    fn up(&self, mut cut: Option<(usize, Cut)>, rate: Option<usize>) {
         let mut buf = vec![0u8; 64 * 1024];
         let mut moved = 0usize;
         loop {
             let limit = cut.map_or(buf.len(), |(n, _)| buf.len().min(n.saturating_sub(moved)));
+            if limit == 0 && !self.armed.swap(false, Ordering::SeqCst) {
+                cut = None; // another connection took the cut
+                continue;
+            }
             if limit == 0 {
                 self.faulted.fetch_add(1, Ordering::SeqCst);
                 match cut.map(|(_, c)| c) {

@@ -286,11 +286,13 @@ fn slow_link_longer_than_stall_timeout_ships_in_one_pass() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(15),
         "took {took:?}"
     );
-    assert_eq!(
-        proxy.connections.load(Ordering::SeqCst),
-        1,
-        "no retry needed"
+    // Not a connection count: hyper may open a second connection when the
+    // ping's is not back in its pool yet (a CI run caught that).
+    assert!(
+        !err.contains("transient failure") && !err.contains("stalled"),
+        "no retry needed:\n{err}"
     );
+    assert_eq!(proxy.faulted.load(Ordering::SeqCst), 0);
     assert_delivered(&env, &r, &r.store, &data, &["ep"]);
     eprintln!("MEASURED slow_link: 3 MB at 1 MB/s shipped in one pass in {took:.1?}");
 }
