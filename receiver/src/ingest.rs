@@ -271,8 +271,13 @@ fn validate(
     })
 }
 
-fn check_archive<R: Read>(
-    tee: &mut Tee<R>,
+/// Checks a whole archive stream (zstd-compressed tar) read from `reader`:
+/// every entry against the protocol's archive rules, `meta.json`'s stamp
+/// against `commit`, the unpacked size against `max_unpacked` (the count is
+/// left in `unpacked_out` either way). Public for the fuzz targets in `fuzz/`
+/// and their corpus regression test; uploads reach it through [`ingest`].
+pub fn check_archive<R: Read>(
+    reader: R,
     episode: &str,
     commit: &Commit,
     max_unpacked: u64,
@@ -280,7 +285,7 @@ fn check_archive<R: Read>(
 ) -> Result<(), IngestError> {
     let invalid =
         |what: &str, e: &dyn std::fmt::Display| IngestError::Invalid(format!("{what}: {e}"));
-    let mut decoder = zstd::stream::read::Decoder::new(tee).map_err(|e| invalid("zstd", &e))?;
+    let mut decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| invalid("zstd", &e))?;
     decoder
         .window_log_max(WINDOW_LOG_MAX)
         .map_err(|e| IngestError::Internal(e.to_string()))?;
@@ -331,6 +336,11 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
     // A long path announced by a GNU `L` entry or a pax `path` record, for the
     // entry that follows it.
     let mut long_path: Option<Vec<u8>> = None;
+    // A local extension header (GNU `L`/`K`, pax `x`) describes the entry that
+    // follows it; one with nothing after it is a truncated or forged archive
+    // (found by the `archive_tar` fuzz target: the tar crate's own reader
+    // fails on it, so an ML reader would have been handed a broken archive).
+    let mut pending_extension = false;
     for entry in archive.entries().map_err(invalid)?.raw(true) {
         let mut entry = entry.map_err(invalid)?;
         let entry_type = entry.header().entry_type();
@@ -349,6 +359,7 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
             }
             let mut data = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut data).map_err(invalid)?;
+            pending_extension |= entry_type != tar::EntryType::XGlobalHeader;
             match entry_type {
                 tar::EntryType::GNULongName => {
                     while data.last() == Some(&0) {
@@ -376,6 +387,7 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
             }
             continue;
         }
+        pending_extension = false;
         let kind = kind_of(entry_type);
         let path = match long_path.take() {
             Some(p) => p,
@@ -414,6 +426,11 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
                 }
             }
         }
+    }
+    if pending_extension {
+        return Err(IngestError::Invalid(
+            "the archive ends with a tar extension header and no entry for it".into(),
+        ));
     }
     if !meta_seen {
         return Err(IngestError::Invalid(format!(

@@ -829,6 +829,24 @@ fn hostile_archives() {
             inv,
         ),
         case(
+            "GNU long name with no entry after it (a fuzzing find)",
+            p(good()
+                .entry(
+                    b"././@LongLink",
+                    T::GNULongName,
+                    format!("ep/{}\0", "d".repeat(120)).as_bytes(),
+                )
+                .finish_zst()),
+            inv,
+        ),
+        case(
+            "pax header with no entry after it",
+            p(good()
+                .entry(b"ep/PaxHeaders/x", T::XHeader, &pax_records("path=ep/y"))
+                .finish_zst()),
+            inv,
+        ),
+        case(
             "symlink",
             p(good().entry(b"ep/s", T::Symlink, b"").finish_zst()),
             inv,
