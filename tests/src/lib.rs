@@ -8,6 +8,7 @@
 //! test executable; `scripts/test.sh` builds them first.
 
 pub mod episode;
+pub mod fuzz;
 pub mod lab_host;
 pub mod nspawn;
 pub mod pki;
