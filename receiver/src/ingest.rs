@@ -285,10 +285,7 @@ pub fn check_archive<R: Read>(
 ) -> Result<(), IngestError> {
     let invalid =
         |what: &str, e: &dyn std::fmt::Display| IngestError::Invalid(format!("{what}: {e}"));
-    let mut decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| invalid("zstd", &e))?;
-    decoder
-        .window_log_max(WINDOW_LOG_MAX)
-        .map_err(|e| IngestError::Internal(e.to_string()))?;
+    let decoder = StrictZstd::new(reader).map_err(|e| IngestError::Internal(e.to_string()))?;
     let mut counter = Unpacked {
         inner: decoder,
         count: 0,
@@ -321,6 +318,126 @@ pub fn check_archive<R: Read>(
         });
     }
     result
+}
+
+/// A zstd stream decoder that also holds every frame to the content size its
+/// header declares. libzstd's streaming decoder (1.5.7) skips that check when
+/// a frame ends with an empty last block, while its one-pass path (the `zstd`
+/// tool, `zstd::decode_all`) refuses such a stream as corrupt: found by the
+/// `archive` fuzz target, the receiver stored an archive readers could not
+/// open. Frames follow each other until the input ends between two frames;
+/// the input ending inside one is an error.
+struct StrictZstd<R> {
+    inner: R,
+    decoder: zstd::stream::raw::Decoder<'static>,
+    /// Compressed input, `buf[pos..len]` not yet decoded.
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    /// Inside a frame; its declared content size (if any), its output so far.
+    in_frame: bool,
+    declared: Option<u64>,
+    so_far: u64,
+}
+
+/// Longest zstd frame header (magic, descriptor, window, dictionary id, size).
+const FRAME_HEADER_MAX: usize = 18;
+
+impl<R: Read> StrictZstd<R> {
+    fn new(inner: R) -> io::Result<Self> {
+        use zstd::stream::raw::DParameter;
+        let mut decoder = zstd::stream::raw::Decoder::new()?;
+        decoder.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))?;
+        Ok(Self {
+            inner,
+            decoder,
+            buf: vec![0; 128 * 1024].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            in_frame: false,
+            declared: None,
+            so_far: 0,
+        })
+    }
+
+    /// Reads more input after what is buffered; notes the end of the input.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.len, 0);
+            self.len -= self.pos;
+            self.pos = 0;
+        }
+        if self.len < self.buf.len() && !self.eof {
+            match self.inner.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for StrictZstd<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use zstd::stream::raw::{InBuffer, Operation as _, OutBuffer};
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if !self.in_frame {
+                while self.len - self.pos < FRAME_HEADER_MAX && !self.eof {
+                    self.fill()?;
+                }
+                if self.pos == self.len {
+                    return Ok(0); // the input ended between two frames
+                }
+                // A header it cannot read is left to the decoder to report.
+                self.declared =
+                    zstd::zstd_safe::get_frame_content_size(&self.buf[self.pos..self.len])
+                        .unwrap_or(None);
+                self.so_far = 0;
+                self.in_frame = true;
+            }
+            if self.pos == self.len && !self.eof {
+                self.fill()?;
+            }
+            let mut input = InBuffer::around(&self.buf[self.pos..self.len]);
+            let mut output = OutBuffer::around(&mut *out);
+            let hint = self.decoder.run(&mut input, &mut output)?;
+            let (consumed, produced) = (input.pos(), output.pos());
+            self.pos += consumed;
+            self.so_far += produced as u64;
+            if hint == 0 {
+                // The frame is complete and flushed.
+                if let Some(declared) = self.declared
+                    && declared != self.so_far
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a zstd frame declares {declared} bytes of content but holds {}",
+                            self.so_far
+                        ),
+                    ));
+                }
+                self.in_frame = false;
+                self.decoder.reinit()?;
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if hint != 0 && consumed == 0 && self.pos == self.len && self.eof {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the zstd stream ends inside a frame",
+                ));
+            }
+        }
+    }
 }
 
 /// Largest GNU long-name / pax extension entry accepted. The tar crate reads

@@ -770,6 +770,18 @@ fn hostile_archives() {
             inv,
         ),
         case(
+            "a zstd frame declaring 63,232 bytes that holds none (a fuzzing find)",
+            p({
+                // Frame header: single segment, 2-byte content size; then one
+                // empty raw last block. libzstd's streaming decoder lets it
+                // pass; the `zstd` tool calls it corrupt.
+                let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x60, 0x00, 0xf6, 0x01, 0x00, 0x00];
+                z.extend_from_slice(&good().finish_zst());
+                z
+            }),
+            inv,
+        ),
+        case(
             "non-zero data after the tar end",
             p({
                 let mut t = good().finish();
