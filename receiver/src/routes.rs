@@ -460,6 +460,18 @@ async fn put_inner(
         Ok(CommitOutcome::Stored) => Ok((StatusCode::CREATED, body)),
         Ok(CommitOutcome::AlreadyStored) => Ok((StatusCode::OK, body)),
         Ok(CommitOutcome::Conflict(stored)) => existing(&stored, &digest),
+        Ok(CommitOutcome::ClaimedByOther(claim)) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "episode {}/{} is claimed by an upload with digest {} ({} bytes, received {}) whose archive is not in the store yet (in progress, or its receiver died: docs/scale-out.md); this upload's digest is {}",
+                claim.host_id,
+                claim.episode_id,
+                claim.digest,
+                claim.bytes,
+                claim.received_at,
+                digest
+            ),
+        )),
         Err(e) => Err(storage_error(state, e)),
     }
 }

@@ -260,10 +260,15 @@ impl S3Store {
                         why: "vanished right after a conditional create said it exists".into(),
                     });
                 };
+                let archived = self.archive_size(&host, &episode).await?.is_some();
                 if stored.digest != manifest.digest {
-                    return Ok(CommitOutcome::Conflict(Box::new(stored)));
+                    return Ok(if archived {
+                        CommitOutcome::Conflict(Box::new(stored))
+                    } else {
+                        CommitOutcome::ClaimedByOther(Box::new(stored))
+                    });
                 }
-                if self.archive_size(&host, &episode).await?.is_none() {
+                if !archived {
                     // The winner has not uploaded yet, or died before it did:
                     // these are the same bytes, so finishing its work is safe.
                     tracing::info!(

@@ -139,6 +139,10 @@ pub enum CommitOutcome {
     AlreadyStored,
     /// Another digest is stored under this id; carries the stored manifest.
     Conflict(Box<Manifest>),
+    /// `storage.kind = "s3"`: another digest has claimed this id (its
+    /// manifest exists) but its archive is not in the bucket yet: an upload
+    /// in progress, or one whose receiver died. Also a 409: the claim is final.
+    ClaimedByOther(Box<Manifest>),
 }
 
 #[derive(Debug, Clone)]

@@ -388,6 +388,45 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     // Other bytes under that id are a conflict, never an overwrite.
     let other = put(&c, &b.url, "ep-c", archive(&env, "ep-c", 1000, 7)).await;
     assert_eq!(other.0, 409, "{}", other.1);
+    assert!(
+        other.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already stored")),
+        "{}",
+        other.1
+    );
+
+    // A claim left by a crash, retried with other bytes: 409 as well (the
+    // claim is final; docs/scale-out.md says how an operator clears it),
+    // saying that the claimed archive is not in the store.
+    a.restart_with_env(
+        [
+            weed.env(),
+            vec![("LABSHIP_CRASH_AT".into(), "s3:manifest-created".into())],
+        ]
+        .concat(),
+    );
+    let first = archive(&env, "ep-o", 1000, 8);
+    let cut = c
+        .put(format!("{}/v1/episodes/{HOST}/ep-o", a.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", digest_header(&first))
+        .body(first)
+        .send()
+        .await;
+    assert!(cut.is_err(), "{cut:?}");
+    let other = put(&c, &b.url, "ep-o", archive(&env, "ep-o", 1000, 9)).await;
+    assert_eq!(
+        (other.0, other.1["error"].as_str()),
+        (409, Some("conflict"))
+    );
+    assert!(
+        other.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not in the store yet")),
+        "{}",
+        other.1
+    );
 
     // The restarted receiver cleared its spool and serves the bucket.
     a.restart_with_env(weed.env());
