@@ -73,27 +73,44 @@ const PORT_FLAGS: &[&str] = &[
 ];
 
 impl Weed {
-    /// Starts SeaweedFS and waits until the bucket answers.
+    /// Starts SeaweedFS and waits until the bucket answers. Ports are picked
+    /// free but can be taken before weed binds them (another test, or any
+    /// outgoing connection's ephemeral port): a start that fails is retried
+    /// on new ports, twice, saying why.
     pub async fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("labship-weed-")
             .tempdir()
             .expect("weed temp dir");
-        let s3_port = free_port();
-        let mut ports = vec![("s3.port", s3_port)];
-        ports.extend(PORT_FLAGS.iter().map(|f| (*f, free_port())));
         let log = dir.path().join("weed.log");
         let mut weed = Self {
             daemon: None,
             dir,
-            ports,
-            s3_port,
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            ports: Vec::new(),
+            s3_port: 0,
+            endpoint: String::new(),
             log,
         };
-        weed.spawn();
-        weed.wait_ready(Duration::from_secs(30)).await;
-        weed
+        for attempt in 1..=3 {
+            weed.s3_port = free_port();
+            weed.endpoint = format!("http://127.0.0.1:{}", weed.s3_port);
+            weed.ports = vec![("s3.port", weed.s3_port)];
+            weed.ports
+                .extend(PORT_FLAGS.iter().map(|f| (*f, free_port())));
+            weed.spawn();
+            match weed.wait_ready(Duration::from_secs(30)).await {
+                Ok(()) => return weed,
+                Err(why) if attempt < 3 => {
+                    eprintln!(
+                        "weed start attempt {attempt} failed, retrying on other ports: {why}"
+                    );
+                    weed.stop();
+                    let _ = std::fs::remove_dir_all(weed.dir.path().join("data"));
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn spawn(&mut self) {
@@ -124,24 +141,25 @@ impl Weed {
         self.daemon = Some(Daemon(cmd.spawn().expect("spawn weed")));
     }
 
-    async fn wait_ready(&mut self, within: Duration) {
+    async fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         let client = self.client();
         loop {
             if let Some(d) = self.daemon.as_mut()
                 && let Some(status) = d.0.try_wait().expect("try_wait")
             {
-                panic!("weed exited with {status}:\n{}", self.log_text());
+                return Err(format!("weed exited with {status}:\n{}", self.log_tail()));
             }
             let up = TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok();
             if up && client.list_with_delimiter(None).await.is_ok() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS S3 not ready within {within:?}:\n{}",
-                self.log_text()
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "SeaweedFS S3 not ready within {within:?}:\n{}",
+                    self.log_tail()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -155,11 +173,20 @@ impl Weed {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn();
-        self.wait_ready(Duration::from_secs(30)).await;
+        if let Err(why) = self.wait_ready(Duration::from_secs(30)).await {
+            panic!("restart: {why}");
+        }
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for failure messages.
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// The environment a receiver needs to reach the bucket.
