@@ -73,21 +73,15 @@ struct RawStorage {
     kind: String,
     #[serde(default = "d_storage_dir")]
     dir: PathBuf,
-    // The S3 keys of CONTRACT §8 are accepted so one file serves both backends;
-    // the s3 backend that reads them is not built yet.
-    #[allow(dead_code)]
+    // kind = "s3" (CONTRACT §8); `dir` then holds only the local scratch spool.
     #[serde(default)]
     bucket: String,
-    #[allow(dead_code)]
     #[serde(default)]
     prefix: String,
-    #[allow(dead_code)]
     #[serde(default)]
     endpoint: String,
-    #[allow(dead_code)]
     #[serde(default = "d_region")]
     region: String,
-    #[allow(dead_code)]
     #[serde(default)]
     allow_http: bool,
 }
@@ -239,7 +233,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub tokens_file: Option<PathBuf>,
+    /// The fs store's directory; with `s3`, the local scratch spool's parent.
     pub storage_dir: PathBuf,
+    /// `Some` when `storage.kind = "s3"`.
+    pub s3: Option<crate::s3::S3Config>,
     pub allowed_commits_file: PathBuf,
     pub remediation: Option<String>,
     pub max_episode_bytes: u64,
@@ -315,22 +312,16 @@ impl Config {
                 })
             }
         };
-        match raw.storage.kind.as_str() {
-            "fs" => {}
-            "s3" => {
-                return Err(err(
-                    "storage.kind",
-                    "\"s3\" is not available in this build yet (see docs/protocol.md); use \"fs\""
-                        .into(),
-                ));
-            }
+        let s3 = match raw.storage.kind.as_str() {
+            "fs" => None,
+            "s3" => Some(s3_config(&raw.storage, &err)?),
             other => {
                 return Err(err(
                     "storage.kind",
                     format!("{other:?} is not one of \"fs\", \"s3\""),
                 ));
             }
-        }
+        };
         let l = &raw.limits;
         let positive = |key: &str, v: u64| {
             if v == 0 {
@@ -354,6 +345,7 @@ impl Config {
             tls,
             tokens_file,
             storage_dir: resolve(&raw.storage.dir),
+            s3,
             allowed_commits_file: resolve(&raw.gate.allowed_commits_file),
             remediation: (!remediation.is_empty()).then(|| remediation.to_owned()),
             max_episode_bytes: l.max_episode_bytes,
@@ -376,6 +368,68 @@ impl Config {
             audit_log: resolve(&raw.ops.audit_log),
         })
     }
+}
+
+/// Validates the `[storage]` keys of `kind = "s3"`.
+fn s3_config(
+    raw: &RawStorage,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<crate::s3::S3Config, ConfigError> {
+    let bucket = raw.bucket.trim();
+    if bucket.is_empty() {
+        return Err(err(
+            "storage.bucket",
+            "is required when storage.kind = \"s3\"".into(),
+        ));
+    }
+    if bucket.contains('/') {
+        return Err(err(
+            "storage.bucket",
+            format!(
+                "{bucket:?} is a bucket name, not a path (use storage.prefix for a key prefix)"
+            ),
+        ));
+    }
+    if raw.prefix.starts_with('/') || raw.prefix.contains("//") {
+        return Err(err(
+            "storage.prefix",
+            format!(
+                "{:?}: keys must not start with \"/\" nor contain \"//\" (e.g. \"labship/\")",
+                raw.prefix
+            ),
+        ));
+    }
+    let endpoint = raw.endpoint.trim();
+    let endpoint = if endpoint.is_empty() {
+        None
+    } else if endpoint.starts_with("http://") {
+        if !raw.allow_http {
+            return Err(err(
+                "storage.endpoint",
+                format!(
+                    "{endpoint:?} is plain HTTP; set storage.allow_http = true to allow it (credentials and archives then cross the network unencrypted)"
+                ),
+            ));
+        }
+        Some(endpoint.to_owned())
+    } else if endpoint.starts_with("https://") {
+        Some(endpoint.to_owned())
+    } else {
+        return Err(err(
+            "storage.endpoint",
+            format!("{endpoint:?} is not an http:// or https:// URL"),
+        ));
+    };
+    if raw.region.trim().is_empty() {
+        return Err(err("storage.region", "must not be empty".into()));
+    }
+    Ok(crate::s3::S3Config {
+        bucket: bucket.to_owned(),
+        prefix: raw.prefix.clone(),
+        endpoint,
+        region: raw.region.trim().to_owned(),
+        allow_http: raw.allow_http,
+    })
 }
 
 #[cfg(test)]
@@ -435,6 +489,34 @@ mod tests {
             c.tls.unwrap().client_ca_file.unwrap(),
             Path::new("/etc/labship/ca.pem")
         );
+    }
+
+    #[test]
+    fn s3_storage() {
+        let c = parse(&format!(
+            "{TLS}[storage]\nkind = \"s3\"\nbucket = \"episodes\"\nprefix = \"lab/\"\nendpoint = \"http://127.0.0.1:8333\"\nallow_http = true\n"
+        ))
+        .unwrap();
+        let s3 = c.s3.unwrap();
+        assert_eq!(s3.bucket, "episodes");
+        assert_eq!(s3.prefix, "lab/");
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        for (extra, key) in [
+            ("", "storage.bucket"),
+            (
+                "bucket = \"b\"\nendpoint = \"http://s3:8333\"\n",
+                "storage.allow_http",
+            ),
+            ("bucket = \"b\"\nprefix = \"/x\"\n", "storage.prefix"),
+            ("bucket = \"b\"\nendpont = \"https://s3\"\n", "endpont"),
+        ] {
+            let e = parse(&format!("{TLS}[storage]\nkind = \"s3\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        assert!(parse(TLS).unwrap().s3.is_none());
     }
 
     #[test]

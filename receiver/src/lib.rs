@@ -12,6 +12,7 @@ pub mod gate;
 pub mod ingest;
 pub mod metrics;
 pub mod routes;
+pub mod s3;
 pub mod server;
 pub mod store;
 pub mod systemd;
@@ -64,8 +65,14 @@ impl Receiver {
             .transpose()?;
         let gate = gate::Gate::open(&config.allowed_commits_file, config.remediation.clone())
             .map_err(|e| ConfigError::new(&file, "gate.allowed_commits_file", e.to_string()))?;
-        let store = store::FsStore::open(&config.storage_dir)
-            .map_err(|e| ConfigError::new(&file, "storage.dir", e.to_string()))?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store = match &config.s3 {
+            None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
+            Some(s3) => {
+                s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
+            }
+        }
+        .map_err(|e| ConfigError::new(&file, "storage.dir", e.to_string()))?;
         let audit = audit::Audit::open(&config.audit_log).map_err(|e| {
             ConfigError::new(
                 &file,
@@ -73,7 +80,6 @@ impl Receiver {
                 format!("cannot open {}: {e}", config.audit_log.display()),
             )
         })?;
-        let metrics = Arc::new(metrics::Metrics::new());
         metrics.gate_commits.set(gate.snapshot().len() as i64);
         let state = Arc::new(AppState {
             gate: Arc::new(gate),
@@ -114,7 +120,7 @@ impl Receiver {
         tracing::info!(
             listen = ?api_addr,
             tls = self.tls.is_some(),
-            store = %state.store.dir().display(),
+            store = %state.store.describe(),
             gate_commits = state.gate.snapshot().len(),
             version = routes::VERSION,
             "receiver ready"

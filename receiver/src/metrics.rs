@@ -16,6 +16,26 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// One object store operation (`storage.kind = "s3"`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub op: &'static str,
+    /// `unavailable` (throttled, 5xx, unreachable), `denied`, `other`.
+    pub kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn store_histogram() -> Histogram {
+    // 1 ms .. about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +47,8 @@ pub struct Metrics {
     pub storage_errors: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
+    pub store_seconds: HistogramFamily<StoreOpLabels>,
+    pub store_errors: Family<StoreErrorLabels, Counter>,
 }
 
 impl Metrics {
@@ -40,6 +62,19 @@ impl Metrics {
         let storage_errors = Counter::default();
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
+        let store_seconds: HistogramFamily<StoreOpLabels> =
+            Family::new_with_constructor(store_histogram);
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_operation_duration_seconds",
+            "Duration of object store operations (storage.kind = \"s3\") by operation",
+            store_seconds.clone(),
+        );
+        registry.register(
+            "store_operation_errors",
+            "Object store operations that failed, by operation and kind",
+            store_errors.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -90,6 +125,8 @@ impl Metrics {
             storage_errors,
             connections_open,
             connections_refused,
+            store_seconds,
+            store_errors,
         }
     }
 

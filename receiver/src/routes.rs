@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::gate::Gate;
 use crate::ingest::{self, IngestError};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::store::{Client, CommitOutcome, FsStore, Manifest};
+use crate::store::{Client, CommitOutcome, Manifest, Store};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -40,7 +40,7 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// Replaced wholesale on SIGHUP.
     pub tokens: RwLock<Arc<Tokens>>,
-    pub store: FsStore,
+    pub store: Store,
     pub metrics: Arc<Metrics>,
     pub audit: Audit,
     /// One permit per body being received (`limits.max_concurrent_uploads`).
@@ -204,10 +204,7 @@ async fn head_episode(
             ErrorCode::NotFound,
             "no archive stored under this id",
         )),
-        Err(e) => {
-            state.metrics.storage_errors.inc();
-            Err(ApiError::internal(e))
-        }
+        Err(e) => Err(read_error(&state, e)),
     }
 }
 
@@ -371,10 +368,7 @@ async fn put_inner(
     match state.store.head(host, episode.as_str()).await {
         Ok(Some(stored)) => return existing(&stored, &digest),
         Ok(None) => {}
-        Err(e) => {
-            state.metrics.storage_errors.inc();
-            return Err(ApiError::internal(e));
-        }
+        Err(e) => return Err(read_error(state, e)),
     }
     let declared = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
         None => None,
@@ -466,6 +460,18 @@ async fn put_inner(
         Ok(CommitOutcome::Stored) => Ok((StatusCode::CREATED, body)),
         Ok(CommitOutcome::AlreadyStored) => Ok((StatusCode::OK, body)),
         Ok(CommitOutcome::Conflict(stored)) => existing(&stored, &digest),
+        Ok(CommitOutcome::ClaimedByOther(claim)) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "episode {}/{} is claimed by an upload with digest {} ({} bytes, received {}) whose archive is not in the store yet (in progress, or its receiver died: docs/scale-out.md); this upload's digest is {}",
+                claim.host_id,
+                claim.episode_id,
+                claim.digest,
+                claim.bytes,
+                claim.received_at,
+                digest
+            ),
+        )),
         Err(e) => Err(storage_error(state, e)),
     }
 }
@@ -496,9 +502,30 @@ fn existing(
     }
 }
 
+/// A failed store read (HEAD, or the existing-archive check of a PUT).
+fn read_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
+    state.metrics.storage_errors.inc();
+    if e.is_unavailable() {
+        unavailable(e)
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// The object store throttles, fails (5xx) or cannot be reached: transient.
+fn unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "object store unavailable");
+    ApiError::new(
+        ErrorCode::Busy,
+        "the receiver's object store is unavailable; retry shortly",
+    )
+}
+
 fn storage_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
     state.metrics.storage_errors.inc();
-    if e.is_full() {
+    if e.is_unavailable() {
+        unavailable(e)
+    } else if e.is_full() {
         tracing::error!(error = %e, "store is full");
         ApiError::new(
             ErrorCode::InsufficientStorage,

@@ -15,6 +15,9 @@
 //! (every read starts from the archive) and is replaced when the shipper retries,
 //! which it must, because it never got a success answer. Scratch files left by a
 //! crash are removed at start-up ([`FsStore::open`]).
+//!
+//! [`Store`] is what the routes hold: this filesystem store or the S3 store of
+//! `crate::s3` (several receivers on one bucket), chosen by `storage.kind`.
 
 use labship_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,13 @@ pub enum StoreError {
     },
     #[error("{path}: manifest unreadable: {why}")]
     Manifest { path: PathBuf, why: String },
+    /// An object store operation on `key` (`storage.kind = "s3"`).
+    #[error("object store {op} {key}: {source}")]
+    S3 {
+        op: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
 }
 
 impl StoreError {
@@ -83,6 +93,33 @@ impl StoreError {
     /// True when the store is out of space or quota (answered with 507).
     pub fn is_full(&self) -> bool {
         matches!(self, Self::Io { source, .. } if is_full(source))
+    }
+
+    /// True when the object store is throttling, failing (5xx) or unreachable:
+    /// answered with 503 and `Retry-After`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::S3 { source, .. } if crate::s3::is_transient(source))
+    }
+
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::S3 {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+
+    pub(crate) fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            Self::S3 {
+                source: object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ..
+            }
+        )
     }
 }
 
@@ -102,6 +139,10 @@ pub enum CommitOutcome {
     AlreadyStored,
     /// Another digest is stored under this id; carries the stored manifest.
     Conflict(Box<Manifest>),
+    /// `storage.kind = "s3"`: another digest has claimed this id (its
+    /// manifest exists) but its archive is not in the bucket yet: an upload
+    /// in progress, or one whose receiver died. Also a 409: the claim is final.
+    ClaimedByOther(Box<Manifest>),
 }
 
 #[derive(Debug, Clone)]
@@ -284,5 +325,57 @@ impl FsStore {
         fsync_dir(&host_dir)?;
         crate::crash_point("store:committed");
         Ok(CommitOutcome::Stored)
+    }
+}
+
+/// The configured store (`storage.kind`). Both validate uploads into a local
+/// scratch file first; they differ in how a validated archive is committed.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Fs(FsStore),
+    S3(crate::s3::S3Store),
+}
+
+impl Store {
+    /// The local scratch spool (the watchdog's health probe looks at it too).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.local().scratch_dir()
+    }
+
+    pub fn scratch_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        self.local().scratch_file()
+    }
+
+    fn local(&self) -> &FsStore {
+        match self {
+            Self::Fs(fs) => fs,
+            Self::S3(s3) => s3.local(),
+        }
+    }
+
+    /// Where episodes go, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Fs(fs) => fs.dir().display().to_string(),
+            Self::S3(s3) => s3.describe(),
+        }
+    }
+
+    pub async fn head(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.head(host, episode).await,
+            Self::S3(s3) => s3.head(host, episode).await,
+        }
+    }
+
+    pub async fn commit(
+        &self,
+        scratch: tempfile::NamedTempFile,
+        manifest: Manifest,
+    ) -> Result<CommitOutcome, StoreError> {
+        match self {
+            Self::Fs(fs) => fs.commit(scratch, manifest).await,
+            Self::S3(s3) => s3.commit(scratch, manifest).await,
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! the real binaries as child processes ([`process`]), episode trees and
 //! archives, well-formed or hostile ([`episode`]), and HTTP clients with the
 //! right identities ([`TestEnv::client`]), and a real systemd in a container
-//! for the units and the journal ([`nspawn`], [`lab_host`]).
+//! for the units and the journal ([`nspawn`], [`lab_host`]), and a real
+//! S3-compatible store (SeaweedFS, [`s3`]).
 //!
 //! The binaries are the ones `cargo build --workspace --bins` leaves next to the
 //! test executable; `scripts/test.sh` builds them first.
@@ -14,6 +15,7 @@ pub mod nspawn;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 

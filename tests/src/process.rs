@@ -35,6 +35,11 @@ pub struct ReceiverOpts {
     pub tokens_file: Option<PathBuf>,
     /// Extra environment for the process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// The directory under the test dir holding config, gate, audit log and
+    /// log (`receiver` unless set): several receivers in one test need their own.
+    pub name: Option<String>,
+    /// Replaces the `[storage]` table (e.g. an S3 store, see `crate::s3`).
+    pub storage: Option<String>,
 }
 
 impl ReceiverOpts {
@@ -66,6 +71,8 @@ impl Default for ReceiverOpts {
             wrapper: None,
             tokens_file: None,
             env: Vec::new(),
+            name: None,
+            storage: None,
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct Receiver {
     pub audit: PathBuf,
     pub allowed: PathBuf,
     pub log: PathBuf,
+    /// What it was started with, for [`Receiver::restart`].
+    opts: ReceiverOpts,
 }
 
 impl Receiver {
@@ -92,7 +101,7 @@ impl Receiver {
     /// Writes the config and starts the receiver; panics with its log if it
     /// does not become healthy.
     pub fn start_with(env: &TestEnv, opts: ReceiverOpts) -> Self {
-        let root = env.path().join("receiver");
+        let root = env.path().join(opts.name.as_deref().unwrap_or("receiver"));
         std::fs::create_dir_all(&root).expect("receiver dir");
         let store = opts
             .store
@@ -117,8 +126,12 @@ impl Receiver {
             .map(|p| format!("[auth]\ntokens_file = {p:?}\n"))
             .unwrap_or_default();
         let audit = root.join("audit.jsonl");
+        let storage = opts
+            .storage
+            .clone()
+            .unwrap_or_else(|| format!("[storage]\ndir = {store:?}\n"));
         let config_text = format!(
-            "listen = \"127.0.0.1:{port}\"\n{tls}{auth}[storage]\ndir = {store:?}\n[gate]\nallowed_commits_file = {allowed:?}\nremediation = {REMEDIATION:?}\n[ops]\nlisten = \"127.0.0.1:{ops_port}\"\naudit_log = {audit:?}\n{}",
+            "listen = \"127.0.0.1:{port}\"\n{tls}{auth}{storage}[gate]\nallowed_commits_file = {allowed:?}\nremediation = {REMEDIATION:?}\n[ops]\nlisten = \"127.0.0.1:{ops_port}\"\naudit_log = {audit:?}\n{}",
             opts.extra
         );
         let config = root.join("receiver.toml");
@@ -136,16 +149,33 @@ impl Receiver {
             audit,
             allowed,
             log,
+            opts: opts.clone(),
         };
         r.wait_healthy(Duration::from_secs(20));
         r
     }
 
-    /// Restarts on the same config and ports after [`Receiver::kill9`] or a stop.
+    /// Restarts on the same config and ports after [`Receiver::kill9`] or a stop,
+    /// with the default options (no wrapper, no extra environment: a crash
+    /// point set for the first run is not set again).
     pub fn restart(&mut self) {
+        self.restart_with(ReceiverOpts::default());
+    }
+
+    /// As [`Receiver::restart`], keeping the options it was started with
+    /// (e.g. the object store's credentials) except `env`, which is replaced.
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) {
+        let opts = ReceiverOpts {
+            env,
+            ..self.opts.clone()
+        };
+        self.restart_with(opts);
+    }
+
+    fn restart_with(&mut self, opts: ReceiverOpts) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&ReceiverOpts::default(), &self.config, &self.log);
+        self.child = spawn(&opts, &self.config, &self.log);
         self.wait_healthy(Duration::from_secs(20));
     }
 

@@ -1,0 +1,382 @@
+//! The S3 store (`storage.kind = "s3"`): several receivers share one bucket.
+//!
+//! Objects: `<prefix><host_id>/<episode_id>.json` (the manifest) and
+//! `<prefix><host_id>/<episode_id>.tar.zst` (the archive). Uploads are spooled
+//! and validated in a local scratch file exactly as with `fs` (nothing reaches
+//! the bucket before the archive passed every check), then committed here.
+//!
+//! Commit protocol (docs/transport.md, "The S3 store"), per episode:
+//! 1. **claim**: the manifest is created with `PutMode::Create`
+//!    (`If-None-Match: *`). Exactly one receiver wins; the manifest is never
+//!    replaced nor deleted by a receiver afterwards, so it fixes the digest the
+//!    archive key may ever hold.
+//! 2. the loser reads the manifest: another digest → conflict (409); the same
+//!    digest → it makes sure the archive exists (uploading its own, identical,
+//!    validated copy when a crashed or slow winner has not yet) and answers 200.
+//! 3. the winner uploads the archive (one PUT up to [`SINGLE_PUT_MAX`], a
+//!    multipart upload above, aborted on error) and answers 201.
+//!
+//! An episode is stored when both objects exist; that is what HEAD checks.
+//! Why the manifest and not the archive is the conditional write: object_store
+//! cannot complete a multipart upload conditionally, and archives may be far
+//! larger than one PUT (5 GiB on AWS) or than memory.
+
+use crate::metrics::{Metrics, StoreErrorLabels, StoreOpLabels};
+use crate::store::{CommitOutcome, FsStore, Manifest, StoreError};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt as _, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt as _;
+
+/// Archives up to this size go up in one PUT (read into memory); larger ones
+/// in a multipart upload streamed from the scratch file.
+pub const SINGLE_PUT_MAX: u64 = 8 << 20;
+
+/// Smallest multipart part (S3 wants at least 5 MiB for all but the last).
+const PART_MIN: u64 = 8 << 20;
+
+/// S3 allows 10 000 parts; keep a margin.
+const PARTS_MAX: u64 = 9_000;
+
+/// Parts uploaded concurrently per archive.
+const PART_CONCURRENCY: usize = 2;
+
+/// Per-request timeout: one part of up to a few hundred MiB must fit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `[storage]` keys for `kind = "s3"`, validated.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+}
+
+/// Several receivers on one bucket; see the module doc.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    store: Arc<AmazonS3>,
+    /// Only for the local spool (`<storage.dir>/.scratch`): every upload is
+    /// validated there before anything is sent to the bucket.
+    local: FsStore,
+    bucket: String,
+    prefix: String,
+    metrics: Arc<Metrics>,
+}
+
+impl S3Store {
+    /// Builds the client (credentials from the standard `AWS_*` environment)
+    /// and opens the local scratch dir under `scratch_root`. Does not contact
+    /// the store: a receiver started while the store is down answers 503.
+    pub fn open(
+        config: &S3Config,
+        scratch_root: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            // Before `with_allow_http`, which is itself a client option.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(REQUEST_TIMEOUT)
+                    .with_connect_timeout(CONNECT_TIMEOUT),
+            )
+            .with_allow_http(config.allow_http)
+            // Fail over to the client (a 503 the shipper retries) within
+            // seconds rather than holding the request for minutes.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(15),
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let store = builder.build().map_err(|source| StoreError::S3 {
+            op: "configure",
+            key: config.bucket.clone(),
+            source,
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            local: FsStore::open(scratch_root)?,
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            metrics,
+        })
+    }
+
+    pub fn local(&self) -> &FsStore {
+        &self.local
+    }
+
+    /// `s3://bucket/prefix`, for logs.
+    pub fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn key(&self, host: &str, episode: &str, ext: &str) -> ObjectPath {
+        // Host and episode ids are validated ([A-Za-z0-9._-], no leading dot),
+        // so the key needs no escaping.
+        ObjectPath::from(format!("{}{host}/{episode}.{ext}", self.prefix))
+    }
+
+    /// Times `op` and counts its failures, by operation.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        key: &ObjectPath,
+        work: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .store_seconds
+            .get_or_create(&StoreOpLabels { op })
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|source| {
+            let kind = error_kind(&source);
+            // "absent" and "exists" are answers, not failures.
+            if !matches!(kind, "not_found" | "already_exists") {
+                self.metrics
+                    .store_errors
+                    .get_or_create(&StoreErrorLabels { op, kind })
+                    .inc();
+                tracing::warn!(op, key = %key, kind, error = %source, "store operation failed");
+            }
+            StoreError::S3 {
+                op,
+                key: key.to_string(),
+                source,
+            }
+        })
+    }
+
+    async fn manifest(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
+        let key = self.key(host, episode, "json");
+        let got = self
+            .timed("get_manifest", &key, async {
+                self.store.get(&key).await?.bytes().await
+            })
+            .await;
+        let bytes = match got {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Manifest {
+                path: key.to_string().into(),
+                why: e.to_string(),
+            })
+    }
+
+    /// Size of the archive object, or `None` when it does not exist.
+    async fn archive_size(&self, host: &str, episode: &str) -> Result<Option<u64>, StoreError> {
+        let key = self.key(host, episode, "tar.zst");
+        match self
+            .timed("head_archive", &key, self.store.head(&key))
+            .await
+        {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The manifest of a stored episode (manifest and archive both present),
+    /// or `None`.
+    pub async fn head(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
+        let Some(manifest) = self.manifest(host, episode).await? else {
+            return Ok(None);
+        };
+        match self.archive_size(host, episode).await? {
+            // Claimed but not uploaded yet (or the uploader died): not stored.
+            None => Ok(None),
+            Some(size) if size == manifest.bytes => Ok(Some(manifest)),
+            Some(size) => Err(StoreError::Manifest {
+                path: self.key(host, episode, "json").to_string().into(),
+                why: format!(
+                    "says {} bytes but the archive object holds {size}",
+                    manifest.bytes
+                ),
+            }),
+        }
+    }
+
+    /// Stores the validated `scratch` as the archive of `manifest`; see the
+    /// module doc for the protocol.
+    pub async fn commit(
+        &self,
+        scratch: tempfile::NamedTempFile,
+        manifest: Manifest,
+    ) -> Result<CommitOutcome, StoreError> {
+        let (host, episode) = (manifest.host_id.clone(), manifest.episode_id.clone());
+        let key = self.key(&host, &episode, "json");
+        let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Manifest {
+            path: key.to_string().into(),
+            why: e.to_string(),
+        })?;
+        json.push(b'\n');
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/json".into());
+        let claim = PutOptions {
+            mode: PutMode::Create,
+            attributes,
+            ..Default::default()
+        };
+        let claimed = self
+            .timed(
+                "create_manifest",
+                &key,
+                self.store.put_opts(&key, PutPayload::from(json), claim),
+            )
+            .await;
+        match claimed {
+            Ok(_) => {
+                crate::crash_point("s3:manifest-created");
+                tracing::debug!(host, episode, "claimed the episode (manifest created)");
+                self.upload_archive(scratch, &host, &episode).await?;
+                crate::crash_point("s3:archive-uploaded");
+                Ok(CommitOutcome::Stored)
+            }
+            Err(e) if e.is_already_exists() => {
+                let Some(stored) = self.manifest(&host, &episode).await? else {
+                    // Manifests are never deleted by a receiver: someone did by hand.
+                    return Err(StoreError::Manifest {
+                        path: key.to_string().into(),
+                        why: "vanished right after a conditional create said it exists".into(),
+                    });
+                };
+                let archived = self.archive_size(&host, &episode).await?.is_some();
+                if stored.digest != manifest.digest {
+                    return Ok(if archived {
+                        CommitOutcome::Conflict(Box::new(stored))
+                    } else {
+                        CommitOutcome::ClaimedByOther(Box::new(stored))
+                    });
+                }
+                if !archived {
+                    // The winner has not uploaded yet, or died before it did:
+                    // these are the same bytes, so finishing its work is safe.
+                    tracing::info!(
+                        host,
+                        episode,
+                        "manifest present without its archive; uploading the same bytes"
+                    );
+                    self.upload_archive(scratch, &host, &episode).await?;
+                }
+                Ok(CommitOutcome::AlreadyStored)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn upload_archive(
+        &self,
+        scratch: tempfile::NamedTempFile,
+        host: &str,
+        episode: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.key(host, episode, "tar.zst");
+        let io = |op: &'static str| {
+            let path = scratch.path().to_owned();
+            move |source| StoreError::Io { op, path, source }
+        };
+        let mut file = tokio::fs::File::from_std(scratch.reopen().map_err(io("reopen"))?);
+        let size = file.metadata().await.map_err(io("stat"))?.len();
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/zstd".into());
+        if size <= SINGLE_PUT_MAX {
+            let mut buf = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut buf).await.map_err(io("read"))?;
+            let opts = PutOptions {
+                attributes,
+                ..Default::default()
+            };
+            self.timed(
+                "put_archive",
+                &key,
+                self.store
+                    .put_opts(&key, PutPayload::from(Bytes::from(buf)), opts),
+            )
+            .await?;
+            return Ok(());
+        }
+        let part = PART_MIN.max(size.div_ceil(PARTS_MAX)) as usize;
+        let opts = PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let upload = self
+            .timed(
+                "create_multipart",
+                &key,
+                self.store.put_multipart_opts(&key, opts),
+            )
+            .await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
+        let mut buf = vec![0u8; 1 << 20];
+        let sent: Result<(), StoreError> = async {
+            loop {
+                let n = file.read(&mut buf).await.map_err(io("read"))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
+                    .await?;
+                writer.write(&buf[..n]);
+            }
+        }
+        .await;
+        match sent {
+            // `finish` aborts the upload itself when completing fails.
+            Ok(()) => {
+                self.timed("complete_multipart", &key, writer.finish())
+                    .await?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(key = %key, error = %abort, "multipart upload not aborted; a lifecycle rule removes it (docs/scale-out.md)");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A short label for an object_store error (metrics and logs).
+fn error_kind(e: &object_store::Error) -> &'static str {
+    match e {
+        object_store::Error::NotFound { .. } => "not_found",
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            "already_exists"
+        }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => "denied",
+        _ if is_transient(e) => "unavailable",
+        _ => "other",
+    }
+}
+
+/// Errors a retry may cure: throttling, 5xx, timeouts, an unreachable store
+/// (object_store reports them all as `Generic` after its own retries).
+pub fn is_transient(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
