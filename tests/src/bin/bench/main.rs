@@ -218,7 +218,10 @@ impl Bench {
             None => Command::new(shipper),
         };
         cmd.arg("--config").arg(&cfg).arg("--once");
-        let run = measure::run(&mut cmd, &self.log(&format!("shipper-{host}")));
+        let receiver_cpu = || measure::cpu_time(r.child.id(), false).unwrap_or_default();
+        let cpu0 = receiver_cpu();
+        let mut run = measure::run(&mut cmd, &self.log(&format!("shipper-{host}")));
+        run.receiver_cpu = Some(receiver_cpu().saturating_sub(cpu0));
         let want = format!("shipped {}, already present 0, quarantined 0", ids.len());
         assert!(
             run.status.success() && run.log.contains(&want),
@@ -355,8 +358,9 @@ fn batch(b: &mut Bench, rep: &mut Report) {
         rep.raw("batch_before", &[("labship_before", &old)], bytes);
     }
     rep.note(format!(
-        "batch CPU s per GB of input: labship {:.2} (shipper only; the receiver's is not counted), script {:.2} (tar, zstd, sha256sum, curl), limit {:.2}",
+        "batch CPU s per GB of input: labship {:.2} (shipper) + {:.2} (receiver, same cores), script {:.2} (tar, zstd, sha256sum, curl; receiver not counted), limit {:.2}",
         l.cpu.as_secs_f64() / (bytes as f64 / 1e9),
+        l.receiver_cpu.unwrap_or_default().as_secs_f64() / (bytes as f64 / 1e9),
         c.cpu.as_secs_f64() / (bytes as f64 / 1e9),
         m.cpu.as_secs_f64() / (bytes as f64 / 1e9),
     ));

@@ -27,6 +27,8 @@ pub(crate) struct Run {
     pub(crate) peak_rss: u64,
     pub(crate) status: ExitStatus,
     pub(crate) log: String,
+    /// CPU the receiver spent meanwhile, when the caller measured it.
+    pub(crate) receiver_cpu: Option<Duration>,
 }
 
 /// `VmHWM` of `pid` in bytes, while it runs.
@@ -88,5 +90,6 @@ pub(crate) fn run(cmd: &mut Command, log: &Path) -> Run {
         peak_rss: peak,
         status,
         log: std::fs::read_to_string(log).unwrap_or_default(),
+        receiver_cpu: None,
     }
 }

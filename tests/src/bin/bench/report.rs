@@ -146,6 +146,7 @@ impl Report {
                         "wall_s": r.wall.as_secs_f64(),
                         "cpu_s": r.cpu.as_secs_f64(),
                         "peak_rss_mib": r.peak_rss as f64 / (1 << 20) as f64,
+                        "receiver_cpu_s": r.receiver_cpu.map(|d| d.as_secs_f64()),
                     })
                 })
                 .collect();
