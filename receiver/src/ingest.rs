@@ -24,8 +24,15 @@ use tokio::sync::mpsc;
 /// and stops a hostile frame from making each upload allocate 128 MiB or more.
 const WINDOW_LOG_MAX: u32 = 24;
 
-/// Frames queued between the network and the validator.
-const CHANNEL_FRAMES: usize = 8;
+/// Frames queued between the network and the validator. A frame is up to
+/// hyper's read buffer (about 400 KiB), so this bounds an upload's queue to
+/// about 1.6 MiB: 16 concurrent uploads must fit the receiver's memory
+/// budget (docs/performance.md), and more frames bought no throughput.
+const CHANNEL_FRAMES: usize = 4;
+
+/// Scratch writes are batched this much: big enough that writes are few,
+/// small enough that 16 concurrent uploads hold 4 MiB between them.
+const SCRATCH_BUFFER: usize = 256 * 1024;
 
 /// What a fully received, valid upload produced.
 #[derive(Debug)]
@@ -239,7 +246,7 @@ fn validate(
     let mut tee = Tee {
         inner: reader,
         hasher: Hasher::new(),
-        file: BufWriter::with_capacity(1 << 20, scratch),
+        file: BufWriter::with_capacity(SCRATCH_BUFFER, scratch),
         bytes: 0,
         write_error: None,
     };

@@ -16,6 +16,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
+/// zstd's multithreaded job size. Its default at level 3 (8 MiB, four times
+/// the window) keeps about 70 MiB of job buffers in flight on two workers;
+/// 4 MiB jobs halve that at the same speed and within 0.1% of the size
+/// (docs/performance.md). The output depends on the job size, never on the
+/// worker count, so it is fixed here rather than derived from anything.
+const JOB_SIZE: u32 = 4 << 20;
+
 /// What a pack produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packed {
@@ -114,6 +121,9 @@ pub fn pack<W: Write>(
     // Always the multithreaded encoder (even with one worker): its output does
     // not depend on the worker count, while single-threaded zstd's differs.
     encoder.multithread(workers.max(1)).map_err(io_at(dir))?;
+    encoder
+        .set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE))
+        .map_err(io_at(dir))?;
     let mut tar = tar::Builder::new(encoder);
     let mut files = 0u64;
     for entry in walkdir::WalkDir::new(dir)

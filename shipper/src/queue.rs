@@ -11,7 +11,9 @@
 //! receiver that is down or full once per episode helps nobody.
 //!
 //! While one episode uploads, the next ready one is packed on a blocking
-//! thread (look-ahead of one: one extra archive in `outbox/` at most).
+//! thread (look-ahead of one: one extra archive in `outbox/` at most), and the
+//! previous one's retire (the move to `shipped/` and its fsyncs) finishes on
+//! another: only the upload itself is on the critical path.
 //! After every pass `state/status.json` is written atomically.
 
 use crate::archive::ArchiveError;
@@ -97,6 +99,18 @@ struct Prefetch {
     task: tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
 }
 
+/// A retire (the move to `shipped/` and its fsyncs, then dropping the outbox
+/// copy) running on a blocking thread while the next episode uploads. The
+/// receiver already holds the archive, so nothing waits on it but the
+/// bookkeeping; a crash before it ends leaves a recovered archive that HEAD
+/// confirms, as for any crash between the answer and the move.
+#[derive(Debug)]
+struct Retiring {
+    id: Id,
+    already: bool,
+    task: tokio::task::JoinHandle<std::io::Result<std::path::PathBuf>>,
+}
+
 /// Does this failure belong to the receiver or the link rather than to the
 /// episode? Then every episode would meet it: hold the whole host.
 fn host_wide(event: &Event) -> bool {
@@ -117,6 +131,9 @@ pub struct Shipper {
     /// Set while the receiver or the link is failing for everyone.
     hold: Option<Backoff>,
     prefetch: Option<Prefetch>,
+    /// At most one retire in flight; collected before the next one starts
+    /// and before the pass ends.
+    retiring: Option<Retiring>,
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: std::collections::HashSet<Id>,
     workers: u32,
@@ -153,6 +170,7 @@ impl Shipper {
             backoff: HashMap::new(),
             hold: None,
             prefetch: None,
+            retiring: None,
             verified: Default::default(),
             workers,
             last_success: None,
@@ -233,6 +251,7 @@ impl Shipper {
             self.drive(id, found, &mut summary, progress, &work).await;
             progress();
         }
+        self.finish_retire(&mut summary).await;
         self.finish_prefetch(progress).await;
         self.sweep_quarantine().await;
         self.last_pending = summary.pending;
@@ -402,20 +421,15 @@ impl Shipper {
                     }
                 }
                 Action::Retire => {
-                    match self.layout.retire(&id) {
-                        Ok(dest) => {
-                            if already {
-                                summary.already_present += 1;
-                            } else {
-                                summary.shipped += 1;
-                            }
-                            self.backoff.remove(&id);
-                            self.hold = None;
-                            self.last_success = Some(SystemTime::now());
-                            tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
-                        }
-                        Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
-                    }
+                    // The move's fsyncs overlap the next episode's upload.
+                    self.finish_retire(summary).await;
+                    let (layout, moving) = (self.layout.clone(), id.clone());
+                    let task = tokio::task::spawn_blocking(move || layout.retire(&moving));
+                    self.retiring = Some(Retiring {
+                        id: id.clone(),
+                        already,
+                        task,
+                    });
                     break;
                 }
                 Action::Quarantine => {
@@ -482,6 +496,33 @@ impl Shipper {
             let (next, act) = state::step(&state, event);
             state = next;
             action = Some(act);
+        }
+    }
+
+    /// Waits for the retire in flight, if any, and records its outcome.
+    async fn finish_retire(&mut self, summary: &mut Summary) {
+        let Some(Retiring { id, already, task }) = self.retiring.take() else {
+            return;
+        };
+        let moved = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!(
+                "the retire task failed: {e}"
+            ))),
+        };
+        match moved {
+            Ok(dest) => {
+                if already {
+                    summary.already_present += 1;
+                } else {
+                    summary.shipped += 1;
+                }
+                self.backoff.remove(&id);
+                self.hold = None;
+                self.last_success = Some(SystemTime::now());
+                tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
+            }
+            Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
         }
     }
 

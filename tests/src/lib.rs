@@ -85,11 +85,13 @@ pub fn bin_dir() -> PathBuf {
         return dir.into();
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let dir = exe.parent().expect("exe dir");
+    // A binary of this crate (the bench) sits beside the others in
+    // target/<profile>/; a test sits one level down, in target/<profile>/deps/.
+    if dir.join("receiver").exists() {
+        return dir.to_path_buf();
+    }
+    dir.parent().expect("target dir").to_path_buf()
 }
 
 /// Path to a workspace binary, with a clear message when it was not built.
