@@ -472,6 +472,20 @@ async fn put_inner(
                 digest
             ),
         )),
+        Ok(CommitOutcome::BeingUploaded {
+            claim,
+            retry_after_s,
+        }) => {
+            let mut e = ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "episode {}/{} ({} bytes, claimed {}) is still being uploaded to the store by another receiver; retry in {retry_after_s} s",
+                    claim.host_id, claim.episode_id, claim.bytes, claim.received_at
+                ),
+            );
+            e.retry_after = Some(retry_after_s);
+            Err(e)
+        }
         Err(e) => Err(storage_error(state, e)),
     }
 }

@@ -11,8 +11,10 @@
 //!    replaced nor deleted by a receiver afterwards, so it fixes the digest the
 //!    archive key may ever hold.
 //! 2. the loser reads the manifest: another digest → conflict (409); the same
-//!    digest → it makes sure the archive exists (uploading its own, identical,
-//!    validated copy when a crashed or slow winner has not yet) and answers 200.
+//!    digest and the archive there → 200; no archive yet and the claim fresh
+//!    (see [`CLAIM_UPLOAD_RATE`]) → 503 `busy` (the winner is still
+//!    uploading); no archive and an older claim (its receiver crashed) → it
+//!    uploads its own, identical, validated copy and answers 200.
 //! 3. the winner uploads the archive (one PUT up to [`SINGLE_PUT_MAX`], a
 //!    multipart upload above, aborted on error) and answers 201.
 //!
@@ -52,6 +54,32 @@ const PART_CONCURRENCY: usize = 2;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The slowest upload rate to the store a live claim is assumed to sustain,
+/// in bytes per second. A same-digest upload that finds a claim (manifest)
+/// without its archive treats the claim as an upload still in progress while
+/// `now - received_at < claim grace + bytes / CLAIM_UPLOAD_RATE` and answers
+/// 503 `busy` instead of uploading a second copy to the same key: the shipper
+/// gives up on an answer 120 s after its last byte, long before a receiver
+/// has uploaded a >10 GB archive, and its retry must not start another full
+/// upload. 20 MB/s is well under what a receiver next to its store does (a
+/// slower store only means a claim is waited for longer, never a duplicate);
+/// a claim older than the bound is taken for one left by a crashed receiver
+/// and finished with the retry's identical bytes.
+pub const CLAIM_UPLOAD_RATE: u64 = 20_000_000;
+
+/// The fixed part of that bound: time for the claiming receiver to open the
+/// upload, whatever the size.
+const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// Test-only: overrides [`CLAIM_GRACE`] (whole seconds), read once at
+/// startup, so that the suite need not wait a minute for a crash-left claim
+/// to count as orphaned. Not a configuration key; do not set it in production.
+const CLAIM_GRACE_ENV: &str = "LABSHIP_S3_CLAIM_GRACE_S";
+
+/// The longest `Retry-After` given for a claim in progress: the shipper asks
+/// again (HEAD first) at least this often.
+const CLAIM_RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+
 /// The `[storage]` keys for `kind = "s3"`, validated.
 #[derive(Debug, Clone)]
 pub struct S3Config {
@@ -72,6 +100,8 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     metrics: Arc<Metrics>,
+    /// [`CLAIM_GRACE`], or the test-only [`CLAIM_GRACE_ENV`].
+    claim_grace: Duration,
 }
 
 impl S3Store {
@@ -114,6 +144,10 @@ impl S3Store {
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
             metrics,
+            claim_grace: std::env::var(CLAIM_GRACE_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(CLAIM_GRACE, Duration::from_secs),
         })
     }
 
@@ -269,12 +303,30 @@ impl S3Store {
                     });
                 }
                 if !archived {
-                    // The winner has not uploaded yet, or died before it did:
-                    // these are the same bytes, so finishing its work is safe.
+                    if let Some(left) = self.claim_in_progress(&stored) {
+                        // Most likely the winner is still uploading (a big
+                        // archive whose shipper gave up waiting): a second
+                        // upload to the same key would only double the work.
+                        let retry_after_s = left.min(CLAIM_RETRY_AFTER_MAX).as_secs().max(1) as u32;
+                        tracing::info!(
+                            host,
+                            episode,
+                            retry_after_s,
+                            "manifest present without its archive, claimed recently; answering busy"
+                        );
+                        return Ok(CommitOutcome::BeingUploaded {
+                            claim: Box::new(stored),
+                            retry_after_s,
+                        });
+                    }
+                    // The winner died before it uploaded (its claim is older
+                    // than any live upload would take): these are the same
+                    // bytes, so finishing its work is safe.
                     tracing::info!(
                         host,
                         episode,
-                        "manifest present without its archive; uploading the same bytes"
+                        received_at = stored.received_at,
+                        "manifest present without its archive, claim older than an upload takes; uploading the same bytes"
                     );
                     self.upload_archive(scratch, &host, &episode).await?;
                 }
@@ -282,6 +334,26 @@ impl S3Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// How long the claim `stored` still counts as an upload in progress
+    /// ([`CLAIM_UPLOAD_RATE`]), or `None` when it is older than that bound.
+    /// Compares the claiming receiver's clock with this one's: receivers
+    /// should run NTP (docs/scale-out.md).
+    fn claim_in_progress(&self, stored: &Manifest) -> Option<Duration> {
+        let Ok(claimed) = humantime::parse_rfc3339_weak(&stored.received_at) else {
+            tracing::warn!(
+                received_at = stored.received_at,
+                "manifest's received_at unreadable; taking the claim for orphaned"
+            );
+            return None;
+        };
+        let bound = self.claim_grace + Duration::from_secs(stored.bytes / CLAIM_UPLOAD_RATE);
+        // A claim stamped in the future (clock skew) counts as just made.
+        let age = std::time::SystemTime::now()
+            .duration_since(claimed)
+            .unwrap_or_default();
+        bound.checked_sub(age).filter(|left| !left.is_zero())
     }
 
     async fn upload_archive(

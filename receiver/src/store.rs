@@ -143,6 +143,14 @@ pub enum CommitOutcome {
     /// manifest exists) but its archive is not in the bucket yet: an upload
     /// in progress, or one whose receiver died. Also a 409: the claim is final.
     ClaimedByOther(Box<Manifest>),
+    /// `storage.kind = "s3"`: the same digest has claimed this id, its
+    /// archive is not in the bucket yet and the claim is fresh: another
+    /// receiver is most likely still uploading it. Answered 503 `busy` with
+    /// `Retry-After: retry_after_s` rather than uploading a second copy.
+    BeingUploaded {
+        claim: Box<Manifest>,
+        retry_after_s: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
