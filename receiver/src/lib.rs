@@ -72,7 +72,15 @@ impl Receiver {
                 s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
             }
         }
-        .map_err(|e| ConfigError::new(&file, "storage.dir", e.to_string()))?;
+        .map_err(|e| {
+            // The S3 client's own settings, or the local dir (the spool).
+            let key = if matches!(e, store::StoreError::S3 { .. }) {
+                "storage.endpoint/storage.bucket"
+            } else {
+                "storage.dir"
+            };
+            ConfigError::new(&file, key, e.to_string())
+        })?;
         let audit = audit::Audit::open(&config.audit_log).map_err(|e| {
             ConfigError::new(
                 &file,

@@ -26,7 +26,7 @@
 use crate::metrics::{Metrics, StoreErrorLabels, StoreOpLabels};
 use crate::store::{CommitOutcome, FsStore, Manifest, StoreError};
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt as _, PutMode,
@@ -50,9 +50,31 @@ const PARTS_MAX: u64 = 9_000;
 /// Parts uploaded concurrently per archive.
 const PART_CONCURRENCY: usize = 2;
 
-/// Per-request timeout: one part of up to a few hundred MiB must fit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Per-request timeout of archive uploads (the single PUT, each multipart
+/// part, create and complete): one part of up to a few hundred MiB must fit.
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Per-request timeout of everything else (manifest get and claim, HEAD of
+/// the archive): small requests, so a hung store is noticed within seconds
+/// (with the retries below, a request is given up after ~20 s) rather than
+/// holding HEADs and claims for minutes.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The only `AWS_*` environment variables the receiver reads: credentials
+/// and where to get them (instance, task or web-identity roles). Endpoint,
+/// region, bucket, HTTP and conditional-put settings come from
+/// `receiver.toml` alone, never silently from the environment.
+const CREDENTIAL_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+];
 
 /// The slowest upload rate to the store a live claim is assumed to sustain,
 /// in bytes per second. A same-digest upload that finds a claim (manifest)
@@ -93,7 +115,10 @@ pub struct S3Config {
 /// Several receivers on one bucket; see the module doc.
 #[derive(Debug, Clone)]
 pub struct S3Store {
+    /// Manifest reads and claims, archive HEADs ([`SMALL_REQUEST_TIMEOUT`]).
     store: Arc<AmazonS3>,
+    /// Archive uploads ([`BULK_REQUEST_TIMEOUT`]).
+    bulk: Arc<AmazonS3>,
     /// Only for the local spool (`<storage.dir>/.scratch`): every upload is
     /// validated there before anything is sent to the bucket.
     local: FsStore,
@@ -113,16 +138,9 @@ impl S3Store {
         scratch_root: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let mut builder = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
-            // Before `with_allow_http`, which is itself a client option.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_connect_timeout(CONNECT_TIMEOUT),
-            )
-            .with_allow_http(config.allow_http)
             // Fail over to the client (a 503 the shipper retries) within
             // seconds rather than holding the request for minutes.
             .with_retry(RetryConfig {
@@ -130,16 +148,38 @@ impl S3Store {
                 max_retries: 2,
                 retry_timeout: Duration::from_secs(15),
             });
+        for name in CREDENTIAL_ENV {
+            if let Ok(value) = std::env::var(name)
+                && let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                builder = builder.with_config(key, value);
+            }
+        }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let store = builder.build().map_err(|source| StoreError::S3 {
-            op: "configure",
-            key: config.bucket.clone(),
-            source,
-        })?;
+        let build = |timeout: Duration| {
+            builder
+                .clone()
+                // Before `with_allow_http`, which is itself a client option.
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_timeout(timeout)
+                        .with_connect_timeout(CONNECT_TIMEOUT),
+                )
+                .with_allow_http(config.allow_http)
+                .build()
+                .map_err(|source| StoreError::S3 {
+                    op: "configure",
+                    key: config.bucket.clone(),
+                    source,
+                })
+        };
+        let store = build(SMALL_REQUEST_TIMEOUT)?;
+        let bulk = build(BULK_REQUEST_TIMEOUT)?;
         Ok(Self {
             store: Arc::new(store),
+            bulk: Arc::new(bulk),
             local: FsStore::open(scratch_root)?,
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
@@ -181,8 +221,14 @@ impl S3Store {
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|source| {
             let kind = error_kind(&source);
-            // "absent" and "exists" are answers, not failures.
-            if !matches!(kind, "not_found" | "already_exists") {
+            // "absent" is an answer for the reads that ask, "exists" for the
+            // claim; anywhere else they are failures, counted and logged.
+            let answer = match kind {
+                "not_found" => matches!(op, "get_manifest" | "head_archive"),
+                "already_exists" => op == "create_manifest",
+                _ => false,
+            };
+            if !answer {
                 self.metrics
                     .store_errors
                     .get_or_create(&StoreErrorLabels { op, kind })
@@ -381,7 +427,7 @@ impl S3Store {
             self.timed(
                 "put_archive",
                 &key,
-                self.store
+                self.bulk
                     .put_opts(&key, PutPayload::from(Bytes::from(buf)), opts),
             )
             .await?;
@@ -396,7 +442,7 @@ impl S3Store {
             .timed(
                 "create_multipart",
                 &key,
-                self.store.put_multipart_opts(&key, opts),
+                self.bulk.put_multipart_opts(&key, opts),
             )
             .await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
@@ -444,11 +490,89 @@ fn error_kind(e: &object_store::Error) -> &'static str {
     }
 }
 
-/// Errors a retry may cure: throttling, 5xx, timeouts, an unreachable store
-/// (object_store reports them all as `Generic` after its own retries).
+/// Errors a retry may cure: throttling (429, `SlowDown`), 5xx but 501, timeouts and
+/// transport failures (refused, reset, DNS). Everything else (400, 501, a
+/// 301 for a wrong region, …) is a configuration or protocol fault: a 500,
+/// logged with the store's message, not a 503 the shipper would retry forever.
+///
+/// object_store 0.14 reports HTTP failures as `Generic` around a private
+/// `RetryError`, so the status is read from the error chain: a public
+/// `HttpError` is a transport failure; otherwise the status is taken from the
+/// text ("non-2xx status code: 503 …") or, for an error document in a 200
+/// (CompleteMultipartUpload), from S3's error code in it. A `Generic` error
+/// in which neither is found counts as permanent.
 pub fn is_transient(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    match e {
+        object_store::Error::JoinError { .. } => true,
+        object_store::Error::Generic { .. } => {
+            let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(level) = current {
+                if let Some(http) = level.downcast_ref::<object_store::client::HttpError>() {
+                    use object_store::client::HttpErrorKind as K;
+                    return matches!(
+                        http.kind(),
+                        K::Connect | K::Request | K::Timeout | K::Interrupted
+                    );
+                }
+                if let Some(transient) = transient_by_text(&level.to_string()) {
+                    return transient;
+                }
+                current = level.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// `Some(true)` for a 5xx, a 429 or a throttling/unavailable S3 error code
+/// in `text`, `Some(false)` for another status, `None` when it names none.
+fn transient_by_text(text: &str) -> Option<bool> {
+    const TRANSIENT_CODES: &[&str] = &[
+        "<Code>SlowDown</Code>",
+        "<Code>InternalError</Code>",
+        "<Code>ServiceUnavailable</Code>",
+        "<Code>RequestTimeout</Code>",
+    ];
+    if let Some(at) = text.find("status code: ") {
+        let digits: String = text[at + 13..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(status) = digits.parse::<u16>() {
+            // 501: the store lacks a feature the receiver needs; permanent.
+            return Some(status == 429 || ((500..600).contains(&status) && status != 501));
+        }
+    }
+    if TRANSIENT_CODES.iter().any(|code| text.contains(code)) {
+        return Some(true);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_by_text;
+
+    #[test]
+    fn statuses_in_error_text() {
+        let status = |s: &str| {
+            transient_by_text(&format!(
+                "Error performing PUT http://x/b/k in 3ms - Server returned non-2xx status code: {s}: <Error/>"
+            ))
+        };
+        assert_eq!(status("503 Service Unavailable"), Some(true));
+        assert_eq!(status("500 Internal Server Error"), Some(true));
+        assert_eq!(status("429 Too Many Requests"), Some(true));
+        assert_eq!(status("400 Bad Request"), Some(false));
+        assert_eq!(status("501 Not Implemented"), Some(false));
+        assert_eq!(status("301 Moved Permanently"), Some(false));
+        assert_eq!(
+            transient_by_text(
+                "Server returned error response: <Error><Code>SlowDown</Code></Error>"
+            ),
+            Some(true)
+        );
+        assert_eq!(transient_by_text("Generic S3 error: builder error"), None);
+    }
 }

@@ -103,7 +103,19 @@ async fn put_via_one_receiver_head_via_the_other() {
     let env = TestEnv::new();
     let weed = Weed::start().await;
     let prefix = "lab/";
-    let a = receiver(&env, &weed, "ra", prefix, &[]);
+    // Only credentials come from the `AWS_*` environment: settings that would
+    // break the store if honoured are ignored (receiver.toml decides).
+    let a = receiver(
+        &env,
+        &weed,
+        "ra",
+        prefix,
+        &[
+            ("AWS_CONDITIONAL_PUT", "disabled"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+        ],
+    );
     let b = receiver(&env, &weed, "rb", prefix, &[]);
     let c = env.client(Some(&env.pki.client(HOST)));
 
