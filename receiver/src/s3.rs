@@ -24,7 +24,7 @@
 //! larger than one PUT (5 GiB on AWS) or than memory.
 
 use crate::metrics::{Metrics, StoreErrorLabels, StoreOpLabels};
-use crate::store::{CommitOutcome, FsStore, Manifest, StoreError};
+use crate::store::{CommitOutcome, FsStore, Lookup, Manifest, StoreError};
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -279,13 +279,28 @@ impl S3Store {
     /// The manifest of a stored episode (manifest and archive both present),
     /// or `None`.
     pub async fn head(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
+        Ok(match self.lookup(host, episode).await? {
+            Lookup::Stored(manifest) => Some(*manifest),
+            Lookup::Uploading { .. } | Lookup::Absent => None,
+        })
+    }
+
+    /// Whether the episode is stored, claimed by an upload that may still be
+    /// in progress (fresh claim, no archive yet), or neither.
+    pub async fn lookup(&self, host: &str, episode: &str) -> Result<Lookup, StoreError> {
         let Some(manifest) = self.manifest(host, episode).await? else {
-            return Ok(None);
+            return Ok(Lookup::Absent);
         };
         match self.archive_size(host, episode).await? {
             // Claimed but not uploaded yet (or the uploader died): not stored.
-            None => Ok(None),
-            Some(size) if size == manifest.bytes => Ok(Some(manifest)),
+            None => Ok(match self.claim_in_progress(&manifest) {
+                Some(left) => Lookup::Uploading {
+                    claim: Box::new(manifest),
+                    retry_after_s: retry_after_s(left),
+                },
+                None => Lookup::Absent,
+            }),
+            Some(size) if size == manifest.bytes => Ok(Lookup::Stored(Box::new(manifest))),
             Some(size) => Err(StoreError::Manifest {
                 path: self.key(host, episode, "json").to_string().into(),
                 why: format!(
@@ -353,7 +368,7 @@ impl S3Store {
                         // Most likely the winner is still uploading (a big
                         // archive whose shipper gave up waiting): a second
                         // upload to the same key would only double the work.
-                        let retry_after_s = left.min(CLAIM_RETRY_AFTER_MAX).as_secs().max(1) as u32;
+                        let retry_after_s = retry_after_s(left);
                         tracing::info!(
                             host,
                             episode,
@@ -474,6 +489,11 @@ impl S3Store {
             }
         }
     }
+}
+
+/// `Retry-After` for a claim with `left` to go before it counts as orphaned.
+fn retry_after_s(left: Duration) -> u32 {
+    left.min(CLAIM_RETRY_AFTER_MAX).as_secs().max(1) as u32
 }
 
 /// A short label for an object_store error (metrics and logs).

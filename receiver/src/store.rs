@@ -131,6 +131,20 @@ pub fn is_full(e: &io::Error) -> bool {
     )
 }
 
+/// What the store holds under an id ([`Store::lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Stored(Box<Manifest>),
+    /// `storage.kind = "s3"`: claimed (manifest) without its archive, and
+    /// the claim is fresh: most likely another receiver is uploading it.
+    Uploading {
+        claim: Box<Manifest>,
+        retry_after_s: u32,
+    },
+    /// Nothing, or a claim too old to be an upload in progress.
+    Absent,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -373,6 +387,17 @@ impl Store {
         match self {
             Self::Fs(fs) => fs.head(host, episode).await,
             Self::S3(s3) => s3.head(host, episode).await,
+        }
+    }
+
+    /// [`Self::head`], and for S3 also whether a claim is in progress.
+    pub async fn lookup(&self, host: &str, episode: &str) -> Result<Lookup, StoreError> {
+        match self {
+            Self::Fs(fs) => Ok(match fs.head(host, episode).await? {
+                Some(manifest) => Lookup::Stored(Box::new(manifest)),
+                None => Lookup::Absent,
+            }),
+            Self::S3(s3) => s3.lookup(host, episode).await,
         }
     }
 
