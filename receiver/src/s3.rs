@@ -98,9 +98,12 @@ const CLAIM_GRACE: Duration = Duration::from_secs(60);
 /// to count as orphaned. Not a configuration key; do not set it in production.
 const CLAIM_GRACE_ENV: &str = "LABSHIP_S3_CLAIM_GRACE_S";
 
-/// The longest `Retry-After` given for a claim in progress: the shipper asks
-/// again (HEAD first) at least this often.
-const CLAIM_RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` given for a claim in progress (the time left
+/// to the bound, capped at this). The shipper's retry re-sends the whole
+/// body (it asks HEAD first only after a restart), so for a big archive a
+/// long wait costs less than frequent re-sends; a small one is never busy
+/// for long (its bound is about [`CLAIM_GRACE`]).
+const CLAIM_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
 /// The `[storage]` keys for `kind = "s3"`, validated.
 #[derive(Debug, Clone)]
