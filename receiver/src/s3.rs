@@ -130,6 +130,10 @@ pub struct S3Store {
     metrics: Arc<Metrics>,
     /// [`CLAIM_GRACE`], or the test-only [`CLAIM_GRACE_ENV`].
     claim_grace: Duration,
+    /// Turns true at shutdown: running multipart uploads abort.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Held (read) by each multipart upload until it is completed or aborted.
+    uploading: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl S3Store {
@@ -191,6 +195,8 @@ impl S3Store {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .map_or(CLAIM_GRACE, Duration::from_secs),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+            uploading: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -400,6 +406,21 @@ impl S3Store {
         }
     }
 
+    /// Aborts the multipart uploads still running (their parts would
+    /// otherwise stay in the bucket until a lifecycle rule removes them) and
+    /// waits up to `wait` for them to finish aborting.
+    pub async fn stop_uploads(&self, wait: Duration) {
+        self.stop.send_replace(true);
+        if tokio::time::timeout(wait, self.uploading.write())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "multipart uploads not aborted in time; a lifecycle rule removes them (docs/scale-out.md)"
+            );
+        }
+    }
+
     /// How long the claim `stored` still counts as an upload in progress
     /// ([`CLAIM_UPLOAD_RATE`]), or `None` when it is older than that bound.
     /// Compares the claiming receiver's clock with this one's: receivers
@@ -463,20 +484,35 @@ impl S3Store {
                 self.bulk.put_multipart_opts(&key, opts),
             )
             .await?;
+        // Held until the upload is completed or aborted: shutdown waits for it.
+        let _uploading = self.uploading.clone().read_owned().await;
+        let mut stopping = self.stop.subscribe();
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
         let mut buf = vec![0u8; 1 << 20];
-        let sent: Result<(), StoreError> = async {
-            loop {
-                let n = file.read(&mut buf).await.map_err(io("read"))?;
-                if n == 0 {
-                    return Ok(());
+        let mut written = 0u64;
+        let sent: Result<(), StoreError> = tokio::select! {
+            sent = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(io("read"))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
+                        .await?;
+                    writer.write(&buf[..n]);
+                    let before = written;
+                    written += n as u64;
+                    if before < part as u64 && written >= part as u64 {
+                        // The first part has just been handed to the store.
+                        crate::pause_point("s3:first-part-sent").await;
+                    }
                 }
-                self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
-                    .await?;
-                writer.write(&buf[..n]);
+            } => sent,
+            _ = stopping.wait_for(|stop| *stop) => {
+                tracing::warn!(key = %key, "receiver stopping: aborting the multipart upload");
+                Err(StoreError::Stopping)
             }
-        }
-        .await;
+        };
         match sent {
             // `finish` aborts the upload itself when completing fails.
             Ok(()) => {

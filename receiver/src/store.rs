@@ -82,6 +82,10 @@ pub enum StoreError {
         key: String,
         source: object_store::Error,
     },
+    /// `storage.kind = "s3"`: a multipart upload was aborted because the
+    /// receiver is stopping ([`Store::stop_uploads`]).
+    #[error("upload to the object store aborted: the receiver is stopping")]
+    Stopping,
 }
 
 impl StoreError {
@@ -387,6 +391,14 @@ impl Store {
         match self {
             Self::Fs(fs) => fs.head(host, episode).await,
             Self::S3(s3) => s3.head(host, episode).await,
+        }
+    }
+
+    /// At shutdown, once the drain is over: aborts the multipart uploads
+    /// still running (S3) and waits up to `wait` for the aborts.
+    pub async fn stop_uploads(&self, wait: std::time::Duration) {
+        if let Self::S3(s3) = self {
+            s3.stop_uploads(wait).await;
         }
     }
 

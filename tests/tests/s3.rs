@@ -501,6 +501,50 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     assert_eq!(head(&c, &a.url, "ep-k").await.0, 200);
 }
 
+/// A receiver stopped (SIGTERM) while a multipart upload is under way, with
+/// the request outliving the drain: the upload is aborted, not left in the
+/// bucket, and the episode stays claimed but not stored.
+#[tokio::test]
+async fn a_stop_mid_multipart_upload_aborts_it() {
+    let env = TestEnv::new();
+    let weed = Weed::start().await;
+    let mut a = receiver(
+        &env,
+        &weed,
+        "ra",
+        "",
+        &[("LABSHIP_PAUSE_AT", "s3:first-part-sent")],
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    // Noise does not compress: well over one 8 MiB part.
+    let bytes = archive(&env, "ep-m", 12 << 20, 12);
+    let url = a.url.clone();
+    let upload = tokio::spawn(async move { put(&c, &url, "ep-m", bytes).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !a
+        .log_text()
+        .contains("paused at test pause point s3:first-part-sent")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pause: {}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.signal(15);
+    // The drain (25 s) waits for the paused request, then the upload aborts.
+    assert!(a.wait_exit(Duration::from_secs(60)).is_some(), "stopped");
+    let log = a.log_text();
+    assert!(
+        log.contains("receiver stopping: aborting the multipart upload"),
+        "{log}"
+    );
+    assert!(!log.contains("not aborted"), "{log}");
+    assert_eq!(weed.keys(HOST).await, [format!("{HOST}/ep-m.json")]);
+    upload.abort();
+}
+
 #[tokio::test]
 async fn store_unreachable_answers_503_and_the_shipper_retries() {
     let env = TestEnv::new();
