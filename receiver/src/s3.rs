@@ -16,7 +16,8 @@
 //!    uploading); no archive and an older claim (its receiver crashed) → it
 //!    uploads its own, identical, validated copy and answers 200.
 //! 3. the winner uploads the archive (one PUT up to [`SINGLE_PUT_MAX`], a
-//!    multipart upload above, aborted on error) and answers 201.
+//!    multipart upload above, aborted on error and when the receiver stops
+//!    with it still running) and answers 201.
 //!
 //! An episode is stored when both objects exist; that is what HEAD checks.
 //! Why the manifest and not the archive is the conditional write: object_store
