@@ -33,12 +33,28 @@ pub fn crash_point(name: &'static str) {
     let _ = name;
 }
 
+/// Test hook, debug builds only: `LABSHIP_PAUSE_AT=<name>` makes the task
+/// that reaches `name` log "paused at test pause point <name>" and wait
+/// until it is cancelled (e.g. by shutdown), so a test can act at that point.
+pub async fn pause_point(name: &'static str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("LABSHIP_PAUSE_AT").is_some_and(|v| v == name) {
+        tracing::warn!("paused at test pause point {name}");
+        std::future::pending::<()>().await;
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 use config::{Config, ConfigError};
 use routes::AppState;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+/// How long shutdown waits for multipart uploads to abort after the drain.
+const STOP_UPLOADS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A receiver ready to serve.
 #[derive(Debug)]
@@ -72,7 +88,15 @@ impl Receiver {
                 s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
             }
         }
-        .map_err(|e| ConfigError::new(&file, "storage.dir", e.to_string()))?;
+        .map_err(|e| {
+            // The S3 client's own settings, or the local dir (the spool).
+            let key = if matches!(e, store::StoreError::S3 { .. }) {
+                "storage.endpoint/storage.bucket"
+            } else {
+                "storage.dir"
+            };
+            ConfigError::new(&file, key, e.to_string())
+        })?;
         let audit = audit::Audit::open(&config.audit_log).map_err(|e| {
             ConfigError::new(
                 &file,
@@ -147,6 +171,9 @@ impl Receiver {
         systemd::stopping();
         tracing::info!("shutting down: draining in-flight requests");
         let _ = accept.await;
+        // Requests still running after the drain are cut when this returns:
+        // abort their multipart uploads rather than leave parts in the bucket.
+        state.store.stop_uploads(STOP_UPLOADS_WAIT).await;
         // The ops listener has no header timeout; do not let a stuck local
         // client hold up the exit.
         if tokio::time::timeout(server::DRAIN_TIMEOUT, ops)

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::gate::Gate;
 use crate::ingest::{self, IngestError};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::store::{Client, CommitOutcome, Manifest, Store};
+use crate::store::{Client, CommitOutcome, Lookup, Manifest, Store};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -365,9 +365,18 @@ async fn put_inner(
     facts.digest = Some(digest);
     // An archive already stored answers first: a retry whose 201 was lost must
     // get its 200 even if the gate or the limits have moved since.
-    match state.store.head(host, episode.as_str()).await {
-        Ok(Some(stored)) => return existing(&stored, &digest),
-        Ok(None) => {}
+    // S3: the same bytes claimed moments ago by an upload still going up to
+    // the store (a big archive whose shipper gave up waiting) are answered
+    // busy here, before a possibly huge body is sent again for nothing.
+    match state.store.lookup(host, episode.as_str()).await {
+        Ok(Lookup::Stored(stored)) => return existing(&stored, &digest),
+        Ok(Lookup::Uploading {
+            claim,
+            retry_after_s,
+        }) if claim.digest() == Some(digest) => {
+            return Err(being_uploaded(&claim, retry_after_s));
+        }
+        Ok(Lookup::Uploading { .. } | Lookup::Absent) => {}
         Err(e) => return Err(read_error(state, e)),
     }
     let declared = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
@@ -472,8 +481,26 @@ async fn put_inner(
                 digest
             ),
         )),
+        Ok(CommitOutcome::BeingUploaded {
+            claim,
+            retry_after_s,
+        }) => Err(being_uploaded(&claim, retry_after_s)),
         Err(e) => Err(storage_error(state, e)),
     }
+}
+
+/// S3: 503 `busy` for the same bytes as a fresh claim whose archive is not in
+/// the store yet (docs/scale-out.md).
+fn being_uploaded(claim: &Manifest, retry_after_s: u32) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::Busy,
+        format!(
+            "episode {}/{} ({} bytes, claimed {}) is still being uploaded to the store by another receiver; retry in {retry_after_s} s",
+            claim.host_id, claim.episode_id, claim.bytes, claim.received_at
+        ),
+    );
+    e.retry_after = Some(retry_after_s);
+    e
 }
 
 /// The answer when an archive is already stored under the id.

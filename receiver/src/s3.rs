@@ -11,10 +11,13 @@
 //!    replaced nor deleted by a receiver afterwards, so it fixes the digest the
 //!    archive key may ever hold.
 //! 2. the loser reads the manifest: another digest → conflict (409); the same
-//!    digest → it makes sure the archive exists (uploading its own, identical,
-//!    validated copy when a crashed or slow winner has not yet) and answers 200.
+//!    digest and the archive there → 200; no archive yet and the claim fresh
+//!    (see [`CLAIM_UPLOAD_RATE`]) → 503 `busy` (the winner is still
+//!    uploading); no archive and an older claim (its receiver crashed) → it
+//!    uploads its own, identical, validated copy and answers 200.
 //! 3. the winner uploads the archive (one PUT up to [`SINGLE_PUT_MAX`], a
-//!    multipart upload above, aborted on error) and answers 201.
+//!    multipart upload above, aborted on error and when the receiver stops
+//!    with it still running) and answers 201.
 //!
 //! An episode is stored when both objects exist; that is what HEAD checks.
 //! Why the manifest and not the archive is the conditional write: object_store
@@ -22,9 +25,9 @@
 //! larger than one PUT (5 GiB on AWS) or than memory.
 
 use crate::metrics::{Metrics, StoreErrorLabels, StoreOpLabels};
-use crate::store::{CommitOutcome, FsStore, Manifest, StoreError};
+use crate::store::{CommitOutcome, FsStore, Lookup, Manifest, StoreError};
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt as _, PutMode,
@@ -48,9 +51,60 @@ const PARTS_MAX: u64 = 9_000;
 /// Parts uploaded concurrently per archive.
 const PART_CONCURRENCY: usize = 2;
 
-/// Per-request timeout: one part of up to a few hundred MiB must fit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Per-request timeout of archive uploads (the single PUT, each multipart
+/// part, create and complete): one part of up to a few hundred MiB must fit.
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Per-request timeout of everything else (manifest get and claim, HEAD of
+/// the archive): small requests, so a hung store is noticed within seconds
+/// (with the retries below, a request is given up after ~20 s) rather than
+/// holding HEADs and claims for minutes.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The only `AWS_*` environment variables the receiver reads: credentials
+/// and where to get them (instance, task or web-identity roles). Endpoint,
+/// region, bucket, HTTP and conditional-put settings come from
+/// `receiver.toml` alone, never silently from the environment.
+const CREDENTIAL_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+];
+
+/// The slowest upload rate to the store a live claim is assumed to sustain,
+/// in bytes per second. A same-digest upload that finds a claim (manifest)
+/// without its archive treats the claim as an upload still in progress while
+/// `now - received_at < claim grace + bytes / CLAIM_UPLOAD_RATE` and answers
+/// 503 `busy` instead of uploading a second copy to the same key: the shipper
+/// gives up on an answer 120 s after its last byte, long before a receiver
+/// has uploaded a >10 GB archive, and its retry must not start another full
+/// upload. 20 MB/s is well under what a receiver next to its store does (a
+/// slower store only means a claim is waited for longer, never a duplicate);
+/// a claim older than the bound is taken for one left by a crashed receiver
+/// and finished with the retry's identical bytes.
+pub const CLAIM_UPLOAD_RATE: u64 = 20_000_000;
+
+/// The fixed part of that bound: time for the claiming receiver to open the
+/// upload, whatever the size.
+const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
+/// Test-only: overrides [`CLAIM_GRACE`] (whole seconds), read once at
+/// startup, so that the suite need not wait a minute for a crash-left claim
+/// to count as orphaned. Not a configuration key; do not set it in production.
+const CLAIM_GRACE_ENV: &str = "LABSHIP_S3_CLAIM_GRACE_S";
+
+/// The longest `Retry-After` given for a claim in progress (the time left
+/// to the bound, capped at this). The shipper's retry re-sends the whole
+/// body (it asks HEAD first only after a restart), so for a big archive a
+/// long wait costs less than frequent re-sends; a small one is never busy
+/// for long (its bound is about [`CLAIM_GRACE`]).
+const CLAIM_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
 /// The `[storage]` keys for `kind = "s3"`, validated.
 #[derive(Debug, Clone)]
@@ -65,13 +119,22 @@ pub struct S3Config {
 /// Several receivers on one bucket; see the module doc.
 #[derive(Debug, Clone)]
 pub struct S3Store {
+    /// Manifest reads and claims, archive HEADs ([`SMALL_REQUEST_TIMEOUT`]).
     store: Arc<AmazonS3>,
+    /// Archive uploads ([`BULK_REQUEST_TIMEOUT`]).
+    bulk: Arc<AmazonS3>,
     /// Only for the local spool (`<storage.dir>/.scratch`): every upload is
     /// validated there before anything is sent to the bucket.
     local: FsStore,
     bucket: String,
     prefix: String,
     metrics: Arc<Metrics>,
+    /// [`CLAIM_GRACE`], or the test-only [`CLAIM_GRACE_ENV`].
+    claim_grace: Duration,
+    /// Turns true at shutdown: running multipart uploads abort.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Held (read) by each multipart upload until it is completed or aborted.
+    uploading: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl S3Store {
@@ -83,16 +146,9 @@ impl S3Store {
         scratch_root: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let mut builder = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
-            // Before `with_allow_http`, which is itself a client option.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_connect_timeout(CONNECT_TIMEOUT),
-            )
-            .with_allow_http(config.allow_http)
             // Fail over to the client (a 503 the shipper retries) within
             // seconds rather than holding the request for minutes.
             .with_retry(RetryConfig {
@@ -100,20 +156,48 @@ impl S3Store {
                 max_retries: 2,
                 retry_timeout: Duration::from_secs(15),
             });
+        for name in CREDENTIAL_ENV {
+            if let Ok(value) = std::env::var(name)
+                && let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                builder = builder.with_config(key, value);
+            }
+        }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let store = builder.build().map_err(|source| StoreError::S3 {
-            op: "configure",
-            key: config.bucket.clone(),
-            source,
-        })?;
+        let build = |timeout: Duration| {
+            builder
+                .clone()
+                // Before `with_allow_http`, which is itself a client option.
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_timeout(timeout)
+                        .with_connect_timeout(CONNECT_TIMEOUT),
+                )
+                .with_allow_http(config.allow_http)
+                .build()
+                .map_err(|source| StoreError::S3 {
+                    op: "configure",
+                    key: config.bucket.clone(),
+                    source,
+                })
+        };
+        let store = build(SMALL_REQUEST_TIMEOUT)?;
+        let bulk = build(BULK_REQUEST_TIMEOUT)?;
         Ok(Self {
             store: Arc::new(store),
+            bulk: Arc::new(bulk),
             local: FsStore::open(scratch_root)?,
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
             metrics,
+            claim_grace: std::env::var(CLAIM_GRACE_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(CLAIM_GRACE, Duration::from_secs),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+            uploading: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -147,8 +231,14 @@ impl S3Store {
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|source| {
             let kind = error_kind(&source);
-            // "absent" and "exists" are answers, not failures.
-            if !matches!(kind, "not_found" | "already_exists") {
+            // "absent" is an answer for the reads that ask, "exists" for the
+            // claim; anywhere else they are failures, counted and logged.
+            let answer = match kind {
+                "not_found" => matches!(op, "get_manifest" | "head_archive"),
+                "already_exists" => op == "create_manifest",
+                _ => false,
+            };
+            if !answer {
                 self.metrics
                     .store_errors
                     .get_or_create(&StoreErrorLabels { op, kind })
@@ -199,13 +289,28 @@ impl S3Store {
     /// The manifest of a stored episode (manifest and archive both present),
     /// or `None`.
     pub async fn head(&self, host: &str, episode: &str) -> Result<Option<Manifest>, StoreError> {
+        Ok(match self.lookup(host, episode).await? {
+            Lookup::Stored(manifest) => Some(*manifest),
+            Lookup::Uploading { .. } | Lookup::Absent => None,
+        })
+    }
+
+    /// Whether the episode is stored, claimed by an upload that may still be
+    /// in progress (fresh claim, no archive yet), or neither.
+    pub async fn lookup(&self, host: &str, episode: &str) -> Result<Lookup, StoreError> {
         let Some(manifest) = self.manifest(host, episode).await? else {
-            return Ok(None);
+            return Ok(Lookup::Absent);
         };
         match self.archive_size(host, episode).await? {
             // Claimed but not uploaded yet (or the uploader died): not stored.
-            None => Ok(None),
-            Some(size) if size == manifest.bytes => Ok(Some(manifest)),
+            None => Ok(match self.claim_in_progress(&manifest) {
+                Some(left) => Lookup::Uploading {
+                    claim: Box::new(manifest),
+                    retry_after_s: retry_after_s(left),
+                },
+                None => Lookup::Absent,
+            }),
+            Some(size) if size == manifest.bytes => Ok(Lookup::Stored(Box::new(manifest))),
             Some(size) => Err(StoreError::Manifest {
                 path: self.key(host, episode, "json").to_string().into(),
                 why: format!(
@@ -269,12 +374,30 @@ impl S3Store {
                     });
                 }
                 if !archived {
-                    // The winner has not uploaded yet, or died before it did:
-                    // these are the same bytes, so finishing its work is safe.
+                    if let Some(left) = self.claim_in_progress(&stored) {
+                        // Most likely the winner is still uploading (a big
+                        // archive whose shipper gave up waiting): a second
+                        // upload to the same key would only double the work.
+                        let retry_after_s = retry_after_s(left);
+                        tracing::info!(
+                            host,
+                            episode,
+                            retry_after_s,
+                            "manifest present without its archive, claimed recently; answering busy"
+                        );
+                        return Ok(CommitOutcome::BeingUploaded {
+                            claim: Box::new(stored),
+                            retry_after_s,
+                        });
+                    }
+                    // The winner died before it uploaded (its claim is older
+                    // than any live upload would take): these are the same
+                    // bytes, so finishing its work is safe.
                     tracing::info!(
                         host,
                         episode,
-                        "manifest present without its archive; uploading the same bytes"
+                        received_at = stored.received_at,
+                        "manifest present without its archive, claim older than an upload takes; uploading the same bytes"
                     );
                     self.upload_archive(scratch, &host, &episode).await?;
                 }
@@ -282,6 +405,41 @@ impl S3Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Aborts the multipart uploads still running (their parts would
+    /// otherwise stay in the bucket until a lifecycle rule removes them) and
+    /// waits up to `wait` for them to finish aborting.
+    pub async fn stop_uploads(&self, wait: Duration) {
+        self.stop.send_replace(true);
+        if tokio::time::timeout(wait, self.uploading.write())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "multipart uploads not aborted in time; a lifecycle rule removes them (docs/scale-out.md)"
+            );
+        }
+    }
+
+    /// How long the claim `stored` still counts as an upload in progress
+    /// ([`CLAIM_UPLOAD_RATE`]), or `None` when it is older than that bound.
+    /// Compares the claiming receiver's clock with this one's: receivers
+    /// should run NTP (docs/scale-out.md).
+    fn claim_in_progress(&self, stored: &Manifest) -> Option<Duration> {
+        let Ok(claimed) = humantime::parse_rfc3339_weak(&stored.received_at) else {
+            tracing::warn!(
+                received_at = stored.received_at,
+                "manifest's received_at unreadable; taking the claim for orphaned"
+            );
+            return None;
+        };
+        let bound = self.claim_grace + Duration::from_secs(stored.bytes / CLAIM_UPLOAD_RATE);
+        // A claim stamped in the future (clock skew) counts as just made.
+        let age = std::time::SystemTime::now()
+            .duration_since(claimed)
+            .unwrap_or_default();
+        bound.checked_sub(age).filter(|left| !left.is_zero())
     }
 
     async fn upload_archive(
@@ -309,7 +467,7 @@ impl S3Store {
             self.timed(
                 "put_archive",
                 &key,
-                self.store
+                self.bulk
                     .put_opts(&key, PutPayload::from(Bytes::from(buf)), opts),
             )
             .await?;
@@ -324,23 +482,38 @@ impl S3Store {
             .timed(
                 "create_multipart",
                 &key,
-                self.store.put_multipart_opts(&key, opts),
+                self.bulk.put_multipart_opts(&key, opts),
             )
             .await?;
+        // Held until the upload is completed or aborted: shutdown waits for it.
+        let _uploading = self.uploading.clone().read_owned().await;
+        let mut stopping = self.stop.subscribe();
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
         let mut buf = vec![0u8; 1 << 20];
-        let sent: Result<(), StoreError> = async {
-            loop {
-                let n = file.read(&mut buf).await.map_err(io("read"))?;
-                if n == 0 {
-                    return Ok(());
+        let mut written = 0u64;
+        let sent: Result<(), StoreError> = tokio::select! {
+            sent = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(io("read"))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
+                        .await?;
+                    writer.write(&buf[..n]);
+                    let before = written;
+                    written += n as u64;
+                    if before < part as u64 && written >= part as u64 {
+                        // The first part has just been handed to the store.
+                        crate::pause_point("s3:first-part-sent").await;
+                    }
                 }
-                self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
-                    .await?;
-                writer.write(&buf[..n]);
+            } => sent,
+            _ = stopping.wait_for(|stop| *stop) => {
+                tracing::warn!(key = %key, "receiver stopping: aborting the multipart upload");
+                Err(StoreError::Stopping)
             }
-        }
-        .await;
+        };
         match sent {
             // `finish` aborts the upload itself when completing fails.
             Ok(()) => {
@@ -358,6 +531,11 @@ impl S3Store {
     }
 }
 
+/// `Retry-After` for a claim with `left` to go before it counts as orphaned.
+fn retry_after_s(left: Duration) -> u32 {
+    left.min(CLAIM_RETRY_AFTER_MAX).as_secs().max(1) as u32
+}
+
 /// A short label for an object_store error (metrics and logs).
 fn error_kind(e: &object_store::Error) -> &'static str {
     match e {
@@ -372,11 +550,89 @@ fn error_kind(e: &object_store::Error) -> &'static str {
     }
 }
 
-/// Errors a retry may cure: throttling, 5xx, timeouts, an unreachable store
-/// (object_store reports them all as `Generic` after its own retries).
+/// Errors a retry may cure: throttling (429, `SlowDown`), 5xx but 501, timeouts and
+/// transport failures (refused, reset, DNS). Everything else (400, 501, a
+/// 301 for a wrong region, …) is a configuration or protocol fault: a 500,
+/// logged with the store's message, not a 503 the shipper would retry forever.
+///
+/// object_store 0.14 reports HTTP failures as `Generic` around a private
+/// `RetryError`, so the status is read from the error chain: a public
+/// `HttpError` is a transport failure; otherwise the status is taken from the
+/// text ("non-2xx status code: 503 …") or, for an error document in a 200
+/// (CompleteMultipartUpload), from S3's error code in it. A `Generic` error
+/// in which neither is found counts as permanent.
 pub fn is_transient(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    match e {
+        object_store::Error::JoinError { .. } => true,
+        object_store::Error::Generic { .. } => {
+            let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(level) = current {
+                if let Some(http) = level.downcast_ref::<object_store::client::HttpError>() {
+                    use object_store::client::HttpErrorKind as K;
+                    return matches!(
+                        http.kind(),
+                        K::Connect | K::Request | K::Timeout | K::Interrupted
+                    );
+                }
+                if let Some(transient) = transient_by_text(&level.to_string()) {
+                    return transient;
+                }
+                current = level.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// `Some(true)` for a 5xx, a 429 or a throttling/unavailable S3 error code
+/// in `text`, `Some(false)` for another status, `None` when it names none.
+fn transient_by_text(text: &str) -> Option<bool> {
+    const TRANSIENT_CODES: &[&str] = &[
+        "<Code>SlowDown</Code>",
+        "<Code>InternalError</Code>",
+        "<Code>ServiceUnavailable</Code>",
+        "<Code>RequestTimeout</Code>",
+    ];
+    if let Some(at) = text.find("status code: ") {
+        let digits: String = text[at + 13..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(status) = digits.parse::<u16>() {
+            // 501: the store lacks a feature the receiver needs; permanent.
+            return Some(status == 429 || ((500..600).contains(&status) && status != 501));
+        }
+    }
+    if TRANSIENT_CODES.iter().any(|code| text.contains(code)) {
+        return Some(true);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_by_text;
+
+    #[test]
+    fn statuses_in_error_text() {
+        let status = |s: &str| {
+            transient_by_text(&format!(
+                "Error performing PUT http://x/b/k in 3ms - Server returned non-2xx status code: {s}: <Error/>"
+            ))
+        };
+        assert_eq!(status("503 Service Unavailable"), Some(true));
+        assert_eq!(status("500 Internal Server Error"), Some(true));
+        assert_eq!(status("429 Too Many Requests"), Some(true));
+        assert_eq!(status("400 Bad Request"), Some(false));
+        assert_eq!(status("501 Not Implemented"), Some(false));
+        assert_eq!(status("301 Moved Permanently"), Some(false));
+        assert_eq!(
+            transient_by_text(
+                "Server returned error response: <Error><Code>SlowDown</Code></Error>"
+            ),
+            Some(true)
+        );
+        assert_eq!(transient_by_text("Generic S3 error: builder error"), None);
+    }
 }

