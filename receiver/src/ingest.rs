@@ -457,14 +457,19 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
     let mut archive = tar::Archive::new(reader);
     let mut order = PathOrder::new();
     let mut meta_seen = false;
-    // A long path announced by a GNU `L` entry or a pax `path` record, for the
-    // entry that follows it.
-    let mut long_path: Option<Vec<u8>> = None;
-    // A local extension header (GNU `L`/`K`, pax `x`) describes the entry that
-    // follows it; one with nothing after it is a truncated or forged archive
-    // (found by the `archive_tar` fuzz target: the tar crate's own reader
-    // fails on it, so an ML reader would have been handed a broken archive).
-    let mut pending_extension = false;
+    // The extension headers (GNU `L`/`K`, pax `x`) that describe the entry
+    // after them, read exactly as the tar crate's own reader reads them, so
+    // the paths checked here are the paths an ML reader unpacks: an
+    // extension in a header without the ustar/GNU magic is a plain entry to
+    // that reader (refused here), a GNU long name wins over a pax `path`
+    // (both at once are refused), a second extension of one kind for one
+    // entry is an error, and one with no entry after it is a truncated or
+    // forged archive. Three of these were found by the fuzz targets.
+    let mut gnu_name: Option<Vec<u8>> = None;
+    let mut gnu_link = false;
+    let mut pax_path: Option<Vec<u8>> = None;
+    let mut pax = false;
+    let refuse = |why: &str| Err(IngestError::Invalid(why.to_owned()));
     for entry in archive.entries().map_err(invalid)?.raw(true) {
         let mut entry = entry.map_err(invalid)?;
         let entry_type = entry.header().entry_type();
@@ -481,42 +486,67 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
                     entry.size()
                 )));
             }
+            let recognized =
+                entry.header().as_gnu().is_some() || entry.header().as_ustar().is_some();
+            if !recognized && entry_type != tar::EntryType::XGlobalHeader {
+                return refuse(
+                    "a tar extension header (type L, K or x) without the ustar magic: readers disagree on what it means",
+                );
+            }
             let mut data = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut data).map_err(invalid)?;
-            pending_extension |= entry_type != tar::EntryType::XGlobalHeader;
             match entry_type {
                 tar::EntryType::GNULongName => {
-                    while data.last() == Some(&0) {
+                    if gnu_name.is_some() {
+                        return refuse("two GNU long-name headers for one tar entry");
+                    }
+                    // One NUL terminator, as the tar crate strips it.
+                    if data.last() == Some(&0) {
                         data.pop();
                     }
-                    long_path = Some(data);
+                    gnu_name = Some(data);
+                }
+                tar::EntryType::GNULongLink => {
+                    if gnu_link {
+                        return refuse("two GNU long-link headers for one tar entry");
+                    }
+                    gnu_link = true;
                 }
                 tar::EntryType::XHeader => {
+                    if pax {
+                        return refuse("two pax headers for one tar entry");
+                    }
+                    pax = true;
                     for ext in tar::PaxExtensions::new(&data) {
                         let ext = ext.map_err(invalid)?;
                         match ext.key_bytes() {
-                            b"path" => long_path = Some(ext.value_bytes().to_vec()),
+                            b"path" if pax_path.is_some() => {
+                                return refuse("a pax header with two path records");
+                            }
+                            b"path" => pax_path = Some(ext.value_bytes().to_vec()),
                             b"size" => {
-                                return Err(IngestError::Invalid(
-                                    "pax size records are not supported; pack with GNU or ustar headers".into(),
-                                ));
+                                return refuse(
+                                    "pax size records are not supported; pack with GNU or ustar headers",
+                                );
                             }
                             _ => {}
                         }
                     }
                 }
-                // Link targets are irrelevant (links are refused); global
-                // headers carry no file.
+                // Global headers carry no file.
                 _ => {}
             }
             continue;
         }
-        pending_extension = false;
         let kind = kind_of(entry_type);
-        let path = match long_path.take() {
-            Some(p) => p,
-            None => entry.path_bytes().into_owned(),
+        let path = match (gnu_name.take(), pax_path.take()) {
+            (Some(_), Some(_)) => {
+                return refuse("a tar entry with both a GNU long name and a pax path");
+            }
+            (Some(p), None) | (None, Some(p)) => p,
+            (None, None) => entry.path_bytes().into_owned(),
         };
+        (gnu_link, pax) = (false, false);
         let role =
             check_entry(episode, &path, kind).map_err(|e| IngestError::Invalid(e.to_string()))?;
         order
@@ -551,7 +581,7 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
             }
         }
     }
-    if pending_extension {
+    if gnu_name.is_some() || gnu_link || pax {
         return Err(IngestError::Invalid(
             "the archive ends with a tar extension header and no entry for it".into(),
         ));
