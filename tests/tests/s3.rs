@@ -355,6 +355,34 @@ use futures_util::StreamExt as _;
 /// the claim fresh on a loaded machine, short enough to wait out.
 const CLAIM_GRACE_S: u64 = 6;
 
+/// Restarts `a` set to die right after its claim (`s3:manifest-created`)
+/// and PUTs `bytes` as `id` through it: the manifest is in the bucket, the
+/// archive is not, and `a` is dead.
+async fn die_at_the_claim(
+    a: &mut Receiver,
+    weed: &Weed,
+    c: &reqwest::Client,
+    id: &str,
+    bytes: &[u8],
+) {
+    a.restart_with_env(
+        [
+            weed.env(),
+            vec![("LABSHIP_CRASH_AT".into(), "s3:manifest-created".into())],
+        ]
+        .concat(),
+    );
+    let cut = c
+        .put(format!("{}/v1/episodes/{HOST}/{id}", a.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", digest_header(bytes))
+        .body(bytes.to_vec())
+        .send()
+        .await;
+    assert!(cut.is_err(), "{cut:?}");
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some(), "crashed");
+}
+
 #[tokio::test]
 async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     let env = TestEnv::new();
@@ -394,23 +422,8 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     // Killed between the two writes of a commit (the manifest is the claim,
     // the archive not yet uploaded): not stored, for either receiver; the
     // retry through the other receiver finishes it with the same bytes.
-    a.restart_with_env(
-        [
-            weed.env(),
-            vec![("LABSHIP_CRASH_AT".into(), "s3:manifest-created".into())],
-        ]
-        .concat(),
-    );
     let bytes = archive(&env, "ep-c", 200_000, 6);
-    let cut = c
-        .put(format!("{}/v1/episodes/{HOST}/ep-c", a.url))
-        .header("X-Labship-Commit", GOOD_COMMIT)
-        .header("Content-Digest", digest_header(&bytes))
-        .body(bytes.clone())
-        .send()
-        .await;
-    assert!(cut.is_err(), "{cut:?}");
-    assert!(a.wait_exit(Duration::from_secs(5)).is_some(), "crashed");
+    die_at_the_claim(&mut a, &weed, &c, "ep-c", &bytes).await;
     let claim: Vec<String> = weed
         .keys(HOST)
         .await
@@ -466,22 +479,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     // A claim left by a crash, retried with other bytes: 409 as well (the
     // claim is final; docs/scale-out.md says how an operator clears it),
     // saying that the claimed archive is not in the store.
-    a.restart_with_env(
-        [
-            weed.env(),
-            vec![("LABSHIP_CRASH_AT".into(), "s3:manifest-created".into())],
-        ]
-        .concat(),
-    );
-    let first = archive(&env, "ep-o", 1000, 8);
-    let cut = c
-        .put(format!("{}/v1/episodes/{HOST}/ep-o", a.url))
-        .header("X-Labship-Commit", GOOD_COMMIT)
-        .header("Content-Digest", digest_header(&first))
-        .body(first)
-        .send()
-        .await;
-    assert!(cut.is_err(), "{cut:?}");
+    die_at_the_claim(&mut a, &weed, &c, "ep-o", &archive(&env, "ep-o", 1000, 8)).await;
     let other = put(&c, &b.url, "ep-o", archive(&env, "ep-o", 1000, 9)).await;
     assert_eq!(
         (other.0, other.1["error"].as_str()),
