@@ -105,6 +105,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The sorted file names in `dir`; none when it does not exist (yet).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| {
+                e.expect("read dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// The text of a `shipper.toml` for host `host` over `data` and `url`, with
 /// `id` as client identity, short timeouts and backoff for tests; `top` is
 /// extra top-level keys (e.g. `settle_s = 0`).

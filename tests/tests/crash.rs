@@ -12,21 +12,10 @@
 
 use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
 use labship_tests::process::{Daemon, Receiver, ReceiverOpts, run};
-use labship_tests::{GOOD_COMMIT, TestEnv, shipper_toml};
+use labship_tests::{GOOD_COMMIT, TestEnv, names, shipper_toml};
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 /// A lab host: config, data dir and a pristine copy of each episode.
 struct Lab {

@@ -18,7 +18,7 @@ use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
 use labship_tests::process::Daemon;
 use labship_tests::process::{Receiver, ReceiverOpts, run};
 use labship_tests::proxy::{Fault, Proxy};
-use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
+use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv, names};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -65,17 +65,6 @@ fn produce(env: &TestEnv, data: &Path, id: &str, len: usize) {
             ],
         );
     }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// 201s in the receiver's audit log for `id`.

@@ -91,6 +91,19 @@ async fn assert_stored(weed: &Weed, key: &str, expected: &[u8]) {
     assert_eq!(stored, Some(digest_header(expected)), "{key}");
 }
 
+/// Writes `<test>/lab/shipper.toml` for `HOST` over `data`, shipping to
+/// `url` (settle 0), and returns its path.
+fn shipper_config(env: &TestEnv, url: &str, data: &std::path::Path) -> std::path::PathBuf {
+    let cfg = env.file("lab/shipper.toml");
+    let id = env.pki.client(HOST);
+    std::fs::write(
+        &cfg,
+        shipper_toml(env, HOST, url, data, &id, "settle_s = 0"),
+    )
+    .expect("write shipper.toml");
+    cfg
+}
+
 fn keys_of(prefix: &str, id: &str) -> [String; 2] {
     [
         format!("{prefix}{HOST}/{id}.json"),
@@ -297,13 +310,7 @@ async fn a_shipper_ships_through_one_receiver() {
             .unwrap()
             .success()
     );
-    let cfg = env.file("lab/shipper.toml");
-    let id = env.pki.client(HOST);
-    std::fs::write(
-        &cfg,
-        shipper_toml(&env, HOST, &a.url, &data, &id, "settle_s = 0"),
-    )
-    .unwrap();
+    let cfg = shipper_config(&env, &a.url, &data);
     let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 0, "{out}{err}\n{}", a.log_text());
     assert!(data.join("shipped/run-7").is_dir(), "{out}");
@@ -582,13 +589,7 @@ async fn store_unreachable_answers_503_and_the_shipper_retries() {
         Some(GOOD_COMMIT),
         &[("x", b"1")],
     );
-    let cfg = env.file("lab/shipper.toml");
-    let id = env.pki.client(HOST);
-    std::fs::write(
-        &cfg,
-        shipper_toml(&env, HOST, &a.url, &data, &id, "settle_s = 0"),
-    )
-    .unwrap();
+    let cfg = shipper_config(&env, &a.url, &data);
     let once = || run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     let (code, out, err) = once();
     assert_eq!(code, 1, "left pending: {out}{err}");
