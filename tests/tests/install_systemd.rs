@@ -618,7 +618,11 @@ fn copy_source(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let name = e.file_name();
-        if from == repo_root() && (name == "target" || name == ".git" || name == ".dev") {
+        // Build output at any depth (fuzz/target holds gigabytes after a
+        // fuzzing run) and the local SeaweedFS venv are not source.
+        if name == "target"
+            || (from == repo_root() && (name == ".git" || name == ".dev" || name == ".venv-s3"))
+        {
             continue;
         }
         let (src, dst) = (e.path(), to.join(&name));
