@@ -15,6 +15,13 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+/// Archives up to this size are packed in memory and uploaded from there:
+/// no file in `outbox/`, so no create, fsyncs and unlink per episode, which
+/// dominated the cost of shipping small episodes (docs/performance.md). A
+/// crash loses only the in-memory copy; the episode is still in `episodes/`
+/// and packs again to the same bytes.
+pub const INLINE_MAX: usize = 1 << 20;
+
 /// Name of the reason file inside a quarantined episode.
 pub const REASON_FILE: &str = "quarantine_reason.json";
 
@@ -88,6 +95,42 @@ pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result
         // EXDEV: `episodes/` on another filesystem than `state/`.
         Err(e) if e.error.raw_os_error() == Some(18) => write_atomic(path, bytes),
         Err(e) => Err(e.error),
+    }
+}
+
+/// A pack's destination: memory up to [`INLINE_MAX`], then a temp file in
+/// `outbox/` holding everything written so far and the rest.
+struct Spill<'a> {
+    outbox: &'a Path,
+    memory: Vec<u8>,
+    file: Option<io::BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl io::Write for Spill<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.memory.len() + buf.len() > INLINE_MAX {
+            let tmp = tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempfile_in(self.outbox)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.outbox.display())))?;
+            let mut file = io::BufWriter::with_capacity(1 << 20, tmp);
+            file.write_all(&std::mem::take(&mut self.memory))?;
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => file.write(buf),
+            None => {
+                self.memory.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -210,11 +253,14 @@ impl Layout {
             digest: Sha256Digest::parse_header(&s.digest).ok()?,
             bytes: s.bytes,
             commit: Commit::parse(&s.commit).ok()?,
+            inline: None,
         })
     }
 
-    /// Packs episode `id` into the outbox: archive durable first, then its
-    /// sidecar (whose presence marks the archive complete).
+    /// Packs episode `id`. An archive of at most [`INLINE_MAX`] stays in
+    /// memory and touches no disk; a larger one goes to the outbox: archive
+    /// durable first, then its sidecar (whose presence marks the archive
+    /// complete).
     pub fn pack(
         &self,
         id: &Id,
@@ -228,47 +274,94 @@ impl Layout {
             move |source: io::Error| ArchiveError::Io { path, source }
         };
         let dir = self.episodes.join(id.as_str());
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&self.outbox)
-            .map_err(io_at(&self.outbox))?;
-        let packed = archive::pack(
-            &dir,
-            id,
-            io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()),
-            level,
-            workers,
-            written,
-        )?;
-        tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
-        crate::crash_point("pack:archive-synced");
-        let path = self.archive_path(id);
-        tmp.persist(&path).map_err(|e| io_at(&path)(e.error))?;
-        crate::crash_point("pack:archive-renamed");
-        let sidecar = Sidecar {
-            digest: packed.digest.header_value(),
-            bytes: packed.bytes,
-            commit: commit.to_string(),
+        let mut sink = Spill {
+            outbox: &self.outbox,
+            memory: Vec::new(),
+            file: None,
         };
-        let json = serde_json::to_vec(&sidecar).map_err(|e| io_at(&path)(io::Error::other(e)))?;
-        write_atomic(&self.sidecar_path(id), &json).map_err(io_at(&self.outbox))?;
-        crate::crash_point("pack:sidecar-written");
-        Ok(Archive {
+        let packed = archive::pack(&dir, id, &mut sink, level, workers, written)?;
+        let tmp = match sink.file {
+            None => {
+                return Ok(Archive {
+                    digest: packed.digest,
+                    bytes: packed.bytes,
+                    commit: commit.clone(),
+                    inline: Some(sink.memory.into()),
+                });
+            }
+            Some(file) => file
+                .into_inner()
+                .map_err(|e| io_at(&self.outbox)(e.into_error()))?,
+        };
+        let archive = Archive {
             digest: packed.digest,
             bytes: packed.bytes,
             commit: commit.clone(),
-        })
+            inline: None,
+        };
+        self.commit_outbox(id, tmp, &archive)
+            .map_err(|(path, source)| ArchiveError::Io { path, source })?;
+        Ok(archive)
     }
 
-    /// Removes the outbox archive and sidecar of `id`, if any.
+    /// Puts an archive held in memory into the outbox after all, as if it
+    /// had been packed there: used when its episode could not be retired,
+    /// so the retry confirms the receiver's copy with HEAD (row 4 of
+    /// docs/transport.md) rather than packing a tree that may have changed.
+    pub fn keep(&self, id: &Id, archive: &Archive) -> io::Result<()> {
+        let Some(bytes) = &archive.inline else {
+            return Ok(());
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&self.outbox)?;
+        tmp.write_all(bytes)?;
+        self.commit_outbox(id, tmp, archive)
+            .map_err(|(path, e)| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// The written archive `tmp` becomes `<id>.tar.zst`: fsync, rename, then
+    /// the sidecar (whose presence marks the archive complete). An error
+    /// names the path it concerns.
+    fn commit_outbox(
+        &self,
+        id: &Id,
+        tmp: tempfile::NamedTempFile,
+        archive: &Archive,
+    ) -> Result<(), (PathBuf, io::Error)> {
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| (tmp.path().to_owned(), e))?;
+        crate::crash_point("pack:archive-synced");
+        let path = self.archive_path(id);
+        tmp.persist(&path).map_err(|e| (path.clone(), e.error))?;
+        crate::crash_point("pack:archive-renamed");
+        let sidecar = Sidecar {
+            digest: archive.digest.header_value(),
+            bytes: archive.bytes,
+            commit: archive.commit.to_string(),
+        };
+        let json = serde_json::to_vec(&sidecar).map_err(|e| (path.clone(), io::Error::other(e)))?;
+        write_atomic(&self.sidecar_path(id), &json).map_err(|e| (self.outbox.clone(), e))?;
+        crate::crash_point("pack:sidecar-written");
+        Ok(())
+    }
+
+    /// Removes the outbox archive and sidecar of `id`, if any (and makes the
+    /// removal durable; with nothing removed there is nothing to sync).
     pub fn drop_outbox(&self, id: &Id) -> io::Result<()> {
+        let mut removed = false;
         for p in [self.sidecar_path(id), self.archive_path(id)] {
             match std::fs::remove_file(&p) {
+                Ok(()) => removed = true,
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+                Err(_) => {}
             }
         }
-        fsync_dir(&self.outbox)
+        if removed {
+            fsync_dir(&self.outbox)?;
+        }
+        Ok(())
     }
 
     /// The receiver holds it: `episodes/<id>` → `shipped/<id>`, then the outbox
@@ -344,5 +437,93 @@ impl Layout {
             }
         }
         unreachable!("u32 names exhausted")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn episode(layout: &Layout, id: &str, data: &[u8]) -> Id {
+        let dir = layout.episodes.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("meta.json"),
+            br#"{"code_version":{"commit":"1111111111111111111111111111111111111111"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("d.bin"), data).unwrap();
+        Id::parse(id).unwrap()
+    }
+
+    /// Incompressible bytes: the archive is about as large as `len`.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn outbox(layout: &Layout) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&layout.outbox)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A small archive stays in memory and leaves no file; a large one spills
+    /// to `outbox/` with its sidecar. Either way the bytes are exactly the
+    /// pack's, so the digest does not depend on where they were kept.
+    #[test]
+    fn small_archives_stay_in_memory_large_ones_go_to_the_outbox() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        let _lock = layout.prepare().unwrap();
+        let commit = Commit::parse("1111111111111111111111111111111111111111").unwrap();
+        let written = AtomicU64::new(0);
+        for (name, len, inline) in [
+            ("small", 200_000, true),
+            ("large", INLINE_MAX + 100_000, false),
+        ] {
+            let id = episode(&layout, name, &noise(len));
+            let archive = layout.pack(&id, &commit, 3, 2, &written).unwrap();
+            let mut expected = Vec::new();
+            let dir = layout.episodes.join(name);
+            archive::pack(&dir, &id, &mut expected, 3, 1, &written).unwrap();
+            assert_eq!(archive.bytes, expected.len() as u64, "{name}");
+            assert_eq!(archive.digest, Sha256Digest::of(&expected), "{name}");
+            if inline {
+                assert_eq!(archive.inline.as_deref(), Some(expected.as_slice()));
+                assert_eq!(outbox(&layout), Vec::<String>::new(), "{name}");
+                assert_eq!(layout.outbox_archive(&id), None);
+            } else {
+                assert_eq!(archive.inline, None);
+                assert_eq!(std::fs::read(layout.archive_path(&id)).unwrap(), expected);
+                assert_eq!(layout.outbox_archive(&id), Some(archive));
+                assert_eq!(outbox(&layout), ["large.json", "large.tar.zst"]);
+            }
+        }
+        layout.drop_outbox(&Id::parse("large").unwrap()).unwrap();
+        assert_eq!(outbox(&layout), Vec::<String>::new());
+
+        // An episode that could not be retired keeps its archive in outbox/.
+        let id = Id::parse("small").unwrap();
+        let archive = layout.pack(&id, &commit, 3, 2, &written).unwrap();
+        layout.keep(&id, &archive).unwrap();
+        assert_eq!(outbox(&layout), ["small.json", "small.tar.zst"]);
+        assert_eq!(
+            std::fs::read(layout.archive_path(&id)).unwrap(),
+            archive.inline.as_deref().unwrap()
+        );
+        let kept = layout.outbox_archive(&id).unwrap();
+        assert_eq!((kept.digest, kept.bytes), (archive.digest, archive.bytes));
     }
 }

@@ -20,11 +20,12 @@ use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::disk::Layout;
 use crate::scan::{Found, Scanner};
-use crate::state::{self, Action, Event, State};
+use crate::state::{self, Action, Archive, Event, State};
 use crate::upload::Uploader;
 use labship_protocol::{ErrorCode, Id};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -108,7 +109,35 @@ struct Prefetch {
 struct Retiring {
     id: Id,
     already: bool,
+    /// An archive held in memory: kept in `outbox/` if the move fails, so
+    /// the retry confirms it with HEAD instead of packing again (a pack of
+    /// a tree whose modes were fixed meanwhile, say by `chmod`, would differ
+    /// from what the receiver holds and answer 409).
+    inline: Option<Archive>,
     task: tokio::task::JoinHandle<std::io::Result<std::path::PathBuf>>,
+}
+
+/// How many small uploads (archives held in memory) and retires may run at
+/// once. One at a time, a small episode waits mostly for fsyncs: the
+/// receiver's before it answers, ours when it retires. Several in flight let
+/// the filesystems commit those together (docs/performance.md). Archives in
+/// `outbox/` upload one at a time, the next one packing meanwhile: they are
+/// bound by the CPU and the link, not by latency.
+const IN_FLIGHT: usize = 4;
+
+/// One episode being driven through [`state::step`].
+#[derive(Debug)]
+struct Episode {
+    id: Id,
+    state: State,
+    /// The receiver already held it (HEAD found it, or PUT answered 200).
+    already: bool,
+    /// The last answer's Retry-After: the floor of the next backoff.
+    floor: Option<Duration>,
+    /// Whether the last event was the receiver's or the link's failure.
+    whole_host: bool,
+    /// The last archive it had in memory (kept by a failed retire).
+    inline: Option<Archive>,
 }
 
 /// Does this failure belong to the receiver or the link rather than to the
@@ -126,14 +155,21 @@ pub struct Shipper {
     config: Config,
     layout: Layout,
     scanner: Scanner,
-    uploader: Uploader,
+    uploader: Arc<Uploader>,
     backoff: HashMap<Id, Backoff>,
     /// Set while the receiver or the link is failing for everyone.
     hold: Option<Backoff>,
     prefetch: Option<Prefetch>,
-    /// At most one retire in flight; collected before the next one starts
-    /// and before the pass ends.
-    retiring: Option<Retiring>,
+    /// Retires in flight, oldest first: at most [`IN_FLIGHT`]; all are
+    /// collected before the pass ends.
+    retiring: VecDeque<Retiring>,
+    /// Uploads of archives held in memory, running beside the pass: at most
+    /// [`IN_FLIGHT`]; all are collected before the pass ends.
+    uploading: tokio::task::JoinSet<(Episode, Event, Option<Duration>)>,
+    /// The receiver gave a verdict on an episode in this pass: only then
+    /// do several uploads go at once. Until it has, one goes alone, so a
+    /// receiver that is down or busy meets one request per pass, not four.
+    answering: bool,
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: std::collections::HashSet<Id>,
     workers: u32,
@@ -166,11 +202,13 @@ impl Shipper {
         Ok(Self {
             layout,
             scanner: Scanner::new(),
-            uploader,
+            uploader: Arc::new(uploader),
             backoff: HashMap::new(),
             hold: None,
             prefetch: None,
-            retiring: None,
+            retiring: VecDeque::new(),
+            uploading: tokio::task::JoinSet::new(),
+            answering: false,
             verified: Default::default(),
             workers,
             last_success: None,
@@ -239,6 +277,7 @@ impl Shipper {
         self.backoff.retain(|id, _| queued.contains(id));
         self.verified.retain(|id| queued.contains(id));
         let mut work: VecDeque<(Id, Found)> = pass.found.into();
+        self.answering = false;
         while let Some((id, found)) = work.pop_front() {
             // Local work (quarantining unstamped or half-quarantined episodes)
             // goes on while the host is on hold; talking to the receiver waits.
@@ -251,7 +290,12 @@ impl Shipper {
             self.drive(id, found, &mut summary, progress, &work).await;
             progress();
         }
-        self.finish_retire(&mut summary).await;
+        while !self.uploading.is_empty() {
+            self.collect_upload(&mut summary, progress, &work).await;
+        }
+        while !self.retiring.is_empty() {
+            self.finish_retire(&mut summary).await;
+        }
         self.finish_prefetch(progress).await;
         self.sweep_quarantine().await;
         self.last_pending = summary.pending;
@@ -310,7 +354,11 @@ impl Shipper {
     async fn finish_prefetch(&mut self, progress: &(dyn Fn() + Sync)) {
         if let Some(p) = self.prefetch.take() {
             let id = p.id.clone();
-            if let Event::Packed(_) = await_pack(p.task, &p.written, progress).await {
+            // An archive held in memory goes with this pass; the episode
+            // packs again next time.
+            if let Event::Packed(Archive { inline: None, .. }) =
+                await_pack(p.task, &p.written, progress).await
+            {
                 self.verified.insert(id);
             }
         }
@@ -369,7 +417,7 @@ impl Shipper {
         progress: &(dyn Fn() + Sync),
         upcoming: &VecDeque<(Id, Found)>,
     ) {
-        let mut state = match found {
+        let state = match found {
             Found::QuarantinePending => {
                 match self.layout.finish_quarantine(&id) {
                     Ok(dest) => {
@@ -393,26 +441,66 @@ impl Shipper {
                 None => State::Ready { commit },
             },
         };
-        let mut action = match &state {
+        let action = match &state {
             State::Quarantined(_) => Some(Action::Quarantine),
             s => state::start(s),
         };
-        let mut already = false;
-        // The last answer's Retry-After: the floor of the next backoff.
-        let mut floor = None;
-        // Whether the last event was the receiver's or the link's failure.
-        let mut whole_host = false;
+        let ep = Episode {
+            id,
+            state,
+            already: false,
+            floor: None,
+            whole_host: false,
+            inline: None,
+        };
+        self.run(ep, action, summary, progress, upcoming).await;
+    }
+
+    /// Performs `action` and the ones that follow until the episode is final,
+    /// must wait, or its upload was started beside the pass ([`IN_FLIGHT`]).
+    async fn run(
+        &mut self,
+        mut ep: Episode,
+        mut action: Option<Action>,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
+    ) {
+        let id = ep.id.clone();
         while let Some(a) = action.take() {
             let (event, retry_after) = match a {
-                Action::Pack => (self.pack(&id, &state, progress).await, None),
+                Action::Pack => (self.pack(&id, &ep.state, progress).await, None),
                 Action::Head => (self.uploader.head(&id).await, None),
                 Action::Upload => {
-                    let State::Packed { archive, .. } = &state else {
+                    let State::Packed { archive, .. } = &ep.state else {
                         break;
                     };
                     let bytes = archive.bytes;
                     match self.receiver_limit().await {
                         Some(limit) if bytes > limit => (Event::OverLimit { bytes, limit }, None),
+                        _ if archive.inline.is_some() => {
+                            // Small: upload beside the pass; `resume` takes
+                            // the episode on from the answer.
+                            let limit = if self.answering { IN_FLIGHT } else { 1 };
+                            while self.uploading.len() >= limit {
+                                self.collect_upload(summary, progress, upcoming).await;
+                            }
+                            if self.hold.as_ref().is_some_and(Backoff::waiting) {
+                                // An upload just collected put the host on
+                                // hold: this one waits like the rest.
+                                summary.pending += 1;
+                                return;
+                            }
+                            self.start_prefetch(upcoming);
+                            let (uploader, archive) = (self.uploader.clone(), archive.clone());
+                            self.uploading.spawn(async move {
+                                let path = PathBuf::new();
+                                let (event, retry_after) =
+                                    uploader.put(&ep.id, &path, &archive, &|| {}).await;
+                                (ep, event, retry_after)
+                            });
+                            return;
+                        }
                         _ => {
                             self.start_prefetch(upcoming);
                             let path = self.layout.archive_path(&id);
@@ -421,19 +509,22 @@ impl Shipper {
                     }
                 }
                 Action::Retire => {
-                    // The move's fsyncs overlap the next episode's upload.
-                    self.finish_retire(summary).await;
+                    // The move's fsyncs overlap the next episodes' uploads.
+                    while self.retiring.len() >= IN_FLIGHT {
+                        self.finish_retire(summary).await;
+                    }
                     let (layout, moving) = (self.layout.clone(), id.clone());
                     let task = tokio::task::spawn_blocking(move || layout.retire(&moving));
-                    self.retiring = Some(Retiring {
+                    self.retiring.push_back(Retiring {
                         id: id.clone(),
-                        already,
+                        already: ep.already,
+                        inline: ep.inline.take(),
                         task,
                     });
                     break;
                 }
                 Action::Quarantine => {
-                    let State::Quarantined(reason) = &state else {
+                    let State::Quarantined(reason) = &ep.state else {
                         break;
                     };
                     match self.layout.quarantine(&id, &self.config.host_id, reason) {
@@ -464,12 +555,10 @@ impl Shipper {
                 } => {
                     summary.transient += 1;
                     summary.pending += 1;
-                    let (scope, wait) = if whole_host {
-                        let (initial, max) = (self.config.initial_backoff, self.config.max_backoff);
-                        let hold = self.hold.get_or_insert_with(Backoff::new);
-                        ("host", hold.bump(&mut self.rng, initial, max, floor))
+                    let (scope, wait) = if ep.whole_host {
+                        ("host", self.hold_host(ep.floor))
                     } else {
-                        ("episode", self.schedule(&id, floor))
+                        ("episode", self.schedule(&id, ep.floor))
                     };
                     self.record_error(&id, code, status, &message);
                     if loud {
@@ -480,28 +569,87 @@ impl Shipper {
                     break;
                 }
             };
-            if matches!(
-                event,
-                Event::Head(Some(_)) | Event::Answer { status: 200, .. }
-            ) {
-                already = true;
-            }
-            floor = retry_after;
-            whole_host = host_wide(&event);
-            if matches!(event, Event::Answer { .. } | Event::Head(_)) && !whole_host {
-                // The receiver answered with a verdict on this episode: it is
-                // reachable and working, whatever the verdict.
-                self.hold = None;
-            }
-            let (next, act) = state::step(&state, event);
-            state = next;
-            action = Some(act);
+            action = Some(self.observe(&mut ep, event, retry_after));
         }
     }
 
-    /// Waits for the retire in flight, if any, and records its outcome.
+    /// Records what `event` says of the receiver and takes the episode's
+    /// state machine one step; returns what to do next.
+    fn observe(&mut self, ep: &mut Episode, event: Event, retry_after: Option<Duration>) -> Action {
+        if matches!(
+            event,
+            Event::Head(Some(_)) | Event::Answer { status: 200, .. }
+        ) {
+            ep.already = true;
+        }
+        ep.floor = retry_after;
+        ep.whole_host = host_wide(&event);
+        if matches!(event, Event::Answer { .. } | Event::Head(_)) && !ep.whole_host {
+            // The receiver answered with a verdict on this episode: it is
+            // reachable and working, whatever the verdict.
+            self.hold = None;
+            self.answering = true;
+        }
+        if let State::Packed { archive, .. } = &ep.state {
+            ep.inline = archive.inline.is_some().then(|| archive.clone());
+        }
+        let (next, act) = state::step(&ep.state, event);
+        ep.state = next;
+        act
+    }
+
+    /// Waits for one upload running beside the pass and takes its episode on
+    /// from the answer. Nothing to wait for: returns at once.
+    async fn collect_upload(
+        &mut self,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
+    ) {
+        let Some(joined) = self.uploading.join_next().await else {
+            return;
+        };
+        progress();
+        match joined {
+            Ok((mut ep, event, retry_after)) => {
+                let action = self.observe(&mut ep, event, retry_after);
+                Box::pin(self.run(ep, Some(action), summary, progress, upcoming)).await;
+            }
+            // The task panicked (the workspace aborts on panic, so this is
+            // a cancellation at shutdown): the episode is still in
+            // episodes/ and the next pass takes it again.
+            Err(e) => {
+                tracing::error!(error = %e, event = "upload_task_failed", "an upload task failed");
+                summary.transient += 1;
+                summary.pending += 1;
+            }
+        }
+    }
+
+    /// Puts the whole host on hold after the receiver's or the link's
+    /// failure; returns the wait. Uploads that were in flight together fail
+    /// together: only the first failure of a hold lengthens it, the others
+    /// only raise it to their `Retry-After`.
+    fn hold_host(&mut self, floor: Option<Duration>) -> Duration {
+        let (initial, max) = (self.config.initial_backoff, self.config.max_backoff);
+        let hold = self.hold.get_or_insert_with(Backoff::new);
+        if hold.waiting() {
+            hold.next = hold.next.max(Instant::now() + floor.unwrap_or_default());
+            hold.next.saturating_duration_since(Instant::now())
+        } else {
+            hold.bump(&mut self.rng, initial, max, floor)
+        }
+    }
+
+    /// Waits for the oldest retire in flight, if any, and records its outcome.
     async fn finish_retire(&mut self, summary: &mut Summary) {
-        let Some(Retiring { id, already, task }) = self.retiring.take() else {
+        let Some(Retiring {
+            id,
+            already,
+            inline,
+            task,
+        }) = self.retiring.pop_front()
+        else {
             return;
         };
         let moved = match task.await {
@@ -522,7 +670,17 @@ impl Shipper {
                 self.last_success = Some(SystemTime::now());
                 tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
             }
-            Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
+            Err(e) => {
+                if let Some(archive) =
+                    inline.filter(|_| self.layout.episodes.join(id.as_str()).exists())
+                {
+                    // The retry finds it there and confirms it with HEAD.
+                    if let Err(e) = self.layout.keep(&id, &archive) {
+                        tracing::warn!(episode_id = %id, error = %e, "cannot keep the archive in outbox/; the episode will be packed again");
+                    }
+                }
+                self.io_failure(&id, "moving to shipped/", &e, summary)
+            }
         }
     }
 

@@ -7,12 +7,16 @@
 
 use labship_protocol::{Commit, Disposition, ErrorCode, Sha256Digest, StampError, disposition};
 
-/// An archive built in `outbox/`.
+/// A packed archive: in `outbox/`, or held in memory when it is small.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
     pub digest: Sha256Digest,
     pub bytes: u64,
     pub commit: Commit,
+    /// The bytes themselves for an archive of at most
+    /// [`crate::disk::INLINE_MAX`]: never written to `outbox/`, uploaded from
+    /// memory. `None`: the archive is `outbox/<id>.tar.zst`.
+    pub inline: Option<bytes::Bytes>,
 }
 
 /// Why an episode is quarantined (becomes `quarantine_reason.json`).
@@ -51,7 +55,8 @@ pub fn unstamped_reason(e: &StampError) -> Reason {
 pub enum State {
     /// In `episodes/`, settled, stamped: to be packed.
     Ready { commit: Commit },
-    /// Archive in `outbox/`. `recovered` when found there at start-up: the
+    /// Archive packed (in `outbox/`, or in memory when small). `recovered`
+    /// when found in `outbox/` at start-up: the
     /// receiver may already hold it, so ask (HEAD) before uploading.
     Packed { archive: Archive, recovered: bool },
     /// Final: moved to `shipped/`.
@@ -255,6 +260,7 @@ mod tests {
             digest: Sha256Digest::of(b"a"),
             bytes: 1,
             commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
+            inline: None,
         }
     }
 

@@ -383,20 +383,24 @@ impl Uploader {
         archive: &Archive,
         progress: &(dyn Fn() + Sync),
     ) -> (Event, Option<Duration>) {
-        let file = match tokio::fs::File::open(path).await {
-            Ok(f) => f,
-            Err(e) => {
-                return (
-                    no_answer(NoAnswer::Unreachable(format!("{}: {e}", path.display()))),
-                    None,
-                );
-            }
+        // A small archive is in memory; a larger one is read from the outbox.
+        let body: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match &archive.inline {
+            Some(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
+            None => match tokio::fs::File::open(path).await {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    return (
+                        no_answer(NoAnswer::Unreachable(format!("{}: {e}", path.display()))),
+                        None,
+                    );
+                }
+            },
         };
         let started = Instant::now();
         let moved_at = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
         let (stamp, count) = (moved_at.clone(), sent.clone());
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
         let stream = inspect_chunks(stream, move |n| {
             count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);

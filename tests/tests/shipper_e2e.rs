@@ -154,11 +154,12 @@ fn receiver_down_then_back_and_recovery_by_head() {
     let env = TestEnv::new();
     let mut r = Receiver::start(&env);
     let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    // Over INLINE_MAX once packed, so the archive waits in outbox/.
     write_episode(
         &data.join("episodes"),
         "ep",
         Some(GOOD_COMMIT),
-        &[("d", &noise(10_000, 3))],
+        &[("d", &noise(1_200_000, 3))],
     );
     r.kill9();
     let (code, out, err) = shipper(&cfg, "--once");
@@ -401,8 +402,10 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
         let d = u64::from(*d);
         let new: Vec<String> = (0..3).map(|k| format!("ep-{t:03}-{k}")).collect();
         for (k, id) in new.iter().enumerate() {
+            // 40 KB to 2.4 MB: about half are packed in memory (up to
+            // INLINE_MAX), half through outbox/.
             let data_bin = noise(
-                40_000 + (d as usize * 997 * (k + 1)) % 900_000,
+                40_000 + (d as usize * 9_973 * (k + 1)) % 2_400_000,
                 d + k as u64,
             );
             let files: &[(&str, &[u8])] = &[("d.bin", &data_bin), ("t.csv", b"1\n")];
@@ -655,7 +658,8 @@ fn kill_9_at_every_named_crash_point_then_restart_converges() {
             format!("t{t}-b-late"),
             format!("t{t}-c-bare"),
         );
-        let files: &[(&str, &[u8])] = &[("d.bin", &noise(200_000, t as u64)), ("t.csv", b"1\n")];
+        // Over INLINE_MAX (1 MiB) once packed: the pack:* points are on the outbox path.
+        let files: &[(&str, &[u8])] = &[("d.bin", &noise(1_200_000, t as u64)), ("t.csv", b"1\n")];
         let eps = data.join("episodes");
         write_episode(&eps, &good, Some(GOOD_COMMIT), files);
         write_episode(&eps, &late, Some(OLD_COMMIT), files);
@@ -853,7 +857,7 @@ fn the_rest_of_the_answer_table_end_to_end() {
         &eps,
         "rotten",
         Some(GOOD_COMMIT),
-        &[("d", &noise(50_000, 5))],
+        &[("d", &noise(1_200_000, 5))],
     );
     r.kill9();
     assert_eq!(shipper(&cfg, "--once").0, 1);
