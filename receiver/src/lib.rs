@@ -112,6 +112,7 @@ impl Receiver {
             metrics,
             audit,
             uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            max_uploads: config.max_concurrent_uploads,
             shutting_down: AtomicBool::new(false),
             limits: ingest::Limits {
                 max_bytes: config.max_episode_bytes,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub audit: Audit,
     /// One permit per body being received (`limits.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
+    /// `limits.max_concurrent_uploads`, as advertised by ping.
+    pub max_uploads: usize,
     /// Set when shutdown starts: new PUTs get 503 `shutting_down`.
     pub shutting_down: AtomicBool,
     pub limits: ingest::Limits,
@@ -178,8 +180,12 @@ async fn ping(
             "loaded_at": humantime::format_rfc3339_seconds(gate.loaded_at).to_string(),
         },
         // Additive to the contract: lets a shipper refuse an oversize archive
-        // before uploading it (a declared-oversize body is not drained).
-        "limits": { "max_episode_bytes": state.limits.max_bytes },
+        // before uploading it (a declared-oversize body is not drained), and
+        // not send more uploads at once than the receiver takes.
+        "limits": {
+            "max_episode_bytes": state.limits.max_bytes,
+            "max_concurrent_uploads": state.max_uploads,
+        },
     })))
 }
 

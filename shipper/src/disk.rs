@@ -282,6 +282,7 @@ impl Layout {
         let packed = archive::pack(&dir, id, &mut sink, level, workers, written)?;
         let tmp = match sink.file {
             None => {
+                sink.memory.shrink_to_fit();
                 return Ok(Archive {
                     digest: packed.digest,
                     bytes: packed.bytes,

@@ -55,13 +55,18 @@ struct LastError {
 struct Backoff {
     attempts: u32,
     next: Instant,
+    /// When it began: for the host's hold, answers to requests sent before
+    /// then do not lift it.
+    since: Instant,
 }
 
 impl Backoff {
     fn new() -> Self {
+        let now = Instant::now();
         Self {
             attempts: 0,
-            next: Instant::now(),
+            next: now,
+            since: now,
         }
     }
 
@@ -109,11 +114,6 @@ struct Prefetch {
 struct Retiring {
     id: Id,
     already: bool,
-    /// An archive held in memory: kept in `outbox/` if the move fails, so
-    /// the retry confirms it with HEAD instead of packing again (a pack of
-    /// a tree whose modes were fixed meanwhile, say by `chmod`, would differ
-    /// from what the receiver holds and answer 409).
-    inline: Option<Archive>,
     task: tokio::task::JoinHandle<std::io::Result<std::path::PathBuf>>,
 }
 
@@ -136,8 +136,11 @@ struct Episode {
     floor: Option<Duration>,
     /// Whether the last event was the receiver's or the link's failure.
     whole_host: bool,
-    /// The last archive it had in memory (kept by a failed retire).
+    /// The archive it holds in memory, once sent: kept in `outbox/` when
+    /// the receiver's answer is not a final one (see [`Layout::keep`]).
     inline: Option<Archive>,
+    /// When its last request (HEAD or PUT) was sent.
+    asked: Instant,
 }
 
 /// Does this failure belong to the receiver or the link rather than to the
@@ -170,6 +173,9 @@ pub struct Shipper {
     /// do several uploads go at once. Until it has, one goes alone, so a
     /// receiver that is down or busy meets one request per pass, not four.
     answering: bool,
+    /// Bumped whenever an upload beside the pass moves bytes: the watchdog's
+    /// sign of life while the pass waits for them.
+    moved: Arc<AtomicU64>,
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: std::collections::HashSet<Id>,
     workers: u32,
@@ -179,6 +185,9 @@ pub struct Shipper {
     cleanup: crate::cleanup::Schedule,
     /// The receiver's advertised `max_episode_bytes` and when it was asked.
     limit: Option<(Option<u64>, Instant)>,
+    /// How many small uploads may go at once: [`IN_FLIGHT`], or fewer when
+    /// the receiver's ping says it takes fewer (`max_concurrent_uploads`).
+    slots: usize,
     /// `pending` of the last full pass (reported while the host is on hold).
     last_pending: usize,
     /// Held (flock) for the process's life: one shipper per data_dir.
@@ -209,6 +218,7 @@ impl Shipper {
             retiring: VecDeque::new(),
             uploading: tokio::task::JoinSet::new(),
             answering: false,
+            moved: Arc::new(AtomicU64::new(0)),
             verified: Default::default(),
             workers,
             last_success: None,
@@ -216,6 +226,7 @@ impl Shipper {
             rng,
             cleanup: crate::cleanup::Schedule::new(config.quarantine_keep, config.cleanup_interval),
             limit: None,
+            slots: 1,
             last_pending: 0,
             _lock: lock,
             config,
@@ -317,6 +328,12 @@ impl Shipper {
                     Ok(pong) => {
                         let limit = pong.limits.and_then(|l| l.max_episode_bytes);
                         self.limit = Some((limit, Instant::now()));
+                        // An older receiver does not say: one at a time.
+                        self.slots = pong
+                            .limits
+                            .and_then(|l| l.max_concurrent_uploads)
+                            .unwrap_or(1)
+                            .clamp(1, IN_FLIGHT);
                         limit
                     }
                     // The upload that follows meets the same trouble and
@@ -452,6 +469,7 @@ impl Shipper {
             floor: None,
             whole_host: false,
             inline: None,
+            asked: Instant::now(),
         };
         self.run(ep, action, summary, progress, upcoming).await;
     }
@@ -470,7 +488,10 @@ impl Shipper {
         while let Some(a) = action.take() {
             let (event, retry_after) = match a {
                 Action::Pack => (self.pack(&id, &ep.state, progress).await, None),
-                Action::Head => (self.uploader.head(&id).await, None),
+                Action::Head => {
+                    ep.asked = Instant::now();
+                    (self.uploader.head(&id).await, None)
+                }
                 Action::Upload => {
                     let State::Packed { archive, .. } = &ep.state else {
                         break;
@@ -478,31 +499,45 @@ impl Shipper {
                     let bytes = archive.bytes;
                     match self.receiver_limit().await {
                         Some(limit) if bytes > limit => (Event::OverLimit { bytes, limit }, None),
-                        _ if archive.inline.is_some() => {
-                            // Small: upload beside the pass; `resume` takes
-                            // the episode on from the answer.
-                            let limit = if self.answering { IN_FLIGHT } else { 1 };
-                            while self.uploading.len() >= limit {
+                        _ => {
+                            let small = archive.inline.is_some();
+                            // Answers already in take their episodes on
+                            // first: one may have put the host on hold. A
+                            // large archive goes alone; a small one waits
+                            // for a free slot (one until the receiver has
+                            // given a verdict in this pass).
+                            self.collect_ready(summary, progress, upcoming).await;
+                            let limit = if self.answering { self.slots } else { 1 };
+                            let room = |n: usize| if small { n < limit } else { n == 0 };
+                            while !room(self.uploading.len()) {
                                 self.collect_upload(summary, progress, upcoming).await;
                             }
                             if self.hold.as_ref().is_some_and(Backoff::waiting) {
-                                // An upload just collected put the host on
+                                // An answer just collected put the host on
                                 // hold: this one waits like the rest.
                                 summary.pending += 1;
                                 return;
                             }
+                            let State::Packed { archive, .. } = &ep.state else {
+                                break;
+                            };
                             self.start_prefetch(upcoming);
-                            let (uploader, archive) = (self.uploader.clone(), archive.clone());
-                            self.uploading.spawn(async move {
-                                let path = PathBuf::new();
-                                let (event, retry_after) =
-                                    uploader.put(&ep.id, &path, &archive, &|| {}).await;
-                                (ep, event, retry_after)
-                            });
-                            return;
-                        }
-                        _ => {
-                            self.start_prefetch(upcoming);
+                            ep.asked = Instant::now();
+                            if small {
+                                // Beside the pass; `collect_upload` takes the
+                                // episode on from the answer.
+                                let (uploader, archive) = (self.uploader.clone(), archive.clone());
+                                let moved = self.moved.clone();
+                                self.uploading.spawn(async move {
+                                    let (event, retry_after) = uploader
+                                        .put(&ep.id, &PathBuf::new(), &archive, &|| {
+                                            moved.fetch_add(1, Ordering::Relaxed);
+                                        })
+                                        .await;
+                                    (ep, event, retry_after)
+                                });
+                                return;
+                            }
                             let path = self.layout.archive_path(&id);
                             self.uploader.put(&id, &path, archive, progress).await
                         }
@@ -513,12 +548,20 @@ impl Shipper {
                     while self.retiring.len() >= IN_FLIGHT {
                         self.finish_retire(summary).await;
                     }
-                    let (layout, moving) = (self.layout.clone(), id.clone());
-                    let task = tokio::task::spawn_blocking(move || layout.retire(&moving));
+                    let (layout, moving, inline) =
+                        (self.layout.clone(), id.clone(), ep.inline.take());
+                    let task = tokio::task::spawn_blocking(move || {
+                        let moved = layout.retire(&moving);
+                        if moved.is_err() {
+                            // The retry finds the archive in outbox/ and
+                            // confirms it with HEAD (see `Layout::keep`).
+                            keep(&layout, &moving, inline.as_ref());
+                        }
+                        moved
+                    });
                     self.retiring.push_back(Retiring {
                         id: id.clone(),
                         already: ep.already,
-                        inline: ep.inline.take(),
                         task,
                     });
                     break;
@@ -555,6 +598,14 @@ impl Shipper {
                 } => {
                     summary.transient += 1;
                     summary.pending += 1;
+                    if let Some(archive) = ep.inline.take() {
+                        // Sent, with no final answer: the receiver may hold
+                        // it already. Keep these bytes for the retry.
+                        let (layout, id) = (self.layout.clone(), id.clone());
+                        let _ =
+                            tokio::task::spawn_blocking(move || keep(&layout, &id, Some(&archive)))
+                                .await;
+                    }
                     let (scope, wait) = if ep.whole_host {
                         ("host", self.hold_host(ep.floor))
                     } else {
@@ -586,11 +637,17 @@ impl Shipper {
         ep.whole_host = host_wide(&event);
         if matches!(event, Event::Answer { .. } | Event::Head(_)) && !ep.whole_host {
             // The receiver answered with a verdict on this episode: it is
-            // reachable and working, whatever the verdict.
-            self.hold = None;
+            // reachable and working, whatever the verdict. Unless the request
+            // went before the hold began: an earlier upload in flight says
+            // nothing of the failure that started it.
+            if self.hold.as_ref().is_none_or(|h| ep.asked >= h.since) {
+                self.hold = None;
+            }
             self.answering = true;
         }
-        if let State::Packed { archive, .. } = &ep.state {
+        if let (State::Packed { archive, .. }, Event::Answer { .. } | Event::NoAnswer { .. }) =
+            (&ep.state, &event)
+        {
             ep.inline = archive.inline.is_some().then(|| archive.clone());
         }
         let (next, act) = state::step(&ep.state, event);
@@ -599,17 +656,56 @@ impl Shipper {
     }
 
     /// Waits for one upload running beside the pass and takes its episode on
-    /// from the answer. Nothing to wait for: returns at once.
+    /// from the answer. Nothing to wait for: returns at once. While it waits,
+    /// the watchdog hears of every second in which the uploads moved bytes.
     async fn collect_upload(
         &mut self,
         summary: &mut Summary,
         progress: &(dyn Fn() + Sync),
         upcoming: &VecDeque<(Id, Found)>,
     ) {
-        let Some(joined) = self.uploading.join_next().await else {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        let joined = loop {
+            tokio::select! {
+                j = self.uploading.join_next() => break j,
+                _ = tick.tick() => {
+                    let now = self.moved.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        progress();
+                    }
+                }
+            }
+        };
+        let Some(joined) = joined else {
             return;
         };
         progress();
+        self.take_on(joined, summary, progress, upcoming).await;
+    }
+
+    /// Takes on every upload that has already finished, without waiting.
+    async fn collect_ready(
+        &mut self,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
+    ) {
+        while let Some(joined) = self.uploading.try_join_next() {
+            self.take_on(joined, summary, progress, upcoming).await;
+        }
+    }
+
+    /// Takes an episode on from its upload's answer.
+    async fn take_on(
+        &mut self,
+        joined: Result<(Episode, Event, Option<Duration>), tokio::task::JoinError>,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
+    ) {
         match joined {
             Ok((mut ep, event, retry_after)) => {
                 let action = self.observe(&mut ep, event, retry_after);
@@ -643,13 +739,7 @@ impl Shipper {
 
     /// Waits for the oldest retire in flight, if any, and records its outcome.
     async fn finish_retire(&mut self, summary: &mut Summary) {
-        let Some(Retiring {
-            id,
-            already,
-            inline,
-            task,
-        }) = self.retiring.pop_front()
-        else {
+        let Some(Retiring { id, already, task }) = self.retiring.pop_front() else {
             return;
         };
         let moved = match task.await {
@@ -666,21 +756,10 @@ impl Shipper {
                     summary.shipped += 1;
                 }
                 self.backoff.remove(&id);
-                self.hold = None;
                 self.last_success = Some(SystemTime::now());
                 tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
             }
-            Err(e) => {
-                if let Some(archive) =
-                    inline.filter(|_| self.layout.episodes.join(id.as_str()).exists())
-                {
-                    // The retry finds it there and confirms it with HEAD.
-                    if let Err(e) = self.layout.keep(&id, &archive) {
-                        tracing::warn!(episode_id = %id, error = %e, "cannot keep the archive in outbox/; the episode will be packed again");
-                    }
-                }
-                self.io_failure(&id, "moving to shipped/", &e, summary)
-            }
+            Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
         }
     }
 
@@ -778,6 +857,20 @@ impl Shipper {
         if let Err(e) = crate::disk::write_atomic(&path, &bytes) {
             tracing::error!(error = %e, path = %path.display(), event = "status_write_failed", "cannot write status.json");
         }
+    }
+}
+
+/// Puts an archive that was held in memory into `outbox/` (blocking), if its
+/// episode is still queued; logs when it cannot (the retry packs again).
+fn keep(layout: &Layout, id: &Id, archive: Option<&Archive>) {
+    let Some(archive) = archive else {
+        return;
+    };
+    if !layout.episodes.join(id.as_str()).is_dir() {
+        return;
+    }
+    if let Err(e) = layout.keep(id, archive) {
+        tracing::warn!(episode_id = %id, error = %e, "cannot keep the archive in outbox/; the episode will be packed again");
     }
 }
 

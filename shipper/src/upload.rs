@@ -109,6 +109,8 @@ pub struct Pong {
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub struct PongLimits {
     pub max_episode_bytes: Option<u64>,
+    /// The most uploads the receiver takes at once, from all hosts.
+    pub max_concurrent_uploads: Option<usize>,
 }
 
 /// What one authenticated ping says about this host's setup: `shipper
@@ -374,8 +376,10 @@ impl Uploader {
         }
     }
 
-    /// PUT the outbox archive. `progress` is called as bytes move (for the
-    /// watchdog). Returns the event and any `Retry-After`.
+    /// PUT the archive: from memory when it is held there
+    /// (`archive.inline`), else from `path` in the outbox. `progress` is
+    /// called as bytes move (for the watchdog). Returns the event and any
+    /// `Retry-After`.
     pub async fn put(
         &self,
         id: &Id,

@@ -605,6 +605,9 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
         summary.contains("left pending 3 (1 by a transient failure)"),
         "{summary}"
     );
+    // ep-a was sent and met the 503: its in-memory archive is kept in
+    // outbox/ for the retry to confirm with HEAD; the look-ahead is dropped.
+    assert_eq!(names(&data.join("outbox")), ["ep-a.json", "ep-a.tar.zst"]);
     let ms: u64 = line
         .split("retry_in_ms=")
         .nth(1)
@@ -617,8 +620,8 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
     );
     drop(tx);
     let _ = rt.block_on(hold);
-    // Slot free again: a fresh process ships all three (the look-ahead
-    // archive left in the outbox is checked with HEAD, then uploaded).
+    // Slot free again: a fresh process ships all three (the archive
+    // kept in the outbox is checked with HEAD, then uploaded).
     let (code, out, err) = shipper(&cfg, "--once");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("shipped 3"), "{out}\n{err}");
