@@ -460,15 +460,13 @@ mod tests {
 
     /// Incompressible bytes: the archive is about as large as `len`.
     fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        use std::io::Read as _;
+        let mut bytes = vec![0; len];
+        File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut bytes)
+            .unwrap();
+        bytes
     }
 
     fn outbox(layout: &Layout) -> Vec<String> {

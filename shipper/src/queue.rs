@@ -489,6 +489,15 @@ impl Shipper {
             let (event, retry_after) = match a {
                 Action::Pack => (self.pack(&id, &ep.state, progress).await, None),
                 Action::Head => {
+                    // Like a large upload: alone, after the answers already in.
+                    self.collect_ready(summary, progress, upcoming).await;
+                    while !self.uploading.is_empty() {
+                        self.collect_upload(summary, progress, upcoming).await;
+                    }
+                    if self.hold.as_ref().is_some_and(Backoff::waiting) {
+                        summary.pending += 1;
+                        return;
+                    }
                     ep.asked = Instant::now();
                     (self.uploader.head(&id).await, None)
                 }
@@ -607,7 +616,7 @@ impl Shipper {
                                 .await;
                     }
                     let (scope, wait) = if ep.whole_host {
-                        ("host", self.hold_host(ep.floor))
+                        ("host", self.hold_host(ep.asked, ep.floor))
                     } else {
                         ("episode", self.schedule(&id, ep.floor))
                     };
@@ -723,17 +732,25 @@ impl Shipper {
     }
 
     /// Puts the whole host on hold after the receiver's or the link's
-    /// failure; returns the wait. Uploads that were in flight together fail
-    /// together: only the first failure of a hold lengthens it, the others
-    /// only raise it to their `Retry-After`.
-    fn hold_host(&mut self, floor: Option<Duration>) -> Duration {
+    /// failure of a request sent at `asked`; returns the wait. A request
+    /// sent before the current hold began (uploads in flight together fail
+    /// together, some only after a long timeout) only raises the hold to its
+    /// `Retry-After`; a later one lengthens it, starts a new hold period and
+    /// sends the next upload alone again.
+    fn hold_host(&mut self, asked: Instant, floor: Option<Duration>) -> Duration {
         let (initial, max) = (self.config.initial_backoff, self.config.max_backoff);
-        let hold = self.hold.get_or_insert_with(Backoff::new);
-        if hold.waiting() {
-            hold.next = hold.next.max(Instant::now() + floor.unwrap_or_default());
-            hold.next.saturating_duration_since(Instant::now())
-        } else {
-            hold.bump(&mut self.rng, initial, max, floor)
+        let now = Instant::now();
+        match &mut self.hold {
+            Some(hold) if asked < hold.since => {
+                hold.next = hold.next.max(now + floor.unwrap_or_default());
+                hold.next.saturating_duration_since(now)
+            }
+            hold => {
+                let hold = hold.get_or_insert_with(Backoff::new);
+                hold.since = now;
+                self.answering = false;
+                hold.bump(&mut self.rng, initial, max, floor)
+            }
         }
     }
 
