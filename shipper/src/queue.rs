@@ -490,12 +490,7 @@ impl Shipper {
                 Action::Pack => (self.pack(&id, &ep.state, progress).await, None),
                 Action::Head => {
                     // Like a large upload: alone, after the answers already in.
-                    self.collect_ready(summary, progress, upcoming).await;
-                    while !self.uploading.is_empty() {
-                        self.collect_upload(summary, progress, upcoming).await;
-                    }
-                    if self.hold.as_ref().is_some_and(Backoff::waiting) {
-                        summary.pending += 1;
+                    if !self.take_turn(false, summary, progress, upcoming).await {
                         return;
                     }
                     ep.asked = Instant::now();
@@ -510,21 +505,7 @@ impl Shipper {
                         Some(limit) if bytes > limit => (Event::OverLimit { bytes, limit }, None),
                         _ => {
                             let small = archive.inline.is_some();
-                            // Answers already in take their episodes on
-                            // first: one may have put the host on hold. A
-                            // large archive goes alone; a small one waits
-                            // for a free slot (one until the receiver has
-                            // given a verdict in this pass).
-                            self.collect_ready(summary, progress, upcoming).await;
-                            let limit = if self.answering { self.slots } else { 1 };
-                            let room = |n: usize| if small { n < limit } else { n == 0 };
-                            while !room(self.uploading.len()) {
-                                self.collect_upload(summary, progress, upcoming).await;
-                            }
-                            if self.hold.as_ref().is_some_and(Backoff::waiting) {
-                                // An answer just collected put the host on
-                                // hold: this one waits like the rest.
-                                summary.pending += 1;
+                            if !self.take_turn(small, summary, progress, upcoming).await {
                                 return;
                             }
                             let State::Packed { archive, .. } = &ep.state else {
@@ -631,6 +612,32 @@ impl Shipper {
             };
             action = Some(self.observe(&mut ep, event, retry_after));
         }
+    }
+
+    /// Waits until a request to the receiver may start: answers already in
+    /// take their episodes on first (one may have put the host on hold); a
+    /// large upload or a HEAD goes alone; a small upload waits for a free
+    /// slot (one until the receiver has given a verdict in this pass).
+    /// False when the host is now on hold: the episode waits like the rest
+    /// (counted pending).
+    async fn take_turn(
+        &mut self,
+        small: bool,
+        summary: &mut Summary,
+        progress: &(dyn Fn() + Sync),
+        upcoming: &VecDeque<(Id, Found)>,
+    ) -> bool {
+        self.collect_ready(summary, progress, upcoming).await;
+        let limit = if self.answering { self.slots } else { 1 };
+        let room = |n: usize| if small { n < limit } else { n == 0 };
+        while !room(self.uploading.len()) {
+            self.collect_upload(summary, progress, upcoming).await;
+        }
+        if self.hold.as_ref().is_some_and(Backoff::waiting) {
+            summary.pending += 1;
+            return false;
+        }
+        true
     }
 
     /// Records what `event` says of the receiver and takes the episode's

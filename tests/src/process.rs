@@ -349,3 +349,22 @@ impl Drop for Daemon {
         let _ = self.0.wait();
     }
 }
+
+/// PUT `body` as episode `host/id` with the contract's headers
+/// (`X-Labship-Commit`, `Content-Digest` of the body); the whole response.
+pub async fn put_episode(
+    c: &reqwest::Client,
+    url: &str,
+    host: &str,
+    id: &str,
+    commit: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    c.put(format!("{url}/v1/episodes/{host}/{id}"))
+        .header("X-Labship-Commit", commit)
+        .header("Content-Digest", crate::episode::digest_header(&body))
+        .body(body)
+        .send()
+        .await
+        .expect("send")
+}

@@ -3,7 +3,7 @@
 //! slow clients, `Expect: 100-continue` with curl, metrics, config errors.
 
 use labship_tests::episode::{RawTar, digest_header, noise};
-use labship_tests::process::{Receiver, ReceiverOpts, run};
+use labship_tests::process::{Receiver, ReceiverOpts, put_episode, run};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
 use serde_json::Value;
 use std::io::Read as _;
@@ -18,22 +18,6 @@ fn archive(id: &str, commit: &str, random: usize) -> Vec<u8> {
         .file(&format!("{id}/data"), &noise(random, id.len() as u64))
         .meta(id, commit)
         .finish_zst()
-}
-
-async fn put(
-    c: &reqwest::Client,
-    url: &str,
-    id: &str,
-    commit: &str,
-    body: Vec<u8>,
-) -> reqwest::Response {
-    c.put(format!("{url}/v1/episodes/{HOST}/{id}"))
-        .header("X-Labship-Commit", commit)
-        .header("Content-Digest", digest_header(&body))
-        .body(body)
-        .send()
-        .await
-        .expect("send")
 }
 
 /// Starts a PUT whose body arrives only as the test feeds the returned sender.
@@ -113,9 +97,16 @@ async fn gate_reloads_on_change_and_sighup_and_keeps_last_good_set() {
     let r = Receiver::start(&env);
     let c = env.client(Some(&env.pki.client(HOST)));
     assert_eq!(
-        put(&c, &r.url, "e1", OLD_COMMIT, archive("e1", OLD_COMMIT, 10))
-            .await
-            .status(),
+        put_episode(
+            &c,
+            &r.url,
+            HOST,
+            "e1",
+            OLD_COMMIT,
+            archive("e1", OLD_COMMIT, 10)
+        )
+        .await
+        .status(),
         412
     );
 
@@ -123,9 +114,16 @@ async fn gate_reloads_on_change_and_sighup_and_keeps_last_good_set() {
     std::fs::write(&r.allowed, format!("{GOOD_COMMIT}\n{OLD_COMMIT}\n")).unwrap();
     let started = Instant::now();
     loop {
-        let s = put(&c, &r.url, "e1", OLD_COMMIT, archive("e1", OLD_COMMIT, 10))
-            .await
-            .status();
+        let s = put_episode(
+            &c,
+            &r.url,
+            HOST,
+            "e1",
+            OLD_COMMIT,
+            archive("e1", OLD_COMMIT, 10),
+        )
+        .await
+        .status();
         if s == 201 {
             break;
         }
@@ -141,9 +139,16 @@ async fn gate_reloads_on_change_and_sighup_and_keeps_last_good_set() {
     r.signal(1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        put(&c, &r.url, "e2", OLD_COMMIT, archive("e2", OLD_COMMIT, 10))
-            .await
-            .status(),
+        put_episode(
+            &c,
+            &r.url,
+            HOST,
+            "e2",
+            OLD_COMMIT,
+            archive("e2", OLD_COMMIT, 10)
+        )
+        .await
+        .status(),
         201
     );
     assert!(
@@ -159,9 +164,16 @@ async fn gate_reloads_on_change_and_sighup_and_keeps_last_good_set() {
     let started = Instant::now();
     for n in 0.. {
         let id = format!("e3-{n}");
-        if put(&c, &r.url, &id, OLD_COMMIT, archive(&id, OLD_COMMIT, 10))
-            .await
-            .status()
+        if put_episode(
+            &c,
+            &r.url,
+            HOST,
+            &id,
+            OLD_COMMIT,
+            archive(&id, OLD_COMMIT, 10),
+        )
+        .await
+        .status()
             == 412
         {
             break;
@@ -209,7 +221,12 @@ async fn kill_9_mid_upload_leaves_nothing_visible() {
         .unwrap();
     assert_eq!(head.status(), 404);
     // The retry after the crash stores it once.
-    assert_eq!(put(&c, &r.url, "ep", GOOD_COMMIT, full).await.status(), 201);
+    assert_eq!(
+        put_episode(&c, &r.url, HOST, "ep", GOOD_COMMIT, full)
+            .await
+            .status(),
+        201
+    );
 }
 
 #[tokio::test]
@@ -228,14 +245,15 @@ async fn full_store_answers_507_and_keeps_what_it_had() {
     let c = env.client(Some(&env.pki.client(HOST)));
     let small = archive("small", GOOD_COMMIT, 100_000);
     assert_eq!(
-        put(&c, &r.url, "small", GOOD_COMMIT, small.clone())
+        put_episode(&c, &r.url, HOST, "small", GOOD_COMMIT, small.clone())
             .await
             .status(),
         201
     );
-    let resp = put(
+    let resp = put_episode(
         &c,
         &r.url,
+        HOST,
         "big",
         GOOD_COMMIT,
         archive("big", GOOD_COMMIT, 3_000_000),
@@ -259,9 +277,10 @@ async fn full_store_answers_507_and_keeps_what_it_had() {
     );
     // Space freed by the failed upload is usable again.
     assert_eq!(
-        put(
+        put_episode(
             &c,
             &r.url,
+            HOST,
             "small2",
             GOOD_COMMIT,
             archive("small2", GOOD_COMMIT, 100_000)
@@ -285,9 +304,10 @@ async fn over_the_upload_limit_is_busy_with_retry_after() {
     let r = with_limits(&env, "max_concurrent_uploads = 1");
     let c = env.client(Some(&env.pki.client(HOST)));
     let (full, tx, task) = upload_in_flight(&r, &c, "slow", 500_000, 100_000).await;
-    let resp = put(
+    let resp = put_episode(
         &c,
         &r.url,
+        HOST,
         "other",
         GOOD_COMMIT,
         archive("other", GOOD_COMMIT, 10),
@@ -300,9 +320,10 @@ async fn over_the_upload_limit_is_busy_with_retry_after() {
     drop(tx);
     assert_eq!(task.await.unwrap(), Ok(201));
     assert_eq!(
-        put(
+        put_episode(
             &c,
             &r.url,
+            HOST,
             "other",
             GOOD_COMMIT,
             archive("other", GOOD_COMMIT, 10)
@@ -449,9 +470,10 @@ async fn metrics_and_healthz() {
     let r = Receiver::start(&env);
     let c = env.client(Some(&env.pki.client(HOST)));
     assert_eq!(
-        put(
+        put_episode(
             &c,
             &r.url,
+            HOST,
             "ep",
             GOOD_COMMIT,
             archive("ep", GOOD_COMMIT, 1000)
@@ -643,7 +665,7 @@ async fn a_retry_after_the_gate_moved_still_gets_200_not_412() {
     let c = env.client(Some(&env.pki.client(HOST)));
     let body = archive("ep", GOOD_COMMIT, 1000);
     assert_eq!(
-        put(&c, &r.url, "ep", GOOD_COMMIT, body.clone())
+        put_episode(&c, &r.url, HOST, "ep", GOOD_COMMIT, body.clone())
             .await
             .status(),
         201
@@ -655,9 +677,16 @@ async fn a_retry_after_the_gate_moved_still_gets_200_not_412() {
     let started = Instant::now();
     for n in 0.. {
         let id = format!("probe-{n}");
-        if put(&c, &r.url, &id, GOOD_COMMIT, archive(&id, GOOD_COMMIT, 10))
-            .await
-            .status()
+        if put_episode(
+            &c,
+            &r.url,
+            HOST,
+            &id,
+            GOOD_COMMIT,
+            archive(&id, GOOD_COMMIT, 10),
+        )
+        .await
+        .status()
             == 412
         {
             break;
@@ -668,5 +697,10 @@ async fn a_retry_after_the_gate_moved_still_gets_200_not_412() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(put(&c, &r.url, "ep", GOOD_COMMIT, body).await.status(), 200);
+    assert_eq!(
+        put_episode(&c, &r.url, HOST, "ep", GOOD_COMMIT, body)
+            .await
+            .status(),
+        200
+    );
 }

@@ -5,7 +5,7 @@
 //! writes of a commit, the store going away (503, the shipper retries).
 
 use labship_tests::episode::{assert_same_tree, digest_header, noise, pack, unpack, write_episode};
-use labship_tests::process::{Receiver, ReceiverOpts, run};
+use labship_tests::process::{Receiver, ReceiverOpts, put_episode, run};
 use labship_tests::s3::Weed;
 use labship_tests::{GOOD_COMMIT, TestEnv, shipper_toml};
 use serde_json::Value;
@@ -52,14 +52,7 @@ fn archive(env: &TestEnv, id: &str, len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn put(c: &reqwest::Client, url: &str, id: &str, body: Vec<u8>) -> (u16, Value) {
-    let resp = c
-        .put(format!("{url}/v1/episodes/{HOST}/{id}"))
-        .header("X-Labship-Commit", GOOD_COMMIT)
-        .header("Content-Digest", digest_header(&body))
-        .body(body)
-        .send()
-        .await
-        .expect("send");
+    let resp = put_episode(c, url, HOST, id, GOOD_COMMIT, body).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -441,14 +434,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     assert_eq!(head(&c, &b.url, "ep-c").await.0, 404, "claimed, not stored");
     // A fresh claim is an upload in progress as far as b can tell: the same
     // bytes through b get 503 `busy`, not a second upload to the same key.
-    let resp = c
-        .put(format!("{}/v1/episodes/{HOST}/ep-c", b.url))
-        .header("X-Labship-Commit", GOOD_COMMIT)
-        .header("Content-Digest", digest_header(&bytes))
-        .body(bytes.clone())
-        .send()
-        .await
-        .expect("send");
+    let resp = put_episode(&c, &b.url, HOST, "ep-c", GOOD_COMMIT, bytes.clone()).await;
     let retry_after: u64 = resp
         .headers()
         .get("retry-after")
@@ -559,14 +545,7 @@ async fn store_unreachable_answers_503_and_the_shipper_retries() {
     weed.stop();
 
     let bytes = archive(&env, "ep-u", 10_000, 8);
-    let resp = c
-        .put(format!("{}/v1/episodes/{HOST}/ep-u", a.url))
-        .header("X-Labship-Commit", GOOD_COMMIT)
-        .header("Content-Digest", digest_header(&bytes))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let resp = put_episode(&c, &a.url, HOST, "ep-u", GOOD_COMMIT, bytes).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
