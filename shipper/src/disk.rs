@@ -134,6 +134,16 @@ impl io::Write for Spill<'_> {
     }
 }
 
+/// An outbox archive renamed into place but not yet fsynced and without its
+/// sidecar: [`Layout::seal`] finishes it. Dropping it unsealed leaves an
+/// archive that the next start-up deletes (and a later pass overwrites).
+#[derive(Debug)]
+pub struct Unsealed {
+    id: Id,
+    file: File,
+    sidecar: Sidecar,
+}
+
 /// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing.
 fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
     rustix::fs::renameat_with(
@@ -158,8 +168,8 @@ impl Layout {
     }
 
     /// Creates the directories and clears scratch left by a crash: temp files,
-    /// archives without a sidecar, and outbox entries whose episode already left
-    /// the queue.
+    /// archives without a sidecar (and sidecars without an archive), and
+    /// outbox entries whose episode already left the queue.
     pub fn prepare(&self) -> io::Result<File> {
         for d in [
             &self.episodes,
@@ -204,9 +214,12 @@ impl Layout {
                 .strip_suffix(".tar.zst")
                 .or_else(|| name.strip_suffix(".json"));
             let keep = match id {
+                // A complete pair of an episode still queued: an archive
+                // alone was never sealed, a sidecar alone describes nothing.
                 Some(id) if !name.starts_with('.') => {
                     self.episodes.join(id).is_dir()
                         && self.outbox.join(format!("{id}.json")).exists()
+                        && self.outbox.join(format!("{id}.tar.zst")).exists()
                 }
                 _ => false,
             };
@@ -258,9 +271,11 @@ impl Layout {
     }
 
     /// Packs episode `id`. An archive of at most [`INLINE_MAX`] stays in
-    /// memory and touches no disk; a larger one goes to the outbox: archive
-    /// durable first, then its sidecar (whose presence marks the archive
-    /// complete).
+    /// memory and touches no disk. A larger one is renamed into the outbox
+    /// and returned at once, ready to upload, with the [`Unsealed`] rest of
+    /// its commit: the caller [`seal`](Self::seal)s it (fsync, then the
+    /// sidecar) while the upload runs, and before anything else touches the
+    /// episode's outbox files.
     pub fn pack(
         &self,
         id: &Id,
@@ -268,7 +283,7 @@ impl Layout {
         level: i32,
         workers: u32,
         written: &std::sync::atomic::AtomicU64,
-    ) -> Result<Archive, ArchiveError> {
+    ) -> Result<(Archive, Option<Unsealed>), ArchiveError> {
         let io_at = |path: &Path| {
             let path = path.to_owned();
             move |source: io::Error| ArchiveError::Io { path, source }
@@ -283,12 +298,13 @@ impl Layout {
         let tmp = match sink.file {
             None => {
                 sink.memory.shrink_to_fit();
-                return Ok(Archive {
+                let archive = Archive {
                     digest: packed.digest,
                     bytes: packed.bytes,
                     commit: commit.clone(),
                     inline: Some(sink.memory.into()),
-                });
+                };
+                return Ok((archive, None));
             }
             Some(file) => file
                 .into_inner()
@@ -300,9 +316,10 @@ impl Layout {
             commit: commit.clone(),
             inline: None,
         };
-        self.commit_outbox(id, tmp, &archive)
+        let unsealed = self
+            .place(id, tmp, &archive)
             .map_err(|(path, source)| ArchiveError::Io { path, source })?;
-        Ok(archive)
+        Ok((archive, Some(unsealed)))
     }
 
     /// Puts an archive held in memory into the outbox after all, as if it
@@ -313,37 +330,53 @@ impl Layout {
         let Some(bytes) = &archive.inline else {
             return Ok(());
         };
+        let in_place = |(path, e): (PathBuf, io::Error)| {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(&self.outbox)?;
         tmp.write_all(bytes)?;
-        self.commit_outbox(id, tmp, archive)
-            .map_err(|(path, e)| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        let unsealed = self.place(id, tmp, archive).map_err(in_place)?;
+        self.seal(unsealed).map_err(in_place)
     }
 
-    /// The written archive `tmp` becomes `<id>.tar.zst`: fsync, rename, then
-    /// the sidecar (whose presence marks the archive complete). An error
-    /// names the path it concerns.
-    fn commit_outbox(
+    /// The first half of an outbox commit: the written archive `tmp` becomes
+    /// `<id>.tar.zst`, readable for the upload but neither durable nor
+    /// complete (no sidecar): a crash now leaves an archive that `prepare()`
+    /// deletes, and the episode packs again to the same bytes.
+    fn place(
         &self,
         id: &Id,
         tmp: tempfile::NamedTempFile,
         archive: &Archive,
-    ) -> Result<(), (PathBuf, io::Error)> {
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| (tmp.path().to_owned(), e))?;
-        crate::crash_point("pack:archive-synced");
+    ) -> Result<Unsealed, (PathBuf, io::Error)> {
         let path = self.archive_path(id);
-        tmp.persist(&path).map_err(|e| (path.clone(), e.error))?;
+        let file = tmp.persist(&path).map_err(|e| (path.clone(), e.error))?;
         crate::crash_point("pack:archive-renamed");
-        let sidecar = Sidecar {
-            digest: archive.digest.header_value(),
-            bytes: archive.bytes,
-            commit: archive.commit.to_string(),
-        };
-        let json = serde_json::to_vec(&sidecar).map_err(|e| (path.clone(), io::Error::other(e)))?;
-        write_atomic(&self.sidecar_path(id), &json).map_err(|e| (self.outbox.clone(), e))?;
+        Ok(Unsealed {
+            id: id.clone(),
+            file,
+            sidecar: Sidecar {
+                digest: archive.digest.header_value(),
+                bytes: archive.bytes,
+                commit: archive.commit.to_string(),
+            },
+        })
+    }
+
+    /// The second half: fsync the archive, then write its sidecar (whose
+    /// presence marks the archive complete and durable; its directory
+    /// fsync also makes the archive's rename durable). An error names the
+    /// path it concerns.
+    pub fn seal(&self, unsealed: Unsealed) -> Result<(), (PathBuf, io::Error)> {
+        let Unsealed { id, file, sidecar } = unsealed;
+        let path = self.archive_path(&id);
+        file.sync_all().map_err(|e| (path.clone(), e))?;
+        crate::crash_point("pack:archive-synced");
+        let json = serde_json::to_vec(&sidecar).map_err(|e| (path, io::Error::other(e)))?;
+        let sidecar_path = self.sidecar_path(&id);
+        write_atomic(&sidecar_path, &json).map_err(|e| (sidecar_path, e))?;
         crate::crash_point("pack:sidecar-written");
         Ok(())
     }
@@ -478,6 +511,41 @@ mod tests {
         names
     }
 
+    /// What a crash can leave in `outbox/`, and what a start keeps: only
+    /// sealed pairs (archive and sidecar) of episodes still queued.
+    #[test]
+    fn a_start_keeps_only_sealed_archives_of_queued_episodes() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        let lock = layout.prepare().unwrap();
+        let commit = Commit::parse("1111111111111111111111111111111111111111").unwrap();
+        let written = AtomicU64::new(0);
+        let pack = |name: &str| {
+            let id = episode(&layout, name, &noise(INLINE_MAX + 1000));
+            let (_, unsealed) = layout.pack(&id, &commit, 3, 1, &written).unwrap();
+            (id, unsealed.unwrap())
+        };
+        let (_, sealed) = pack("sealed");
+        layout.seal(sealed).unwrap();
+        // Renamed into place, then the process died before the seal.
+        let (_, unsealed) = pack("unsealed");
+        drop(unsealed);
+        let (lone, sealed) = pack("lone-sidecar");
+        layout.seal(sealed).unwrap();
+        std::fs::remove_file(layout.archive_path(&lone)).unwrap();
+        let (gone, sealed) = pack("gone");
+        layout.seal(sealed).unwrap();
+        std::fs::rename(layout.episodes.join("gone"), layout.shipped.join("gone")).unwrap();
+        std::fs::write(layout.outbox.join(".tmp-half"), b"half").unwrap();
+        assert_eq!(
+            layout.outbox_archive(&gone).map(|a| a.bytes > 0),
+            Some(true)
+        );
+        drop(lock);
+        let _lock = layout.prepare().unwrap();
+        assert_eq!(outbox(&layout), ["sealed.json", "sealed.tar.zst"]);
+    }
+
     /// A small archive stays in memory and leaves no file; a large one spills
     /// to `outbox/` with its sidecar. Either way the bytes are exactly the
     /// pack's, so the digest does not depend on where they were kept.
@@ -493,7 +561,14 @@ mod tests {
             ("large", INLINE_MAX + 100_000, false),
         ] {
             let id = episode(&layout, name, &noise(len));
-            let archive = layout.pack(&id, &commit, 3, 2, &written).unwrap();
+            let (archive, unsealed) = layout.pack(&id, &commit, 3, 2, &written).unwrap();
+            assert_eq!(unsealed.is_none(), inline, "{name}");
+            if let Some(unsealed) = unsealed {
+                // In place for the upload, but not complete until sealed.
+                assert_eq!(outbox(&layout), ["large.tar.zst"]);
+                assert_eq!(layout.outbox_archive(&id), None);
+                layout.seal(unsealed).unwrap();
+            }
             let mut expected = Vec::new();
             let dir = layout.episodes.join(name);
             archive::pack(&dir, &id, &mut expected, 3, 1, &written).unwrap();
@@ -515,7 +590,7 @@ mod tests {
 
         // An episode that could not be retired keeps its archive in outbox/.
         let id = Id::parse("small").unwrap();
-        let archive = layout.pack(&id, &commit, 3, 2, &written).unwrap();
+        let (archive, _) = layout.pack(&id, &commit, 3, 2, &written).unwrap();
         layout.keep(&id, &archive).unwrap();
         assert_eq!(outbox(&layout), ["small.json", "small.tar.zst"]);
         assert_eq!(

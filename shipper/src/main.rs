@@ -81,9 +81,10 @@ fn main() -> ExitCode {
         }
         daemon(shipper, &config).await
     });
-    // A pack still running on a blocking thread (SIGTERM mid-pass) is not
-    // waited for: its temp file in outbox/ is cleared at the next start, and
-    // the stop must not outlast systemd's TimeoutStopSec.
+    // A pack or seal still running on a blocking thread (SIGTERM mid-pass)
+    // is not waited for: its temp file, or its archive without a sidecar, in
+    // outbox/ is cleared at the next start, and the stop must not outlast
+    // systemd's TimeoutStopSec.
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
 }

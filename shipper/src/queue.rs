@@ -10,10 +10,11 @@
 //! 503, 507) put the whole host on hold instead and end the pass: hammering a
 //! receiver that is down or full once per episode helps nobody.
 //!
-//! While one episode uploads, the next ready one is packed on a blocking
-//! thread (look-ahead of one: one extra archive in `outbox/` at most), and the
-//! previous one's retire (the move to `shipped/` and its fsyncs) finishes on
-//! another: only the upload itself is on the critical path.
+//! While one episode uploads, the next ready ones are packed on a blocking
+//! thread, one pack at a time ([`LOOK_AHEAD`] archives waiting at most); a
+//! freshly packed archive is sealed (fsync, sidecar) beside its own upload;
+//! and the previous episode's retire (the move to `shipped/` and its fsyncs)
+//! finishes on another thread: the critical path is packing and the upload.
 //! After every pass `state/status.json` is written atomically.
 
 use crate::archive::ArchiveError;
@@ -97,13 +98,36 @@ impl Backoff {
     }
 }
 
+/// A pack on a blocking thread. Its archive arrives on `ready` as soon as
+/// it can be uploaded; for one in `outbox/` the thread then seals it (fsync,
+/// sidecar: [`Layout::seal`]) while the upload runs, and `sealed` ends with
+/// that. Packing is the critical path of a batch of large episodes; the
+/// seal's fsync of about 10 MB no longer is (docs/performance.md).
+#[derive(Debug)]
+struct Packing {
+    written: Arc<AtomicU64>,
+    ready: tokio::sync::oneshot::Receiver<Result<Archive, ArchiveError>>,
+    sealed: Sealing,
+}
+
+/// The seal of an outbox archive, running on the pack's thread.
+type Sealing = tokio::task::JoinHandle<std::io::Result<()>>;
+
 /// A pack started ahead of its turn.
 #[derive(Debug)]
 struct Prefetch {
     id: Id,
-    written: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
+    packing: Packing,
+    /// Its outcome, once it arrived while an upload ran.
+    packed: Option<Event>,
 }
+
+/// How many packs may run ahead of the upload: the next pack starts as soon
+/// as the previous one is done, with up to this many archives waiting, so
+/// the cores keep compressing while an upload finishes. One pack runs at a
+/// time (one pack's memory); `outbox/` holds up to this many archives
+/// besides the one uploading.
+const LOOK_AHEAD: usize = 2;
 
 /// A retire (the move to `shipped/` and its fsyncs, then dropping the outbox
 /// copy) running on a blocking thread while the next episode uploads. The
@@ -141,6 +165,10 @@ struct Episode {
     inline: Option<Archive>,
     /// When its last request (HEAD or PUT) was sent.
     asked: Instant,
+    /// The seal of its freshly packed outbox archive, if still running:
+    /// awaited once its upload ends, before anything else touches the
+    /// episode's outbox files ([`Shipper::seal`]).
+    sealing: Option<Sealing>,
 }
 
 /// Does this failure belong to the receiver or the link rather than to the
@@ -162,7 +190,9 @@ pub struct Shipper {
     backoff: HashMap<Id, Backoff>,
     /// Set while the receiver or the link is failing for everyone.
     hold: Option<Backoff>,
-    prefetch: Option<Prefetch>,
+    /// Packs started ahead of their turn, oldest first: at most
+    /// [`LOOK_AHEAD`], of which only the newest may still be packing.
+    prefetch: VecDeque<Prefetch>,
     /// Retires in flight, oldest first: at most [`IN_FLIGHT`]; all are
     /// collected before the pass ends.
     retiring: VecDeque<Retiring>,
@@ -214,7 +244,7 @@ impl Shipper {
             uploader: Arc::new(uploader),
             backoff: HashMap::new(),
             hold: None,
-            prefetch: None,
+            prefetch: VecDeque::new(),
             retiring: VecDeque::new(),
             uploading: tokio::task::JoinSet::new(),
             answering: false,
@@ -344,15 +374,17 @@ impl Shipper {
         }
     }
 
-    /// Packs the next ready episode in `upcoming` (not yet in the outbox) on a
-    /// blocking thread, unless a look-ahead pack is already running.
+    /// Packs the next ready episode in `upcoming` (not yet in the outbox nor
+    /// packing) on a blocking thread, unless a look-ahead pack is still
+    /// running or [`LOOK_AHEAD`] archives already wait.
     fn start_prefetch(&mut self, upcoming: &VecDeque<(Id, Found)>) {
-        if self.prefetch.is_some() {
+        if self.prefetch.len() >= LOOK_AHEAD || self.prefetch.iter().any(|p| p.packed.is_none()) {
             return;
         }
         let next = upcoming.iter().find_map(|(id, found)| match found {
             Found::Ready(commit)
                 if !self.backoff.get(id).is_some_and(Backoff::waiting)
+                    && !self.prefetch.iter().any(|p| p.id == *id)
                     && self.layout.outbox_archive(id).is_none() =>
             {
                 Some((id.clone(), commit.clone()))
@@ -360,8 +392,12 @@ impl Shipper {
             _ => None,
         });
         if let Some((id, commit)) = next {
-            let (task, written) = self.spawn_pack(&id, commit);
-            self.prefetch = Some(Prefetch { id, written, task });
+            let packing = self.spawn_pack(&id, commit);
+            self.prefetch.push_back(Prefetch {
+                id,
+                packing,
+                packed: None,
+            });
         }
     }
 
@@ -369,26 +405,26 @@ impl Shipper {
     /// went on hold) is let finish; its archive waits in the outbox, known
     /// to be ours, so the next pass uploads it without asking first.
     async fn finish_prefetch(&mut self, progress: &(dyn Fn() + Sync)) {
-        if let Some(p) = self.prefetch.take() {
-            let id = p.id.clone();
+        while let Some(p) = self.prefetch.pop_front() {
+            let Prefetch {
+                id,
+                mut packing,
+                packed,
+            } = p;
             // An archive held in memory goes with this pass; the episode
-            // packs again next time.
-            if let Event::Packed(Archive { inline: None, .. }) =
-                await_pack(p.task, &p.written, progress).await
-            {
+            // packs again next time. One in outbox/ counts once sealed.
+            let event = match packed {
+                Some(event) => event,
+                None => await_pack(&mut packing.ready, &packing.written, progress).await,
+            };
+            let sealed = seal(&id, packing.sealed).await;
+            if sealed && matches!(event, Event::Packed(Archive { inline: None, .. })) {
                 self.verified.insert(id);
             }
         }
     }
 
-    fn spawn_pack(
-        &self,
-        id: &Id,
-        commit: labship_protocol::Commit,
-    ) -> (
-        tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
-        Arc<AtomicU64>,
-    ) {
+    fn spawn_pack(&self, id: &Id, commit: labship_protocol::Commit) -> Packing {
         let written = Arc::new(AtomicU64::new(0));
         let (layout, id, level, workers, w) = (
             self.layout.clone(),
@@ -397,9 +433,29 @@ impl Shipper {
             self.workers,
             written.clone(),
         );
-        let task =
-            tokio::task::spawn_blocking(move || layout.pack(&id, &commit, level, workers, &w));
-        (task, written)
+        let (tx, ready) = tokio::sync::oneshot::channel();
+        let sealed = tokio::task::spawn_blocking(move || {
+            match layout.pack(&id, &commit, level, workers, &w) {
+                Ok((archive, unsealed)) => {
+                    let _ = tx.send(Ok(archive));
+                    match unsealed {
+                        Some(u) => layout.seal(u).map_err(|(path, e)| {
+                            std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                        }),
+                        None => Ok(()),
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    Ok(())
+                }
+            }
+        });
+        Packing {
+            written,
+            ready,
+            sealed,
+        }
     }
 
     async fn sweep_quarantine(&mut self) {
@@ -447,7 +503,7 @@ impl Shipper {
             }
             Found::Unstamped(e) => State::Quarantined(state::unstamped_reason(&e)),
             // Its look-ahead pack is ours, finished or not: collect it.
-            Found::Ready(commit) if self.prefetch.as_ref().is_some_and(|p| p.id == id) => {
+            Found::Ready(commit) if self.prefetch.iter().any(|p| p.id == id) => {
                 State::Ready { commit }
             }
             Found::Ready(commit) => match self.layout.outbox_archive(&id) {
@@ -470,6 +526,7 @@ impl Shipper {
             whole_host: false,
             inline: None,
             asked: Instant::now(),
+            sealing: None,
         };
         self.run(ep, action, summary, progress, upcoming).await;
     }
@@ -487,7 +544,7 @@ impl Shipper {
         let id = ep.id.clone();
         while let Some(a) = action.take() {
             let (event, retry_after) = match a {
-                Action::Pack => (self.pack(&id, &ep.state, progress).await, None),
+                Action::Pack => (self.pack(&mut ep, progress).await, None),
                 Action::Head => {
                     // Like a large upload: alone, after the answers already in.
                     if !self.take_turn(false, summary, progress, upcoming).await {
@@ -502,10 +559,14 @@ impl Shipper {
                     };
                     let bytes = archive.bytes;
                     match self.receiver_limit().await {
-                        Some(limit) if bytes > limit => (Event::OverLimit { bytes, limit }, None),
+                        Some(limit) if bytes > limit => {
+                            self.seal(&mut ep).await;
+                            (Event::OverLimit { bytes, limit }, None)
+                        }
                         _ => {
                             let small = archive.inline.is_some();
                             if !self.take_turn(small, summary, progress, upcoming).await {
+                                self.seal(&mut ep).await;
                                 return;
                             }
                             let State::Packed { archive, .. } = &ep.state else {
@@ -528,8 +589,30 @@ impl Shipper {
                                 });
                                 return;
                             }
+                            // The pack's thread seals the archive meanwhile,
+                            // and the next packs go on as each one is done.
                             let path = self.layout.archive_path(&id);
-                            self.uploader.put(&id, &path, archive, progress).await
+                            let uploader = self.uploader.clone();
+                            let answer = {
+                                let put = uploader.put(&id, &path, archive, progress);
+                                tokio::pin!(put);
+                                loop {
+                                    let Some(p) =
+                                        self.prefetch.iter_mut().find(|p| p.packed.is_none())
+                                    else {
+                                        break put.await;
+                                    };
+                                    tokio::select! {
+                                        answer = &mut put => break answer,
+                                        r = &mut p.packing.ready => {
+                                            p.packed = Some(pack_event(r));
+                                            self.start_prefetch(upcoming);
+                                        }
+                                    }
+                                }
+                            };
+                            self.seal(&mut ep).await;
+                            answer
                         }
                     }
                 }
@@ -612,6 +695,9 @@ impl Shipper {
             };
             action = Some(self.observe(&mut ep, event, retry_after));
         }
+        // Every path that reaches here after a pack has sealed already; this
+        // keeps a seal from ever running on unawaited past its episode.
+        self.seal(&mut ep).await;
     }
 
     /// Waits until a request to the receiver may start: answers already in
@@ -787,21 +873,37 @@ impl Shipper {
         }
     }
 
-    async fn pack(&mut self, id: &Id, state: &State, progress: &(dyn Fn() + Sync)) -> Event {
-        let State::Ready { commit } = state else {
+    /// Packs `ep` (or collects its look-ahead pack). An archive in
+    /// `outbox/` comes back before it is sealed; `ep.sealing` is that seal.
+    async fn pack(&mut self, ep: &mut Episode, progress: &(dyn Fn() + Sync)) -> Event {
+        let State::Ready { commit } = &ep.state else {
             return Event::PackFailed {
                 fatal: false,
                 message: "pack requested outside Ready".into(),
             };
         };
-        let (task, written) = match self.prefetch.take() {
-            Some(p) if p.id == *id => (p.task, p.written),
-            other => {
-                self.prefetch = other;
-                self.spawn_pack(id, commit.clone())
+        let (mut packing, packed) = match self.prefetch.iter().position(|p| p.id == ep.id) {
+            Some(at) => {
+                let p = self.prefetch.remove(at).expect("found at this position");
+                (p.packing, p.packed)
             }
+            None => (self.spawn_pack(&ep.id, commit.clone()), None),
         };
-        await_pack(task, &written, progress).await
+        let event = match packed {
+            Some(event) => event,
+            None => await_pack(&mut packing.ready, &packing.written, progress).await,
+        };
+        ep.sealing = Some(packing.sealed);
+        event
+    }
+
+    /// Waits for the seal of `ep`'s outbox archive, if one is running. A
+    /// failed seal leaves an archive without a sidecar: the upload's answer
+    /// still stands, and a retry packs again (the next start-up deletes it).
+    async fn seal(&mut self, ep: &mut Episode) {
+        if let Some(sealing) = ep.sealing.take() {
+            seal(&ep.id, sealing).await;
+        }
     }
 
     /// This episode's own backoff; returns the wait.
@@ -898,31 +1000,49 @@ fn keep(layout: &Layout, id: &Id, archive: Option<&Archive>) {
     }
 }
 
-/// Awaits a pack on its blocking thread, calling `progress` (the watchdog)
-/// each second in which it wrote compressed bytes: a long pack is alive, a
-/// wedged one (blocked read, hung disk) is not.
+/// What a pack's outcome, as it arrived from its thread, means.
+fn pack_event(
+    r: Result<Result<Archive, ArchiveError>, tokio::sync::oneshot::error::RecvError>,
+) -> Event {
+    match r {
+        Ok(Ok(archive)) => Event::Packed(archive),
+        Ok(Err(e)) => Event::PackFailed {
+            fatal: e.is_fatal(),
+            message: e.to_string(),
+        },
+        Err(_) => Event::PackFailed {
+            fatal: false,
+            message: "the pack task ended without an archive".into(),
+        },
+    }
+}
+
+/// Awaits the seal of `id`'s outbox archive; true when it is sealed (or
+/// there was nothing to seal). A failure is logged: it is the disk's.
+async fn seal(id: &Id, sealing: Sealing) -> bool {
+    let failed = match sealing.await {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the pack task failed: {e}"),
+    };
+    tracing::error!(episode_id = %id, error = %failed, event = "io_error", "cannot make the archive durable in outbox/ (fsync or sidecar); the upload's answer stands, a retry packs the episode again: {failed}");
+    false
+}
+
+/// Awaits a pack's archive from its blocking thread, calling `progress`
+/// (the watchdog) each second in which it wrote compressed bytes: a long
+/// pack is alive, a wedged one (blocked read, hung disk) is not.
 async fn await_pack(
-    task: tokio::task::JoinHandle<Result<state::Archive, ArchiveError>>,
+    ready: &mut tokio::sync::oneshot::Receiver<Result<Archive, ArchiveError>>,
     written: &AtomicU64,
     progress: &(dyn Fn() + Sync),
 ) -> Event {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = 0;
-    tokio::pin!(task);
     loop {
         tokio::select! {
-            r = &mut task => return match r {
-                Ok(Ok(archive)) => Event::Packed(archive),
-                Ok(Err(e)) => Event::PackFailed {
-                    fatal: e.is_fatal(),
-                    message: e.to_string(),
-                },
-                Err(e) => Event::PackFailed {
-                    fatal: false,
-                    message: format!("the pack task failed: {e}"),
-                },
-            },
+            r = &mut *ready => return pack_event(r),
             _ = tick.tick() => {
                 let now = written.load(Ordering::Relaxed);
                 if now != seen {

@@ -286,6 +286,88 @@ fn slow_link_longer_than_stall_timeout_ships_in_one_pass() {
     eprintln!("MEASURED slow_link: 3 MB at 1 MB/s shipped in one pass in {took:.1?}");
 }
 
+/// While a large archive crawls over a slow link, the next episodes pack
+/// meanwhile, one after the other: two archives wait in `outbox/` beside the
+/// one uploading, for most of each upload. Never more, but for the moment a
+/// finished episode's retire takes to drop its copy (the disk bound
+/// docs/operations.md gives).
+#[test]
+fn over_a_slow_link_two_archives_wait_packed_and_never_more() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let proxy = Proxy::start(r.addr, Fault::Throttle(1_000_000));
+    let (cfg, data) = shipper_config(
+        &env,
+        &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        "",
+    );
+    let ids = ["ep-a", "ep-b", "ep-c", "ep-d", "ep-e"];
+    for id in ids {
+        // Incompressible and over 1 MiB: each archive goes to outbox/, and
+        // takes about 1.3 s to upload.
+        produce(&env, &data, id, 1_300_000);
+    }
+    let mut shipper = Daemon(
+        std::process::Command::new(labship_tests::bin("shipper"))
+            .args(["--config", cfg.to_str().unwrap(), "--once"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let archives = || {
+        names(&data.join("outbox"))
+            .iter()
+            .filter(|n| n.ends_with(".tar.zst"))
+            .count()
+    };
+    // The most archives seen at once, and the longest time three were.
+    let (mut most, mut three_since, mut three_longest) = (0, None, Duration::ZERO);
+    let status = loop {
+        if let Some(status) = shipper.0.try_wait().unwrap() {
+            break status;
+        }
+        let n = archives();
+        most = most.max(n);
+        match (n >= 3, three_since) {
+            (true, None) => three_since = Some(Instant::now()),
+            (true, Some(t)) => three_longest = three_longest.max(t.elapsed()),
+            (false, _) => three_since = None,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    use std::io::Read as _;
+    shipper
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    shipper
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("shipped 5"), "{out}");
+    assert!(
+        three_longest >= Duration::from_millis(500),
+        "two archives packed ahead during an upload for {three_longest:?} at most"
+    );
+    assert!(
+        most <= 4,
+        "{most} archives in outbox/ at once: one uploading, two ahead, one retiring"
+    );
+    assert_delivered(&env, &r, &r.store, &data, &ids);
+    eprintln!(
+        "MEASURED look-ahead: three archives in outbox/ for up to {three_longest:?} at a time, {most} at most"
+    );
+}
+
 // ------------------------------------------------------------ full disks
 
 /// The receiver's store is a 4 MiB tmpfs in its own mount namespace; a filler

@@ -637,8 +637,8 @@ fn kill_9_at_every_named_crash_point_then_restart_converges() {
     let env = TestEnv::new();
     let r = Receiver::start(&env);
     let points = [
-        "pack:archive-synced",
         "pack:archive-renamed",
+        "pack:archive-synced",
         "pack:sidecar-written",
         "retire:before-move",
         "retire:moved",
