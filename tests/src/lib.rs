@@ -79,6 +79,25 @@ impl Default for TestEnv {
     }
 }
 
+/// True when the tests run as root (tmpfs mounts, nspawn, dropping to
+/// another user).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Says why `test` cannot run on this machine and returns; under
+/// `LABSHIP_NO_SKIP=1` (set by CI, which runs as root with every tool the
+/// suite needs) it fails instead, so a root-gated check (the watchdog, the
+/// 507, the journal) cannot silently stop running.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("LABSHIP_NO_SKIP").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!(
+            "{test} would be skipped ({why}), but LABSHIP_NO_SKIP is set: this machine must run it"
+        );
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
 /// The directory holding the workspace's built binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LABSHIP_BIN_DIR") {

@@ -59,14 +59,17 @@ pub fn skip_unless_root_and_nspawn(test: &str) -> bool {
         .into_iter()
         .filter(|tool| which(tool).is_none())
         .collect();
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIP {test}: needs root (systemd-nspawn boots a container)");
+    if !crate::is_root() {
+        crate::skip(test, "needs root (systemd-nspawn boots a container)");
         return false;
     }
     if !missing.is_empty() {
-        eprintln!(
-            "SKIP {test}: {} not installed (apt-get install systemd-container util-linux coreutils)",
-            missing.join(", ")
+        crate::skip(
+            test,
+            &format!(
+                "{} not installed (apt-get install systemd-container util-linux coreutils)",
+                missing.join(", ")
+            ),
         );
         return false;
     }

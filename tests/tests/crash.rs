@@ -162,6 +162,34 @@ fn receiver_killed_at_each_commit_point_then_everything_converges() {
         );
         assert_eq!(code, 0, "{point}: after restart\n{out}\n{err}");
         assert_delivered_once(&env, &r, &lab, point, |_| true);
+        // The first episode's PUT got no answer, so the shipper kept its
+        // archive in outbox/ and asks with HEAD before sending again. Once
+        // the archive was renamed into place the commit had happened (a
+        // kill -9 is not a power loss): HEAD finds it, nothing is re-sent and
+        // it counts as already present. Before that, start-up cleared the
+        // scratch, HEAD finds nothing and the one PUT the receiver saw to its
+        // end stores it (the killed one left no audit line).
+        let stored_before = matches!(point, "store:archive-renamed" | "store:committed");
+        let first = &lab.ids[0];
+        let answers: Vec<_> = r
+            .audit_records()
+            .into_iter()
+            .filter(|a| a["episode_id"] == first.as_str())
+            .map(|a| a["status"].clone())
+            .collect();
+        let want = if stored_before {
+            vec![]
+        } else {
+            vec![serde_json::json!(201)]
+        };
+        assert_eq!(
+            answers, want,
+            "{point}: the PUTs of {first} the receiver answered"
+        );
+        assert!(
+            out.contains(&format!("already present {}", u8::from(stored_before))),
+            "{point}: {out}"
+        );
     }
 }
 

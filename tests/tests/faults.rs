@@ -112,13 +112,6 @@ fn assert_delivered(env: &TestEnv, r: &Receiver, store: &Path, data: &Path, ids:
     }
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
 // ---------------------------------------------------------------- the wire
 
 /// What the first pass through a faulty link must do.
@@ -181,7 +174,6 @@ fn wire_fault(test: &str, fault: Fault, first: First, first_within: Duration) ->
         assert_eq!(code, 0, "{test}: shipped in the same pass:\n{out}\n{err}");
         assert!(out.contains("shipped 1"), "{test}: {out}");
     }
-    assert!(proxy.connections.load(Ordering::SeqCst) >= 2);
     // A black-holed connection lives until the proxy goes; then the receiver
     // sees the body end early and removes its scratch.
     drop(proxy);
@@ -377,9 +369,10 @@ fn over_a_slow_link_two_archives_wait_packed_and_never_more() {
 /// pass ships it.
 #[test]
 fn receiver_store_full_is_507_then_ships_when_space_returns() {
-    if !is_root() {
-        eprintln!(
-            "SKIP receiver_store_full_is_507_then_ships_when_space_returns: needs root for a tmpfs mount"
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "receiver_store_full_is_507_then_ships_when_space_returns",
+            "needs root for a tmpfs mount",
         );
         return;
     }
@@ -445,9 +438,10 @@ fn receiver_store_full_is_507_then_ships_when_space_returns() {
 /// assertions need out to `<test>/out/`.
 #[test]
 fn shipper_data_dir_full_loses_nothing_and_ships_when_space_returns() {
-    if !is_root() {
-        eprintln!(
-            "SKIP shipper_data_dir_full_loses_nothing_and_ships_when_space_returns: needs root for a tmpfs mount"
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "shipper_data_dir_full_loses_nothing_and_ships_when_space_returns",
+            "needs root for a tmpfs mount",
         );
         return;
     }
@@ -613,7 +607,7 @@ fn receiver_killed_and_restarted_under_a_daemons_uploads_delivers_all_once() {
 #[test]
 fn gate_file_turned_to_garbage_keeps_the_last_good_set_for_the_shipper() {
     let env = TestEnv::new();
-    let r = Receiver::start(&env);
+    let mut r = Receiver::start(&env);
     let (cfg, data) = shipper_config(&env, &r.url, "");
     std::fs::write(&r.allowed, "this is not a commit\n\0\u{fffd}garbage\n").unwrap();
     r.signal(1);
@@ -643,7 +637,13 @@ fn gate_file_turned_to_garbage_keeps_the_last_good_set_for_the_shipper() {
     assert_eq!(reason["http_status"], 412);
     std::fs::remove_dir_all(data.join("quarantine/old")).unwrap();
     assert_delivered(&env, &r, &r.store, &data, &["good"]);
-    assert!(r.child.id() > 0 && r.ops_get("/healthz").starts_with("HTTP/1.1 200"));
+    // Still the same process, alive and healthy: a bad gate file never stops it.
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "the receiver exited after a bad gate file:\n{}",
+        r.log_text()
+    );
+    assert!(r.ops_get("/healthz").starts_with("HTTP/1.1 200"));
 }
 
 /// A shipper config under `<test>/certs/` whose `key` (`cert_file`,

@@ -231,9 +231,10 @@ async fn kill_9_mid_upload_leaves_nothing_visible() {
 
 #[tokio::test]
 async fn full_store_answers_507_and_keeps_what_it_had() {
-    if !nix_is_root() {
-        eprintln!(
-            "SKIP full_store_answers_507_and_keeps_what_it_had: needs root for a tmpfs mount"
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "full_store_answers_507_and_keeps_what_it_had",
+            "needs root for a tmpfs mount",
         );
         return;
     }
@@ -289,13 +290,6 @@ async fn full_store_answers_507_and_keeps_what_it_had() {
         .status(),
         201
     );
-}
-
-fn nix_is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 #[tokio::test]
