@@ -210,6 +210,40 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Asserts that `unpacked` (an archive unpacked with [`unpack`]) carries the
+/// metadata of `original`, the tree that was packed: the same entries and
+/// types, the same permission bits, and for files the same mtime to the
+/// second (what tar keeps). Directory mtimes are not compared: unpacking
+/// writes into them.
+pub fn assert_same_meta(original: &Path, unpacked: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let list = |root: &Path| -> Vec<(PathBuf, bool, u32, Option<i64>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for p in sorted_entries(&dir) {
+                let rel = p.strip_prefix(root).expect("rel").to_path_buf();
+                let m = std::fs::symlink_metadata(&p).expect("lstat");
+                let is_dir = m.is_dir();
+                if is_dir {
+                    stack.push(p);
+                }
+                out.push((rel, is_dir, m.mode() & 0o777, (!is_dir).then(|| m.mtime())));
+            }
+        }
+        out.sort();
+        out
+    };
+    let (a, b) = (list(original), list(unpacked));
+    assert_eq!(
+        a,
+        b,
+        "(path, is_dir, mode, mtime) of {} (packed) and {} (unpacked) differ",
+        original.display(),
+        unpacked.display()
+    );
+}
+
 /// Writes `bytes` to `path` (used for decompression bombs and large bodies).
 pub fn write_file(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).expect("create");

@@ -10,7 +10,7 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
-use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::episode::{assert_same_meta, assert_same_tree, noise, unpack, write_episode};
 use labship_tests::process::{Daemon, Receiver, ReceiverOpts, run};
 use labship_tests::{GOOD_COMMIT, TestEnv, names, shipper_toml};
 use std::os::unix::process::ExitStatusExt as _;
@@ -106,6 +106,7 @@ fn assert_delivered_once(
         unpack(&archive, &out);
         assert_same_tree(&lab.copies.join(id), &out.join(id));
         assert_same_tree(&lab.copies.join(id), &lab.data.join("shipped").join(id));
+        assert_same_meta(&lab.data.join("shipped").join(id), &out.join(id));
     }
     let created = r
         .audit_records()

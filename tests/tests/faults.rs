@@ -14,7 +14,7 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::episode::{assert_same_meta, assert_same_tree, noise, unpack, write_episode};
 use labship_tests::process::Daemon;
 use labship_tests::process::{Receiver, ReceiverOpts, run};
 use labship_tests::proxy::{Fault, Proxy};
@@ -109,6 +109,7 @@ fn assert_delivered(env: &TestEnv, r: &Receiver, store: &Path, data: &Path, ids:
         let copy = env.path().join("copies").join(id);
         assert_same_tree(&copy, &out.join(id));
         assert_same_tree(&copy, &data.join("shipped").join(id));
+        assert_same_meta(&data.join("shipped").join(id), &out.join(id));
     }
 }
 
@@ -533,6 +534,7 @@ cp -a "$DATA/shipped" "$OUT/shipped"
     let copy = env.path().join("copies/ep");
     assert_same_tree(&copy, &unpacked.join("ep"));
     assert_same_tree(&copy, &out.join("shipped/ep"));
+    assert_same_meta(&out.join("shipped/ep"), &unpacked.join("ep"));
     eprintln!(
         "MEASURED data_dir_full: ENOSPC pass exit 1, episode kept; shipped on the next run (both runs {took:.1?})"
     );

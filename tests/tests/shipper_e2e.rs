@@ -4,7 +4,7 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::episode::{assert_same_meta, assert_same_tree, noise, unpack, write_episode};
 use labship_tests::pki::Issued;
 use labship_tests::process::{Receiver, run};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, REMEDIATION, TestEnv};
@@ -474,6 +474,7 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
             );
             assert_same_tree(&copies.join(id), &out.join(id));
             assert_same_tree(&copies.join(id), &data.join("shipped").join(id));
+            assert_same_meta(&data.join("shipped").join(id), &out.join(id));
         }
     }
     // The campaign only proves something if most kills landed with work half

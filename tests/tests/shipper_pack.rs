@@ -5,7 +5,7 @@
 
 use labship_protocol::Id;
 use labship_shipper::archive::pack;
-use labship_tests::episode::{assert_same_tree, noise, unpack, write_episode};
+use labship_tests::episode::{assert_same_meta, assert_same_tree, noise, unpack, write_episode};
 use labship_tests::process::Receiver;
 use labship_tests::{GOOD_COMMIT, TestEnv};
 use std::os::unix::fs::PermissionsExt as _;
@@ -30,6 +30,19 @@ async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
+    // An executable and a file from last year: modes and mtimes must survive
+    // the round trip (assert_same_meta below).
+    std::fs::set_permissions(
+        src.join("frames/0001.bin"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.join(&long))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_733_000_000))
+        .unwrap();
     let id = Id::parse("run-2026.11.23_a").unwrap();
     let mut archive = Vec::new();
     let packed = pack(&src, &id, &mut archive, 3, 2, &Default::default()).unwrap();
@@ -50,4 +63,5 @@ async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
     let out = env.file("out/.keep");
     unpack(&stored, out.parent().unwrap());
     assert_same_tree(&src, &out.parent().unwrap().join(id.as_str()));
+    assert_same_meta(&src, &out.parent().unwrap().join(id.as_str()));
 }
