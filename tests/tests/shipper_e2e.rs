@@ -128,10 +128,74 @@ fn once_ships_quarantines_and_is_idempotent() {
     let out_dir = env.file("unpacked/.keep");
     unpack(&stored, out_dir.parent().unwrap());
     assert_same_tree(&source_a, &out_dir.parent().unwrap().join("ep-a"));
+    assert_same_meta(&source_a, &out_dir.parent().unwrap().join("ep-a"));
+    // Every field of status.json, as the real shipper wrote it after this
+    // pass (doctor and operators read them; docs/operations.md lists them).
     let status: Value =
         serde_json::from_slice(&std::fs::read(data.join("state/status.json")).unwrap()).unwrap();
+    let mut keys: Vec<&str> = status
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "hold_s",
+            "host_id",
+            "last_error",
+            "last_success",
+            "outbox",
+            "pending",
+            "quarantined",
+            "quarantined_this_pass",
+            "shipped_this_pass",
+            "time",
+            "transient_this_pass"
+        ],
+        "{status}"
+    );
+    let recent = |field: &str| {
+        let at = humantime::parse_rfc3339(status[field].as_str().unwrap()).unwrap();
+        let age = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        assert!(
+            age < std::time::Duration::from_secs(60),
+            "{field}: {status}"
+        );
+    };
+    recent("time");
+    recent("last_success");
+    assert_eq!(status["host_id"], HOST);
+    assert_eq!(
+        status["pending"], 1,
+        "'writing' has no meta.json yet: {status}"
+    );
+    assert_eq!(status["outbox"], 0);
+    assert_eq!(status["shipped_this_pass"], 2);
     assert_eq!(status["quarantined_this_pass"], 3);
-    assert!(status["last_success"].is_string());
+    assert_eq!(status["quarantined"], 3);
+    assert_eq!(status["transient_this_pass"], 0);
+    // The last answer the receiver refused, with what doctor shows of it.
+    let e = &status["last_error"];
+    assert_eq!(
+        (&e["code"], &e["episode"], &e["status"]),
+        (
+            &Value::from("commit_out_of_window"),
+            &Value::from("old"),
+            &Value::from(412)
+        ),
+        "{status}"
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains(OLD_COMMIT),
+        "{status}"
+    );
+    assert!(e["at"].as_str().unwrap().ends_with('Z'), "{status}");
+    assert!(status["hold_s"].is_null(), "{status}");
 
     // A second pass changes nothing.
     let (code, out, _) = shipper(&cfg, "--once");
@@ -1024,4 +1088,87 @@ fn the_rest_of_the_answer_table_end_to_end() {
         out.starts_with("unexpected:") && out.contains("404"),
         "{out}"
     );
+}
+
+/// The daemon's quarantine sweep: with `keep_days = 1` an entry quarantined
+/// three days ago is removed (and logged with its age) while one from today
+/// stays; with `keep_days = 0` both stay.
+#[test]
+fn the_daemon_sweeps_expired_quarantine_and_keep_days_0_keeps_all() {
+    use std::time::{Duration, Instant, SystemTime};
+    for keep_days in [1, 0] {
+        let env = TestEnv::new();
+        let r = Receiver::start(&env);
+        let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "[quarantine]\nkeep_days = {keep_days}\ncleanup_interval_s = 1\n"
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        let quarantine = data.join("quarantine");
+        for (name, ago_days) in [("old", 3), ("new", 0)] {
+            let dir = write_episode(&quarantine, name, Some(OLD_COMMIT), &[("x", b"1")]);
+            let at = SystemTime::now() - Duration::from_secs(ago_days * 86_400);
+            let reason = serde_json::json!({
+                "episode_id": name,
+                "host_id": HOST,
+                "reason": "commit_out_of_window",
+                "http_status": 412,
+                "message": "the stamp is not in the accepted window",
+                "remediation": REMEDIATION,
+                "commit": OLD_COMMIT,
+                "quarantined_at": humantime::format_rfc3339_seconds(at).to_string(),
+            });
+            std::fs::write(
+                dir.join("quarantine_reason.json"),
+                serde_json::to_vec(&reason).unwrap(),
+            )
+            .unwrap();
+        }
+        let log = env.path().join("shipper.log");
+        let _daemon = labship_tests::process::Daemon(
+            std::process::Command::new(labship_tests::bin("shipper"))
+                .args(["--config", cfg.to_str().unwrap()])
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        // Two passes at least (scan_interval_s is 5 by default, the sweep is
+        // due at the first): status.json is written after each.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !data.join("state/status.json").exists()
+            || (keep_days == 1 && quarantine.join("old").exists())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "keep_days = {keep_days}: no sweep within 15 s: {:?}\n{}",
+                labship_tests::names(&quarantine),
+                log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let left = labship_tests::names(&quarantine);
+        if keep_days == 1 {
+            assert_eq!(left, ["new"], "{}", log_text());
+            let line = log_text()
+                .lines()
+                .find(|l| l.contains("quarantine_removed"))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no removal logged:\n{}", log_text()));
+            assert!(
+                line.contains("old") && line.contains("age_days=3"),
+                "{line}"
+            );
+        } else {
+            assert_eq!(
+                left,
+                ["new", "old"],
+                "keep_days = 0 keeps all:\n{}",
+                log_text()
+            );
+            assert!(!log_text().contains("quarantine_removed"), "{}", log_text());
+        }
+    }
 }
