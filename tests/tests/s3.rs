@@ -365,13 +365,20 @@ async fn die_at_the_claim(
     id: &str,
     bytes: &[u8],
 ) {
-    a.restart_with_env(
-        [
-            weed.env(),
-            vec![("LABSHIP_CRASH_AT".into(), "s3:manifest-created".into())],
-        ]
-        .concat(),
-    );
+    die_at("s3:manifest-created", a, weed, c, id, bytes).await;
+}
+
+/// Restarts `a` set to die at crash point `point` and PUTs `bytes` as `id`
+/// through it: the client sees the connection cut, and `a` is dead.
+async fn die_at(
+    point: &str,
+    a: &mut Receiver,
+    weed: &Weed,
+    c: &reqwest::Client,
+    id: &str,
+    bytes: &[u8],
+) {
+    a.restart_with_env([weed.env(), vec![("LABSHIP_CRASH_AT".into(), point.into())]].concat());
     let cut = c
         .put(format!("{}/v1/episodes/{HOST}/{id}", a.url))
         .header("X-Labship-Commit", GOOD_COMMIT)
@@ -484,6 +491,25 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
             .is_some_and(|m| m.contains("is not in the store yet")),
         "{}",
         other.1
+    );
+
+    // Killed after both writes (`s3:archive-uploaded`), before it could
+    // answer: the episode is stored for good. The client saw no answer; its
+    // retry through the other receiver finds the same digest (200), and the
+    // bucket holds those bytes once.
+    let bytes = archive(&env, "ep-u", 200_000, 10);
+    die_at("s3:archive-uploaded", &mut a, &weed, &c, "ep-u", &bytes).await;
+    assert_stored(&weed, &format!("{HOST}/ep-u.tar.zst"), &bytes).await;
+    assert_eq!(head(&c, &b.url, "ep-u").await.0, 200);
+    let got = put(&c, &b.url, "ep-u", bytes.clone()).await;
+    assert_eq!(got.0, 200, "{}", got.1);
+    assert_eq!(
+        weed.keys(HOST)
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("{HOST}/ep-u")))
+            .collect::<Vec<_>>(),
+        keys_of("", "ep-u").to_vec()
     );
 
     // The restarted receiver cleared its spool and serves the bucket.
