@@ -2,8 +2,14 @@
 //! the validated runtime [`Config`]. Every error names the file and the key.
 //!
 //! Keys beyond CONTRACT §8 (all optional, documented in docs/protocol.md):
-//! `limits.max_connections`, `limits.handshake_timeout_s`,
-//! `limits.header_timeout_s`, `limits.body_idle_timeout_s`.
+//! `tls.crl_file`, `limits.max_connections`,
+//! `limits.max_connections_per_address`, `limits.client_hello_timeout_s`,
+//! `limits.handshake_timeout_s`, `limits.header_timeout_s`,
+//! `limits.body_idle_timeout_s`, `limits.min_upload_rate_bytes_per_s`,
+//! `limits.min_upload_rate_window_s`.
+//!
+//! [`Config::warnings`] lists what is valid but risky (said at start and by
+//! `receiver --check-config`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -57,6 +63,8 @@ struct RawTls {
     key_file: PathBuf,
     #[serde(default)]
     client_ca_file: PathBuf,
+    #[serde(default)]
+    crl_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,12 +137,22 @@ struct RawLimits {
     max_concurrent_uploads: usize,
     #[serde(default = "d_max_connections")]
     max_connections: usize,
+    /// `None`: the default, capped at `max_connections`.
+    #[serde(default)]
+    max_connections_per_address: Option<usize>,
+    /// `None`: the default, capped at `handshake_timeout_s`.
+    #[serde(default)]
+    client_hello_timeout_s: Option<u64>,
     #[serde(default = "d_handshake")]
     handshake_timeout_s: u64,
     #[serde(default = "d_header")]
     header_timeout_s: u64,
     #[serde(default = "d_body_idle")]
     body_idle_timeout_s: u64,
+    #[serde(default = "d_min_rate")]
+    min_upload_rate_bytes_per_s: u64,
+    #[serde(default = "d_min_rate_window")]
+    min_upload_rate_window_s: u64,
 }
 
 impl Default for RawLimits {
@@ -144,9 +162,13 @@ impl Default for RawLimits {
             max_unpacked_bytes: d_max_unpacked(),
             max_concurrent_uploads: d_max_uploads(),
             max_connections: d_max_connections(),
+            max_connections_per_address: None,
+            client_hello_timeout_s: None,
             handshake_timeout_s: d_handshake(),
             header_timeout_s: d_header(),
             body_idle_timeout_s: d_body_idle(),
+            min_upload_rate_bytes_per_s: d_min_rate(),
+            min_upload_rate_window_s: d_min_rate_window(),
         }
     }
 }
@@ -199,6 +221,18 @@ fn d_max_uploads() -> usize {
 fn d_max_connections() -> usize {
     1024
 }
+/// Well below `max_connections`: one address (a flood, a runaway client)
+/// can never hold every slot. A lab behind one NAT address shares it (a
+/// shipper holds about six connections at most).
+fn d_max_connections_per_address() -> usize {
+    64
+}
+/// How long a new TCP connection may sit before its TLS ClientHello is in:
+/// a ClientHello is one small flight, so a few seconds cover a lossy link
+/// with retransmits, and a silent socket frees its slot soon.
+fn d_client_hello() -> u64 {
+    5
+}
 fn d_handshake() -> u64 {
     10
 }
@@ -206,6 +240,14 @@ fn d_header() -> u64 {
     30
 }
 fn d_body_idle() -> u64 {
+    60
+}
+/// Far below any real link (a lab on a bad 10 kB/s link, shared by four
+/// uploads, still sends 2.5 kB/s each) and far above a byte a minute.
+fn d_min_rate() -> u64 {
+    512
+}
+fn d_min_rate_window() -> u64 {
     60
 }
 fn d_ops_listen() -> String {
@@ -223,6 +265,16 @@ pub struct TlsFiles {
     /// `None` only when bearer tokens are configured (TLS then authenticates the
     /// server only and hosts present tokens).
     pub client_ca_file: Option<PathBuf>,
+    /// PEM CRLs for the client CAs (`tls.crl_file`); needs `client_ca_file`.
+    pub crl_file: Option<PathBuf>,
+}
+
+/// The slowest a request body may arrive: at least `bytes_per_s` on average
+/// over every `window` of waiting for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateFloor {
+    pub bytes_per_s: u64,
+    pub window: Duration,
 }
 
 /// The validated configuration.
@@ -243,9 +295,16 @@ pub struct Config {
     pub max_unpacked_bytes: u64,
     pub max_concurrent_uploads: usize,
     pub max_connections: usize,
+    /// Open connections from one source: an IPv4 address, an IPv6 /64.
+    pub max_connections_per_address: usize,
+    /// From accept until the TLS ClientHello is read.
+    pub client_hello_timeout: Duration,
+    /// From accept until the TLS handshake is done (the ClientHello included).
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub body_idle_timeout: Duration,
+    /// `None` when `limits.min_upload_rate_bytes_per_s = 0`.
+    pub min_upload_rate: Option<RateFloor>,
     pub ops_listen: SocketAddr,
     pub audit_log: PathBuf,
 }
@@ -305,10 +364,18 @@ impl Config {
                         "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
                     ));
                 }
+                let crl_file = (!t.crl_file.as_os_str().is_empty()).then(|| resolve(&t.crl_file));
+                if crl_file.is_some() && client_ca_file.is_none() {
+                    return Err(err(
+                        "tls.crl_file",
+                        "needs tls.client_ca_file: CRLs revoke client certificates, and none are verified without a client CA".into(),
+                    ));
+                }
                 Some(TlsFiles {
                     cert_file: resolve(&t.cert_file),
                     key_file: resolve(&t.key_file),
                     client_ca_file,
+                    crl_file,
                 })
             }
         };
@@ -337,6 +404,44 @@ impl Config {
             l.max_concurrent_uploads as u64,
         )?;
         positive("limits.max_connections", l.max_connections as u64)?;
+        // An explicit value must fit under its enclosing limit; the default
+        // shrinks to fit a small one.
+        let max_connections_per_address = match l.max_connections_per_address {
+            None => d_max_connections_per_address().min(l.max_connections),
+            Some(n) if n > l.max_connections => {
+                return Err(err(
+                    "limits.max_connections_per_address",
+                    format!(
+                        "{n} is more than limits.max_connections ({})",
+                        l.max_connections
+                    ),
+                ));
+            }
+            Some(n) => positive("limits.max_connections_per_address", n as u64)? as usize,
+        };
+        let handshake_s = positive("limits.handshake_timeout_s", l.handshake_timeout_s)?;
+        let client_hello_s = match l.client_hello_timeout_s {
+            None => d_client_hello().min(handshake_s),
+            Some(s) if s > handshake_s => {
+                return Err(err(
+                    "limits.client_hello_timeout_s",
+                    format!(
+                        "{s} is longer than limits.handshake_timeout_s ({handshake_s}), which includes it"
+                    ),
+                ));
+            }
+            Some(s) => positive("limits.client_hello_timeout_s", s)?,
+        };
+        let min_upload_rate = match l.min_upload_rate_bytes_per_s {
+            0 => None,
+            bytes_per_s => Some(RateFloor {
+                bytes_per_s,
+                window: Duration::from_secs(positive(
+                    "limits.min_upload_rate_window_s",
+                    l.min_upload_rate_window_s,
+                )?),
+            }),
+        };
         let ops_listen = addr("ops.listen", &raw.ops.listen)?;
         let remediation = raw.gate.remediation.trim();
         Ok(Self {
@@ -352,10 +457,9 @@ impl Config {
             max_unpacked_bytes: l.max_unpacked_bytes,
             max_concurrent_uploads: l.max_concurrent_uploads,
             max_connections: l.max_connections,
-            handshake_timeout: Duration::from_secs(positive(
-                "limits.handshake_timeout_s",
-                l.handshake_timeout_s,
-            )?),
+            max_connections_per_address,
+            client_hello_timeout: Duration::from_secs(client_hello_s),
+            handshake_timeout: Duration::from_secs(handshake_s),
             header_timeout: Duration::from_secs(positive(
                 "limits.header_timeout_s",
                 l.header_timeout_s,
@@ -364,9 +468,29 @@ impl Config {
                 "limits.body_idle_timeout_s",
                 l.body_idle_timeout_s,
             )?),
+            min_upload_rate,
             ops_listen,
             audit_log: resolve(&raw.ops.audit_log),
         })
+    }
+}
+
+impl Config {
+    /// What is valid but risky, each naming the file and the key. The daemon
+    /// logs them at start; `receiver --check-config` prints them.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        if !self.ops_listen.ip().to_canonical().is_loopback() {
+            out.push(ConfigError::new(
+                &self.file,
+                "ops.listen",
+                format!(
+                    "{} is not a loopback address: /healthz and /metrics are plain HTTP without authentication, so anyone who can reach it reads the receiver's metrics; keep it on 127.0.0.1 or behind a firewall that admits only the monitoring hosts",
+                    self.ops_listen
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -523,5 +647,96 @@ mod tests {
     fn plain_http_on_loopback_is_allowed() {
         let c = parse("listen = \"127.0.0.1:0\"\n").unwrap();
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn front_door_limits_defaults_and_validation() {
+        let c = parse(TLS).unwrap();
+        assert_eq!(c.max_connections_per_address, 64);
+        assert_eq!(c.client_hello_timeout, Duration::from_secs(5));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.min_upload_rate,
+            Some(RateFloor {
+                bytes_per_s: 512,
+                window: Duration::from_secs(60)
+            })
+        );
+        assert!(c.tls.unwrap().crl_file.is_none());
+        // Defaults shrink to fit smaller enclosing limits set explicitly.
+        let c = parse(&format!(
+            "{TLS}[limits]\nmax_connections = 4\nhandshake_timeout_s = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.max_connections_per_address, 4);
+        assert_eq!(c.client_hello_timeout, Duration::from_secs(1));
+        let c = parse(&format!("{TLS}[limits]\nmin_upload_rate_bytes_per_s = 0\n")).unwrap();
+        assert_eq!(c.min_upload_rate, None, "0 turns the floor off");
+        for (limits, key) in [
+            (
+                "max_connections_per_address = 0",
+                "limits.max_connections_per_address: must be greater than 0",
+            ),
+            (
+                "max_connections_per_address = 2000",
+                "limits.max_connections_per_address: 2000 is more than limits.max_connections (1024)",
+            ),
+            (
+                "client_hello_timeout_s = 0",
+                "limits.client_hello_timeout_s: must be greater than 0",
+            ),
+            (
+                "client_hello_timeout_s = 11",
+                "limits.client_hello_timeout_s: 11 is longer than limits.handshake_timeout_s (10)",
+            ),
+            (
+                "min_upload_rate_window_s = 0",
+                "limits.min_upload_rate_window_s: must be greater than 0",
+            ),
+            (
+                "min_upload_rate_bytes_per_s = -1",
+                "min_upload_rate_bytes_per_s",
+            ),
+        ] {
+            let e = parse(&format!("{TLS}[limits]\n{limits}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{limits}: {e}");
+        }
+    }
+
+    #[test]
+    fn crl_file_resolves_and_needs_a_client_ca() {
+        let c = parse(&format!("{TLS}crl_file = \"crl.pem\"\n")).unwrap();
+        assert_eq!(
+            c.tls.unwrap().crl_file.unwrap(),
+            Path::new("/etc/labship/crl.pem")
+        );
+        let e = parse(
+            "[tls]\ncert_file = \"a\"\nkey_file = \"b\"\ncrl_file = \"crl.pem\"\n[auth]\ntokens_file = \"t\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls.crl_file: needs tls.client_ca_file"), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_ops_listener_is_a_warning_naming_the_key() {
+        assert!(parse(TLS).unwrap().warnings().is_empty());
+        for listen in ["0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464"] {
+            let c = parse(&format!("{TLS}[ops]\nlisten = \"{listen}\"\n")).unwrap();
+            let w: Vec<String> = c.warnings().iter().map(|w| w.to_string()).collect();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].starts_with("/etc/labship/receiver.toml: ops.listen: ")
+                    && w[0].contains("not a loopback address")
+                    && w[0].contains("without authentication"),
+                "{w:?}"
+            );
+        }
+        for listen in ["127.0.0.1:9464", "[::1]:9464", "[::ffff:127.0.0.1]:9464"] {
+            let c = parse(&format!("{TLS}[ops]\nlisten = \"{listen}\"\n")).unwrap();
+            assert!(c.warnings().is_empty(), "{listen}");
+        }
     }
 }

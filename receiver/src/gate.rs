@@ -2,20 +2,31 @@
 //!
 //! `gate.allowed_commits_file` holds one 40-hex commit per line, `#` comments
 //! allowed. At start an unreadable, empty or malformed file is a config error
-//! (fail closed). At run time the file is re-read when its identity (inode, size,
-//! mtime) changes, checked every [`POLL`], and on SIGHUP; a bad file then keeps
-//! the last good set and logs why, so a half-written edit never opens or closes
+//! (fail closed). At run time the file is read every [`POLL`] and on SIGHUP,
+//! and parsed when its bytes changed; a bad file then keeps the last good set
+//! and logs why once per version, so a half-written edit never opens or closes
 //! the gate by accident.
+//!
+//! A version is known by the SHA-256 of the bytes actually read (not by a
+//! stat taken before or after the read: a write landing in between would pin
+//! the wrong version, and mtimes tick too coarsely to tell two quick writes
+//! of one size apart). The file is a few kilobytes; reading it every poll
+//! costs nothing.
 
 use labship_protocol::Commit;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-/// How often the file's identity is checked for changes.
+/// How often the file is read for changes.
 pub const POLL: Duration = Duration::from_secs(2);
+
+/// The largest gate file read (a commit a line is 41 bytes: this is 400,000
+/// commits); a bigger file is refused rather than read into memory.
+const MAX_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -24,6 +35,8 @@ pub enum GateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: larger than {MAX_BYTES} bytes; not a list of commits")]
+    TooLarge { path: PathBuf },
     #[error("{path}: holds no commits; the gate would refuse every episode")]
     Empty { path: PathBuf },
     #[error("{path}: line {line}: {found:?} is not a 40-character lowercase hex commit")]
@@ -34,12 +47,23 @@ pub enum GateError {
     },
 }
 
+/// Which version of the file a read saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// The SHA-256 of the bytes read.
+    Bytes([u8; 32]),
+    /// The read failed this way (reported once until it changes).
+    Unreadable(std::io::ErrorKind),
+}
+
 /// One loaded version of the file.
 #[derive(Debug)]
 pub struct GateSet {
     commits: HashSet<String>,
     pub loaded_at: SystemTime,
-    fingerprint: Option<(u64, u64, i64, i64)>,
+    /// The version these commits were parsed from, or after a rejected
+    /// version, that one (so it is reported once, not every poll).
+    version: Version,
 }
 
 impl GateSet {
@@ -51,19 +75,32 @@ impl GateSet {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
-}
-
-/// Parses the allowed-commits file.
-pub fn load(path: &Path) -> Result<GateSet, GateError> {
-    let before = fingerprint(path);
-    let text = std::fs::read_to_string(path).map_err(|source| GateError::Read {
+/// Reads the file once: its text and the version of exactly those bytes.
+fn read(path: &Path) -> (Version, Result<String, GateError>) {
+    let read_error = |source: std::io::Error| GateError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    let got = std::fs::File::open(path).and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut bytes));
+    if let Err(e) = got {
+        return (Version::Unreadable(e.kind()), Err(read_error(e)));
+    }
+    let version = Version::Bytes(Sha256::digest(&bytes).into());
+    if bytes.len() as u64 > MAX_BYTES {
+        return (
+            version,
+            Err(GateError::TooLarge {
+                path: path.to_owned(),
+            }),
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+    (version, text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<HashSet<String>, GateError> {
     let mut commits = HashSet::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
@@ -82,10 +119,16 @@ pub fn load(path: &Path) -> Result<GateSet, GateError> {
             path: path.to_owned(),
         });
     }
+    Ok(commits)
+}
+
+/// Parses the allowed-commits file.
+pub fn load(path: &Path) -> Result<GateSet, GateError> {
+    let (version, text) = read(path);
     Ok(GateSet {
-        commits,
+        commits: parse(path, &text?)?,
         loaded_at: SystemTime::now(),
-        fingerprint: before,
+        version,
     })
 }
 
@@ -120,28 +163,34 @@ impl Gate {
         self.snapshot().commits.contains(commit.as_str())
     }
 
-    /// Re-reads the file if it changed (or unconditionally when `force`).
-    /// Returns the new size on a reload, `Ok(None)` when nothing changed.
+    /// Reads the file and loads it if its bytes changed (or in any case when
+    /// `force`). Returns the new size on a reload, `Ok(None)` when nothing
+    /// changed.
     pub fn reload(&self, force: bool) -> Result<Option<usize>, GateError> {
-        if !force && fingerprint(&self.path) == self.snapshot().fingerprint {
+        let (version, text) = read(&self.path);
+        if !force && version == self.snapshot().version {
             return Ok(None);
         }
-        let set = load(&self.path);
+        let commits = text.and_then(|t| parse(&self.path, &t));
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        match set {
-            Ok(set) => {
-                let n = set.len();
-                *current = Arc::new(set);
+        match commits {
+            Ok(commits) => {
+                let n = commits.len();
+                *current = Arc::new(GateSet {
+                    commits,
+                    loaded_at: SystemTime::now(),
+                    version,
+                });
                 Ok(Some(n))
             }
             Err(e) => {
-                // Remember the bad version so it is reported once, not every poll.
-                let kept = Arc::new(GateSet {
+                // Remember the bad version (the bytes this read saw) so it is
+                // reported once, not every poll.
+                *current = Arc::new(GateSet {
                     commits: current.commits.clone(),
                     loaded_at: current.loaded_at,
-                    fingerprint: fingerprint(&self.path),
+                    version,
                 });
-                *current = kept;
                 Err(e)
             }
         }
@@ -213,5 +262,93 @@ mod tests {
         std::fs::write(&path, format!("{A}\n{B}\n")).unwrap();
         assert_eq!(gate.reload(true).unwrap(), Some(2));
         assert!(gate.allows(&b));
+    }
+
+    /// Writes `text` to `path` as an editor or `mv` would: a new file renamed over it.
+    fn replace(path: &Path, text: &str) {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn commit(i: u64) -> String {
+        format!("{i:040x}")
+    }
+
+    /// Regression (issue 16, item 6): after a rejected version, the next
+    /// write must be loaded even when its size, mtime and inode equal the
+    /// rejected one's (an in-place rewrite within one clock tick).
+    #[test]
+    fn a_rewrite_after_a_rejected_version_is_loaded_whatever_its_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed");
+        std::fs::write(&path, format!("{A}\n")).unwrap();
+        let gate = Gate::open(&path, None).unwrap();
+        // A half-written version, the size of the good one.
+        let bad = format!("{}\n", "z".repeat(40));
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &file, bad.as_bytes()).unwrap();
+        let mtime = file.metadata().unwrap().modified().unwrap();
+        assert!(matches!(gate.reload(false), Err(GateError::Syntax { .. })));
+        assert_eq!(gate.reload(false).unwrap(), None, "reported once");
+        // The finished version, written in place: same inode, same size, and
+        // the mtime the bad version had.
+        std::fs::write(&path, format!("{B}\n")).unwrap();
+        file.set_modified(mtime).unwrap();
+        assert_eq!(gate.reload(false).unwrap(), Some(1));
+        assert!(gate.allows(&Commit::parse(B).unwrap()));
+    }
+
+    /// Regression (issue 16, item 6): a good version that lands while a bad
+    /// one is being rejected is loaded by the next poll. A poller reloads as
+    /// fast as it can (one at a time, as the receiver's reload loop does)
+    /// while a writer alternates bad and good versions; after each good
+    /// version, a poll that started after it must have loaded it. With the
+    /// old fingerprint (a stat taken after the failed read) this failed
+    /// within a few hundred rounds.
+    #[test]
+    fn a_write_racing_a_rejected_read_is_loaded_by_the_next_poll() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed");
+        std::fs::write(&path, format!("{}\n", commit(0))).unwrap();
+        let gate = Arc::new(Gate::open(&path, None).unwrap());
+        let (stop, polls) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let poller = {
+            let (gate, stop, polls) = (gate.clone(), stop.clone(), polls.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let _ = gate.reload(false);
+                    polls.fetch_add(1, SeqCst);
+                }
+            })
+        };
+        let wait_polls = |n: u64| {
+            let until = polls.load(SeqCst) + n;
+            while polls.load(SeqCst) < until {
+                std::thread::yield_now();
+            }
+        };
+        for i in 1..=500 {
+            replace(&path, "not a commit\n");
+            // Sometimes let the poller meet the bad version first.
+            if i % 2 == 0 {
+                wait_polls(1);
+            }
+            replace(&path, &format!("{}\n", commit(i)));
+            // One poll may have been under way during the write; the next
+            // one started after it.
+            wait_polls(2);
+            let loaded = gate.allows(&Commit::parse(&commit(i)).unwrap());
+            if !loaded {
+                stop.store(true, SeqCst);
+            }
+            assert!(loaded, "round {i}: written, polled twice, not loaded");
+        }
+        stop.store(true, SeqCst);
+        poller.join().unwrap();
     }
 }

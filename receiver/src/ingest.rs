@@ -11,7 +11,6 @@
 //! unpacked to disk.
 
 use bytes::Bytes;
-use http_body_util::BodyExt as _;
 use labship_protocol::archive::{EntryKind, EntryRole, PathOrder, check_entry};
 use labship_protocol::digest::Hasher;
 use labship_protocol::stamp::{META_FILE, META_MAX_BYTES, parse_meta};
@@ -61,14 +60,16 @@ pub enum IngestError {
     Internal(String),
 }
 
-/// Reads and discards what is left of `body`, at most `budget` bytes, each frame
-/// within `idle`. An HTTP/1.1 client that is still sending when the server
-/// answers and closes sees a broken pipe instead of the answer; draining first
-/// makes early answers (200, 409, 412, a mid-stream 400) reach the client.
-/// Returns false when the budget or the idle timeout cut the drain short.
-pub async fn drain(body: &mut axum::body::Body, mut budget: u64, idle: Duration) -> bool {
+/// Reads and discards what is left of `body`, at most `budget` bytes, paced
+/// as an upload is ([`Limits::body_idle`], [`Limits::min_rate`]). An HTTP/1.1
+/// client that is still sending when the server answers and closes sees a
+/// broken pipe instead of the answer; draining first makes early answers
+/// (200, 409, 412, a mid-stream 400) reach the client. Returns false when the
+/// budget, the idle timeout or the rate floor cut the drain short.
+pub async fn drain(body: &mut axum::body::Body, mut budget: u64, limits: Limits) -> bool {
+    let mut pace = crate::pace::Pace::new(limits);
     loop {
-        match tokio::time::timeout(idle, body.frame()).await {
+        match pace.frame(body).await {
             Ok(None) => return true,
             Ok(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -87,7 +88,10 @@ pub async fn drain(body: &mut axum::body::Body, mut budget: u64, idle: Duration)
 pub struct Limits {
     pub max_bytes: u64,
     pub max_unpacked: u64,
+    /// The longest wait for the next body bytes.
     pub body_idle: Duration,
+    /// The slowest a body may arrive (`None`: no floor).
+    pub min_rate: Option<crate::config::RateFloor>,
 }
 
 /// Receives `body` for episode `episode`, validating as it streams.
@@ -116,13 +120,11 @@ pub async fn ingest(
 
     let mut received = 0u64;
     let mut network_error = None;
+    let mut pace = crate::pace::Pace::new(limits);
     loop {
-        let frame = match tokio::time::timeout(limits.body_idle, body.frame()).await {
-            Err(_) => {
-                network_error = Some(IngestError::ClientGone(format!(
-                    "no body bytes for {}s (limits.body_idle_timeout_s)",
-                    limits.body_idle.as_secs()
-                )));
+        let frame = match pace.frame(body).await {
+            Err(cut) => {
+                network_error = Some(cut);
                 break;
             }
             Ok(None) => break,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gate;
 pub mod ingest;
 pub mod metrics;
+mod pace;
 pub mod routes;
 pub mod s3;
 pub mod server;
@@ -61,26 +62,70 @@ const STOP_UPLOADS_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct Receiver {
     config: Config,
     state: Arc<AppState>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<tls::LiveTls>>,
+}
+
+/// What the configuration names, read and checked: the token table, the TLS
+/// material and the gate. Loading it touches nothing.
+struct Material {
+    tokens: auth::Tokens,
+    tls: Option<tls::LiveTls>,
+    gate: gate::Gate,
+    /// Valid but risky: the config's own and the TLS material's.
+    warnings: Vec<ConfigError>,
+}
+
+impl Material {
+    fn load(config: &Config) -> Result<Self, ConfigError> {
+        let file = &config.file;
+        let tokens = match &config.tokens_file {
+            Some(path) => auth::Tokens::load(path)
+                .map_err(|e| ConfigError::new(file, "auth.tokens_file", e.to_string()))?,
+            None => auth::Tokens::default(),
+        };
+        let mut warnings = config.warnings();
+        let tls = match &config.tls {
+            Some(files) => {
+                let (live, tls_warnings) =
+                    tls::LiveTls::load(file, files, config.tokens_file.is_some())?;
+                warnings.extend(tls_warnings);
+                Some(live)
+            }
+            None => None,
+        };
+        let gate = gate::Gate::open(&config.allowed_commits_file, config.remediation.clone())
+            .map_err(|e| ConfigError::new(file, "gate.allowed_commits_file", e.to_string()))?;
+        Ok(Self {
+            tokens,
+            tls,
+            gate,
+            warnings,
+        })
+    }
 }
 
 impl Receiver {
+    /// `receiver --check-config`: reads and checks what the daemon would at
+    /// start (the token table, certificates, key, client CA, CRLs, the gate)
+    /// without opening the store, the audit log or any socket. Returns the
+    /// warnings.
+    pub fn check(config: &Config) -> Result<Vec<ConfigError>, ConfigError> {
+        Material::load(config).map(|m| m.warnings)
+    }
+
     /// Loads certificates, the token table and the gate, opens the store (removing
-    /// scratch left by a crash) and the audit log.
+    /// scratch left by a crash) and the audit log. Warnings are logged.
     pub fn prepare(config: Config) -> Result<Self, ConfigError> {
         let file = config.file.clone();
-        let tokens = match &config.tokens_file {
-            Some(path) => auth::Tokens::load(path)
-                .map_err(|e| ConfigError::new(&file, "auth.tokens_file", e.to_string()))?,
-            None => auth::Tokens::default(),
-        };
-        let tls = config
-            .tls
-            .as_ref()
-            .map(|files| tls::server_config(&file, files, config.tokens_file.is_some()))
-            .transpose()?;
-        let gate = gate::Gate::open(&config.allowed_commits_file, config.remediation.clone())
-            .map_err(|e| ConfigError::new(&file, "gate.allowed_commits_file", e.to_string()))?;
+        let Material {
+            tokens,
+            tls,
+            gate,
+            warnings,
+        } = Material::load(&config)?;
+        for w in &warnings {
+            tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
+        }
         let metrics = Arc::new(metrics::Metrics::new());
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
@@ -118,9 +163,14 @@ impl Receiver {
                 max_bytes: config.max_episode_bytes,
                 max_unpacked: config.max_unpacked_bytes,
                 body_idle: config.body_idle_timeout,
+                min_rate: config.min_upload_rate,
             },
         });
-        Ok(Self { config, state, tls })
+        Ok(Self {
+            config,
+            state,
+            tls: tls.map(Arc::new),
+        })
     }
 
     /// Serves until `shutdown` turns true, then drains (bounded by
@@ -136,6 +186,7 @@ impl Receiver {
         let reload = tokio::spawn(reload_loop(
             state.clone(),
             self.config.clone(),
+            self.tls.clone(),
             hup,
             shutdown.clone(),
         ));
@@ -156,14 +207,15 @@ impl Receiver {
         ));
         let limits = server::ConnLimits {
             max_connections: self.config.max_connections,
+            max_connections_per_address: self.config.max_connections_per_address,
+            client_hello: self.config.client_hello_timeout,
             handshake: self.config.handshake_timeout,
             header: self.config.header_timeout,
         };
         let mut stopping = shutdown.clone();
-        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn(server::accept_loop(
             api,
-            acceptor,
+            self.tls,
             state.clone(),
             limits,
             shutdown,
@@ -189,11 +241,12 @@ impl Receiver {
     }
 }
 
-/// Re-reads the gate when its file changes and, on SIGHUP, the gate and the
-/// token table.
+/// Re-reads the gate when its file changes and, on SIGHUP, the gate, the
+/// token table and the TLS material (certificate, key, client CA, CRLs).
 async fn reload_loop(
     state: Arc<AppState>,
     config: Config,
+    tls: Option<Arc<tls::LiveTls>>,
     mut hup: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -225,6 +278,22 @@ async fn reload_loop(
                 Err(e) => {
                     tracing::error!(error = %e, "tokens file rejected; keeping the previous table")
                 }
+            }
+        }
+        if forced && let Some(live) = &tls {
+            let live = live.clone();
+            match tokio::task::spawn_blocking(move || live.reload()).await {
+                Ok(Ok(warnings)) => {
+                    tracing::info!("tls material reloaded");
+                    for w in &warnings {
+                        tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "tls material rejected; new handshakes keep the previous certificate, key, client CA and CRLs"
+                ),
+                Err(e) => tracing::error!(error = %e, "tls reload task failed"),
             }
         }
     }

@@ -1,6 +1,11 @@
-//! `receiver [--config PATH]`: parses arguments, sets up logging and signals,
-//! binds the listeners and hands them to `labship_receiver::Receiver::run`.
-//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration.
+//! `receiver [--config PATH] [--check-config]`: parses arguments, sets up
+//! logging and signals, binds the listeners and hands them to
+//! `labship_receiver::Receiver::run`. Exit codes: 0 clean stop, 1 runtime
+//! failure, 2 invalid configuration.
+//!
+//! `--check-config` reads the configuration and every file it names as the
+//! daemon would at start (`Receiver::check`), prints the warnings and exits
+//! 0 (valid) or 2 (invalid), touching nothing.
 
 use clap::Parser;
 use labship_receiver::Receiver;
@@ -17,6 +22,33 @@ struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
     config: PathBuf,
+    /// Validate the configuration and the files it names (certificates, key,
+    /// client CA, CRLs, tokens, gate), print warnings, and exit: 0 valid,
+    /// 2 invalid. Starts nothing and writes nothing.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// `--check-config`: warnings on stderr, the verdict on stdout (or the error
+/// on stderr).
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path).and_then(|c| Receiver::check(&c)) {
+        Ok(warnings) => {
+            for w in &warnings {
+                eprintln!("receiver: warning: {w}");
+            }
+            println!(
+                "receiver: configuration OK: {} ({} warning(s))",
+                path.display(),
+                warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("receiver: invalid configuration: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn bind(
@@ -41,6 +73,9 @@ fn main() -> ExitCode {
         .init();
     // One crypto provider for the whole process (see RECIPES: two would panic).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.check_config {
+        return check_config(&args.config);
+    }
 
     let prepared = Config::load(&args.config).and_then(|c| Ok((c.clone(), Receiver::prepare(c)?)));
     let (config, receiver) = match prepared {

@@ -270,7 +270,7 @@ async fn put_decided(
     };
     // After a successful body phase the body is at its end and this is free.
     if (facts.body_started || (!expects_continue && !stranger))
-        && !ingest::drain(&mut body, budget, state.limits.body_idle).await
+        && !ingest::drain(&mut body, budget, state.limits).await
     {
         tracing::debug!(episode = %episode_raw, "body not drained; the connection will close");
     }

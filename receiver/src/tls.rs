@@ -1,17 +1,23 @@
 //! The receiver's TLS: a rustls server config that verifies client certificates
-//! against `tls.client_ca_file`, and the host id read from a verified peer
+//! against `tls.client_ca_file` (and the CRLs of `tls.crl_file`), the live
+//! config that SIGHUP swaps, and the host id read from a verified peer
 //! certificate (subject CN, or without one the first DNS SAN).
 //!
-//! rustls does the verification (chain, validity period, clientAuth EKU); this
-//! module only loads files, with errors that name the config key, and reads names.
+//! rustls does the verification (chain, validity period, clientAuth EKU,
+//! revocation); this module loads files, with errors that name the config key,
+//! reads names, and notes which certificate a refused handshake presented so
+//! that `server` can log it beside the peer address.
 
 use crate::config::{ConfigError, TlsFiles};
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
-use std::sync::Arc;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
 
 fn load_certs(
     config: &Path,
@@ -37,15 +43,92 @@ fn load_certs(
     Ok(certs)
 }
 
+fn load_crls(
+    config: &Path,
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let err = |why: String| ConfigError::new(config, "tls.crl_file", why);
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(format!("cannot read CRLs from {}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(err(format!(
+            "{} holds no PEM CRL (-----BEGIN X509 CRL-----)",
+            path.display()
+        )));
+    }
+    for crl in &crls {
+        x509_parser::parse_x509_crl(crl)
+            .map_err(|e| err(format!("{}: unparsable CRL: {e}", path.display())))?;
+    }
+    Ok(crls)
+}
+
+/// What is valid but worth an operator's attention in the CRLs: a CRL past
+/// its nextUpdate (still enforced: its revocations stay true), and a client
+/// CA without a CRL (rustls then refuses every certificate it issued, as of
+/// unknown revocation status).
+fn crl_warnings(
+    config: &Path,
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'static>],
+    cas: &[CertificateDer<'static>],
+) -> Vec<ConfigError> {
+    let warn = |why: String| ConfigError::new(config, "tls.crl_file", why);
+    let parsed: Vec<_> = crls
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_crl(c).ok().map(|(_, c)| c))
+        .collect();
+    let now = x509_parser::time::ASN1Time::now();
+    let mut out = Vec::new();
+    for crl in &parsed {
+        if let Some(next) = crl.next_update()
+            && next < now
+        {
+            out.push(warn(format!(
+                "{}: the CRL of {} passed its nextUpdate ({next}); its revocations still apply, but publish a fresh CRL",
+                path.display(),
+                crl.issuer()
+            )));
+        }
+    }
+    for ca in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca) else {
+            continue;
+        };
+        if !parsed
+            .iter()
+            .any(|crl| crl.issuer().as_raw() == ca.subject().as_raw())
+        {
+            out.push(warn(format!(
+                "{} holds no CRL from {}, a CA in tls.client_ca_file: every client certificate it issued is refused (unknown revocation status)",
+                path.display(),
+                ca.subject()
+            )));
+        }
+    }
+    out
+}
+
+/// A server config built from the files, with what is worth a warning.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Arc<rustls::ServerConfig>,
+    pub warnings: Vec<ConfigError>,
+}
+
 /// Builds the rustls server config from the configured files.
 ///
 /// Client certificates are mandatory unless bearer tokens are configured, in
 /// which case a client may connect without one and present a token instead.
+/// With `tls.crl_file`, every certificate of a client's chain (but the CA
+/// itself) is checked against the CRLs; one whose issuer has no CRL there is
+/// refused (fail closed).
 pub fn server_config(
     config: &Path,
     files: &TlsFiles,
     tokens_enabled: bool,
-) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+) -> Result<Loaded, ConfigError> {
     let chain = load_certs(config, "tls.cert_file", &files.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| {
         ConfigError::new(
@@ -57,12 +140,14 @@ pub fn server_config(
             ),
         )
     })?;
+    let mut warnings = Vec::new();
     let builder = rustls::ServerConfig::builder();
     let builder = match &files.client_ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for cert in load_certs(config, "tls.client_ca_file", ca)? {
-                roots.add(cert).map_err(|e| {
+            let cas = load_certs(config, "tls.client_ca_file", ca)?;
+            for cert in &cas {
+                roots.add(cert.clone()).map_err(|e| {
                     ConfigError::new(
                         config,
                         "tls.client_ca_file",
@@ -70,16 +155,23 @@ pub fn server_config(
                     )
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
-            let verifier = if tokens_enabled {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|e| ConfigError::new(config, "tls.client_ca_file", e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            if let Some(path) = &files.crl_file {
+                let crls = load_crls(config, path)?;
+                warnings.extend(crl_warnings(config, path, &crls, &cas));
+                verifier = verifier.with_crls(crls);
+            }
+            if tokens_enabled {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| {
+                let key = match e {
+                    rustls::server::VerifierBuilderError::InvalidCrl(_) => "tls.crl_file",
+                    _ => "tls.client_ca_file",
+                };
+                ConfigError::new(config, key, e.to_string())
+            })?;
+            builder.with_client_cert_verifier(Arc::new(Noting(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
@@ -91,7 +183,167 @@ pub fn server_config(
         )
     })?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(server))
+    Ok(Loaded {
+        config: Arc::new(server),
+        warnings,
+    })
+}
+
+/// The server config new handshakes use. SIGHUP rebuilds it from the files
+/// ([`LiveTls::reload`]); a bad new file keeps the old one. Connections
+/// already up keep the config they started with.
+#[derive(Debug)]
+pub struct LiveTls {
+    config_file: PathBuf,
+    files: TlsFiles,
+    tokens_enabled: bool,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl LiveTls {
+    /// Loads the files; returns the live config and its warnings.
+    pub fn load(
+        config_file: &Path,
+        files: &TlsFiles,
+        tokens_enabled: bool,
+    ) -> Result<(Self, Vec<ConfigError>), ConfigError> {
+        let loaded = server_config(config_file, files, tokens_enabled)?;
+        Ok((
+            Self {
+                config_file: config_file.to_owned(),
+                files: files.clone(),
+                tokens_enabled,
+                current: RwLock::new(loaded.config),
+            },
+            loaded.warnings,
+        ))
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        // A poisoned lock only means a reader panicked; the Arc is intact.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads certificate, key, client CA and CRLs; swaps them in only when
+    /// all load. Returns the new material's warnings.
+    pub fn reload(&self) -> Result<Vec<ConfigError>, ConfigError> {
+        let loaded = server_config(&self.config_file, &self.files, self.tokens_enabled)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded.config;
+        Ok(loaded.warnings)
+    }
+}
+
+/// The client certificate a refused handshake presented.
+#[derive(Debug, Clone)]
+pub struct RefusedCert {
+    /// The host id it names, or why none could be read.
+    pub host: String,
+    /// Serial number, hex.
+    pub serial: String,
+}
+
+tokio::task_local! {
+    static REFUSED: Arc<OnceLock<RefusedCert>>;
+}
+
+/// Runs a handshake so that a client certificate refused during it can be
+/// read afterwards from the returned cell (the verifier runs synchronously
+/// inside the handshake's polls, in this task).
+pub async fn noting_refusals<F: Future>(handshake: F) -> (F::Output, Option<RefusedCert>) {
+    let cell = Arc::new(OnceLock::new());
+    let out = REFUSED.scope(cell.clone(), handshake).await;
+    (out, cell.get().cloned())
+}
+
+/// The webpki verifier, noting the certificate it refuses.
+#[derive(Debug)]
+struct Noting(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for Noting {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| {
+                let serial = x509_parser::parse_x509_certificate(end_entity)
+                    .map(|(_, c)| c.raw_serial_as_string())
+                    .unwrap_or_default();
+                let host = host_from_certificate(end_entity).unwrap_or_else(|e| e);
+                let _ = REFUSED.try_with(|cell| cell.set(RefusedCert { host, serial }));
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
+/// A short, stable name for why a handshake failed, for logs: `revoked`,
+/// `expired`, `unknown_issuer`, … for refused client certificates; `None`
+/// when the error is not a certificate refusal (a reset, a protocol error).
+pub fn refusal_reason(e: &std::io::Error) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::InvalidCertRevocationList(_) => "crl_unusable",
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => "revoked",
+            C::UnknownRevocationStatus => "unknown_revocation_status",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer => "unknown_issuer",
+            C::BadSignature => "bad_signature",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong_purpose",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                "expired_revocation_list"
+            }
+            C::BadEncoding => "bad_encoding",
+            _ => "invalid_certificate",
+        },
+        _ => return None,
+    })
 }
 
 /// The host id a verified client certificate names: its subject CN, or without

@@ -1,12 +1,15 @@
 //! A throwaway PKI per test: a CA, a server certificate for 127.0.0.1 and
 //! localhost, and client certificates per host (also expired, not-yet-valid,
-//! serverAuth-only and rogue-CA variants for the security tests).
+//! serverAuth-only and rogue-CA variants for the security tests), and CRLs
+//! from the CA revoking any of them.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A certificate and key, as PEM text and as files.
 #[derive(Debug, Clone)]
@@ -15,6 +18,8 @@ pub struct Issued {
     pub key_pem: String,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// The certificate's serial number (what a CRL names).
+    pub serial: Vec<u8>,
 }
 
 /// What a client certificate should look like.
@@ -36,6 +41,10 @@ pub struct Pki {
     pub ca_pem: String,
     pub ca_file: PathBuf,
     pub server: Issued,
+    /// The next serial number this CA gives out.
+    next_serial: AtomicU64,
+    /// The next CRL number.
+    next_crl: AtomicU64,
 }
 
 impl std::fmt::Debug for Pki {
@@ -76,7 +85,10 @@ impl Pki {
                 key_pem: String::new(),
                 cert_file: PathBuf::new(),
                 key_file: PathBuf::new(),
+                serial: Vec::new(),
             },
+            next_serial: AtomicU64::new(0x1000),
+            next_crl: AtomicU64::new(1),
         };
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
@@ -91,10 +103,49 @@ impl Pki {
         pki
     }
 
-    fn sign(&self, name: &str, params: CertificateParams) -> Issued {
+    fn sign(&self, name: &str, mut params: CertificateParams) -> Issued {
+        let serial = self
+            .next_serial
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        write(&self.dir, name, cert.pem(), key.serialize_pem())
+        let mut issued = write(&self.dir, name, cert.pem(), key.serialize_pem());
+        issued.serial = serial.to_vec();
+        issued
+    }
+
+    /// A PEM CRL from this CA revoking `revoked`, current (issued 2020, next
+    /// update 2090).
+    pub fn crl(&self, revoked: &[&Issued]) -> String {
+        self.crl_until(revoked, (2090, 1, 1))
+    }
+
+    /// A PEM CRL from this CA revoking `revoked`, whose nextUpdate is the
+    /// date `(year, month, day)`.
+    pub fn crl_until(&self, revoked: &[&Issued], next_update: (i32, u8, u8)) -> String {
+        let (y, m, d) = next_update;
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(y, m, d),
+            crl_number: SerialNumber::from(self.next_crl.fetch_add(1, Ordering::Relaxed)),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|i| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&i.serial),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .expect("sign CRL")
     }
 
     /// A client certificate for `host` signed by this CA.
@@ -149,6 +200,7 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, host);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("key");
+        params.serial_number = Some(SerialNumber::from(1u64));
         let cert = params.signed_by(&key, &issuer).expect("sign");
         write(
             &self.dir,
@@ -169,5 +221,6 @@ fn write(dir: &Path, name: &str, cert_pem: String, key_pem: String) -> Issued {
         key_pem,
         cert_file,
         key_file,
+        serial: Vec::new(),
     }
 }

@@ -40,6 +40,8 @@ pub struct ReceiverOpts {
     pub name: Option<String>,
     /// Replaces the `[storage]` table (e.g. an S3 store, see `crate::s3`).
     pub storage: Option<String>,
+    /// `tls.crl_file`, when set.
+    pub crl_file: Option<PathBuf>,
 }
 
 impl ReceiverOpts {
@@ -73,6 +75,7 @@ impl Default for ReceiverOpts {
             env: Vec::new(),
             name: None,
             storage: None,
+            crl_file: None,
         }
     }
 }
@@ -113,8 +116,13 @@ impl Receiver {
         }
         let (port, ops_port) = (free_port(), free_port());
         let tls = if opts.tls {
+            let crl = opts
+                .crl_file
+                .as_ref()
+                .map(|p| format!("crl_file = {p:?}\n"))
+                .unwrap_or_default();
             format!(
-                "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n{crl}",
                 env.pki.server.cert_file, env.pki.server.key_file, env.pki.ca_file
             )
         } else {
