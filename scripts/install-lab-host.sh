@@ -126,7 +126,7 @@ config_path() {
   rm -f -- "$errf"
   # 0 valid, 2 invalid; anything else means the binary itself did not run.
   if ((rc != 0 && rc != 2)); then
-    die "$bin --check-config --print $key exited $rc (cannot it run on this machine?): $CONFIG_ERROR"
+    die "$bin --check-config --print $key exited $rc (does it run on this machine?): $CONFIG_ERROR"
   fi
   [[ -n $CONFIG_VALUE || $key != data_dir ]] || return 1
   # Under --root the shipper resolved relative paths against DIR/etc/labship:
