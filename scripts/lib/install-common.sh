@@ -19,6 +19,10 @@ PREFIX=/opt/labship
 SVC_USER=labship
 SVC_UID=""       # numeric ids of the service user and group; "" when unknown
 SVC_GID=""
+# The producers' group (lab host: labship-producers, CONTRACT §13), set by
+# the script before it sources this file; "" (the receiver) for none.
+PROD_GROUP=${PROD_GROUP:-}
+PROD_GID=""
 CHOWN_OK=0       # 1 when we may and can chown (root, and the ids are known)
 CHANGED=0
 UNCHANGED=0
@@ -157,8 +161,32 @@ ensure_user() {
         die "useradd $SVC_USER failed (see the message above)"
       report created "user $SVC_USER (uid $(id -u "$SVC_USER"), system account, no login, group $SVC_USER)"
     fi
+    [[ -z $PROD_GROUP ]] || ensure_producers_group
   fi
+  [[ -z $R || -z $PROD_GROUP ]] ||
+    skip "group $PROD_GROUP (--root: the host's groups are never touched)"
   resolve_ids
+}
+
+# The producers' group, and the service user in it: the shipper reads (and
+# moves) what producers write through it. Producers join it, never the
+# service user's group, which reads /etc/labship and the host's key.
+ensure_producers_group() {
+  local g=$PROD_GROUP
+  if getent group "$g" >/dev/null; then
+    report unchanged "group $g (gid $(getent group "$g" | cut -d: -f3))"
+  else
+    command -v groupadd >/dev/null 2>&1 || die "groupadd not found (apt-get install passwd)"
+    groupadd --system "$g" || die "groupadd --system $g failed (see the message above)"
+    report created "group $g (gid $(getent group "$g" | cut -d: -f3), system group: episode producers write through it)"
+  fi
+  # id(1) asks the name service, so a membership from LDAP/SSSD counts too.
+  if [[ " $(id -nG "$SVC_USER") " == *" $g "* ]]; then
+    report unchanged "user $SVC_USER in group $g"
+  else
+    usermod -aG "$g" "$SVC_USER" || die "usermod -aG $g $SVC_USER failed (see the message above)"
+    report updated "user $SVC_USER: added to group $g (the shipper reads producers' episodes through it)"
+  fi
 }
 
 # The service ids: from the host's databases, or DIR/etc/{passwd,group} under
@@ -171,30 +199,65 @@ resolve_ids() {
     SVC_UID=$(db_id "$R/etc/passwd" "$SVC_USER")
     SVC_GID=$(db_id "$R/etc/group" "$SVC_USER")
   fi
+  PROD_GID=""
+  if [[ -n $PROD_GROUP ]]; then
+    if [[ -z $R ]]; then
+      PROD_GID=$(getent group "$PROD_GROUP" | cut -d: -f3)
+    else
+      PROD_GID=$(db_id "$R/etc/group" "$PROD_GROUP")
+    fi
+  fi
   CHOWN_OK=0
-  if [[ $EUID -eq 0 && -n $SVC_UID && -n $SVC_GID ]]; then
+  if [[ $EUID -eq 0 && -n $SVC_UID && -n $SVC_GID && (-z $PROD_GROUP || -n $PROD_GID) ]]; then
     CHOWN_OK=1
   else
     local why="no $SVC_USER user in $R/etc/passwd"
+    [[ -n $SVC_UID && -n $SVC_GID ]] && why="no $PROD_GROUP group in $R/etc/group"
     [[ $EUID -ne 0 ]] && why="not running as root"
-    skip "ownership root:$SVC_USER and $SVC_USER:$SVC_USER ($why; files keep the installing user's ids)"
+    local owners="root:$SVC_USER and $SVC_USER:$SVC_USER"
+    [[ -n $PROD_GROUP ]] && owners="root:$SVC_USER, $SVC_USER:$SVC_USER and $SVC_USER:$PROD_GROUP"
+    skip "ownership $owners ($why; files keep the installing user's ids)"
   fi
+}
+
+# Sets ID_U and ID_G to the numeric ids for the words OWNER and GROUP: root,
+# svc (the service user or group), prod (the producers' group). No subshell:
+# the source sync calls it for every file.
+ID_U=""
+ID_G=""
+ids_of() {
+  ID_U=$SVC_UID
+  ID_G=$SVC_GID
+  [[ $1 == root ]] && ID_U=0
+  case $2 in
+    root) ID_G=0 ;;
+    prod) ID_G=$PROD_GID ;;
+  esac
+  return 0
+}
+# The name for an owner or group word.
+name_of() {
+  case $1 in
+    root) echo root ;;
+    prod) echo "$PROD_GROUP" ;;
+    *) echo "$SVC_USER" ;;
+  esac
 }
 
 # --- files and directories -----------------------------------------------------
 
 # Applies MODE (4 octal digits) and, when possible, OWNER:GROUP (each "root"
-# or "svc", the service user/group) to PATH.
+# or "svc", the service user/group; GROUP also "prod", the producers') to PATH.
 set_meta() {
   local path=$1 mode=$2 owner=$3 group=$4
+  if ((CHOWN_OK)); then
+    # Owner first: chown clears setgid on some systems, chmod sets it back.
+    ids_of "$owner" "$group"
+    chown -h "$ID_U:$ID_G" -- "$path" ||
+      die "chown $(name_of "$owner"):$(name_of "$group") $path failed"
+  fi
   # The extra leading 0 makes GNU chmod clear setgid on directories too.
   chmod "0$mode" -- "$path" || die "chmod $mode $path failed"
-  if ((CHOWN_OK)); then
-    local u=$SVC_UID g=$SVC_GID
-    [[ $owner == root ]] && u=0
-    [[ $group == root ]] && g=0
-    chown -h "$u:$g" -- "$path" || die "chown $owner:$group $path failed"
-  fi
 }
 
 # Sets MDIFF to what differs between PATH's mode/owner and the wanted ones
@@ -207,10 +270,9 @@ meta_diff() {
   read -r cur_mode cur_u cur_g <<<"$cur"
   ((8#$cur_mode == 8#$mode)) || out+=("mode $(printf '%04o' "$((8#$cur_mode))")→$mode")
   if ((CHOWN_OK)); then
-    local u=$SVC_UID g=$SVC_GID
-    [[ $owner == root ]] && u=0
-    [[ $group == root ]] && g=0
-    [[ $cur_u == "$u" && $cur_g == "$g" ]] || out+=("owner $cur_u:$cur_g→$owner:$group")
+    ids_of "$owner" "$group"
+    [[ $cur_u == "$ID_U" && $cur_g == "$ID_G" ]] ||
+      out+=("owner $cur_u:$cur_g→$(name_of "$owner"):$(name_of "$group")")
   fi
   local IFS=,
   MDIFF="${out[*]}"
@@ -222,10 +284,7 @@ describe() {
     printf '%s' "$3"
     return
   fi
-  local o=$1 g=$2
-  [[ $o == svc ]] && o=$SVC_USER
-  [[ $g == svc ]] && g=$SVC_USER
-  printf '%s:%s %s' "$o" "$g" "$3"
+  printf '%s:%s %s' "$(name_of "$1")" "$(name_of "$2")" "$3"
 }
 
 # ensure_dir PATH MODE OWNER GROUP: creates PATH or fixes its mode/owner.

@@ -1,6 +1,12 @@
 //! `shipper.toml`: the raw serde form (unknown keys rejected, named defaults)
 //! and the validated [`Config`]. Every error names the file and the key; the
 //! binaries exit 2 on one. `doctor` reuses this loader (issue 4).
+//!
+//! [`Paths`] is the lenient first look at the same file: the paths it names,
+//! resolved as [`Config`] resolves them, known as soon as the file is TOML,
+//! before anything else is judged. `shipper --check-config --print data_dir`
+//! answers from it, so the installer learns `data_dir` from this parser even
+//! on a first install, when the certificates are not there yet.
 
 use labship_protocol::Id;
 use serde::Deserialize;
@@ -135,6 +141,71 @@ fn d_cleanup() -> u64 {
     3600
 }
 
+/// The paths a config names, resolved against its directory as [`Config`]
+/// resolves them: the same keys and defaults, other keys ignored and no file
+/// checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// Just the path keys of [`Raw`], without `deny_unknown_fields`.
+#[derive(Debug, Deserialize)]
+struct RawPaths {
+    #[serde(default = "d_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    receiver: RawReceiverPaths,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawReceiverPaths {
+    #[serde(default)]
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: PathBuf,
+    #[serde(default)]
+    key_file: PathBuf,
+    #[serde(default)]
+    token_file: PathBuf,
+}
+
+/// A path from `file` as the shipper uses it: relative ones resolve against
+/// the file's directory.
+fn resolve(file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// [`resolve`] for an optional key: `None` when it is empty (unset).
+fn optional(file: &Path, p: &Path) -> Option<PathBuf> {
+    (!p.as_os_str().is_empty()).then(|| resolve(file, p))
+}
+
+impl Paths {
+    /// The paths in `text` (read from `path`); an error only when it is not
+    /// TOML or a path key has the wrong type.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawPaths = toml::from_str(text)
+            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let r = &raw.receiver;
+        Ok(Self {
+            data_dir: resolve(path, &raw.data_dir),
+            ca_file: optional(path, &r.ca_file),
+            cert_file: optional(path, &r.cert_file),
+            key_file: optional(path, &r.key_file),
+            token_file: optional(path, &r.token_file),
+        })
+    }
+}
+
 /// How the shipper proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuth {
@@ -179,15 +250,7 @@ impl Config {
         let raw: Raw = toml::from_str(text)
             .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
         let err = |key: &str, why: String| ConfigError::new(path, key, why);
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
-        let optional = |p: &Path| (!p.as_os_str().is_empty()).then(|| resolve(p));
+        let optional = |p: &Path| optional(path, p);
         let readable = |key: &str, p: &Path| {
             std::fs::File::open(p)
                 .map(drop)
@@ -282,7 +345,7 @@ impl Config {
         Ok(Self {
             file: path.to_owned(),
             host_id,
-            data_dir: resolve(&raw.data_dir),
+            data_dir: resolve(path, &raw.data_dir),
             scan_interval: positive("scan_interval_s", raw.scan_interval_s)?,
             settle: Duration::from_secs(raw.settle_s),
             zstd_level: raw.zstd_level,
@@ -345,6 +408,27 @@ mod tests {
         let d = Dir::new();
         let example = include_str!("../../etc/shipper.toml.example").replace("/etc/labship/", "");
         d.parse(&example).unwrap();
+    }
+
+    #[test]
+    fn paths_resolve_as_the_config_does_and_ignore_the_rest() {
+        let d = Dir::new();
+        let file = d.0.path().join("shipper.toml");
+        let text = format!("data_dir = \"data\"\n{OK}");
+        let (c, p) = (d.parse(&text).unwrap(), Paths::parse(&file, &text).unwrap());
+        assert_eq!(p.data_dir, c.data_dir);
+        assert_eq!(p.data_dir, d.0.path().join("data"));
+        assert_eq!(p.ca_file, c.ca_file);
+        assert_eq!(
+            (p.cert_file.unwrap(), p.key_file.unwrap()),
+            c.auth.cert_and_key.unwrap()
+        );
+        assert_eq!(p.token_file, None);
+        // Lenient: an unknown key or a missing host_id still gives the paths.
+        let p = Paths::parse(&file, "bogus = 1\n[receiver]\ncert_file = '/c.pem'\n").unwrap();
+        assert_eq!(p.data_dir, Path::new("/var/lib/labship"));
+        assert_eq!(p.cert_file.unwrap(), Path::new("/c.pem"));
+        assert!(Paths::parse(&file, "data_dir = 3\n").is_err());
     }
 
     #[test]

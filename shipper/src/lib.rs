@@ -1,6 +1,7 @@
 //! The labship shipper as a library; `main.rs` is the thin CLI over it.
 //!
-//! [`config`] is the validated `shipper.toml`; [`scan`] finds settled episodes;
+//! [`config`] is the validated `shipper.toml` and [`check`] judges it and
+//! every file it names (`--check-config`); [`scan`] finds settled episodes;
 //! [`state`] is the pure episode state machine and [`queue`] its async driver;
 //! [`archive`] packs (deterministic tar+zstd with its SHA-256); [`disk`] owns
 //! every durable move; [`upload`] speaks the receiver's HTTP API; [`cleanup`]
@@ -8,6 +9,7 @@
 //! describes the states and what survives a crash in each.
 
 pub mod archive;
+pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod disk;

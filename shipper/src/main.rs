@@ -1,10 +1,12 @@
-//! `shipper [--config PATH] [--ping | --once]`: parses arguments, sets up
-//! logging and signals, and hands over to the library. Exit codes (CONTRACT §5):
-//! `--ping` 0 ok, 2 config, 3 TLS/auth refused, 4 unreachable, 5 unexpected;
-//! `--once` 0, 1 when a transient failure left work, 2 config; daemon 0 on a
-//! clean stop, 2 on bad config.
+//! `shipper [--config PATH] [--ping | --once | --check-config [--json | --print KEY]]`:
+//! parses arguments, sets up logging and signals, and hands over to the
+//! library. Exit codes (CONTRACT §5, §11): `--ping` 0 ok, 2 config, 3 TLS/auth
+//! refused, 4 unreachable, 5 unexpected; `--once` 0, 1 when a transient
+//! failure left work, 2 config; `--check-config` 0 valid (warnings allowed),
+//! 2 invalid; daemon 0 on a clean stop, 2 on bad config.
 
 use clap::Parser;
+use labship_shipper::check;
 use labship_shipper::config::{Config, DEFAULT_PATH};
 use labship_shipper::queue::Shipper;
 use labship_shipper::systemd;
@@ -26,12 +28,44 @@ struct Args {
     /// One pass: ship every ready episode, print a summary, exit.
     #[arg(long)]
     once: bool,
+    /// Validate the config and read every file it names (certificate and key
+    /// match, host_id is the certificate's identity, no certificate expires
+    /// within 14 days); touch nothing else. Exit 0 valid, 2 invalid.
+    #[arg(long, conflicts_with_all = ["ping", "once"])]
+    check_config: bool,
+    /// With --check-config: one JSON document (validity, errors, warnings,
+    /// certificates and the resolved paths).
+    #[arg(long, requires = "check_config", conflicts_with = "print")]
+    json: bool,
+    /// With --check-config: print only this resolved path (one line; empty
+    /// when unset), also when the config is otherwise invalid; nothing when
+    /// the file is not TOML. The exit code still says valid (0) or not (2).
+    #[arg(long, value_name = "KEY", requires = "check_config")]
+    print: Option<PathKey>,
+}
+
+/// The paths `--check-config --print` can name (shipper.toml's keys).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PathKey {
+    #[value(name = "data_dir")]
+    DataDir,
+    #[value(name = "ca_file")]
+    CaFile,
+    #[value(name = "cert_file")]
+    CertFile,
+    #[value(name = "key_file")]
+    KeyFile,
+    #[value(name = "token_file")]
+    TokenFile,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.check_config {
+        return check_config(&args);
+    }
+    init_logging();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -130,6 +164,36 @@ fn stderr_is_journal() -> bool {
     };
     rustix::fs::fstat(std::io::stderr())
         .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
+}
+
+/// `--check-config`: the report on stdout (human, `--json`, or one `--print`ed
+/// path); exit 0 valid, 2 invalid.
+fn check_config(args: &Args) -> ExitCode {
+    let now = std::time::SystemTime::now();
+    let report = check::check(&args.config, now);
+    if let Some(key) = args.print {
+        match &report.paths {
+            Some(p) => {
+                let value = match key {
+                    PathKey::DataDir => Some(&p.data_dir),
+                    PathKey::CaFile => p.ca_file.as_ref(),
+                    PathKey::CertFile => p.cert_file.as_ref(),
+                    PathKey::KeyFile => p.key_file.as_ref(),
+                    PathKey::TokenFile => p.token_file.as_ref(),
+                };
+                println!(
+                    "{}",
+                    value.map_or(String::new(), |v| v.display().to_string())
+                );
+            }
+            None => eprint!("{}", report.human()),
+        }
+    } else if args.json {
+        println!("{}", report.json(now));
+    } else {
+        print!("{}", report.human());
+    }
+    ExitCode::from(report.exit_code())
 }
 
 async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {

@@ -8,8 +8,9 @@
 //! side of the data_dir bind (written aside, owned by `labship`, then renamed
 //! into `episodes/` as a producer would), and results are read there too.
 //!
-//! Until the installer (issue 5) exists, [`LabHost::boot`] does its part:
-//! `useradd`, ownership and modes.
+//! [`LabHost::boot`] does the installer's part (`useradd`, the
+//! `labship-producers` group with `labship` in it, ownership and modes);
+//! the installer itself is tested in `tests/tests/install_systemd.rs`.
 
 use crate::TestEnv;
 use crate::episode::write_episode;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// The host id the lab host's certificate is issued for and its hostname.
 pub const HOST: &str = "lab-01";
+/// The producers' group (CONTRACT §13); the unit names it in `SupplementaryGroups=`.
+pub const PRODUCERS: &str = "labship-producers";
 
 /// The shipper's config, as the tests vary it. Paths are the installed ones.
 #[derive(Debug, Clone)]
@@ -80,11 +83,14 @@ pub struct LabHost {
     /// The `labship` user and group ids (the container shares the host's ids).
     pub uid: u32,
     pub gid: u32,
+    /// The `labship-producers` group id (CONTRACT §13).
+    pub producers_gid: u32,
 }
 
 impl LabHost {
-    /// Boots the container and creates the service user, `/etc/labship`
-    /// (root:labship 0750) and the data_dir (labship, `episodes/` setgid 2770).
+    /// Boots the container and creates the service user, the producers'
+    /// group (with `labship` in it), `/etc/labship` (root:labship 0750) and
+    /// the data_dir (labship, `episodes/` labship:labship-producers setgid 2770).
     pub fn boot(env: &TestEnv) -> Self {
         let root = env.path().join("lab-host");
         let (etc, data, staging) = (root.join("etc"), root.join("data"), root.join("staging"));
@@ -110,11 +116,19 @@ impl LabHost {
             "/usr/sbin/nologin",
             "labship",
         ]);
+        container.run(&["groupadd", "--system", PRODUCERS]);
+        container.run(&["usermod", "-aG", PRODUCERS, "labship"]);
         let id = |flag: &str| -> u32 {
             let out = container.run(&["id", flag, "labship"]);
             out.trim().parse().expect("numeric id")
         };
         let (uid, gid) = (id("-u"), id("-g"));
+        let producers_gid = container
+            .run(&["getent", "group", PRODUCERS])
+            .split(':')
+            .nth(2)
+            .and_then(|g| g.parse().ok())
+            .expect("labship-producers gid");
         let host = Self {
             container,
             etc,
@@ -122,25 +136,30 @@ impl LabHost {
             staging,
             uid,
             gid,
+            producers_gid,
         };
         host.own(&host.etc, 0, 0o750);
-        host.own_tree(&host.data);
-        host.own(&host.data, uid, 0o750);
-        host.own(&host.data.join("episodes"), uid, 0o2770);
+        host.own_tree(&host.data, gid);
+        host.own(&host.data, uid, 0o751);
+        host.own_as(&host.data.join("episodes"), uid, producers_gid, 0o2770);
         host
     }
 
     fn own(&self, path: &Path, uid: u32, mode: u32) {
+        self.own_as(path, uid, self.gid, mode);
+    }
+
+    fn own_as(&self, path: &Path, uid: u32, gid: u32, mode: u32) {
         use std::os::unix::fs::PermissionsExt as _;
-        std::os::unix::fs::lchown(path, Some(uid), Some(self.gid)).expect("chown");
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    fn own_tree(&self, path: &Path) {
-        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).expect("chown");
+    fn own_tree(&self, path: &Path, gid: u32) {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(gid)).expect("chown");
         if path.is_dir() && !path.is_symlink() {
             for e in std::fs::read_dir(path).expect("read dir") {
-                self.own_tree(&e.expect("entry").path());
+                self.own_tree(&e.expect("entry").path(), gid);
             }
         }
     }
@@ -171,10 +190,11 @@ impl LabHost {
     }
 
     /// A finished episode, as a producer makes one: written aside, owned by
-    /// `labship`, renamed into `episodes/`. `commit: None` writes no stamp.
+    /// `labship:labship-producers` (the group setgid `episodes/` gives),
+    /// renamed into `episodes/`. `commit: None` writes no stamp.
     pub fn produce(&self, id: &str, commit: Option<&str>, files: &[(&str, &[u8])]) {
         let dir = write_episode(&self.staging, id, commit, files);
-        self.own_tree(&dir);
+        self.own_tree(&dir, self.producers_gid);
         std::fs::rename(&dir, self.data.join("episodes").join(id)).expect("move into episodes/");
     }
 

@@ -281,7 +281,8 @@ fn journal_denied_is_a_finding_with_its_fix() {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(labship_tests::bin("doctor"))
         .args(["--config", cfg.to_str().unwrap(), "--no-ping"])
-        .env("USER", "nobody")
+        // The name comes from the name service, not from the environment.
+        .env("USER", "someone-else")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -341,5 +342,35 @@ fn certificate_expiry() {
         // The worst finding sets the exit code: 2 for a FAIL, 1 for a WARN.
         let want = if level == "FAIL" { 2 } else { 1 };
         assert_eq!(code, want, "{variant:?}:\n{out}");
+    }
+}
+
+/// Each binary's help says what that binary does: not the crate's
+/// description of both tools (issue 23).
+#[test]
+fn each_binary_help_describes_itself() {
+    for (bin, first, not) in [
+        (
+            "doctor",
+            "Diagnose the labship shipper on this host",
+            "quarantine",
+        ),
+        (
+            "quarantine-unstamped",
+            "Quarantine the finished episodes that have no valid code stamp",
+            "doctor",
+        ),
+        ("shipper", "The labship lab-host shipper", "doctor"),
+    ] {
+        for flag in ["-h", "--help"] {
+            let (code, out, err) = run(bin, &[flag]);
+            assert_eq!(code, 0, "{bin} {flag}: {err}");
+            let about = out.split("Usage:").next().unwrap();
+            assert!(about.starts_with(first), "{bin} {flag}:\n{out}");
+            assert!(
+                !about.to_lowercase().contains(not),
+                "{bin} {flag} describes {not}:\n{out}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@
     reason = "test code: a failed unwrap is a failed test"
 )]
 
-use labship_tests::lab_host::{HOST, LabHost, ShipperConfig, events, field};
+use labship_tests::lab_host::{HOST, LabHost, PRODUCERS, ShipperConfig, events, field};
 use labship_tests::nspawn::{SHIPPER_UNIT, skip_unless_root_and_nspawn};
 use labship_tests::process::Receiver;
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, REMEDIATION, TestEnv};
@@ -263,7 +263,7 @@ fn an_invalid_config_fails_once_and_doctor_names_the_key() {
     );
 }
 
-/// A producer in the labship group writes with umask 022: its episode
+/// A producer in labship-producers writes with umask 022: its episode
 /// directory is not group-writable, so the shipper may upload it but not move
 /// it into shipped/. Nothing is lost or uploaded twice (retries ask HEAD),
 /// and doctor names the directory and the chmod that frees it.
@@ -276,7 +276,7 @@ fn a_producer_umask_022_episode_is_diagnosed_with_its_chmod() {
     let r = Receiver::start(&env);
     let host = boot(&env, &r.url, &env.pki.client(HOST));
     host.container
-        .run(&["useradd", "--user-group", "--groups", "labship", "producer"]);
+        .run(&["useradd", "--user-group", "--groups", PRODUCERS, "producer"]);
     let out = host.container.exec_as(
         "producer",
         &[

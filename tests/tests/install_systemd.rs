@@ -4,16 +4,24 @@
 //! tree and the built binaries, both read-only), the real units they install,
 //! the real shipper and receiver.
 //!
-//! - lab host: install; the user, directories (modes, owners), unit; a config
-//!   and certificates; `enable --now`; an episode a producer in the `labship`
-//!   group writes ships to a receiver on the host's 127.0.0.1; a `WatchdogSec=3`
-//!   drop-in and `kill -STOP` get the shipper killed and restarted; a re-run
-//!   from inside /opt/labship exits 0, changes nothing, restarts the enabled
-//!   unit and keeps the config byte for byte.
+//! - lab host: install; the user, the `labship-producers` group, directories
+//!   (modes, owners), unit; a config and certificates; `enable --now`; a
+//!   producer in `labship-producers` only cannot read the host's key but
+//!   writes an episode that ships to a receiver on the host's 127.0.0.1; a
+//!   `WatchdogSec=3` drop-in and `kill -STOP` get the shipper killed and
+//!   restarted; a re-run from inside /opt/labship exits 0, changes nothing,
+//!   restarts the enabled unit and keeps the config byte for byte.
+//! - lab host, migration: an install laid out the old way (`episodes/` and
+//!   its producers in group `labship`) running and shipping; the installer
+//!   moves the producers and the episodes' group, the producers lose the
+//!   key and keep shipping (an episode begun before finishes after), and a
+//!   second run changes nothing.
 //! - receiver: the same with its unit, reached from the host by
 //!   `shipper --ping` and `--once`.
 //! - `--root DIR`: two installs into two trees give identical trees, a second
-//!   run changes nothing, and nothing outside DIR is touched (runs on the host).
+//!   run changes nothing, and nothing outside DIR is touched (runs on the host);
+//!   data_dir as the installed shipper reads it (a literal string, an inline
+//!   table), an old episodes/ regrouped, a config that is not TOML skipped.
 //!
 //! The container tests need root and systemd-nspawn and print SKIP otherwise.
 #![allow(
@@ -237,6 +245,54 @@ fn rerun_from_install_dir(c: &Container, script: &str, unit: &str, keep: &[&str]
     out
 }
 
+/// As `user` (setpriv --init-groups: the user's groups from the database),
+/// writes episode `id` into episodes/ with umask 002: its data, then, when
+/// `finish`, meta.json last by rename.
+fn produce(c: &Container, user: &str, id: &str, finish: bool) {
+    let mut script = format!(
+        "set -e; umask 002; e=/var/lib/labship/episodes/{id}; mkdir -p $e/data; \
+         head -c 100000 /dev/urandom > $e/data/run-$$.bin; "
+    );
+    if finish {
+        script += &format!(
+            "printf '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > $e/.meta.tmp; \
+             mv $e/.meta.tmp $e/meta.json"
+        );
+    }
+    let out = c.exec_as(user, &["sh", "-c", &script]);
+    expect_ok(
+        c,
+        SHIPPER_UNIT,
+        &format!("{user} writes episode {id}"),
+        &out,
+    );
+}
+
+/// Episode `id` is in the receiver's store and in the host's shipped/.
+fn shipped(c: &Container, r: &Receiver, id: &str) -> bool {
+    r.stored(HOST).contains(&format!("{id}.tar.zst"))
+        && c.exec(&["test", "-d", &format!("/var/lib/labship/shipped/{id}")])
+            .status
+            .success()
+}
+
+/// CONTRACT §13: a producer can neither read the host's key nor list
+/// /etc/labship (permission denied, not a missing file).
+fn producer_cannot_read_the_key(c: &Container, user: &str) {
+    for args in [
+        &["cat", "/etc/labship/client.key"][..],
+        &["ls", "/etc/labship"][..],
+    ] {
+        let out = c.exec_as(user, args);
+        assert!(
+            !out.status.success() && text(&out).contains("Permission denied"),
+            "{user} ran {args:?}: {}\n{}",
+            out.status,
+            text(&out)
+        );
+    }
+}
+
 #[test]
 fn lab_host_installer_under_systemd() {
     if !skip_unless_root_and_nspawn("lab_host_installer_under_systemd") {
@@ -253,8 +309,10 @@ fn lab_host_installer_under_systemd() {
     for want in [
         "created    user labship",
         "installed  /etc/labship/shipper.toml",
+        "created    group labship-producers",
+        "user labship: added to group labship-producers",
         "Next steps:",
-        "usermod -aG labship",
+        "usermod -aG labship-producers <user>",
         "systemctl enable --now labship-shipper.service",
         "/opt/labship/bin/doctor",
         "disabled   labship-shipper.service",
@@ -273,11 +331,18 @@ fn lab_host_installer_under_systemd() {
         "not a system user: {passwd}"
     );
     assert_eq!(c.run(&["id", "-gn", "labship"]).trim(), "labship");
+    assert_eq!(
+        c.run(&["id", "-Gn", "labship"]).trim(),
+        "labship labship-producers"
+    );
     for (path, want) in [
         ("/etc/labship", "750 root labship"),
         ("/etc/labship/shipper.toml", "640 root labship"),
-        ("/var/lib/labship", "750 labship labship"),
-        ("/var/lib/labship/episodes", "2770 labship labship"),
+        ("/var/lib/labship", "751 labship labship"),
+        (
+            "/var/lib/labship/episodes",
+            "2770 labship labship-producers",
+        ),
         ("/var/lib/labship/outbox", "750 labship labship"),
         ("/var/lib/labship/shipped", "750 labship labship"),
         ("/var/lib/labship/quarantine", "750 labship labship"),
@@ -337,26 +402,17 @@ fn lab_host_installer_under_systemd() {
         &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
     );
 
-    // A producer in the labship group writes an episode (umask 002, meta.json
-    // last, by rename); it ships.
+    // A producer in labship-producers (only) writes an episode (umask 002,
+    // meta.json last, by rename); it ships. It cannot read the host's key.
     c.run(&["useradd", "--user-group", "--no-create-home", "producer"]);
-    c.run(&["usermod", "-aG", "labship", "producer"]);
-    let produce = |id: &str| {
-        let script = format!(
-            "set -e; umask 002; e=/var/lib/labship/episodes/{id}; mkdir -p $e/data; \
-             head -c 100000 /dev/urandom > $e/data/run.bin; \
-             printf '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > $e/.meta.tmp; \
-             mv $e/.meta.tmp $e/meta.json"
-        );
-        let out = c.exec_as("producer", &["sh", "-c", &script]);
-        expect_ok(&c, SHIPPER_UNIT, "producer writes an episode", &out);
-    };
-    let shipped = |id: &str| {
-        r.stored(HOST).contains(&format!("{id}.tar.zst"))
-            && c.exec(&["test", "-d", &format!("/var/lib/labship/shipped/{id}")])
-                .status
-                .success()
-    };
+    c.run(&["usermod", "-aG", "labship-producers", "producer"]);
+    assert_eq!(
+        c.run(&["id", "-Gn", "producer"]).trim(),
+        "producer labship-producers"
+    );
+    producer_cannot_read_the_key(&c, "producer");
+    let produce = |id: &str| produce(&c, "producer", id, true);
+    let shipped = |id: &str| shipped(&c, &r, id);
     produce("ep-1");
     wait_for(
         &c,
@@ -365,10 +421,10 @@ fn lab_host_installer_under_systemd() {
         Duration::from_secs(20),
         || shipped("ep-1"),
     );
-    // setgid: the producer's episode belongs to the labship group.
+    // setgid: the producer's episode belongs to labship-producers.
     assert_eq!(
         stat(&c, "/var/lib/labship/shipped/ep-1"),
-        "2775 producer labship"
+        "2775 producer labship-producers"
     );
 
     // The watchdog: a stopped shipper is killed and restarted, and ships.
@@ -410,6 +466,155 @@ fn lab_host_installer_under_systemd() {
         "lab host: boot {boot_time:?}, shutdown {shutdown:?}, exposure {score}, whole test {:?}",
         t0.elapsed()
     );
+}
+
+/// An install from before labship-producers (CONTRACT §13): `episodes/` in
+/// group labship, the producers in group labship (so they could read the
+/// key), a unit without `SupplementaryGroups=`; running and shipping. The
+/// installer creates the group, regroups episodes/ and what is in it, moves
+/// each producer (printing each change); the producers lose the key, keep
+/// writing, and an episode begun before the migration finishes after it. A
+/// second run changes nothing.
+#[test]
+fn lab_host_installer_migrates_an_old_install() {
+    if !skip_unless_root_and_nspawn("lab_host_installer_migrates_an_old_install") {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = boot(HOST);
+    install(&c, SRC, "install-lab-host.sh", SHIPPER_UNIT);
+    let client = env.pki.client(HOST);
+    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    put_private(&c, "/etc/labship/client.pem", client.cert_pem.as_bytes());
+    put_private(&c, "/etc/labship/client.key", client.key_pem.as_bytes());
+    let config = labship_tests::lab_host::ShipperConfig::new(&r.url).to_toml();
+    put_private(&c, "/etc/labship/shipper.toml", config.as_bytes());
+
+    // Back to the old layout.
+    let unit = format!("/etc/systemd/system/{SHIPPER_UNIT}");
+    c.run(&["sed", "-i", "/^SupplementaryGroups=/d", &unit]);
+    c.run(&["groupdel", "labship-producers"]);
+    c.run(&["chmod", "0750", "/var/lib/labship"]);
+    c.run(&["chgrp", "labship", "/var/lib/labship/episodes"]);
+    c.run(&["chmod", "2770", "/var/lib/labship/episodes"]);
+    for user in ["producer", "alice"] {
+        c.run(&["useradd", "--user-group", "--no-create-home", user]);
+        c.run(&["usermod", "-aG", "labship", user]);
+    }
+    // A user whose primary group is labship: named, not changed.
+    c.run(&["useradd", "--gid", "labship", "--no-create-home", "bob"]);
+    assert_eq!(
+        stat(&c, "/var/lib/labship/episodes"),
+        "2770 labship labship"
+    );
+    expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "enable --now (old layout)",
+        &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
+    );
+    produce(&c, "producer", "old-1", true);
+    wait_for(
+        &c,
+        SHIPPER_UNIT,
+        "old-1 shipped",
+        Duration::from_secs(20),
+        || shipped(&c, &r, "old-1"),
+    );
+    // The hole being closed: a producer in labship reads the key.
+    assert!(
+        c.exec_as("producer", &["cat", "/etc/labship/client.key"])
+            .status
+            .success()
+    );
+    // Begun before the migration, finished after it.
+    produce(&c, "alice", "wip", false);
+    assert_eq!(
+        stat(&c, "/var/lib/labship/episodes/wip"),
+        "2775 alice labship"
+    );
+
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!("cd {SRC} && ./scripts/install-lab-host.sh --bin-dir {BINS}"),
+    ]);
+    expect_ok(&c, SHIPPER_UNIT, "the migrating run", &out);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("the migrating run:\n{stdout}{stderr}");
+    for want in [
+        "created    group labship-producers",
+        "user labship: added to group labship-producers",
+        "migrating  /var/lib/labship/episodes: from group labship to labship-producers",
+        "entries from group labship to labship-producers",
+        "user producer: added to group labship-producers",
+        "user producer: removed from group labship",
+        "user alice: added to group labship-producers",
+        "user alice: removed from group labship",
+        "updated    /var/lib/labship/ (mode 0750→0751)",
+        "updated    /var/lib/labship/episodes/ (owner",
+        "updated    /etc/systemd/system/labship-shipper.service",
+        "restarted  labship-shipper.service",
+        "must log in again",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in:\n{stdout}{stderr}");
+    }
+    assert!(
+        stderr.contains("WARNING    user bob has labship as its primary group"),
+        "{stdout}{stderr}"
+    );
+    for user in ["producer", "alice"] {
+        assert_eq!(
+            c.run(&["id", "-Gn", user]).trim(),
+            format!("{user} labship-producers")
+        );
+        producer_cannot_read_the_key(&c, user);
+    }
+    assert_eq!(
+        c.run(&["getent", "group", "labship"]).trim(),
+        format!("labship:x:{}:", c.run(&["id", "-g", "labship"]).trim()),
+        "labship has no member left"
+    );
+    for (path, want) in [
+        (
+            "/var/lib/labship/episodes",
+            "2770 labship labship-producers",
+        ),
+        (
+            "/var/lib/labship/episodes/wip",
+            "2775 alice labship-producers",
+        ),
+        (
+            "/var/lib/labship/episodes/wip/data",
+            "2775 alice labship-producers",
+        ),
+        // The shipper's own directories keep their group.
+        ("/var/lib/labship/shipped/old-1", "2775 producer labship"),
+    ] {
+        assert_eq!(stat(&c, path), want, "{path}\n{stdout}");
+    }
+    // The producers keep shipping through the new group.
+    produce(&c, "alice", "wip", true);
+    produce(&c, "producer", "new-1", true);
+    wait_for(
+        &c,
+        SHIPPER_UNIT,
+        "wip and new-1 shipped after the migration",
+        Duration::from_secs(20),
+        || shipped(&c, &r, "wip") && shipped(&c, &r, "new-1"),
+    );
+
+    let again = install(&c, SRC, "install-lab-host.sh", SHIPPER_UNIT);
+    assert!(
+        again.contains(": done: 0 changed,") && !again.contains("migrating"),
+        "the second run changed something:\n{again}"
+    );
+    eprintln!("migration: whole test {:?}", t0.elapsed());
 }
 
 #[test]
@@ -637,6 +842,24 @@ fn copy_source(from: &Path, to: &Path) {
     }
 }
 
+/// Small stand-ins for the binaries in `<src>/bins`: the tests of `--root`
+/// are about the tree, and the real ones may be rebuilt meanwhile (and take
+/// long to hash). The shipper's execs the real one: the installer asks it
+/// for data_dir (`--check-config --print data_dir`).
+fn stand_in_binaries(src: &Path) {
+    for name in ["shipper", "doctor", "quarantine-unstamped", "receiver"] {
+        let p = src.join("bins").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let body = if name == "shipper" {
+            format!("#!/bin/sh\nexec {:?} \"$@\"\n", bin_dir().join("shipper"))
+        } else {
+            format!("#!/bin/sh\necho {name}\n")
+        };
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+}
+
 /// Runs `<src>/scripts/<script> --root <root> --bin-dir <src>/bins` on the
 /// host; asserts exit 0.
 fn install_root(src: &Path, script: &str, root: &Path) -> String {
@@ -672,14 +895,7 @@ fn root_runs_give_identical_trees_and_touch_nothing_outside() {
         std::fs::create_dir_all(src.join(junk).parent().unwrap()).unwrap();
         std::fs::write(src.join(junk), "not to be installed").unwrap();
     }
-    // Small stand-ins for the binaries: this test is about the tree, and
-    // the real ones may be rebuilt meanwhile (and take long to hash).
-    for name in ["shipper", "doctor", "quarantine-unstamped", "receiver"] {
-        let p = src.join("bins").join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, format!("#!/bin/sh\necho {name}\n")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    stand_in_binaries(&src);
     let sandbox = env.path().join("sandbox");
     let (a, b) = (sandbox.join("a"), sandbox.join("b"));
     // An image that already has the service user: as root, the installer
@@ -691,7 +907,11 @@ fn root_runs_give_identical_trees_and_touch_nothing_outside() {
             "root:x:0:0:root:/root:/bin/bash\nlabship:x:4242:4242::/var/lib/labship:/usr/sbin/nologin\n",
         )
         .unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nlabship:x:4242:\n").unwrap();
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\nlabship:x:4242:\nlabship-producers:x:4243:labship\n",
+        )
+        .unwrap();
     }
     let host_files = [
         "/etc/passwd",
@@ -757,6 +977,7 @@ fn root_runs_give_identical_trees_and_touch_nothing_outside() {
     let lab = &first[0];
     for want in [
         "skipped    user and group labship (--root",
+        "skipped    group labship-producers (--root",
         "skipped    systemctl daemon-reload",
         "skipped    quarantine-unstamped (--root",
         "skipped    restart of labship-shipper.service",
@@ -773,8 +994,8 @@ fn root_runs_give_identical_trees_and_touch_nothing_outside() {
     if rustix::process::geteuid().is_root() {
         for (rel, want) in [
             ("etc/labship", "750 0:4242 dir"),
-            ("var/lib/labship", "750 4242:4242 dir"),
-            ("var/lib/labship/episodes", "2770 4242:4242 dir"),
+            ("var/lib/labship", "751 4242:4242 dir"),
+            ("var/lib/labship/episodes", "2770 4242:4243 dir"),
             ("var/lib/labship/state", "750 4242:4242 dir"),
             ("var/lib/labship-receiver/episodes", "750 4242:4242 dir"),
             ("opt/labship/bin", "755 0:0 dir"),
@@ -803,4 +1024,111 @@ fn root_runs_give_identical_trees_and_touch_nothing_outside() {
         tree_a.len(),
         t0.elapsed()
     );
+}
+
+/// `--root`: data_dir comes from the installed shipper's reading of the
+/// config (`--check-config --print data_dir`), not from a line regex: a
+/// literal string and `[receiver]` as an inline table (the certificates
+/// absent, so the config is invalid but readable); an old `episodes/` in
+/// group labship is regrouped with what is in it (as root); a config that is
+/// not TOML skips the data_dir step, says why, and the run still exits 0.
+#[test]
+fn root_install_reads_data_dir_through_the_shipper() {
+    let env = TestEnv::new();
+    let src = env.path().join("src");
+    copy_source(&repo_root(), &src);
+    stand_in_binaries(&src);
+    let root = env.path().join("root");
+    std::fs::create_dir_all(root.join("etc/labship")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nlabship:x:4242:4242::/var/lib/labship:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nlabship:x:4242:\nlabship-producers:x:4243:labship\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/labship/shipper.toml"),
+        "host_id = 'lab-01'\ndata_dir = '/srv/lab data'   # a literal string\n\
+         receiver = { url = \"https://r.example.org:8443\", cert_file = 'client.pem', key_file = 'client.key' }\n",
+    )
+    .unwrap();
+    let as_root = rustix::process::geteuid().is_root();
+    // An episodes/ from before labship-producers (group labship), with an
+    // episode in it.
+    let old = root.join("srv/lab data/episodes/ep-1/data");
+    std::fs::create_dir_all(&old).unwrap();
+    if as_root {
+        for p in [
+            &old,
+            old.parent().unwrap(),
+            &root.join("srv/lab data/episodes"),
+        ] {
+            std::os::unix::fs::lchown(p, Some(4242), Some(4242)).unwrap();
+        }
+    }
+    let out = install_root(&src, "install-lab-host.sh", &root);
+    for want in [
+        "kept       ",
+        "/srv/lab data/episodes/ (",
+        "note       data_dir is /srv/lab data",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    for sub in ["episodes", "outbox", "shipped", "quarantine", "state"] {
+        assert!(
+            root.join("srv/lab data").join(sub).is_dir(),
+            "{sub}:\n{out}"
+        );
+    }
+    assert!(!root.join("var/lib/labship").exists(), "{out}");
+    if as_root {
+        assert!(out.contains("migrating  "), "{out}");
+        assert!(
+            out.contains("skipped    members of group labship (--root"),
+            "{out}"
+        );
+        let tree = listing(&root);
+        for want in [
+            "srv/lab data/episodes 2770 4242:4243 dir",
+            "srv/lab data/episodes/ep-1 755 4242:4243 dir",
+            "srv/lab data/episodes/ep-1/data 755 4242:4243 dir",
+        ] {
+            assert!(
+                tree.iter().any(|l| l == want),
+                "no {want:?} in:\n{}\n{out}",
+                tree.join("\n")
+            );
+        }
+    }
+    let again = install_root(&src, "install-lab-host.sh", &root);
+    assert!(again.contains(": done: 0 changed,"), "{again}");
+    assert!(!again.contains("migrating"), "{again}");
+
+    // Not TOML: the data_dir step is skipped with the parser's message.
+    std::fs::write(
+        root.join("etc/labship/shipper.toml"),
+        "data_dir = '/srv/elsewhere'\n[receiver\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(src.join("scripts/install-lab-host.sh"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--bin-dir")
+        .arg(src.join("bins"))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "skipped    data_dir and its directories: /etc/labship/shipper.toml is not TOML"
+        ) && all.contains("invalid: ")
+            && all.contains("Fix /etc/labship/shipper.toml"),
+        "{all}"
+    );
+    assert!(!root.join("srv/elsewhere").exists(), "{all}");
 }

@@ -129,6 +129,20 @@ fn type_notify_start_ships_then_stops_cleanly() {
         .container
         .run(&["stat", "-c", "%U", &format!("/proc/{pid}")]);
     assert_eq!(user.trim(), "labship", "{}", diag());
+    // SupplementaryGroups=labship-producers: it reads and moves what the
+    // producers write through that group (CONTRACT §13).
+    let status = host.container.run(&["cat", &format!("/proc/{pid}/status")]);
+    let groups = status
+        .lines()
+        .find(|l| l.starts_with("Groups:"))
+        .unwrap_or("");
+    assert!(
+        groups
+            .split_whitespace()
+            .any(|g| g == host.producers_gid.to_string()),
+        "not in labship-producers: {groups:?}\n{}",
+        diag()
+    );
     let mount_opts = |path: &str| {
         host.container.run(&[
             "nsenter", "-t", pid, "-m", "--", "findmnt", "-n", "-o", "OPTIONS", "-T", path,

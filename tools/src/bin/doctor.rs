@@ -8,10 +8,12 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Diagnose the labship shipper on this host: the first line is the worst
-/// problem and the command that fixes it.
+/// Diagnose the labship shipper on this host, worst problem first.
+///
+/// The first line is the worst finding and the command that fixes it, then
+/// one row per check. Exit 0 all OK, 1 warnings, 2 failures.
 #[derive(Debug, Parser)]
-#[command(name = "doctor", version, about)]
+#[command(name = "doctor", version)]
 struct Args {
     /// The shipper's configuration file.
     #[arg(long, default_value = labship_shipper::config::DEFAULT_PATH)]

@@ -10,9 +10,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Moves finished episodes whose meta.json has no valid code stamp
-/// (code_version.commit) from episodes/ to quarantine/, with their reason
-/// file. Safe to run while the shipper runs; a second run changes nothing.
+/// Quarantine the finished episodes that have no valid code stamp.
+///
+/// Moves each episode in episodes/ whose meta.json has no valid
+/// code_version.commit to quarantine/, with its reason file. Safe to run
+/// while the shipper runs; a second run changes nothing.
 #[derive(Debug, Parser)]
 #[command(name = "quarantine-unstamped", version)]
 struct Args {

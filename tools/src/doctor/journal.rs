@@ -107,22 +107,19 @@ fn denied_text(stderr: &str) -> bool {
         || s.contains("permission denied")
 }
 
-/// Root, or a member of a group that may read the whole journal.
+/// Groups whose members may read the whole system journal.
+const JOURNAL_READERS: [&str; 3] = ["systemd-journal", "adm", "wheel"];
+
+/// Root, or a member of a group that may read the whole journal. The groups
+/// come from the system's name service (NSS: files, LDAP, SSSD, …), as
+/// journald and `id` see them.
 fn may_read_system_journal() -> bool {
     if rustix::process::getuid().is_root() {
         return true;
     }
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let readers: Vec<u32> = groups
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse().ok()?;
-            ["systemd-journal", "adm", "wheel"]
-                .contains(&name)
-                .then_some(gid)
-        })
+    let readers: Vec<u32> = JOURNAL_READERS
+        .iter()
+        .filter_map(|name| group_id(name))
         .collect();
     let mine = rustix::process::getgroups().unwrap_or_default();
     std::iter::once(rustix::process::getgid())
@@ -130,20 +127,30 @@ fn may_read_system_journal() -> bool {
         .any(|g| readers.contains(&g.as_raw()))
 }
 
-/// This process's user name, from /etc/passwd (the environment can lie
-/// under sudo or setpriv), else `$USER`, else the uid.
-fn user_name() -> String {
-    let uid = rustix::process::getuid().as_raw().to_string();
-    std::fs::read_to_string("/etc/passwd")
+/// A group's id by name, through NSS (`getgrnam_r`); `None` when there is
+/// no such group or the lookup failed.
+fn group_id(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
         .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid).then(|| f[0].to_owned())
-            })
-        })
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+/// A user's name by uid, through NSS (`getpwuid_r`).
+fn user_by_uid(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// This process's user name, from the name service (the environment can
+/// lie under sudo or setpriv), else `$USER`, else the uid.
+fn user_name() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    user_by_uid(uid)
         .or_else(|| std::env::var("USER").ok())
-        .unwrap_or(uid)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// The shipper's event lines read "<what happened>: <detail>"; a row
@@ -580,6 +587,37 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect()
+    }
+
+    /// Through NSS (glibc's `getpwuid_r`/`getgrnam_r`, so also LDAP or
+    /// SSSD where nsswitch.conf names them; only `files` can be tested here).
+    #[test]
+    fn users_and_groups_come_from_the_name_service() {
+        assert_eq!(user_by_uid(0).as_deref(), Some("root"));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-labship-test"), None);
+        assert_eq!(user_by_uid(4_000_000_000), None);
+        // The same answer `id` gives (through the same NSS).
+        let id = |flag: &str, arg: &str| {
+            let out = std::process::Command::new("id")
+                .args([flag, arg])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let uid = rustix::process::getuid().as_raw();
+        assert_eq!(user_name(), id("-un", &uid.to_string()));
+        for g in JOURNAL_READERS {
+            let getent = std::process::Command::new("getent")
+                .args(["group", g])
+                .output()
+                .unwrap();
+            let want = String::from_utf8_lossy(&getent.stdout)
+                .split(':')
+                .nth(2)
+                .and_then(|gid| gid.parse().ok());
+            assert_eq!(group_id(g), want, "{g}");
+        }
     }
 
     #[test]

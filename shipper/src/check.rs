@@ -1,0 +1,358 @@
+//! `shipper --check-config` (CONTRACT §11): the daemon's own loader
+//! ([`Config`]), every file the config names read and judged (the
+//! certificate and key match, `host_id` equals the certificate's identity,
+//! no certificate has expired (an error) or expires within 14 days (a
+//! warning)), then the daemon's own client setup ([`Uploader::new`]). Nothing
+//! is written, no directory created, no connection made.
+//!
+//! The [`Report`] also carries the resolved [`Paths`] whenever the file is
+//! TOML, valid or not: the installer asks for `data_dir` this way
+//! (`--print data_dir`) instead of reading the TOML itself.
+
+use crate::config::{Config, Paths};
+use crate::upload::Uploader;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// A certificate that expires sooner than this is a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// One finding, named by the config key it is about (`""`: the file itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// A certificate the config names, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// `receiver.ca_file` or `receiver.cert_file`.
+    pub key: &'static str,
+    pub path: PathBuf,
+    /// The host id the receiver would take from it (client certificate only).
+    pub identity: Option<String>,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// What `--check-config` found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub file: PathBuf,
+    /// `None` when the file could not be read or is not TOML.
+    pub paths: Option<Paths>,
+    /// From the valid config only.
+    pub host_id: Option<String>,
+    pub url: Option<String>,
+    pub certificates: Vec<Certificate>,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Report {
+    pub fn valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// 0 valid (warnings allowed), 2 invalid.
+    pub fn exit_code(&self) -> u8 {
+        if self.valid() { 0 } else { 2 }
+    }
+
+    /// The `--json` document.
+    pub fn json(&self, now: SystemTime) -> Value {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let problems = |v: &[Problem]| {
+            v.iter()
+                .map(|p| json!({"key": p.key, "message": p.message}))
+                .collect::<Vec<_>>()
+        };
+        json!({
+            "config": self.file.display().to_string(),
+            "valid": self.valid(),
+            "exit_code": self.exit_code(),
+            "host_id": self.host_id,
+            "receiver_url": self.url,
+            "paths": self.paths.as_ref().map(|p| json!({
+                "data_dir": p.data_dir.display().to_string(),
+                "ca_file": path(&p.ca_file),
+                "cert_file": path(&p.cert_file),
+                "key_file": path(&p.key_file),
+                "token_file": path(&p.token_file),
+            })),
+            "certificates": self.certificates.iter().map(|c| json!({
+                "key": c.key,
+                "path": c.path.display().to_string(),
+                "identity": c.identity,
+                "not_after": rfc3339(c.not_after),
+                "expires_in_s": c.not_after - epoch_s(now),
+            })).collect::<Vec<_>>(),
+            "errors": problems(&self.errors),
+            "warnings": problems(&self.warnings),
+        })
+    }
+
+    /// The human form: `ok: …` or `invalid: …` lines, then the warnings.
+    pub fn human(&self) -> String {
+        let file = self.file.display();
+        let mut out = String::new();
+        let line = |p: &Problem| {
+            if p.key.is_empty() {
+                format!("{file}: {}", p.message)
+            } else {
+                format!("{file}: {}: {}", p.key, p.message)
+            }
+        };
+        if self.valid() {
+            out.push_str(&format!(
+                "ok: {file} is valid (host {}, receiver {}, data_dir {})\n",
+                self.host_id.as_deref().unwrap_or("?"),
+                self.url.as_deref().unwrap_or("?"),
+                self.paths
+                    .as_ref()
+                    .map_or("?".into(), |p| p.data_dir.display().to_string()),
+            ));
+        }
+        for e in &self.errors {
+            out.push_str(&format!("invalid: {}\n", line(e)));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {}\n", line(w)));
+        }
+        out
+    }
+}
+
+fn epoch_s(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn rfc3339(s: i64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64))
+        .to_string()
+}
+
+/// Checks the config at `path` as the daemon would load it, at time `now`.
+pub fn check(path: &Path, now: SystemTime) -> Report {
+    let mut r = Report {
+        file: path.to_owned(),
+        paths: None,
+        host_id: None,
+        url: None,
+        certificates: Vec::new(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            r.error("", format!("cannot read config: {e}"));
+            return r;
+        }
+    };
+    r.paths = Paths::parse(path, &text).ok();
+    let config = match Config::parse(path, &text) {
+        Ok(c) => c,
+        Err(e) => {
+            r.error(&e.key, e.why);
+            return r;
+        }
+    };
+    r.host_id = Some(config.host_id.to_string());
+    r.url = Some(config.url.to_string());
+    if let Some(ca) = &config.ca_file {
+        for der in pem_certificates(ca) {
+            r.certificate("receiver.ca_file", ca, &der, now, false);
+        }
+    }
+    if let Some((cert, key)) = &config.auth.cert_and_key {
+        let chain = pem_certificates(cert);
+        if let Some(leaf) = chain.first() {
+            if let Some(identity) = r.certificate("receiver.cert_file", cert, leaf, now, true)
+                && identity != config.host_id.as_str()
+            {
+                r.error(
+                    "host_id",
+                    format!(
+                        "{:?}, but the certificate {} names host {identity:?}: the receiver would know this host as {identity:?} and refuse every upload (403); fix host_id, or install this host's own certificate",
+                        config.host_id.as_str(),
+                        cert.display()
+                    ),
+                );
+            }
+            r.key_matches(cert, key, chain);
+        }
+    }
+    if let Some(token) = &config.auth.token_file
+        && std::fs::read_to_string(token).is_ok_and(|t| t.trim().is_empty())
+    {
+        r.error(
+            "receiver.token_file",
+            format!("{} is empty", token.display()),
+        );
+    }
+    // Last, the daemon's own client setup: whatever the checks above could
+    // not parse, it names with its key (they skip what they cannot read).
+    if r.errors.is_empty()
+        && let Err(e) = Uploader::new(&config)
+    {
+        r.error(e.key, e.why);
+    }
+    r
+}
+
+/// The certificates in a PEM file (none when it is not PEM: [`Uploader::new`]
+/// names that).
+fn pem_certificates(path: &Path) -> Vec<CertificateDer<'static>> {
+    std::fs::read(path)
+        .map(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .filter_map(Result::ok)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Report {
+    fn error(&mut self, key: &str, message: String) {
+        self.errors.push(Problem {
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    fn warning(&mut self, key: &str, message: String) {
+        self.warnings.push(Problem {
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    /// Records one certificate and judges its expiry; returns its identity
+    /// when `client`.
+    fn certificate(
+        &mut self,
+        key: &'static str,
+        path: &Path,
+        der: &CertificateDer<'_>,
+        now: SystemTime,
+        client: bool,
+    ) -> Option<String> {
+        let cert = match x509_parser::parse_x509_certificate(der) {
+            Ok((_, c)) => c,
+            Err(e) => {
+                self.error(
+                    key,
+                    format!("{}: unparsable certificate: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        let identity = if client {
+            match host_from_certificate(&cert) {
+                Ok(id) => Some(id),
+                Err(why) => {
+                    self.error(key, format!("{}: {why}", path.display()));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let not_after = cert.validity().not_after.timestamp();
+        let subject = cert.subject().to_string();
+        let left = not_after - epoch_s(now);
+        let until = rfc3339(not_after);
+        if left <= 0 {
+            self.error(
+                key,
+                format!("{} ({subject}) expired at {until}", path.display()),
+            );
+        } else if (left as u64) < EXPIRY_WARNING.as_secs() {
+            self.warning(
+                key,
+                format!(
+                    "{} ({subject}) expires in {} ({until})",
+                    path.display(),
+                    humantime::format_duration(Duration::from_secs(left as u64))
+                ),
+            );
+        }
+        self.certificates.push(Certificate {
+            key,
+            path: path.to_owned(),
+            identity: identity.clone(),
+            not_after,
+        });
+        identity
+    }
+
+    /// The key's public half is the certificate's (rustls compares the
+    /// SubjectPublicKeyInfo); a mismatch fails every TLS handshake.
+    fn key_matches(&mut self, cert: &Path, key: &Path, chain: Vec<CertificateDer<'static>>) {
+        let Some(der) = std::fs::read(key)
+            .ok()
+            .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).ok())
+        else {
+            return; // not PEM: Uploader::new names it
+        };
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let signing = match provider.key_provider.load_private_key(der) {
+            Ok(k) => k,
+            Err(e) => {
+                self.error(
+                    "receiver.key_file",
+                    format!("{}: unusable private key: {e}", key.display()),
+                );
+                return;
+            }
+        };
+        match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => self
+                .warning(
+                    "receiver.key_file",
+                    format!(
+                        "{}: cannot tell whether it matches {}",
+                        key.display(),
+                        cert.display()
+                    ),
+                ),
+            Err(e) => self.error(
+                "receiver.key_file",
+                format!(
+                    "{} does not belong to the certificate {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            ),
+        }
+    }
+}
+
+/// The host id the receiver takes from a client certificate: its subject
+/// CN, or without one its first DNS subjectAltName. The same rule as the
+/// receiver's `tls::host_from_certificate`.
+fn host_from_certificate(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<String, String> {
+    if let Some(cn) = cert.subject().iter_common_name().next() {
+        return cn
+            .as_str()
+            .map(str::to_owned)
+            .map_err(|e| format!("client certificate CN is not a string: {e}"));
+    }
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                return Ok((*dns).to_owned());
+            }
+        }
+    }
+    Err("client certificate has neither a subject CN nor a DNS subjectAltName".into())
+}
