@@ -221,11 +221,13 @@ fn d_max_uploads() -> usize {
 fn d_max_connections() -> usize {
     1024
 }
-/// Well below `max_connections`: one address (a flood, a runaway client)
-/// can never hold every slot. A lab behind one NAT address shares it (a
-/// shipper holds about six connections at most).
+/// A quarter of `max_connections`: one address (a flood, a runaway client)
+/// can never hold every slot, and a lab behind one NAT address or in one
+/// IPv6 /64 still fits (a shipper holds about six connections at most, so
+/// some forty hosts). Behind a load balancer every connection comes from it:
+/// set 0 (off) there and limit per source in the balancer.
 fn d_max_connections_per_address() -> usize {
-    64
+    256
 }
 /// How long a new TCP connection may sit before its TLS ClientHello is in:
 /// a ClientHello is one small flight, so a few seconds cover a lossy link
@@ -405,9 +407,10 @@ impl Config {
         )?;
         positive("limits.max_connections", l.max_connections as u64)?;
         // An explicit value must fit under its enclosing limit; the default
-        // shrinks to fit a small one.
+        // shrinks to fit a small one; 0 turns the per-source cap off.
         let max_connections_per_address = match l.max_connections_per_address {
             None => d_max_connections_per_address().min(l.max_connections),
+            Some(0) => l.max_connections,
             Some(n) if n > l.max_connections => {
                 return Err(err(
                     "limits.max_connections_per_address",
@@ -417,7 +420,7 @@ impl Config {
                     ),
                 ));
             }
-            Some(n) => positive("limits.max_connections_per_address", n as u64)? as usize,
+            Some(n) => n,
         };
         let handshake_s = positive("limits.handshake_timeout_s", l.handshake_timeout_s)?;
         let client_hello_s = match l.client_hello_timeout_s {
@@ -434,6 +437,18 @@ impl Config {
         };
         let min_upload_rate = match l.min_upload_rate_bytes_per_s {
             0 => None,
+            // A window shorter than the idle timeout would cut an ordinary
+            // stall (retransmits on a lossy link) that the idle timeout
+            // exists to allow.
+            _ if l.min_upload_rate_window_s < l.body_idle_timeout_s => {
+                return Err(err(
+                    "limits.min_upload_rate_window_s",
+                    format!(
+                        "{} is shorter than limits.body_idle_timeout_s ({}): a stall the idle timeout allows would be cut",
+                        l.min_upload_rate_window_s, l.body_idle_timeout_s
+                    ),
+                ));
+            }
             bytes_per_s => Some(RateFloor {
                 bytes_per_s,
                 window: Duration::from_secs(positive(
@@ -652,7 +667,7 @@ mod tests {
     #[test]
     fn front_door_limits_defaults_and_validation() {
         let c = parse(TLS).unwrap();
-        assert_eq!(c.max_connections_per_address, 64);
+        assert_eq!(c.max_connections_per_address, 256);
         assert_eq!(c.client_hello_timeout, Duration::from_secs(5));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(
@@ -670,12 +685,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_connections_per_address, 4);
         assert_eq!(c.client_hello_timeout, Duration::from_secs(1));
+        let c = parse(&format!("{TLS}[limits]\nmax_connections_per_address = 0\n")).unwrap();
+        assert_eq!(c.max_connections_per_address, 1024, "0 turns the cap off");
         let c = parse(&format!("{TLS}[limits]\nmin_upload_rate_bytes_per_s = 0\n")).unwrap();
         assert_eq!(c.min_upload_rate, None, "0 turns the floor off");
         for (limits, key) in [
             (
-                "max_connections_per_address = 0",
-                "limits.max_connections_per_address: must be greater than 0",
+                "min_upload_rate_window_s = 5",
+                "limits.min_upload_rate_window_s: 5 is shorter than limits.body_idle_timeout_s",
             ),
             (
                 "max_connections_per_address = 2000",
@@ -691,7 +708,7 @@ mod tests {
             ),
             (
                 "min_upload_rate_window_s = 0",
-                "limits.min_upload_rate_window_s: must be greater than 0",
+                "limits.min_upload_rate_window_s: 0 is shorter than",
             ),
             (
                 "min_upload_rate_bytes_per_s = -1",

@@ -65,14 +65,11 @@ fn load_crls(
 }
 
 /// What is valid but worth an operator's attention in the CRLs: a CRL past
-/// its nextUpdate (still enforced: its revocations stay true), and a client
-/// CA without a CRL (rustls then refuses every certificate it issued, as of
-/// unknown revocation status).
+/// its nextUpdate (still enforced: its revocations stay true).
 fn crl_warnings(
     config: &Path,
     path: &Path,
     crls: &[CertificateRevocationListDer<'static>],
-    cas: &[CertificateDer<'static>],
 ) -> Vec<ConfigError> {
     let warn = |why: String| ConfigError::new(config, "tls.crl_file", why);
     let parsed: Vec<_> = crls
@@ -92,6 +89,24 @@ fn crl_warnings(
             )));
         }
     }
+    out
+}
+
+/// Every client CA needs its CRL: rustls refuses a certificate whose
+/// revocation status is unknown, so a CA left out of `crl_file` (a `cat` of
+/// CRLs forgotten during a CA change) would lock out every host it issued.
+/// That is refused here, at start, by `--check-config` and on a reload
+/// (which then keeps the material in force), instead of at every handshake.
+fn check_crl_coverage(
+    config: &Path,
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'static>],
+    cas: &[CertificateDer<'static>],
+) -> Result<(), ConfigError> {
+    let parsed: Vec<_> = crls
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_crl(c).ok().map(|(_, c)| c))
+        .collect();
     for ca in cas {
         let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca) else {
             continue;
@@ -100,14 +115,19 @@ fn crl_warnings(
             .iter()
             .any(|crl| crl.issuer().as_raw() == ca.subject().as_raw())
         {
-            out.push(warn(format!(
-                "{} holds no CRL from {}, a CA in tls.client_ca_file: every client certificate it issued is refused (unknown revocation status)",
-                path.display(),
-                ca.subject()
-            )));
+            return Err(ConfigError::new(
+                config,
+                "tls.crl_file",
+                format!(
+                    "{} holds no CRL from {}, a CA in tls.client_ca_file: every client certificate it issued would be refused (unknown revocation status); add that CA's CRL to the file (cat ca1-crl.pem ca2-crl.pem > {})",
+                    path.display(),
+                    ca.subject(),
+                    path.display()
+                ),
+            ));
         }
     }
-    out
+    Ok(())
 }
 
 /// A server config built from the files, with what is worth a warning.
@@ -158,7 +178,8 @@ pub fn server_config(
             let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
             if let Some(path) = &files.crl_file {
                 let crls = load_crls(config, path)?;
-                warnings.extend(crl_warnings(config, path, &crls, &cas));
+                check_crl_coverage(config, path, &crls, &cas)?;
+                warnings.extend(crl_warnings(config, path, &crls));
                 verifier = verifier.with_crls(crls);
             }
             if tokens_enabled {
@@ -190,12 +211,12 @@ pub fn server_config(
 }
 
 /// The server config new handshakes use. SIGHUP rebuilds it from the files
-/// ([`LiveTls::reload`]); a bad new file keeps the old one. Connections
-/// already up keep the config they started with.
+/// ([`LiveTls::reload`]), taking the `[tls]` paths afresh from receiver.toml
+/// (an operator adds `crl_file` and reloads); a bad new file keeps the old
+/// material. Connections already up keep the config they started with.
 #[derive(Debug)]
 pub struct LiveTls {
     config_file: PathBuf,
-    files: TlsFiles,
     tokens_enabled: bool,
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
@@ -211,7 +232,6 @@ impl LiveTls {
         Ok((
             Self {
                 config_file: config_file.to_owned(),
-                files: files.clone(),
                 tokens_enabled,
                 current: RwLock::new(loaded.config),
             },
@@ -227,10 +247,29 @@ impl LiveTls {
             .clone()
     }
 
-    /// Re-reads certificate, key, client CA and CRLs; swaps them in only when
-    /// all load. Returns the new material's warnings.
+    /// Re-reads receiver.toml's `[tls]` paths, then the certificate, key,
+    /// client CA and CRLs they name; swaps them in only when all load.
+    /// Returns the new material's warnings. A receiver.toml that no longer
+    /// loads is an error (nothing changes); so is one that drops `[tls]` or
+    /// changes how hosts authenticate, which only a restart may do.
     pub fn reload(&self) -> Result<Vec<ConfigError>, ConfigError> {
-        let loaded = server_config(&self.config_file, &self.files, self.tokens_enabled)?;
+        let fresh = crate::config::Config::load(&self.config_file)?;
+        let restart = |why: &str| {
+            ConfigError::new(
+                &self.config_file,
+                "tls",
+                format!(
+                    "{why}: restart the receiver to apply it (systemctl restart labship-receiver.service); the material in force is kept"
+                ),
+            )
+        };
+        let Some(files) = fresh.tls else {
+            return Err(restart("[tls] was removed"));
+        };
+        if fresh.tokens_file.is_some() != self.tokens_enabled {
+            return Err(restart("auth.tokens_file was set or cleared"));
+        }
+        let loaded = server_config(&self.config_file, &files, self.tokens_enabled)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded.config;
         Ok(loaded.warnings)
     }

@@ -193,6 +193,12 @@ impl Pki {
         self.sign(&format!("client-{host}-{variant:?}"), params)
     }
 
+    /// The PEM certificate of another, unrelated CA named `name` (for a
+    /// client CA bundle with more than one CA).
+    pub fn other_ca_pem(name: &str) -> String {
+        ca(name).1
+    }
+
     /// A client certificate for `host` from a CA nobody trusts.
     pub fn rogue_client(&self, host: &str) -> Issued {
         let (issuer, _) = ca("rogue CA");
