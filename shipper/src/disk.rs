@@ -40,6 +40,67 @@ struct Sidecar {
     digest: String,
     bytes: u64,
     commit: String,
+    /// The directory it was packed from; absent in sidecars written before
+    /// the shipper recorded it (such an archive is packed again).
+    #[serde(default)]
+    origin: Option<Origin>,
+}
+
+/// Which directory an archive was packed from: `episodes/<id>`'s device,
+/// inode and, where the filesystem records it, birth time. An archive left
+/// in `outbox/` (a crash after the move to `shipped/`, a failed cleanup)
+/// must never be sent or confirmed for a *later* episode that reuses the id:
+/// HEAD would find the first episode's digest and retire the new one
+/// unsent. The new episode is another directory: while the first one exists
+/// (in `shipped/`) its inode cannot be handed out again, and the birth time
+/// tells a reused inode apart after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub dev: u64,
+    pub ino: u64,
+    /// Nanoseconds since the epoch; `None` where the filesystem has none.
+    pub btime_ns: Option<u64>,
+}
+
+impl Origin {
+    /// The identity of the directory at `dir` now.
+    pub fn of(dir: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(dir)?;
+        let btime_ns = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            btime_ns,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inode {} on device {}", self.ino, self.dev)?;
+        match self.btime_ns {
+            Some(ns) => write!(f, ", born {}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What `outbox/` holds for an episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbox {
+    /// No complete archive (none, or one without its sidecar).
+    Empty,
+    /// A complete archive packed from the directory now queued under the id.
+    Ours(Archive),
+    /// A complete archive packed from another directory under the same id
+    /// (or one whose sidecar does not say): never to be sent or confirmed
+    /// for this episode. `why` says which.
+    Stale { why: String },
 }
 
 /// `quarantine_reason.json` (CONTRACT §2).
@@ -255,19 +316,56 @@ impl Layout {
         self.outbox.join(format!("{id}.json"))
     }
 
-    /// The archive already in the outbox for `id`, if a complete one is there.
+    /// The archive already in the outbox for `id`, if a complete one is
+    /// there and was packed from the directory queued under `id` now.
     pub fn outbox_archive(&self, id: &Id) -> Option<Archive> {
-        let bytes = std::fs::read(self.sidecar_path(id)).ok()?;
-        let s: Sidecar = serde_json::from_slice(&bytes).ok()?;
-        if !self.archive_path(id).is_file() {
-            return None;
+        match self.outbox(id) {
+            Outbox::Ours(archive) => Some(archive),
+            Outbox::Empty | Outbox::Stale { .. } => None,
         }
-        Some(Archive {
-            digest: Sha256Digest::parse_header(&s.digest).ok()?,
-            bytes: s.bytes,
-            commit: Commit::parse(&s.commit).ok()?,
-            inline: None,
-        })
+    }
+
+    /// What `outbox/` holds for `id`, judged against the directory queued
+    /// under `id` now (see [`Origin`]).
+    pub fn outbox(&self, id: &Id) -> Outbox {
+        let Ok(bytes) = std::fs::read(self.sidecar_path(id)) else {
+            return Outbox::Empty;
+        };
+        let Ok(s) = serde_json::from_slice::<Sidecar>(&bytes) else {
+            return Outbox::Empty;
+        };
+        if !self.archive_path(id).is_file() {
+            return Outbox::Empty;
+        }
+        let (Ok(digest), Ok(commit)) = (
+            Sha256Digest::parse_header(&s.digest),
+            Commit::parse(&s.commit),
+        ) else {
+            return Outbox::Empty;
+        };
+        let dir = self.episodes.join(id.as_str());
+        let here = match Origin::of(&dir) {
+            Ok(here) => here,
+            // Gone from the queue: nothing to send it for.
+            Err(_) => return Outbox::Empty,
+        };
+        match s.origin {
+            Some(origin) if origin == here => Outbox::Ours(Archive {
+                digest,
+                bytes: s.bytes,
+                commit,
+                inline: None,
+                origin,
+            }),
+            Some(origin) => Outbox::Stale {
+                why: format!(
+                    "it was packed from another directory under this id ({origin}) than the one queued now ({here}): an earlier episode with the same id"
+                ),
+            },
+            None => Outbox::Stale {
+                why: "its sidecar does not say which directory it was packed from (written by an older shipper)".into(),
+            },
+        }
     }
 
     /// Packs episode `id`. An archive of at most [`INLINE_MAX`] stays in
@@ -289,6 +387,7 @@ impl Layout {
             move |source: io::Error| ArchiveError::Io { path, source }
         };
         let dir = self.episodes.join(id.as_str());
+        let origin = Origin::of(&dir).map_err(io_at(&dir))?;
         let mut sink = Spill {
             outbox: &self.outbox,
             memory: Vec::new(),
@@ -303,6 +402,7 @@ impl Layout {
                     bytes: packed.bytes,
                     commit: commit.clone(),
                     inline: Some(sink.memory.into()),
+                    origin,
                 };
                 return Ok((archive, None));
             }
@@ -315,6 +415,7 @@ impl Layout {
             bytes: packed.bytes,
             commit: commit.clone(),
             inline: None,
+            origin,
         };
         let unsealed = self
             .place(id, tmp, &archive)
@@ -361,6 +462,7 @@ impl Layout {
                 digest: archive.digest.header_value(),
                 bytes: archive.bytes,
                 commit: archive.commit.to_string(),
+                origin: Some(archive.origin),
             },
         })
     }
@@ -537,13 +639,57 @@ mod tests {
         layout.seal(sealed).unwrap();
         std::fs::rename(layout.episodes.join("gone"), layout.shipped.join("gone")).unwrap();
         std::fs::write(layout.outbox.join(".tmp-half"), b"half").unwrap();
-        assert_eq!(
-            layout.outbox_archive(&gone).map(|a| a.bytes > 0),
-            Some(true)
-        );
+        assert!(layout.archive_path(&gone).is_file());
+        // Its episode left the queue: nothing to send it for.
+        assert_eq!(layout.outbox(&gone), Outbox::Empty);
         drop(lock);
         let _lock = layout.prepare().unwrap();
         assert_eq!(outbox(&layout), ["sealed.json", "sealed.tar.zst"]);
+    }
+
+    /// An archive left in the outbox by one episode (a crash right after its
+    /// move to `shipped/`) is never taken for a later episode under the same
+    /// id, nor is one whose sidecar does not say where it came from.
+    #[test]
+    fn an_earlier_episodes_archive_is_stale_for_a_new_one_under_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        let _lock = layout.prepare().unwrap();
+        let commit = Commit::parse("1111111111111111111111111111111111111111").unwrap();
+        let written = AtomicU64::new(0);
+        let id = episode(&layout, "reused", &noise(INLINE_MAX + 1000));
+        let (archive, unsealed) = layout.pack(&id, &commit, 3, 1, &written).unwrap();
+        layout.seal(unsealed.unwrap()).unwrap();
+        assert_eq!(layout.outbox(&id), Outbox::Ours(archive.clone()));
+        assert_eq!(
+            archive.origin,
+            Origin::of(&layout.episodes.join("reused")).unwrap()
+        );
+
+        // What `retire` leaves when killed at `retire:moved`, then the
+        // producer writes a new episode with the same id.
+        std::fs::rename(
+            layout.episodes.join("reused"),
+            layout.shipped.join("reused"),
+        )
+        .unwrap();
+        episode(&layout, "reused", b"new data");
+        match layout.outbox(&id) {
+            Outbox::Stale { why } => assert!(why.contains("another directory"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(layout.outbox_archive(&id), None);
+
+        // A sidecar from before the origin was recorded.
+        let sidecar = layout.outbox.join("reused.json");
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("origin");
+        std::fs::write(&sidecar, old.to_string()).unwrap();
+        match layout.outbox(&id) {
+            Outbox::Stale { why } => assert!(why.contains("older shipper"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A small archive stays in memory and leaves no file; a large one spills
