@@ -126,12 +126,35 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 static READABLE: std::sync::LazyLock<std::fs::Permissions> =
     std::sync::LazyLock::new(|| std::os::unix::fs::PermissionsExt::from_mode(0o640));
 
+/// The prefix of the temp files this process stages (`.tmp-p<pid>-`), so a
+/// start can tell a dead writer's leftovers in `state/` (removed at once)
+/// from a live one's (quarantine-unstamped staging a reason file right now).
+fn tmp_prefix() -> String {
+    format!(".tmp-p{}-", std::process::id())
+}
+
+/// Whether the temp file `name` was staged by a process that no longer
+/// exists (another process under a reused pid reads as alive: its file
+/// waits for the minute rule).
+fn left_by_the_dead(name: &str) -> bool {
+    use rustix::process::{Pid, getpid, test_kill_process};
+    let Some(pid) = name
+        .strip_prefix(".tmp-p")
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        .and_then(Pid::from_raw)
+    else {
+        return false;
+    };
+    pid != getpid() && test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+}
+
 /// Writes `bytes` to `path` atomically and durably: temp name, fsync, rename,
 /// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&tmp_prefix())
         .permissions(READABLE.clone())
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
@@ -146,7 +169,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&tmp_prefix())
         .permissions(READABLE.clone())
         .tempfile_in(scratch)?;
     tmp.write_all(bytes)?;
@@ -292,7 +315,8 @@ impl Layout {
         fsync_dir(&self.outbox)?;
         // state/ is shared with quarantine-unstamped, which may run beside
         // us and stage its reason files here for a few milliseconds: only
-        // temp files a minute old are crash leftovers.
+        // temp files a minute old, or staged by a process that is gone
+        // (the shipper killed mid-pass), are crash leftovers.
         let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         for entry in std::fs::read_dir(&self.state)? {
             let entry = entry?;
@@ -300,7 +324,8 @@ impl Layout {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < stale);
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") && old {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") && (old || left_by_the_dead(&name)) {
                 tracing::info!(path = %entry.path().display(), "removing state leftover");
                 std::fs::remove_file(entry.path())?;
             }
@@ -645,6 +670,46 @@ mod tests {
         drop(lock);
         let _lock = layout.prepare().unwrap();
         assert_eq!(outbox(&layout), ["sealed.json", "sealed.tar.zst"]);
+    }
+
+    /// Temp files in `state/`: a dead writer's go at the next start, a live
+    /// one's (quarantine-unstamped beside us) stay until a minute old.
+    #[test]
+    fn a_start_removes_temp_files_of_dead_writers_only() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        drop(layout.prepare().unwrap());
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let mut alive = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let files = [
+            format!(".tmp-p{dead}-reason"),
+            format!(".tmp-p{}-reason", alive.id()),
+            ".tmp-unknown".to_owned(),
+            "status.json".to_owned(),
+        ];
+        for f in &files {
+            std::fs::write(layout.state.join(f), b"x").unwrap();
+        }
+        let _lock = layout.prepare().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&layout.state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "shipper.lock")
+            .collect();
+        left.sort();
+        let mut expected = files[1..].to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+        alive.kill().unwrap();
+        alive.wait().unwrap();
+        // What this process stages carries its pid.
+        write_atomic(&layout.state.join("x.json"), b"{}").unwrap();
+        assert!(tmp_prefix().starts_with(&format!(".tmp-p{}-", std::process::id())));
     }
 
     /// An archive left in the outbox by one episode (a crash right after its
