@@ -477,6 +477,14 @@ impl Layout {
         tmp: tempfile::NamedTempFile,
         archive: &Archive,
     ) -> Result<Unsealed, (PathBuf, io::Error)> {
+        // A sidecar left from before (one whose archive went, or a stale
+        // one) must not describe these bytes for a moment: a crash then
+        // would leave a pair that looks complete.
+        let sidecar_path = self.sidecar_path(id);
+        match std::fs::remove_file(&sidecar_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((sidecar_path, e)),
+            _ => {}
+        }
         let path = self.archive_path(id);
         let file = tmp.persist(&path).map_err(|e| (path.clone(), e.error))?;
         crate::crash_point("pack:archive-renamed");
