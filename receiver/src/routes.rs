@@ -25,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
-use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
+use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest, StoredBody};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -335,7 +335,7 @@ async fn put_inner(
     path: Result<Path<(String, String)>, PathRejection>,
     body: &mut Body,
     facts: &mut PutFacts,
-) -> Result<(StatusCode, serde_json::Value), ApiError> {
+) -> Result<(StatusCode, StoredBody), ApiError> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
@@ -470,7 +470,7 @@ async fn put_inner(
             peer: conn_peer,
         },
     };
-    let body = json!({"host_id": host, "episode_id": episode.as_str(), "digest": digest.header_value(), "bytes": ingested.bytes});
+    let body = StoredBody::new(host, episode.as_str(), &digest, ingested.bytes);
     match state.store.commit(ingested.scratch, manifest).await {
         Ok(CommitOutcome::Stored) => Ok((StatusCode::CREATED, body)),
         Ok(CommitOutcome::AlreadyStored) => Ok((StatusCode::OK, body)),
@@ -509,15 +509,17 @@ fn being_uploaded(claim: &Manifest, retry_after_s: u32) -> ApiError {
     e
 }
 
-/// The answer when an archive is already stored under the id.
+/// The answer when an archive is already stored under the id. The 200
+/// names the stored archive (the same digest as the upload's): the shipper
+/// retires the episode only on a body that confirms what it sent.
 fn existing(
     stored: &Manifest,
     digest: &Sha256Digest,
-) -> Result<(StatusCode, serde_json::Value), ApiError> {
+) -> Result<(StatusCode, StoredBody), ApiError> {
     if stored.digest() == Some(*digest) {
         Ok((
             StatusCode::OK,
-            json!({"host_id": stored.host_id, "episode_id": stored.episode_id, "digest": stored.digest, "bytes": stored.bytes}),
+            StoredBody::new(&stored.host_id, &stored.episode_id, digest, stored.bytes),
         ))
     } else {
         Err(ApiError::new(

@@ -40,6 +40,67 @@ struct Sidecar {
     digest: String,
     bytes: u64,
     commit: String,
+    /// The directory it was packed from; absent in sidecars written before
+    /// the shipper recorded it (such an archive is packed again).
+    #[serde(default)]
+    origin: Option<Origin>,
+}
+
+/// Which directory an archive was packed from: `episodes/<id>`'s device,
+/// inode and, where the filesystem records it, birth time. An archive left
+/// in `outbox/` (a crash after the move to `shipped/`, a failed cleanup)
+/// must never be sent or confirmed for a *later* episode that reuses the id:
+/// HEAD would find the first episode's digest and retire the new one
+/// unsent. The new episode is another directory: while the first one exists
+/// (in `shipped/`) its inode cannot be handed out again, and the birth time
+/// tells a reused inode apart after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub dev: u64,
+    pub ino: u64,
+    /// Nanoseconds since the epoch; `None` where the filesystem has none.
+    pub btime_ns: Option<u64>,
+}
+
+impl Origin {
+    /// The identity of the directory at `dir` now.
+    pub fn of(dir: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(dir)?;
+        let btime_ns = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            btime_ns,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inode {} on device {}", self.ino, self.dev)?;
+        match self.btime_ns {
+            Some(ns) => write!(f, ", born {}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What `outbox/` holds for an episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbox {
+    /// No complete archive (none, or one without its sidecar).
+    Empty,
+    /// A complete archive packed from the directory now queued under the id.
+    Ours(Archive),
+    /// A complete archive packed from another directory under the same id
+    /// (or one whose sidecar does not say): never to be sent or confirmed
+    /// for this episode. `why` says which.
+    Stale { why: String },
 }
 
 /// `quarantine_reason.json` (CONTRACT §2).
@@ -65,12 +126,35 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 static READABLE: std::sync::LazyLock<std::fs::Permissions> =
     std::sync::LazyLock::new(|| std::os::unix::fs::PermissionsExt::from_mode(0o640));
 
+/// The prefix of the temp files this process stages (`.tmp-p<pid>-`), so a
+/// start can tell a dead writer's leftovers in `state/` (removed at once)
+/// from a live one's (quarantine-unstamped staging a reason file right now).
+fn tmp_prefix() -> String {
+    format!(".tmp-p{}-", std::process::id())
+}
+
+/// Whether the temp file `name` was staged by a process that no longer
+/// exists (another process under a reused pid reads as alive: its file
+/// waits for the minute rule).
+fn left_by_the_dead(name: &str) -> bool {
+    use rustix::process::{Pid, getpid, test_kill_process};
+    let Some(pid) = name
+        .strip_prefix(".tmp-p")
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        .and_then(Pid::from_raw)
+    else {
+        return false;
+    };
+    pid != getpid() && test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+}
+
 /// Writes `bytes` to `path` atomically and durably: temp name, fsync, rename,
 /// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&tmp_prefix())
         .permissions(READABLE.clone())
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
@@ -85,7 +169,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&tmp_prefix())
         .permissions(READABLE.clone())
         .tempfile_in(scratch)?;
     tmp.write_all(bytes)?;
@@ -231,7 +315,8 @@ impl Layout {
         fsync_dir(&self.outbox)?;
         // state/ is shared with quarantine-unstamped, which may run beside
         // us and stage its reason files here for a few milliseconds: only
-        // temp files a minute old are crash leftovers.
+        // temp files a minute old, or staged by a process that is gone
+        // (the shipper killed mid-pass), are crash leftovers.
         let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         for entry in std::fs::read_dir(&self.state)? {
             let entry = entry?;
@@ -239,7 +324,8 @@ impl Layout {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < stale);
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") && old {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") && (old || left_by_the_dead(&name)) {
                 tracing::info!(path = %entry.path().display(), "removing state leftover");
                 std::fs::remove_file(entry.path())?;
             }
@@ -255,19 +341,56 @@ impl Layout {
         self.outbox.join(format!("{id}.json"))
     }
 
-    /// The archive already in the outbox for `id`, if a complete one is there.
+    /// The archive already in the outbox for `id`, if a complete one is
+    /// there and was packed from the directory queued under `id` now.
     pub fn outbox_archive(&self, id: &Id) -> Option<Archive> {
-        let bytes = std::fs::read(self.sidecar_path(id)).ok()?;
-        let s: Sidecar = serde_json::from_slice(&bytes).ok()?;
-        if !self.archive_path(id).is_file() {
-            return None;
+        match self.outbox(id) {
+            Outbox::Ours(archive) => Some(archive),
+            Outbox::Empty | Outbox::Stale { .. } => None,
         }
-        Some(Archive {
-            digest: Sha256Digest::parse_header(&s.digest).ok()?,
-            bytes: s.bytes,
-            commit: Commit::parse(&s.commit).ok()?,
-            inline: None,
-        })
+    }
+
+    /// What `outbox/` holds for `id`, judged against the directory queued
+    /// under `id` now (see [`Origin`]).
+    pub fn outbox(&self, id: &Id) -> Outbox {
+        let Ok(bytes) = std::fs::read(self.sidecar_path(id)) else {
+            return Outbox::Empty;
+        };
+        let Ok(s) = serde_json::from_slice::<Sidecar>(&bytes) else {
+            return Outbox::Empty;
+        };
+        if !self.archive_path(id).is_file() {
+            return Outbox::Empty;
+        }
+        let (Ok(digest), Ok(commit)) = (
+            Sha256Digest::parse_header(&s.digest),
+            Commit::parse(&s.commit),
+        ) else {
+            return Outbox::Empty;
+        };
+        let dir = self.episodes.join(id.as_str());
+        let here = match Origin::of(&dir) {
+            Ok(here) => here,
+            // Gone from the queue: nothing to send it for.
+            Err(_) => return Outbox::Empty,
+        };
+        match s.origin {
+            Some(origin) if origin == here => Outbox::Ours(Archive {
+                digest,
+                bytes: s.bytes,
+                commit,
+                inline: None,
+                origin,
+            }),
+            Some(origin) => Outbox::Stale {
+                why: format!(
+                    "it was packed from another directory under this id ({origin}) than the one queued now ({here}): an earlier episode with the same id"
+                ),
+            },
+            None => Outbox::Stale {
+                why: "its sidecar does not say which directory it was packed from (written by an older shipper)".into(),
+            },
+        }
     }
 
     /// Packs episode `id`. An archive of at most [`INLINE_MAX`] stays in
@@ -289,6 +412,7 @@ impl Layout {
             move |source: io::Error| ArchiveError::Io { path, source }
         };
         let dir = self.episodes.join(id.as_str());
+        let origin = Origin::of(&dir).map_err(io_at(&dir))?;
         let mut sink = Spill {
             outbox: &self.outbox,
             memory: Vec::new(),
@@ -303,6 +427,7 @@ impl Layout {
                     bytes: packed.bytes,
                     commit: commit.clone(),
                     inline: Some(sink.memory.into()),
+                    origin,
                 };
                 return Ok((archive, None));
             }
@@ -315,6 +440,7 @@ impl Layout {
             bytes: packed.bytes,
             commit: commit.clone(),
             inline: None,
+            origin,
         };
         let unsealed = self
             .place(id, tmp, &archive)
@@ -351,6 +477,14 @@ impl Layout {
         tmp: tempfile::NamedTempFile,
         archive: &Archive,
     ) -> Result<Unsealed, (PathBuf, io::Error)> {
+        // A sidecar left from before (one whose archive went, or a stale
+        // one) must not describe these bytes for a moment: a crash then
+        // would leave a pair that looks complete.
+        let sidecar_path = self.sidecar_path(id);
+        match std::fs::remove_file(&sidecar_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((sidecar_path, e)),
+            _ => {}
+        }
         let path = self.archive_path(id);
         let file = tmp.persist(&path).map_err(|e| (path.clone(), e.error))?;
         crate::crash_point("pack:archive-renamed");
@@ -361,6 +495,7 @@ impl Layout {
                 digest: archive.digest.header_value(),
                 bytes: archive.bytes,
                 commit: archive.commit.to_string(),
+                origin: Some(archive.origin),
             },
         })
     }
@@ -537,13 +672,97 @@ mod tests {
         layout.seal(sealed).unwrap();
         std::fs::rename(layout.episodes.join("gone"), layout.shipped.join("gone")).unwrap();
         std::fs::write(layout.outbox.join(".tmp-half"), b"half").unwrap();
-        assert_eq!(
-            layout.outbox_archive(&gone).map(|a| a.bytes > 0),
-            Some(true)
-        );
+        assert!(layout.archive_path(&gone).is_file());
+        // Its episode left the queue: nothing to send it for.
+        assert_eq!(layout.outbox(&gone), Outbox::Empty);
         drop(lock);
         let _lock = layout.prepare().unwrap();
         assert_eq!(outbox(&layout), ["sealed.json", "sealed.tar.zst"]);
+    }
+
+    /// Temp files in `state/`: a dead writer's go at the next start, a live
+    /// one's (quarantine-unstamped beside us) stay until a minute old.
+    #[test]
+    fn a_start_removes_temp_files_of_dead_writers_only() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        drop(layout.prepare().unwrap());
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let mut alive = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let files = [
+            format!(".tmp-p{dead}-reason"),
+            format!(".tmp-p{}-reason", alive.id()),
+            ".tmp-unknown".to_owned(),
+            "status.json".to_owned(),
+        ];
+        for f in &files {
+            std::fs::write(layout.state.join(f), b"x").unwrap();
+        }
+        let _lock = layout.prepare().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&layout.state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "shipper.lock")
+            .collect();
+        left.sort();
+        let mut expected = files[1..].to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+        alive.kill().unwrap();
+        alive.wait().unwrap();
+        // What this process stages carries its pid.
+        write_atomic(&layout.state.join("x.json"), b"{}").unwrap();
+        assert!(tmp_prefix().starts_with(&format!(".tmp-p{}-", std::process::id())));
+    }
+
+    /// An archive left in the outbox by one episode (a crash right after its
+    /// move to `shipped/`) is never taken for a later episode under the same
+    /// id, nor is one whose sidecar does not say where it came from.
+    #[test]
+    fn an_earlier_episodes_archive_is_stale_for_a_new_one_under_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path());
+        let _lock = layout.prepare().unwrap();
+        let commit = Commit::parse("1111111111111111111111111111111111111111").unwrap();
+        let written = AtomicU64::new(0);
+        let id = episode(&layout, "reused", &noise(INLINE_MAX + 1000));
+        let (archive, unsealed) = layout.pack(&id, &commit, 3, 1, &written).unwrap();
+        layout.seal(unsealed.unwrap()).unwrap();
+        assert_eq!(layout.outbox(&id), Outbox::Ours(archive.clone()));
+        assert_eq!(
+            archive.origin,
+            Origin::of(&layout.episodes.join("reused")).unwrap()
+        );
+
+        // What `retire` leaves when killed at `retire:moved`, then the
+        // producer writes a new episode with the same id.
+        std::fs::rename(
+            layout.episodes.join("reused"),
+            layout.shipped.join("reused"),
+        )
+        .unwrap();
+        episode(&layout, "reused", b"new data");
+        match layout.outbox(&id) {
+            Outbox::Stale { why } => assert!(why.contains("another directory"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(layout.outbox_archive(&id), None);
+
+        // A sidecar from before the origin was recorded.
+        let sidecar = layout.outbox.join("reused.json");
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("origin");
+        std::fs::write(&sidecar, old.to_string()).unwrap();
+        match layout.outbox(&id) {
+            Outbox::Stale { why } => assert!(why.contains("older shipper"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A small archive stays in memory and leaves no file; a large one spills

@@ -19,7 +19,7 @@
 
 use crate::archive::ArchiveError;
 use crate::config::Config;
-use crate::disk::Layout;
+use crate::disk::{Layout, Outbox};
 use crate::scan::{Found, Scanner};
 use crate::state::{self, Action, Archive, Event, State};
 use crate::upload::Uploader;
@@ -175,7 +175,9 @@ struct Episode {
 /// episode? Then every episode would meet it: hold the whole host.
 fn host_wide(event: &Event) -> bool {
     match event {
-        Event::NoAnswer { .. } => true,
+        // Something other than the receiver answers at its URL: so it will
+        // for every episode.
+        Event::NoAnswer { .. } | Event::NotReceiver { .. } => true,
         Event::Answer { status, .. } => matches!(status, 401 | 403 | 429 | 503 | 507),
         _ => false,
     }
@@ -382,10 +384,12 @@ impl Shipper {
             return;
         }
         let next = upcoming.iter().find_map(|(id, found)| match found {
+            // Not one with anything in the outbox: `drive` takes it from there
+            // (a stale archive is dropped there, loudly).
             Found::Ready(commit)
                 if !self.backoff.get(id).is_some_and(Backoff::waiting)
                     && !self.prefetch.iter().any(|p| p.id == *id)
-                    && self.layout.outbox_archive(id).is_none() =>
+                    && self.layout.outbox(id) == Outbox::Empty =>
             {
                 Some((id.clone(), commit.clone()))
             }
@@ -506,12 +510,27 @@ impl Shipper {
             Found::Ready(commit) if self.prefetch.iter().any(|p| p.id == id) => {
                 State::Ready { commit }
             }
-            Found::Ready(commit) => match self.layout.outbox_archive(&id) {
-                Some(archive) => {
+            Found::Ready(commit) => match self.layout.outbox(&id) {
+                Outbox::Ours(archive) => {
                     let recovered = self.verified.insert(id.clone());
                     State::Packed { archive, recovered }
                 }
-                None => State::Ready { commit },
+                Outbox::Empty => State::Ready { commit },
+                Outbox::Stale { why } => {
+                    // Asking HEAD about it would find the earlier episode's
+                    // digest and retire this one unsent. This one is packed
+                    // and sent on its own: the receiver answers 409 if it
+                    // holds the earlier one under the id (quarantined, with
+                    // its reason), else stores it.
+                    let path = self.layout.archive_path(&id);
+                    tracing::warn!(episode_id = %id, path = %path.display(), "dropping the outbox archive: {why}; the episode queued under this id is packed and sent on its own");
+                    self.verified.remove(&id);
+                    if let Err(e) = self.layout.drop_outbox(&id) {
+                        self.io_failure(&id, "dropping a stale outbox archive", &e, summary);
+                        return;
+                    }
+                    State::Ready { commit }
+                }
             },
         };
         let action = match &state {
@@ -551,7 +570,7 @@ impl Shipper {
                         return;
                     }
                     ep.asked = Instant::now();
-                    (self.uploader.head(&id).await, None)
+                    self.uploader.head(&id).await
                 }
                 Action::Upload => {
                     let State::Packed { archive, .. } = &ep.state else {
@@ -729,15 +748,16 @@ impl Shipper {
     /// Records what `event` says of the receiver and takes the episode's
     /// state machine one step; returns what to do next.
     fn observe(&mut self, ep: &mut Episode, event: Event, retry_after: Option<Duration>) -> Action {
-        if matches!(
-            event,
-            Event::Head(Some(_)) | Event::Answer { status: 200, .. }
-        ) {
+        if matches!(event, Event::Head(Some(_)) | Event::Stored { status: 200 }) {
             ep.already = true;
         }
         ep.floor = retry_after;
         ep.whole_host = host_wide(&event);
-        if matches!(event, Event::Answer { .. } | Event::Head(_)) && !ep.whole_host {
+        if matches!(
+            event,
+            Event::Stored { .. } | Event::Answer { .. } | Event::Head(_)
+        ) && !ep.whole_host
+        {
             // The receiver answered with a verdict on this episode: it is
             // reachable and working, whatever the verdict. Unless the request
             // went before the hold began: an earlier upload in flight says
@@ -747,8 +767,13 @@ impl Shipper {
             }
             self.answering = true;
         }
-        if let (State::Packed { archive, .. }, Event::Answer { .. } | Event::NoAnswer { .. }) =
-            (&ep.state, &event)
+        if let (
+            State::Packed { archive, .. },
+            Event::Stored { .. }
+            | Event::NotReceiver { .. }
+            | Event::Answer { .. }
+            | Event::NoAnswer { .. },
+        ) = (&ep.state, &event)
         {
             ep.inline = archive.inline.is_some().then(|| archive.clone());
         }

@@ -17,6 +17,10 @@ pub struct Archive {
     /// [`crate::disk::INLINE_MAX`]: never written to `outbox/`, uploaded from
     /// memory. `None`: the archive is `outbox/<id>.tar.zst`.
     pub inline: Option<bytes::Bytes>,
+    /// The episode directory it was packed from: an archive is only ever
+    /// sent or confirmed for that directory, not for a later episode that
+    /// reuses the id.
+    pub origin: crate::disk::Origin,
 }
 
 /// Why an episode is quarantined (becomes `quarantine_reason.json`).
@@ -76,7 +80,22 @@ pub enum Event {
     },
     /// HEAD answered: `Some(digest)` when something is stored, `None` for 404.
     Head(Option<Sha256Digest>),
-    /// PUT answered with `status` and, for errors, the receiver's body.
+    /// PUT answered 200 or 201 with the receiver's confirmation that it
+    /// holds this host's episode with the digest and size that were sent
+    /// (`labship_protocol::StoredBody::confirms`).
+    Stored {
+        status: u16,
+    },
+    /// An answer that cannot be the receiver's verdict on this upload: a
+    /// success without its confirmation (a misrouted URL, a proxy answering
+    /// for itself) or a redirect (never followed). Nothing is known to be
+    /// stored; something other than the receiver answers at `receiver.url`.
+    NotReceiver {
+        status: u16,
+        message: String,
+    },
+    /// PUT answered with `status` and, for errors, the receiver's body. Never
+    /// a success: those are [`Event::Stored`] or [`Event::NotReceiver`].
     Answer {
         status: u16,
         error: Option<ErrorCode>,
@@ -172,6 +191,10 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
             },
             Action::Upload,
         ),
+        (State::Packed { .. }, Event::Stored { .. }) => (State::Shipped, Action::Retire),
+        (State::Packed { .. }, Event::NotReceiver { status, message }) => {
+            retry(true, None, Some(status), message)
+        }
         (
             State::Packed { archive, .. },
             Event::Answer {
@@ -181,7 +204,13 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
                 remediation,
             },
         ) => match (disposition(status), error) {
-            (Disposition::Stored, _) => (State::Shipped, Action::Retire),
+            // Only a confirmed success retires (`Event::Stored`).
+            (Disposition::Stored, error) => retry(
+                true,
+                error,
+                Some(status),
+                format!("HTTP {status} without the receiver's confirmation: {message}"),
+            ),
             // Fatal only on the receiver's own word: a labship error code that
             // belongs to this status. A bare 400/409/412/413 from a proxy or a
             // misrouted URL is an operator's problem, not the episode's.
@@ -261,6 +290,11 @@ mod tests {
             bytes: 1,
             commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
             inline: None,
+            origin: crate::disk::Origin {
+                dev: 1,
+                ino: 2,
+                btime_ns: None,
+            },
         }
     }
 
@@ -289,10 +323,43 @@ mod tests {
         let (s, a) = step(&ready, Event::Packed(archive()));
         assert_eq!((s.clone(), a), (packed(false), Action::Upload));
         assert_eq!(
-            step(&s, answer(201, None)),
+            step(&s, Event::Stored { status: 201 }),
             (State::Shipped, Action::Retire)
         );
-        assert_eq!(step(&s, answer(200, None)).1, Action::Retire);
+        assert_eq!(step(&s, Event::Stored { status: 200 }).1, Action::Retire);
+    }
+
+    /// A success the receiver did not confirm, or a redirect, retires
+    /// nothing: it is loud and the episode stays packed.
+    #[test]
+    fn an_unconfirmed_success_is_loud_and_keeps_the_episode() {
+        for event in [
+            Event::NotReceiver {
+                status: 200,
+                message: "PUT https://x/ answered 200 but not as the receiver".into(),
+            },
+            Event::NotReceiver {
+                status: 301,
+                message: "redirected".into(),
+            },
+            answer(200, None),
+            answer(201, None),
+        ] {
+            let (s, a) = step(&packed(false), event.clone());
+            assert_eq!(s, packed(false), "{event:?}");
+            assert!(
+                matches!(
+                    a,
+                    Action::RetryLater {
+                        loud: true,
+                        code: None,
+                        status: Some(200 | 201 | 301),
+                        ..
+                    }
+                ),
+                "{event:?}: {a:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,18 +9,26 @@
 //! `stall_timeout_s`), and the answer must come within `stall_timeout_s` +
 //! [`ANSWER_GRACE`] (buffers draining over a slow link, the receiver's last
 //! checks and fsync).
-//! Failures with no answer are classified: a refused client certificate under
-//! TLS 1.3 surfaces only on the first request as a closed connection, so it is
-//! reported as an authentication problem, not as "unreachable".
+//! Failures with no answer are classified by the types in their chain of
+//! causes ([`classify`]): a refused client certificate under TLS 1.3 surfaces
+//! only on the first request as a closed connection, so it is reported as an
+//! authentication problem, not as "unreachable".
+//!
+//! Only the receiver's own word retires an episode: redirects are never
+//! followed (a 3xx is an answer from something other than the receiver), and
+//! a 200/201 counts only when its body is the receiver's
+//! [`StoredBody`](labship_protocol::StoredBody) naming this host, this
+//! episode and the digest and size that were sent. Anything else is
+//! [`Event::NotReceiver`]: loud, transient, the episode stays queued.
 
 use crate::config::Config;
 use crate::state::{Archive, Event};
 use labship_protocol::headers::{ARCHIVE_CONTENT_TYPE, CONTENT_DIGEST, LABSHIP_COMMIT};
-use labship_protocol::{ErrorBody, Id, Sha256Digest};
+use labship_protocol::{ErrorBody, Id, Sha256Digest, StoredBody};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How much longer than `stall_timeout_s` the answer may take after the last
 /// body byte left. Kept well under the unit's `WatchdogSec=180` with the
@@ -30,6 +38,12 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(60);
 /// Error bodies are small JSON; anything longer is cut (a misrouted request
 /// can meet an HTML page of any size).
 const ANSWER_BODY_CAP: usize = 64 * 1024;
+
+/// The longest wait a `Retry-After` imposes, in either form (seconds or an
+/// HTTP-date). The receiver asks for at most 300 s; a proxy's far-off date
+/// or an absurd number of seconds must not park the host for days (nor
+/// overflow the clock arithmetic of the backoff).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
 /// Why the client could not be built: a configuration problem (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +71,52 @@ impl NoAnswer {
     }
 }
 
+/// The causes of a failed request, outermost first, for reading by type.
+/// `io::Error::source()` skips its own payload (it goes on with the
+/// payload's source), so the payload is visited here in its place: that is
+/// where tokio-rustls puts a `rustls::Error`.
+fn causes(e: &reqwest::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        out.push(cause);
+        next = match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(payload) => Some(payload as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
+    }
+    out
+}
+
+/// The failure's I/O errors (OS errors and the ones tokio-rustls and hyper
+/// wrap their own in).
+fn io_errors<'a>(
+    causes: &'a [&'a (dyn std::error::Error + 'static)],
+) -> impl Iterator<Item = &'a std::io::Error> {
+    causes
+        .iter()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+}
+
+/// Classifies a failure with no answer by the types in its chain of causes
+/// (never by its text: a host named "tls-gw" is not a TLS failure):
+/// - a `rustls::Error` is TLS or identity trouble (a refused or untrusted
+///   certificate, an alert, a failed handshake), except bytes that are not
+///   intact TLS at all (a plain-HTTP server or the wrong port behind an
+///   `https://` URL, a corrupting link): that is where the receiver is;
+/// - a connection closed (EOF) inside the connector is the TLS handshake cut
+///   short by the server;
+/// - RECIPES: under TLS 1.3 a refused client certificate can show only as
+///   the connection closing before the first answer (hyper: canceled, or
+///   closed before the message completed), on a connection that was made
+///   and did not time out;
+/// - anything else (refused, reset, timed out, DNS, a broken pipe, an
+///   unparsable answer) is the link's: unreachable.
 fn classify(e: &reqwest::Error) -> NoAnswer {
-    // The causes only: the top-level message carries the URL, and a host name
-    // like "tls-gw" must not make every failure look like a TLS one.
+    // The causes only: the top-level message carries the URL.
     let mut chain = String::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -67,31 +124,44 @@ fn classify(e: &reqwest::Error) -> NoAnswer {
         chain.push_str(&s.to_string());
         source = s.source();
     }
-    let lower = chain.to_lowercase();
-    let tls = [
-        "certificate",
-        "handshake",
-        "alert",
-        "tls",
-        "unknownissuer",
-        "badsignature",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
-    // RECIPES: under TLS 1.3 a refused client certificate shows up as the
-    // connection closing before the first answer.
-    let closed_early =
-        lower.contains("connection closed before message completed") || lower.contains("canceled");
     let chain = if chain.is_empty() {
         e.to_string()
     } else {
         chain.trim_start_matches(": ").to_owned()
     };
-    if tls || (closed_early && !e.is_connect() && !e.is_timeout()) {
+    let causes = causes(e);
+    let tls = causes
+        .iter()
+        .find_map(|c| c.downcast_ref::<rustls::Error>());
+    let closed_early = causes
+        .iter()
+        .filter_map(|c| c.downcast_ref::<hyper::Error>())
+        .any(|h| h.is_canceled() || h.is_incomplete_message());
+    let auth = match tls {
+        Some(
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::DecryptError
+            | rustls::Error::PeerSentOversizedRecord,
+        ) => false,
+        Some(_) => true,
+        None if e.is_connect() => {
+            io_errors(&causes).any(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        }
+        None => closed_early && !e.is_timeout(),
+    };
+    if auth {
         NoAnswer::Auth(chain)
     } else {
         NoAnswer::Unreachable(chain)
     }
+}
+
+/// Whether the kernel gave up on the connection (`ETIMEDOUT`): mid-upload
+/// that is `TCP_USER_TIMEOUT`, sent bytes unacknowledged for
+/// `stall_timeout_s`. (A connect timeout is reqwest's own, not this.)
+fn kernel_timed_out(e: &reqwest::Error) -> bool {
+    let timedout = rustix::io::Errno::TIMEDOUT.raw_os_error();
+    io_errors(&causes(e)).any(|io| io.raw_os_error() == Some(timedout))
 }
 
 /// A successful ping.
@@ -234,7 +304,11 @@ impl Uploader {
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_user_timeout(config.stall_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A redirect is not the receiver's answer: it is reported, never
+            // followed (a HEAD or PUT sent on to wherever it points could
+            // take someone else's 200 for a stored archive).
+            .redirect(reqwest::redirect::Policy::none());
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         // Each file is checked on its own first, so an error names the right
@@ -320,6 +394,9 @@ impl Uploader {
             .timeout(timeout);
         let resp = req.send().await.map_err(|e| Err(classify(&e)))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(Ok((status, redirect_text(&resp))));
+        }
         let text = resp.text().await.map_err(|e| Err(classify(&e)))?;
         if status != 200 {
             return Err(Ok((status, text)));
@@ -355,15 +432,18 @@ impl Uploader {
         }
     }
 
-    /// HEAD: the stored digest, `None` when absent.
-    pub async fn head(&self, id: &Id) -> Event {
+    /// HEAD: the stored digest, `None` when absent. Only a 200 carries one
+    /// (compared with the archive's by the state machine); another success
+    /// or a redirect is not the receiver's answer. Returns the event and
+    /// any `Retry-After` (a busy receiver's 503).
+    pub async fn head(&self, id: &Id) -> (Event, Option<Duration>) {
         let req = self
             .authorize(
                 self.client
                     .head(self.url(&format!("v1/episodes/{}/{id}", self.host))),
             )
             .timeout(self.stall);
-        match req.send().await {
+        let event = match req.send().await {
             Err(e) => no_answer(classify(&e)),
             Ok(r) if r.status() == 404 => Event::Head(None),
             Ok(r) if r.status() == 200 => Event::Head(
@@ -372,8 +452,15 @@ impl Uploader {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| Sha256Digest::parse_header(v).ok()),
             ),
-            Ok(r) => answer(r).await.0,
-        }
+            Ok(r) if r.status().is_redirection() => not_receiver("HEAD", &r, redirect_text(&r)),
+            Ok(r) if r.status().is_success() => not_receiver(
+                "HEAD",
+                &r,
+                "a success the receiver never gives to a HEAD (200 or 404)".into(),
+            ),
+            Ok(r) => return answer(r).await,
+        };
+        (event, None)
     }
 
     /// PUT the archive: from memory when it is held there
@@ -452,7 +539,7 @@ impl Uploader {
             // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
             // unacknowledged for stall_timeout_s.
             Err(e) => match classify(&e) {
-                NoAnswer::Unreachable(m) if m.contains("os error 110") => (
+                NoAnswer::Unreachable(m) if kernel_timed_out(&e) => (
                     no_answer(NoAnswer::Unreachable(format!(
                         "upload stalled: the receiver acknowledged no byte for {}s (receiver.stall_timeout_s): {m}",
                         self.stall.as_secs()
@@ -461,9 +548,94 @@ impl Uploader {
                 ),
                 n => (no_answer(n), None),
             },
+            Ok(r) if r.status().is_success() => (self.confirm(r, id, archive).await, None),
+            Ok(r) if r.status().is_redirection() => {
+                let why = redirect_text(&r);
+                (not_receiver("PUT", &r, why), None)
+            }
             Ok(r) => answer(r).await,
         }
     }
+
+    /// A success answer to the PUT of `archive` as `id`: stored only when
+    /// its body is the receiver's, naming this host and episode with the
+    /// digest and size that were sent.
+    async fn confirm(&self, r: reqwest::Response, id: &Id, archive: &Archive) -> Event {
+        let status = r.status().as_u16();
+        if !matches!(status, 200 | 201) {
+            return not_receiver(
+                "PUT",
+                &r,
+                "a success the receiver never gives to a PUT (200 or 201)".into(),
+            );
+        }
+        let url = r.url().clone();
+        let (text, whole) = read_capped(r, ANSWER_BODY_CAP).await;
+        if !whole {
+            // The receiver's answer, perhaps, cut on the way: not a
+            // confirmation, and not a reason to call it an impostor.
+            return no_answer(NoAnswer::Unreachable(format!(
+                "PUT {url} answered {status}, but its body did not arrive whole; retrying (a stored archive answers 200 next time)"
+            )));
+        }
+        match StoredBody::parse(&text).and_then(|body| {
+            body.confirms(
+                self.host.as_str(),
+                id.as_str(),
+                &archive.digest,
+                archive.bytes,
+            )
+        }) {
+            Ok(()) => Event::Stored { status },
+            Err(why) => Event::NotReceiver {
+                status,
+                message: not_receiver_text("PUT", &url, status, &why.to_string()),
+            },
+        }
+    }
+}
+
+/// What a redirect says: where it points. It is never followed.
+fn redirect_text(r: &reqwest::Response) -> String {
+    let to = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match to {
+        Some(to) => format!("a redirect to {to}, which the shipper does not follow"),
+        None => "a redirect (without a Location), which the shipper does not follow".into(),
+    }
+}
+
+fn not_receiver_text(method: &str, url: &reqwest::Url, status: u16, why: &str) -> String {
+    format!(
+        "{method} {url} answered {status}, but not as the receiver: {why}; nothing is known to be stored and the episode stays queued: check that receiver.url names the receiver itself (no redirect, no proxy or other server answering in its place)"
+    )
+}
+
+/// An answer from something other than the receiver (see [`Event::NotReceiver`]).
+fn not_receiver(method: &str, r: &reqwest::Response, why: String) -> Event {
+    let status = r.status().as_u16();
+    Event::NotReceiver {
+        status,
+        message: not_receiver_text(method, r.url(), status, &why),
+    }
+}
+
+/// A `Retry-After` value, as seconds or as an HTTP-date (what a proxy or a
+/// load balancer in front of the receiver may send), at most
+/// [`RETRY_AFTER_MAX`]; a date already past is no wait. `None` when it is
+/// neither.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
 }
 
 fn no_answer(n: NoAnswer) -> Event {
@@ -480,9 +652,8 @@ async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = read_capped(r, ANSWER_BODY_CAP).await;
+        .and_then(|v| retry_after(v, SystemTime::now()));
+    let (text, _) = read_capped(r, ANSWER_BODY_CAP).await;
     let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
     let message = match &body {
         Some(b) => b.message.clone(),
@@ -499,18 +670,22 @@ async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
 }
 
 /// The answer's body, at most `cap` bytes, given up after 10 s without a
-/// chunk: the status is what matters, the text only explains it.
-async fn read_capped(mut r: reqwest::Response, cap: usize) -> String {
+/// chunk: for an error the status is what matters, the text only explains
+/// it. The flag says whether the body arrived whole (it ended, within `cap`).
+async fn read_capped(mut r: reqwest::Response, cap: usize) -> (String, bool) {
     let mut buf = Vec::new();
-    while buf.len() < cap {
+    let whole = loop {
         match tokio::time::timeout(Duration::from_secs(10), r.chunk()).await {
+            Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= cap => buf.extend_from_slice(&chunk),
             Ok(Ok(Some(chunk))) => {
-                buf.extend_from_slice(&chunk[..chunk.len().min(cap - buf.len())]);
+                buf.extend_from_slice(&chunk[..cap - buf.len()]);
+                break false;
             }
-            _ => break,
+            Ok(Ok(None)) => break true,
+            _ => break false,
         }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+    };
+    (String::from_utf8_lossy(&buf).into_owned(), whole)
 }
 
 /// Calls `on_chunk` with the size of every chunk that passes (a tiny
@@ -544,5 +719,38 @@ where
             (self.on_chunk)(chunk.len());
         }
         polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_an_http_date_and_capped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let date = |t: SystemTime| httpdate::fmt_http_date(t);
+        for (value, wait) in [
+            ("5", Some(5)),
+            (" 120 ", Some(120)),
+            ("0", Some(0)),
+            ("86400", Some(3600)),
+            ("18446744073709551615", Some(3600)),
+            (&date(now + Duration::from_secs(30)), Some(30)),
+            (&date(now + Duration::from_secs(30 * 86_400)), Some(3600)),
+            (&date(now - Duration::from_secs(60)), Some(0)),
+            // The two obsolete HTTP-date forms RFC 9110 says to accept.
+            ("Friday, 15-Jan-27 08:00:30 GMT", Some(30)),
+            ("Fri Jan 15 08:00:30 2027", Some(30)),
+            ("-5", None),
+            ("soon", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                retry_after(value, now),
+                wait.map(Duration::from_secs),
+                "{value:?}"
+            );
+        }
     }
 }

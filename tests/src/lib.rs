@@ -1,6 +1,7 @@
 //! Helpers every labship suite reuses: a temp dir and PKI per test ([`TestEnv`]),
 //! the real binaries as child processes ([`process`]), episode trees and
-//! archives, well-formed or hostile ([`episode`]), and HTTP clients with the
+//! archives, well-formed or hostile ([`episode`]), something that is not the
+//! receiver answering at its URL ([`impostor`]), and HTTP clients with the
 //! right identities ([`TestEnv::client`]), and a real systemd in a container
 //! for the units and the journal ([`nspawn`], [`lab_host`]), and a real
 //! S3-compatible store (SeaweedFS, [`s3`]).
@@ -10,6 +11,7 @@
 
 pub mod episode;
 pub mod fuzz;
+pub mod impostor;
 pub mod lab_host;
 pub mod nspawn;
 pub mod pki;

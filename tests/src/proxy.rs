@@ -7,6 +7,10 @@
 //!   connection to carry that many, then aborts both sides with a RST (`SO_LINGER` 0, then close).
 //! - `Truncate(n)` forwards the first `n` client→server bytes of the first
 //!   connection to carry that many, then closes both sides cleanly (FIN both ways).
+//! - `StallUnacked(n)` is `StallAfter(n)` behind a small receive window: the
+//!   rest of a request that fits the client's socket buffers waits there
+//!   unacknowledged (a dead link as the client's kernel sees it, which
+//!   `TCP_USER_TIMEOUT` cuts), instead of vanishing into the proxy's buffers.
 //! - `Throttle(r)` caps every connection's client→server direction at about
 //!   `r` bytes per second.
 //!
@@ -24,6 +28,8 @@ pub enum Fault {
     PassThrough,
     /// Stall the upload after this many bytes (once; see the module doc).
     StallAfter(usize),
+    /// As `StallAfter`, behind a small receive window (see the module doc).
+    StallUnacked(usize),
     /// Upload at about this many bytes per second, on every connection.
     Throttle(usize),
     /// Reset (RST) both sides after this many client→server bytes (once).
@@ -62,7 +68,7 @@ impl Proxy {
     pub fn start(target: SocketAddr, fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
-        if matches!(fault, Fault::Throttle(_)) {
+        if matches!(fault, Fault::Throttle(_) | Fault::StallUnacked(_)) {
             // A small receive window (inherited by accepted sockets), as at a
             // slow link's bottleneck: the sender's progress then tracks the
             // wire instead of megabytes vanishing into loopback buffers.
@@ -88,7 +94,7 @@ impl Proxy {
                 };
                 count.fetch_add(1, Ordering::SeqCst);
                 let cut = match fault {
-                    Fault::StallAfter(n) => Some((n, Cut::Stall)),
+                    Fault::StallAfter(n) | Fault::StallUnacked(n) => Some((n, Cut::Stall)),
                     Fault::ResetAfter(n) => Some((n, Cut::Reset)),
                     Fault::Truncate(n) => Some((n, Cut::Close)),
                     _ => None,

@@ -648,6 +648,244 @@ fn gate_file_turned_to_garbage_keeps_the_last_good_set_for_the_shipper() {
     assert!(r.ops_get("/healthz").starts_with("HTTP/1.1 200"));
 }
 
+// ------------------------------------------- failures with no answer, by class
+
+/// A shipper config `<test>/<name>.toml` for `url` with `id` as client
+/// identity and `ca` as the CA it trusts (the test CA unless given), over
+/// `<test>/<name>/` (settle 0, connect timeout 2 s, stall timeout 2 s).
+fn class_config(
+    env: &TestEnv,
+    name: &str,
+    url: &str,
+    id: &labship_tests::pki::Issued,
+    ca: Option<&Path>,
+) -> (PathBuf, PathBuf) {
+    let data = env.path().join(name);
+    std::fs::create_dir_all(data.join("episodes")).unwrap();
+    let mut text = labship_tests::shipper_toml(env, HOST, url, &data, id, "settle_s = 0")
+        .replace("stall_timeout_s = 5", "stall_timeout_s = 2");
+    if let Some(ca) = ca {
+        text = text.replace(&format!("{:?}", env.pki.ca_file), &format!("{ca:?}"));
+    }
+    let cfg = env.path().join(format!("{name}.toml"));
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, data)
+}
+
+/// `shipper --ping` on `cfg`: its exit code and line (CONTRACT §5: 3 TLS or
+/// identity refused, 4 unreachable or timed out).
+fn ping(cfg: &Path) -> (i32, String) {
+    let (code, out, _) = run("shipper", &["--config", cfg.to_str().unwrap(), "--ping"]);
+    (code, out)
+}
+
+/// One `--once` pass over an episode `id` of `len` noise bytes, meeting the
+/// failure: transient (exit 1), the episode kept, nothing quarantined;
+/// returns the pass's one retry line.
+fn once_fails(env: &TestEnv, cfg: &Path, data: &Path, id: &str, len: usize) -> String {
+    produce(env, data, id, len);
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 1, "{id}: transient:\n{out}\n{err}");
+    assert_eq!(names(&data.join("episodes")), [id], "{id}: kept");
+    assert!(names(&data.join("quarantine")).is_empty(), "{id}: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("event=\"retry\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "{id}: one retry line:\n{err}");
+    lines[0].to_owned()
+}
+
+/// A retry line of the identity class: loud, `unauthenticated`.
+fn assert_identity_retry(line: &str) {
+    assert!(
+        line.contains("ERROR") && line.contains("error_code=\"unauthenticated\""),
+        "{line}"
+    );
+}
+
+/// A retry line of the link class: quiet, no error code.
+fn assert_link_retry(line: &str) {
+    assert!(
+        line.contains("WARN") && !line.contains("error_code"),
+        "{line}"
+    );
+}
+
+/// A server that refuses this host's certificate (a real receiver, under
+/// TLS 1.3: the client hears only after the handshake, as an alert or as
+/// the connection closing), a receiver certificate the shipper does not
+/// trust, and a server that closes in the middle of the handshake: TLS or
+/// identity (`--ping` exit 3, a loud `unauthenticated` retry).
+#[test]
+fn a_refused_or_untrusted_certificate_is_an_identity_failure() {
+    use labship_tests::pki::Variant;
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let good = env.pki.client(HOST);
+    let stranger = labship_tests::pki::Pki::new(&env.path().join("other-pki"));
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_url = format!("https://127.0.0.1:{}", closer.local_addr().unwrap().port());
+    // Reads the ClientHello, then closes (FIN) without a word: closing
+    // with the hello unread would reset instead.
+    std::thread::spawn(move || {
+        for conn in closer.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::Read as _;
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let cases = [
+        (
+            "rogue",
+            r.url.clone(),
+            env.pki.rogue_client(HOST),
+            None,
+            "received fatal alert",
+        ),
+        (
+            "expired",
+            r.url.clone(),
+            env.pki.client_variant(HOST, Variant::Expired),
+            None,
+            "received fatal alert",
+        ),
+        (
+            "untrusted-receiver",
+            r.url.clone(),
+            good.clone(),
+            Some(stranger.ca_file.clone()),
+            "invalid peer certificate",
+        ),
+        (
+            "handshake-closed",
+            closer_url,
+            good,
+            None,
+            "tls handshake eof",
+        ),
+    ];
+    for (name, url, id, ca, says) in &cases {
+        let (cfg, data) = class_config(&env, name, url, id, ca.as_deref());
+        let (code, out) = ping(&cfg);
+        assert_eq!(code, 3, "{name}: {out}");
+        assert!(
+            out.starts_with("refused: TLS") && out.contains(says),
+            "{name}: {out}"
+        );
+        assert_identity_retry(&once_fails(&env, &cfg, &data, "ep", 10_000));
+    }
+    assert!(r.audit_records().is_empty(), "{:?}", r.audit_records());
+}
+
+/// A TCP reset (during the handshake, and mid-upload through the fault
+/// proxy), a refused connection and a plain-HTTP server behind an
+/// `https://` URL: the link's (`--ping` exit 4, a quiet retry).
+#[test]
+fn a_reset_or_refused_connection_is_a_link_failure() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let id = env.pki.client(HOST);
+    let in_handshake = Proxy::start(r.addr, Fault::ResetAfter(100));
+    let url = format!("https://127.0.0.1:{}", in_handshake.addr.port());
+    let (cfg, _) = class_config(&env, "reset-handshake", &url, &id, None);
+    let (code, out) = ping(&cfg);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("Connection reset by peer"), "{out}");
+
+    let mid_upload = Proxy::start(r.addr, Fault::ResetAfter(200_000));
+    let url = format!("https://127.0.0.1:{}", mid_upload.addr.port());
+    let (cfg, data) = class_config(&env, "reset-upload", &url, &id, None);
+    let line = once_fails(&env, &cfg, &data, "ep", 3_000_000);
+    assert_link_retry(&line);
+    assert!(line.contains("Connection reset by peer"), "{line}");
+    assert_eq!(mid_upload.faulted.load(Ordering::SeqCst), 1);
+
+    let refused = format!("https://127.0.0.1:{}", labship_tests::process::free_port());
+    let (cfg, data) = class_config(&env, "refused", &refused, &id, None);
+    let (code, out) = ping(&cfg);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("Connection refused"), "{out}");
+    assert_link_retry(&once_fails(&env, &cfg, &data, "ep", 10_000));
+
+    let plain = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            tls: false,
+            name: Some("plain".into()),
+            store: Some(env.path().join("plain-store")),
+            ..Default::default()
+        },
+    );
+    let (cfg, data) = class_config(
+        &env,
+        "plain",
+        &plain.url.replace("http:", "https:"),
+        &id,
+        None,
+    );
+    let (code, out) = ping(&cfg);
+    assert_eq!(code, 4, "not TLS at all is where, not who: {out}");
+    assert_link_retry(&once_fails(&env, &cfg, &data, "ep", 10_000));
+}
+
+/// A handshake that never completes (connect timeout) and an upload whose
+/// bytes the kernel gives up on (`TCP_USER_TIMEOUT` = `stall_timeout_s`,
+/// ETIMEDOUT): the link's (`--ping` exit 4, a quiet retry that says the
+/// upload stalled).
+#[test]
+fn a_timeout_is_a_link_failure() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let id = env.pki.client(HOST);
+    let black_hole = Proxy::start(r.addr, Fault::StallAfter(0));
+    let url = format!("https://127.0.0.1:{}", black_hole.addr.port());
+    let (cfg, _) = class_config(&env, "connect", &url, &id, None);
+    let t = Instant::now();
+    let (code, out) = ping(&cfg);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("timed out"), "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "connect_timeout_s = 2: {:?}",
+        t.elapsed()
+    );
+
+    // The last 200 kB of the body wait unacknowledged in the shipper's
+    // socket buffers: the upload looks done, only the kernel can tell.
+    let stall = Proxy::start(r.addr, Fault::StallUnacked(300_000));
+    let url = format!("https://127.0.0.1:{}", stall.addr.port());
+    let (cfg, data) = class_config(&env, "stall", &url, &id, None);
+    let line = once_fails(&env, &cfg, &data, "ep", 500_000);
+    assert_link_retry(&line);
+    assert!(
+        line.contains("upload stalled: the receiver acknowledged no byte for 2s"),
+        "{line}"
+    );
+}
+
+/// A name that does not resolve (`.invalid`, RFC 2606): the link's
+/// (`--ping` exit 4, a quiet retry).
+#[test]
+fn a_dns_failure_is_a_link_failure() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let url = format!("https://receiver.invalid:{}", r.addr.port());
+    let (cfg, data) = class_config(&env, "dns", &url, &env.pki.client(HOST), None);
+    let (code, out) = ping(&cfg);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.starts_with("unreachable:") && out.contains("dns error"),
+        "{out}"
+    );
+    assert_link_retry(&once_fails(&env, &cfg, &data, "ep", 10_000));
+}
+
 /// A shipper config under `<test>/certs/` whose `key` (`cert_file`,
 /// `key_file` or `ca_file`) points at `to` instead of the good file.
 fn shipper_cfg_with(env: &TestEnv, n: usize, key: &str, to: &Path) -> PathBuf {

@@ -1172,3 +1172,402 @@ fn the_daemon_sweeps_expired_quarantine_and_keep_days_0_keeps_all() {
         }
     }
 }
+
+/// `--once` with `LABSHIP_LOG=info`: (exit code, stdout, stderr).
+fn once_logged(cfg: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap(), "--once"])
+        .env("LABSHIP_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one `event="retry"` line in a `--once` log.
+fn retry_line(err: &str) -> &str {
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("event=\"retry\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "one retry line:\n{err}");
+    lines[0]
+}
+
+fn status_json(data: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(data.join("state/status.json")).unwrap()).unwrap()
+}
+
+/// Something other than the receiver answers the PUT `200 {"ok":true}` (a
+/// misrouted URL, a proxy answering for itself), or a 201 naming another
+/// digest: nothing is retired, the failure is loud (an ERROR naming the URL
+/// and the status, a host-wide hold, status.json's last_error), and once
+/// `receiver.url` names the receiver everything ships.
+#[test]
+fn a_success_that_is_not_the_receivers_confirmation_retires_nothing() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let ok = Impostor::start(&env.pki, |_| Answer::json(200, r#"{"ok":true}"#));
+    let (cfg, data) = shipper_config(&env, &ok.url, &env.pki.client(HOST));
+    let eps = data.join("episodes");
+    // One held in memory, one in outbox/.
+    write_episode(
+        &eps,
+        "large",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(1_200_000, 7))],
+    );
+    write_episode(&eps, "small", Some(GOOD_COMMIT), &[("d", b"small")]);
+
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "transient: {out}\n{err}");
+    assert!(
+        out.contains(
+            "shipped 0, already present 0, quarantined 0, left pending 2 (1 by a transient failure)"
+        ),
+        "{out}\n{err}"
+    );
+    let line = retry_line(&err);
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!("PUT {}/v1/episodes/{HOST}/", ok.url))
+            && line.contains("answered 200, but not as the receiver")
+            && line.contains("not the receiver's answer")
+            && line.contains("http_status=200")
+            && line.contains("scope=\"host\""),
+        "{line}"
+    );
+    assert!(!err.contains("event=\"shipped\""), "{err}");
+    assert_eq!(names(&eps), ["large", "small"]);
+    assert!(names(&data.join("shipped")).is_empty());
+    assert!(names(&data.join("quarantine")).is_empty());
+    let status = status_json(&data);
+    assert_eq!(status["last_error"]["status"], 200, "{status}");
+    assert!(
+        status["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&ok.url)
+    );
+    assert!(status["last_success"].is_null(), "{status}");
+    assert_eq!(status["transient_this_pass"], 1);
+    assert!(
+        ok.requests()
+            .iter()
+            .any(|q| q.method == "PUT" && q.body_bytes > 0),
+        "{:?}",
+        ok.requests()
+    );
+    // Its ping answer is no receiver's either.
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 5, "{out}");
+
+    // A well-formed answer for this host and episode, but not for these
+    // bytes (and 404 to the HEAD that asks about the archive kept in
+    // outbox/).
+    let other = Impostor::start(&env.pki, |q| {
+        if q.method == "HEAD" {
+            return Answer::json(404, "");
+        }
+        let episode = q.path.rsplit('/').next().unwrap_or_default().to_owned();
+        Answer::json(
+            201,
+            &serde_json::json!({
+                "host_id": HOST,
+                "episode_id": episode,
+                "digest": labship_tests::episode::digest_header(b"something else"),
+                "bytes": q.body_bytes,
+            })
+            .to_string(),
+        )
+    });
+    edit(&cfg, &ok.url, &other.url);
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let line = retry_line(&err);
+    assert!(
+        line.contains("answered 201, but not as the receiver")
+            && line.contains("not the sha-256=:")
+            && line.contains("http_status=201"),
+        "{line}"
+    );
+    assert_eq!(names(&eps), ["large", "small"]);
+    assert!(names(&data.join("shipped")).is_empty());
+
+    // The receiver itself: both ship, stored once each.
+    edit(&cfg, &other.url, &r.url);
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("shipped 2, already present 0"), "{out}\n{err}");
+    assert_eq!(names(&data.join("shipped")), ["large", "small"]);
+    assert!(names(&data.join("outbox")).is_empty());
+    assert_eq!(
+        r.audit_records()
+            .iter()
+            .filter(|a| a["status"] == 201)
+            .count(),
+        2
+    );
+}
+
+/// A redirect, even to the real receiver, is not followed: a HEAD sent on
+/// would take the receiver's 200 as the answer at `receiver.url`, a PUT
+/// would be re-sent somewhere nobody configured. Loud, transient, nothing
+/// retired; the receiver itself then confirms as usual.
+#[test]
+fn a_redirect_even_to_the_receiver_is_not_followed() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    let eps = data.join("episodes");
+    write_episode(
+        &eps,
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(1_200_000, 8))],
+    );
+    // Packed while the receiver is down; then the receiver gets that
+    // archive by another route, so a HEAD there shows its digest.
+    r.kill9();
+    assert_eq!(shipper(&cfg, "--once").0, 1);
+    assert_eq!(names(&data.join("outbox")), ["ep.json", "ep.tar.zst"]);
+    r.restart();
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(data.join("outbox/ep.json")).unwrap()).unwrap();
+    let body = std::fs::read(data.join("outbox/ep.tar.zst")).unwrap();
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stored = rt.block_on(async {
+        c.put(format!("{}/v1/episodes/{HOST}/ep", r.url))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header("Content-Digest", sidecar["digest"].as_str().unwrap())
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(stored, 201);
+
+    let receiver = r.url.clone();
+    let moved = Impostor::start(&env.pki, move |q| {
+        Answer::redirect(301, &format!("{receiver}{}", q.path))
+    });
+    edit(&cfg, &r.url, &moved.url);
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let line = retry_line(&err);
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!(
+                "HEAD {}/v1/episodes/{HOST}/ep answered 301",
+                moved.url
+            ))
+            && line.contains(&format!(
+                "a redirect to {}/v1/episodes/{HOST}/ep, which the shipper does not follow",
+                r.url
+            ))
+            && line.contains("http_status=301"),
+        "{line}"
+    );
+    assert_eq!(names(&eps), ["ep"], "not retired on a redirect");
+    assert!(names(&data.join("shipped")).is_empty());
+    assert_eq!(names(&data.join("outbox")), ["ep.json", "ep.tar.zst"]);
+
+    // A PUT meets a redirect: not followed either.
+    let (code, out, _) = shipper(&cfg, "--ping");
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("301") && out.contains("does not follow"),
+        "{out}"
+    );
+    edit(&cfg, &moved.url, &r.url);
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("already present 1"), "{out}");
+    write_episode(&eps, "fresh", Some(GOOD_COMMIT), &[("d", b"fresh")]);
+    edit(&cfg, &r.url, &moved.url);
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let line = retry_line(&err);
+    assert!(
+        line.contains(&format!(
+            "PUT {}/v1/episodes/{HOST}/fresh answered 301",
+            moved.url
+        )) && line.contains("does not follow"),
+        "{line}"
+    );
+    assert_eq!(names(&eps), ["fresh"]);
+    assert!(
+        !r.audit_records().iter().any(|a| a["episode_id"] == "fresh"),
+        "the receiver never saw it: {:?}",
+        r.audit_records()
+    );
+    edit(&cfg, &moved.url, &r.url);
+    let (code, out, err) = shipper(&cfg, "--once");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("shipped 1"), "{out}");
+}
+
+/// `Retry-After` as an HTTP-date (what a proxy or load balancer in front
+/// of the receiver may send) floors the backoff like seconds do, and a date
+/// far off is capped at an hour.
+#[test]
+fn retry_after_as_an_http_date_is_honoured_and_capped() {
+    use labship_tests::impostor::{Answer, Impostor};
+    use std::time::{Duration, SystemTime};
+    let env = TestEnv::new();
+    let ahead = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(8));
+    let a = ahead.clone();
+    let lb = Impostor::start(&env.pki, move |_| {
+        let secs = a.load(std::sync::atomic::Ordering::SeqCst);
+        let when = SystemTime::now() + Duration::from_secs(secs);
+        Answer {
+            status: 503,
+            headers: vec![("Retry-After".into(), httpdate_fmt(when))],
+            body: "<html>Service Unavailable</html>".into(),
+        }
+    });
+    let (cfg, data) = shipper_config(&env, &lb.url, &env.pki.client(HOST));
+    write_episode(
+        &data.join("episodes"),
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", b"1")],
+    );
+    let retry_ms = |err: &str| -> u64 {
+        let line = retry_line(err);
+        assert!(
+            line.contains("http_status=503") && line.contains("scope=\"host\""),
+            "{line}"
+        );
+        line.split("retry_in_ms=")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap()
+    };
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "{out}\n{err}");
+    // A date has whole seconds: 8 s ahead is a wait of 7 to 8 s
+    // (initial_backoff_s = 1, max_backoff_s = 2 without it).
+    let ms = retry_ms(&err);
+    assert!((6_000..=8_000).contains(&ms), "{ms} ms:\n{err}");
+
+    ahead.store(30 * 86_400, std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let ms = retry_ms(&err);
+    assert!(
+        (3_590_000..=3_600_000).contains(&ms),
+        "{ms} ms: capped at an hour"
+    );
+    assert_eq!(names(&data.join("episodes")), ["ep"]);
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as proxies write it
+/// (by `date`, in the C locale).
+fn httpdate_fmt(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let out = std::process::Command::new("date")
+        .env("LC_ALL", "C")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{secs}"),
+            "+%a, %d %b %Y %H:%M:%S GMT",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "date: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A crash right after an episode's move to `shipped/` leaves its archive
+/// in `outbox/`; a new episode then written under the same id must not be
+/// taken for it (HEAD shows the first one's digest): it is packed and sent
+/// on its own, the receiver answers 409, and it is quarantined with that
+/// reason, the first one staying shipped and stored as it was.
+#[test]
+fn a_new_episode_reusing_the_id_after_a_crash_at_retire_is_never_retired_unsent() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
+    let eps = data.join("episodes");
+    // Over INLINE_MAX: the archive goes through outbox/.
+    write_episode(
+        &eps,
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(1_200_000, 21))],
+    );
+    let first = write_episode(
+        &env.path().join("first"),
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(1_200_000, 21))],
+    );
+    let out = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap(), "--once"])
+        .env("LABSHIP_CRASH_AT", "retire:moved")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&data.join("shipped")), ["ep"]);
+    assert_eq!(names(&data.join("outbox")), ["ep.json", "ep.tar.zst"]);
+
+    // The producer reuses the id for new data.
+    write_episode(
+        &eps,
+        "ep",
+        Some(GOOD_COMMIT),
+        &[("d", &noise(1_300_000, 22))],
+    );
+    let (code, out, err) = once_logged(&cfg);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("shipped 0, already present 0, quarantined 1, left pending 0"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("packed from another directory under this id"),
+        "the stale archive is named:\n{err}"
+    );
+    assert_eq!(names(&data.join("shipped")), ["ep"], "the first one only");
+    assert_same_tree(&first, &data.join("shipped/ep"));
+    assert_eq!(names(&data.join("quarantine")), ["ep"]);
+    let why = reason(&data, "ep");
+    assert_eq!(
+        (why["reason"].as_str(), why["http_status"].as_u64()),
+        (Some("conflict"), Some(409)),
+        "{why}"
+    );
+    assert!(
+        why["message"].as_str().unwrap().contains("already stored"),
+        "{why}"
+    );
+    assert!(names(&eps).is_empty());
+    assert!(names(&data.join("outbox")).is_empty());
+    // Stored once, the first episode's bytes; the new one was sent and refused.
+    let audit = r.audit_records();
+    let statuses: Vec<u64> = audit.iter().filter_map(|a| a["status"].as_u64()).collect();
+    assert_eq!(statuses, [201, 409], "{audit:?}");
+    let unpacked = env.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    unpack(
+        &std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        &unpacked,
+    );
+    assert_same_tree(&first, &unpacked.join("ep"));
+}
