@@ -149,6 +149,17 @@ fn classify(e: &reqwest::Error) -> NoAnswer {
         }
         None => closed_early && !e.is_timeout(),
     };
+    // A handshake the receiver cut without an alert is most often a refused
+    // certificate, but a receiver also closes a connection over its
+    // per-address cap before TLS begins: say both, the operator's journal
+    // tells which.
+    let chain = if auth && tls.is_none() && e.is_connect() {
+        format!(
+            "{chain} (the receiver closed the connection during the TLS handshake: a refused client certificate, or its limits.max_connections_per_address for this host's address; its journal says which)"
+        )
+    } else {
+        chain
+    };
     if auth {
         NoAnswer::Auth(chain)
     } else {
