@@ -17,6 +17,10 @@ struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
     config: PathBuf,
+    /// Print a man page or a shell completion for this binary and exit
+    /// (for packagers: scripts/build-debs.sh).
+    #[arg(long, value_name = "KIND", hide = true)]
+    generate: Option<labship_sys::Generate>,
 }
 
 async fn bind(
@@ -31,6 +35,9 @@ async fn bind(
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")
