@@ -50,13 +50,12 @@ EOF
 main() {
   parse_args "$@"
   find_source
-  check_binaries shipper doctor quarantine-unstamped
+  ((PACKAGED)) || check_binaries shipper doctor quarantine-unstamped
   umask 022
   echo "$PROGRAM: installing labship for a lab host from $SRC into ${R:-/}"
 
   ensure_user
-  sync_source
-  install_binaries shipper doctor quarantine-unstamped
+  install_software shipper doctor quarantine-unstamped
 
   ensure_dir "$R/etc/labship" 0750 root svc
   local first=0

@@ -40,13 +40,12 @@ EOF
 main() {
   parse_args "$@"
   find_source
-  check_binaries receiver
+  ((PACKAGED)) || check_binaries receiver
   umask 022
   echo "$PROGRAM: installing the labship receiver from $SRC into ${R:-/}"
 
   ensure_user
-  sync_source
-  install_binaries receiver
+  install_software receiver
 
   ensure_dir "$R/etc/labship" 0750 root svc
   local first=0

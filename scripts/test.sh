@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the suites need when it is missing
-# (scripts/lib/test-deps.sh: Debian packages, SeaweedFS), builds the binaries
-# the end-to-end suites spawn, then runs every test in the workspace (nextest
-# when installed, cargo test otherwise).
+# (scripts/lib/test-deps.sh: Debian packages, cargo-deb, SeaweedFS), builds
+# the binaries the end-to-end suites spawn and the .deb packages, then runs
+# every test in the workspace (nextest when installed, cargo test otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source-path=SCRIPTDIR
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/test-deps.sh
 test_deps
 cargo build --workspace --bins --locked
+# The packages the package tests install (tests/tests/debs.rs): a release build.
+scripts/build-debs.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

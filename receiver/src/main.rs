@@ -27,6 +27,10 @@ struct Args {
     /// 2 invalid. Starts nothing and writes nothing.
     #[arg(long)]
     check_config: bool,
+    /// Print a man page or a shell completion for this binary and exit
+    /// (for packagers: scripts/build-debs.sh).
+    #[arg(long, value_name = "KIND", hide = true)]
+    generate: Option<labship_sys::Generate>,
 }
 
 /// `--check-config`: warnings on stderr, the verdict on stdout (or the error
@@ -63,6 +67,9 @@ async fn bind(
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")

@@ -15,6 +15,7 @@
 SRC=""           # the source tree (the checkout this script lives in), resolved
 R=""             # "" for the real root, or the absolute --root DIR
 BIN_SRC=""       # --bin-dir, resolved; "" means build with cargo
+PACKAGED=0       # 1 under --packaged: run by a .deb's postinst (debian/*/postinst)
 PREFIX=/opt/labship
 SVC_USER=labship
 SVC_UID=""       # numeric ids of the service user and group; "" when unknown
@@ -75,6 +76,8 @@ Options:
                  DIR/etc/systemd/system, DIR/var/lib/…) for tests and image
                  builds: nothing outside DIR is touched; users, groups,
                  systemctl and quarantine-unstamped are skipped
+  --packaged     run by the labship .deb's postinst: dpkg installed the
+                 binaries and the unit (/lib/systemd/system); do the rest
   -h, --help     this text
 
 Idempotent: a second run changes nothing and exits 0. Safe to run from inside
@@ -105,6 +108,10 @@ parse_args() {
         root=${1#*=}
         shift
         ;;
+      --packaged)
+        PACKAGED=1
+        shift
+        ;;
       -h | --help)
         usage
         exit 0
@@ -126,10 +133,27 @@ parse_args() {
   fi
 }
 
-# The checkout the running script belongs to (scripts/lib/../..), physical path.
+# The checkout the running script belongs to (scripts/lib/../..), physical
+# path; under --packaged the package's share directory
+# (/usr/share/labship-<side>: scripts/ and etc/ with the examples).
 find_source() {
   SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+  if ((PACKAGED)); then
+    [[ -d $SRC/etc ]] || die "cannot find the package's examples in $SRC/etc"
+    return
+  fi
   [[ -f $SRC/Cargo.toml && -d $SRC/etc ]] || die "cannot find the labship source tree around $SRC"
+}
+
+# install_software NAME…: the source and the binaries, unless dpkg already
+# put them in place (--packaged).
+install_software() {
+  if ((PACKAGED)); then
+    report unchanged "$PREFIX/bin (${*}: installed by the package)"
+    return
+  fi
+  sync_source
+  install_binaries "$@"
 }
 
 # True when a systemd manager runs on the target: only the real root
@@ -500,10 +524,28 @@ UNITS_CHANGED=0
 
 install_unit() {
   local unit=$1
+  if ((PACKAGED)); then
+    packaged_unit "$unit"
+    return
+  fi
   ensure_dir "$R/etc/systemd/system" 0755 root root
   install_file "$SRC/etc/$unit" "$R/etc/systemd/system/$unit" 0644 root root
   ((LAST_CHANGED)) && UNITS_CHANGED=1
   return 0
+}
+
+# Under --packaged the unit is the package's, in /lib/systemd/system, and
+# dpkg may just have changed it: always reload. A copy an earlier
+# script install put in /etc/systemd/system would shadow it (and keep the
+# old unit for ever), so it is moved aside; local changes belong in a
+# drop-in (systemctl edit), as the unit's header says.
+packaged_unit() {
+  local unit=$1 old=/etc/systemd/system/$1
+  if [[ -f $old && ! -L $old ]]; then
+    mv -f -- "$old" "$old.labship-old" || die "cannot move $old aside"
+    report removed "$old (an earlier script install's copy; the package's /lib/systemd/system/$unit replaces it; kept as $old.labship-old)"
+  fi
+  UNITS_CHANGED=1
 }
 
 daemon_reload() {

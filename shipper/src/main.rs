@@ -42,6 +42,10 @@ struct Args {
     /// the file is not TOML. The exit code still says valid (0) or not (2).
     #[arg(long, value_name = "KEY", requires = "check_config")]
     print: Option<PathKey>,
+    /// Print a man page or a shell completion for this binary and exit
+    /// (for packagers: scripts/build-debs.sh).
+    #[arg(long, value_name = "KIND", hide = true)]
+    generate: Option<labship_sys::Generate>,
 }
 
 /// The paths `--check-config --print` can name (shipper.toml's keys).
@@ -61,6 +65,9 @@ enum PathKey {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(kind) = args.generate {
+        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if args.check_config {
         return check_config(&args);

@@ -93,6 +93,10 @@ pub struct Options {
     pub binds: Vec<(PathBuf, String, bool)>,
     /// How long the boot may take before the test fails.
     pub boot_timeout: Duration,
+    /// Boot this directory (an [`OverlayRoot`]) instead of a volatile copy
+    /// of `/`: a writable `/usr` and `/var` with the host's dpkg database,
+    /// for the package tests.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -110,6 +114,7 @@ impl Default for Options {
                 ),
             ],
             boot_timeout: Duration::from_secs(60),
+            root: None,
         }
     }
 }
@@ -139,6 +144,66 @@ impl Options {
     pub fn hostname(mut self, name: &str) -> Self {
         name.clone_into(&mut self.hostname);
         self
+    }
+
+    /// Boots `overlay`'s merged root instead of a volatile `/`.
+    pub fn overlay(mut self, overlay: &OverlayRoot) -> Self {
+        self.root = Some(overlay.root.clone());
+        self
+    }
+}
+
+/// The machine's own root under a writable overlay (RECIPES.md, "dpkg under
+/// a real systemd"): `--volatile=yes` gives an empty `/var` (no dpkg
+/// database) and a read-only `/usr`, so a package cannot be installed there.
+/// Every write of the container (dpkg's database, users, `/etc`, `/opt`)
+/// lands in the overlay's upper directory; the host is untouched. Unmounted
+/// on drop, which must come after the container's (declare it first).
+#[derive(Debug)]
+pub struct OverlayRoot {
+    /// The merged tree to boot.
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OverlayRoot {
+    pub fn mount() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("labship-overlay-")
+            .tempdir()
+            .expect("overlay scratch dir");
+        let (upper, work, root) = (
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            dir.path().join("root"),
+        );
+        for d in [&upper, &work, &root] {
+            std::fs::create_dir(d).expect("overlay dir");
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir=/,upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            ))
+            .arg(&root)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t overlay over / at {}: {}",
+            root.display(),
+            text(&out)
+        );
+        Self { root, _dir: dir }
+    }
+}
+
+impl Drop for OverlayRoot {
+    fn drop(&mut self) {
+        // Then the TempDir field removes the scratch.
+        let _ = Command::new("umount").arg("-l").arg(&self.root).status();
     }
 }
 
@@ -191,9 +256,16 @@ impl Container {
         // (SIGKILL, a nextest timeout), nspawn still gets SIGTERM and halts
         // the container. It fires when the *thread* that booted exits, so a
         // Container must be dropped on the thread that booted it (the test's).
-        cmd.args(["--pdeathsig", "TERM", "--", "systemd-nspawn"])
-            .args(["--volatile=yes", "-D", "/", "--register=no", "--keep-unit"])
-            .args(["-M", &name, &format!("--hostname={}", opts.hostname)]);
+        cmd.args(["--pdeathsig", "TERM", "--", "systemd-nspawn"]);
+        match &opts.root {
+            Some(root) => cmd.arg("-D").arg(root),
+            None => cmd.args(["--volatile=yes", "-D", "/"]),
+        };
+        cmd.args(["--register=no", "--keep-unit"]).args([
+            "-M",
+            &name,
+            &format!("--hostname={}", opts.hostname),
+        ]);
         // First boot (the volatile /etc has no machine-id) runs `systemctl
         // preset-all`, and Debian's policy enables every unit with an
         // [Install] section: the shipper would start at boot, before its user

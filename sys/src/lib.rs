@@ -1,0 +1,84 @@
+//! What labship's binaries share at their edge, below the protocol and above
+//! nothing: today the packagers' `--generate KIND` (a man page or a shell
+//! completion, rendered from the binary's own clap definition, as ripgrep's
+//! `rg --generate` does), so the `.deb`s ship documentation that cannot drift
+//! from the flags (scripts/build-debs.sh).
+
+use std::io::{self, Write};
+
+/// What `--generate` renders on standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    /// A roff man page (section 1).
+    Man,
+    /// A bash completion script.
+    CompleteBash,
+    /// A zsh completion function.
+    CompleteZsh,
+}
+
+/// Renders `kind` for `cmd` (the binary's `clap::Command`) into `out`.
+pub fn generate(kind: Generate, mut cmd: clap::Command, out: &mut dyn Write) -> io::Result<()> {
+    use clap_complete::{Generator as _, Shell};
+    let shell = match kind {
+        Generate::Man => return clap_mangen::Man::new(cmd).render(out),
+        Generate::CompleteBash => Shell::Bash,
+        Generate::CompleteZsh => Shell::Zsh,
+    };
+    // What clap_complete::generate does, with the write error returned
+    // instead of a panic (a closed pipe is the caller's business).
+    let name = cmd.get_name().to_owned();
+    cmd.set_bin_name(name);
+    cmd.build();
+    shell.try_generate(&cmd, out)
+}
+
+/// `--generate KIND` for a binary's `main`: renders to standard output and
+/// returns the exit code (1 when standard output cannot be written).
+pub fn generate_to_stdout(kind: Generate, cmd: clap::Command) -> std::process::ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match generate(kind, cmd, &mut out).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("--generate: cannot write to standard output: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(kind: Generate) -> String {
+        let cmd = clap::Command::new("demo").about("a demo tool").arg(
+            clap::Arg::new("config")
+                .long("config")
+                .help("Configuration file."),
+        );
+        let mut out = Vec::new();
+        generate(kind, cmd, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn each_kind_names_the_binary_and_its_flags() {
+        let man = render(Generate::Man);
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH demo 1"),
+            "{man}"
+        );
+        assert!(man.contains("\\-\\-config") && man.contains("Configuration file."));
+        let bash = render(Generate::CompleteBash);
+        assert!(
+            bash.contains("complete -F") && bash.contains("--config"),
+            "{bash}"
+        );
+        let zsh = render(Generate::CompleteZsh);
+        assert!(
+            zsh.starts_with("#compdef demo") && zsh.contains("--config"),
+            "{zsh}"
+        );
+    }
+}

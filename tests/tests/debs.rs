@@ -1,0 +1,523 @@
+//! The `.deb` packages (CONTRACT §12) under a real systemd with a real dpkg:
+//! the machine's root under an overlay ([`OverlayRoot`]) booted with
+//! systemd-nspawn, the packages from `target/debian/` (scripts/build-debs.sh;
+//! scripts/test.sh builds them first). Install, configure, enable and ship an
+//! episode; an upgrade restarts the enabled unit and keeps an edited config;
+//! remove keeps configs and data; purge removes the configs and the
+//! shipper's state but keeps every episode. The receiver's package installs
+//! and starts with a valid config. lintian finds no error but the justified
+//! ones, and two builds of one commit are byte-identical.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use labship_tests::lab_host::{HOST, ShipperConfig};
+use labship_tests::nspawn::{
+    Container, Options, OverlayRoot, SHIPPER_UNIT, repo_root, skip_unless_root_and_nspawn, text,
+};
+use labship_tests::process::{Receiver, run};
+use labship_tests::{GOOD_COMMIT, TestEnv};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const RECEIVER_UNIT: &str = "labship-receiver.service";
+
+/// `target/debian/<package>_*.deb`, with the command that builds it when absent.
+fn deb(package: &str) -> PathBuf {
+    let dir = repo_root().join("target/debian");
+    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        found.len(),
+        1,
+        "want exactly one {package}_*.deb in {}, found {found:?}: run scripts/build-debs.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    found.into_iter().next().unwrap()
+}
+
+fn boot(overlay: &OverlayRoot) -> Container {
+    Container::boot(
+        Options::bare()
+            .overlay(overlay)
+            .bind_ro(&repo_root().join("target/debian"), "/debs"),
+    )
+}
+
+fn expect_ok(c: &Container, unit: &str, what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        text(out),
+        c.diagnostics(unit)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stat(c: &Container, path: &str) -> String {
+    c.run(&["stat", "-c", "%a %U %G", path]).trim().to_owned()
+}
+
+fn exists(c: &Container, path: &str) -> bool {
+    c.exec(&["test", "-e", path]).status.success()
+}
+
+/// What a query such as `systemctl is-enabled` prints; its exit code only
+/// repeats the answer.
+fn answer(c: &Container, args: &[&str]) -> String {
+    String::from_utf8_lossy(&c.exec(args).stdout)
+        .trim()
+        .to_owned()
+}
+
+fn main_pid(c: &Container, unit: &str) -> String {
+    c.run(&["systemctl", "show", "-p", "MainPID", "--value", unit])
+        .trim()
+        .to_owned()
+}
+
+/// Writes `path` inside as root:labship 0640, as an operator installs
+/// configs and keys.
+fn put_private(c: &Container, path: &str, contents: &str) {
+    c.write_file(path, contents);
+    c.run(&["chown", "root:labship", path]);
+    c.run(&["chmod", "0640", path]);
+}
+
+fn wait_for(c: &Container, unit: &str, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s\n{}",
+            c.diagnostics(unit)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shipper_package_installs_ships_upgrades_removes_and_purges() {
+    let test = "shipper_package_installs_ships_upgrades_removes_and_purges";
+    if !skip_unless_root_and_nspawn(test) {
+        return;
+    }
+    let pkg = deb("labship-shipper");
+    let file = format!("/debs/{}", pkg.file_name().unwrap().to_str().unwrap());
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let overlay = OverlayRoot::mount();
+    let c = boot(&overlay);
+
+    // Install: what the installer does, from the package's postinst.
+    let out = expect_ok(&c, SHIPPER_UNIT, "dpkg -i", &c.exec(&["dpkg", "-i", &file]));
+    for want in [
+        "created    user labship",
+        "installed  /etc/labship/shipper.toml",
+        "Next steps:",
+        "systemctl enable --now labship-shipper.service",
+    ] {
+        assert!(out.contains(want), "dpkg -i: no {want:?} in:\n{out}");
+    }
+    for (path, want) in [
+        ("/opt/labship/bin/shipper", "755 root root"),
+        ("/opt/labship/bin/doctor", "755 root root"),
+        ("/opt/labship/bin/quarantine-unstamped", "755 root root"),
+        (
+            "/lib/systemd/system/labship-shipper.service",
+            "644 root root",
+        ),
+        ("/etc/labship", "750 root labship"),
+        ("/etc/labship/shipper.toml", "640 root labship"),
+        ("/var/lib/labship", "750 labship labship"),
+        ("/var/lib/labship/outbox", "750 labship labship"),
+        ("/var/lib/labship/state", "750 labship labship"),
+        ("/usr/share/man/man1/shipper.1.gz", "644 root root"),
+        ("/usr/share/man/man1/doctor.1.gz", "644 root root"),
+        (
+            "/usr/share/bash-completion/completions/shipper",
+            "644 root root",
+        ),
+        ("/usr/share/zsh/vendor-completions/_doctor", "644 root root"),
+        ("/usr/share/doc/labship-shipper/copyright", "644 root root"),
+    ] {
+        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+    }
+    assert!(
+        c.run(&["stat", "-c", "%a", "/var/lib/labship/episodes"])
+            .trim()
+            .starts_with('2'),
+        "episodes/ is setgid for the producers"
+    );
+    let man = c.run(&["sh", "-c", "zcat /usr/share/man/man1/shipper.1.gz"]);
+    assert!(
+        man.contains(".TH shipper 1") && man.contains("\\-\\-once"),
+        "{man}"
+    );
+    let version = c.run(&["dpkg-query", "-W", "-f", "${Version}", "labship-shipper"]);
+    let commit = String::from_utf8_lossy(
+        &std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    assert!(
+        version.ends_with(&format!(".g{commit}")),
+        "the version carries the commit {commit}: {version}"
+    );
+    assert_eq!(
+        answer(&c, &["systemctl", "is-enabled", SHIPPER_UNIT]),
+        "disabled",
+        "the package enables nothing"
+    );
+
+    // The operator's part, then an episode shipped by the packaged daemon.
+    let client = env.pki.client(HOST);
+    put_private(&c, "/etc/labship/ca.pem", &env.pki.ca_pem);
+    put_private(&c, "/etc/labship/client.pem", &client.cert_pem);
+    put_private(&c, "/etc/labship/client.key", &client.key_pem);
+    let config = format!(
+        "# edited by the operator\n{}",
+        ShipperConfig::new(&r.url).to_toml()
+    );
+    put_private(&c, "/etc/labship/shipper.toml", &config);
+    expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "enable --now",
+        &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
+    );
+    produce(&c, "ep-1");
+    wait_for(&c, SHIPPER_UNIT, "ep-1 shipped", || {
+        exists(&c, "/var/lib/labship/shipped/ep-1")
+    });
+    assert_eq!(r.stored(HOST), ["ep-1.json", "ep-1.tar.zst"]);
+
+    // An upgrade to a later version (the same package repacked with a
+    // higher version: dpkg runs the old prerm `upgrade`, then the new
+    // postinst `configure <old>`): the enabled unit is restarted on the new
+    // files, the edited config kept.
+    let next = bumped(&pkg, &env.path().join("next"));
+    std::fs::copy(&next, c.root().join("root/next.deb")).unwrap();
+    let before = main_pid(&c, SHIPPER_UNIT);
+    let out = expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "dpkg -i (upgrade)",
+        &c.exec(&["dpkg", "-i", "/root/next.deb"]),
+    );
+    assert!(out.contains("restarted  labship-shipper.service"), "{out}");
+    assert_eq!(
+        c.run(&["dpkg-query", "-W", "-f", "${Version}", "labship-shipper"]),
+        format!("{version}.1"),
+        "upgraded"
+    );
+    wait_for(&c, SHIPPER_UNIT, "a new main process", || {
+        let now = main_pid(&c, SHIPPER_UNIT);
+        now != before && now != "0"
+    });
+    assert_eq!(c.run(&["cat", "/etc/labship/shipper.toml"]), config);
+    produce(&c, "ep-2");
+    wait_for(&c, SHIPPER_UNIT, "ep-2 shipped after the upgrade", || {
+        exists(&c, "/var/lib/labship/shipped/ep-2")
+    });
+
+    // remove: stopped, binaries gone, configs and data kept.
+    produce_unstamped(&c, "ep-3");
+    wait_for(&c, SHIPPER_UNIT, "ep-3 quarantined", || {
+        exists(&c, "/var/lib/labship/quarantine/ep-3")
+    });
+    expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "dpkg -r",
+        &c.exec(&["dpkg", "-r", "labship-shipper"]),
+    );
+    assert_eq!(
+        answer(&c, &["systemctl", "is-active", SHIPPER_UNIT]),
+        "inactive"
+    );
+    assert!(!exists(&c, "/opt/labship/bin/shipper"));
+    for kept in [
+        "/etc/labship/shipper.toml",
+        "/etc/labship/client.key",
+        "/var/lib/labship/episodes",
+        "/var/lib/labship/shipped/ep-1",
+        "/var/lib/labship/quarantine/ep-3",
+        "/var/lib/labship/state/status.json",
+    ] {
+        assert!(exists(&c, kept), "remove took {kept}");
+    }
+
+    // purge: the config and the shipper's state go; every episode stays.
+    expect_ok(
+        &c,
+        SHIPPER_UNIT,
+        "dpkg -P",
+        &c.exec(&["dpkg", "-P", "labship-shipper"]),
+    );
+    for gone in ["/etc/labship/shipper.toml", "/var/lib/labship/state"] {
+        assert!(!exists(&c, gone), "purge kept {gone}");
+    }
+    for kept in [
+        "/etc/labship/client.key",
+        "/var/lib/labship/episodes",
+        "/var/lib/labship/shipped/ep-1",
+        "/var/lib/labship/shipped/ep-2",
+        "/var/lib/labship/quarantine/ep-3",
+    ] {
+        assert!(exists(&c, kept), "purge took {kept}");
+    }
+    drop(c);
+    drop(overlay);
+}
+
+/// `deb` repacked into `dir` with its version plus `.1` (a later version to
+/// dpkg), as the next build of main would be.
+fn bumped(deb: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = |what: &str, out: std::process::Output| {
+        assert!(out.status.success(), "{what}: {}", text(&out));
+    };
+    ok(
+        "dpkg-deb -R",
+        std::process::Command::new("dpkg-deb")
+            .arg("-R")
+            .arg(deb)
+            .arg(&tree)
+            .output()
+            .unwrap(),
+    );
+    let control = tree.join("DEBIAN/control");
+    let fields = std::fs::read_to_string(&control).unwrap();
+    let bumped: String = fields
+        .lines()
+        .map(|l| match l.strip_prefix("Version: ") {
+            Some(v) => format!("Version: {v}.1\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&control, bumped).unwrap();
+    let out = dir.join("next.deb");
+    ok(
+        "dpkg-deb -b",
+        std::process::Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-b"])
+            .arg(&tree)
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    out
+}
+
+/// An episode as a producer leaves it: written aside, owned by the service
+/// user, renamed into `episodes/` whole.
+fn produce(c: &Container, id: &str) {
+    let meta = format!(r#"{{"code_version":{{"commit":"{GOOD_COMMIT}"}}}}"#);
+    write_episode(c, id, &meta);
+}
+
+fn produce_unstamped(c: &Container, id: &str) {
+    write_episode(c, id, r#"{"note":"no stamp"}"#);
+}
+
+fn write_episode(c: &Container, id: &str, meta: &str) {
+    let staging = format!("/var/lib/labship/.staging-{id}");
+    c.write_file(&format!("{staging}/meta.json"), meta);
+    c.write_file(&format!("{staging}/data.csv"), "t,x\n0,1\n");
+    c.run(&["chown", "-R", "labship:labship", &staging]);
+    c.run(&["mv", &staging, &format!("/var/lib/labship/episodes/{id}")]);
+}
+
+#[test]
+fn receiver_package_installs_and_starts_with_a_valid_config() {
+    let test = "receiver_package_installs_and_starts_with_a_valid_config";
+    if !skip_unless_root_and_nspawn(test) {
+        return;
+    }
+    let pkg = deb("labship-receiver");
+    let file = format!("/debs/{}", pkg.file_name().unwrap().to_str().unwrap());
+    let env = TestEnv::new();
+    let overlay = OverlayRoot::mount();
+    let c = boot(&overlay);
+    let out = expect_ok(
+        &c,
+        RECEIVER_UNIT,
+        "dpkg -i",
+        &c.exec(&["dpkg", "-i", &file]),
+    );
+    for want in [
+        "installed  /etc/labship/receiver.toml",
+        "installed  /etc/labship/allowed-commits",
+        "Next steps:",
+    ] {
+        assert!(out.contains(want), "dpkg -i: no {want:?} in:\n{out}");
+    }
+    for (path, want) in [
+        ("/opt/labship/bin/receiver", "755 root root"),
+        (
+            "/lib/systemd/system/labship-receiver.service",
+            "644 root root",
+        ),
+        ("/etc/labship/receiver.toml", "640 root labship"),
+        ("/etc/labship/allowed-commits", "640 root labship"),
+        ("/var/lib/labship-receiver", "750 labship labship"),
+        ("/usr/share/man/man1/receiver.1.gz", "644 root root"),
+    ] {
+        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+    }
+
+    // A valid config: TLS with the test's CA, a free port on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = &env.pki.server;
+    put_private(&c, "/etc/labship/receiver.pem", &server.cert_pem);
+    put_private(&c, "/etc/labship/receiver.key", &server.key_pem);
+    put_private(&c, "/etc/labship/ca.pem", &env.pki.ca_pem);
+    put_private(
+        &c,
+        "/etc/labship/allowed-commits",
+        &format!("{GOOD_COMMIT}\n"),
+    );
+    let config = std::fs::read_to_string(repo_root().join("etc/receiver.toml.example"))
+        .unwrap()
+        .replace("0.0.0.0:8443", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{ops_port}"));
+    assert!(config.contains(&format!("127.0.0.1:{port}")), "{config}");
+    put_private(&c, "/etc/labship/receiver.toml", &config);
+    expect_ok(
+        &c,
+        RECEIVER_UNIT,
+        "enable --now",
+        &c.exec(&["systemctl", "enable", "--now", RECEIVER_UNIT]),
+    );
+    assert_eq!(
+        answer(&c, &["systemctl", "is-active", RECEIVER_UNIT]),
+        "active",
+        "{}",
+        c.diagnostics(RECEIVER_UNIT)
+    );
+    // A lab host on the machine pings it (the container shares the network).
+    let data = env.path().join("lab");
+    std::fs::create_dir_all(data.join("episodes")).unwrap();
+    let cfg = env.path().join("shipper.toml");
+    std::fs::write(
+        &cfg,
+        labship_tests::shipper_toml(
+            &env,
+            HOST,
+            &format!("https://localhost:{port}"),
+            &data,
+            &env.pki.client(HOST),
+            "settle_s = 0",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--ping"]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", c.diagnostics(RECEIVER_UNIT));
+    drop(c);
+    drop(overlay);
+}
+
+/// lintian on both packages: no error but the justified ones
+/// (docs/install.md, "Packages"): binaries under /opt/labship (CONTRACT §1
+/// fixes the path, which Debian's policy reserves for add-on software).
+#[test]
+fn lintian_finds_no_unjustified_error() {
+    let justified = ["dir-or-file-in-opt"];
+    for package in ["labship-shipper", "labship-receiver"] {
+        let deb = deb(package);
+        let out = std::process::Command::new("lintian")
+            .args(["--no-tag-display-limit"])
+            .arg(&deb)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("lintian: {e} (apt-get install lintian; scripts/test.sh does)")
+            });
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let errors: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with("E: "))
+            .filter(|l| !justified.iter().any(|t| l.contains(&format!(": {t}"))))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{package}: lintian errors:\n{}\n(full report:\n{report}{})",
+            errors.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("lintian {package}:\n{report}");
+    }
+}
+
+/// Two builds of one commit give byte-identical packages (file times from
+/// the commit, no build path in the binaries, compressed deterministically):
+/// the packages scripts/test.sh built against a second packing now. cargo-deb
+/// moves its output out of `target/debian/`, so the first build is set aside
+/// and put back (the package tests run one at a time: .config/nextest.toml).
+#[test]
+fn two_builds_of_one_commit_are_byte_identical() {
+    let packages = ["labship-shipper", "labship-receiver"];
+    let first = tempfile::tempdir().unwrap();
+    let firsts: Vec<PathBuf> = packages
+        .iter()
+        .map(|p| {
+            let deb = deb(p);
+            let kept = first.path().join(deb.file_name().unwrap());
+            std::fs::copy(&deb, &kept).unwrap();
+            kept
+        })
+        .collect();
+    let second = tempfile::tempdir().unwrap();
+    let build = std::process::Command::new(repo_root().join("scripts/build-debs.sh"))
+        .arg("--out")
+        .arg(second.path())
+        .output()
+        .unwrap();
+    for kept in &firsts {
+        std::fs::copy(
+            kept,
+            repo_root()
+                .join("target/debian")
+                .join(kept.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    assert!(build.status.success(), "{}", text(&build));
+    for kept in &firsts {
+        let again = second.path().join(kept.file_name().unwrap());
+        assert!(
+            std::fs::read(kept).unwrap() == std::fs::read(&again).unwrap(),
+            "{} and {} differ (diffoscope says how)",
+            kept.display(),
+            again.display()
+        );
+    }
+}
