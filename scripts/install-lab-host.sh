@@ -73,7 +73,7 @@ main() {
   else
     skip "data_dir and its directories: $CONFIG is not TOML the shipper can read"
     indent <<<"$CONFIG_ERROR" >&2
-    add_next "Fix $CONFIG (sudoedit $CONFIG; check: sudo $PREFIX/bin/shipper --check-config), then re-run: cd $PREFIX && sudo ./scripts/$PROGRAM"
+    add_next "Fix $CONFIG (sudoedit $CONFIG; check: sudo $PREFIX/bin/shipper --check-config), then re-run: $(rerun_command)"
   fi
 
   install_unit "$UNIT"

@@ -145,6 +145,19 @@ find_source() {
   [[ -f $SRC/Cargo.toml && -d $SRC/etc ]] || die "cannot find the labship source tree around $SRC"
 }
 
+# The command that runs this installer again: the package's own step under
+# --packaged (dpkg-reconfigure runs the postinst), the checkout's otherwise.
+rerun_command() {
+  if ((PACKAGED)); then
+    case $PROGRAM in
+      install-receiver.sh) echo "sudo dpkg-reconfigure labship-receiver" ;;
+      *) echo "sudo dpkg-reconfigure labship-shipper" ;;
+    esac
+  else
+    echo "cd $PREFIX && sudo ./scripts/$PROGRAM"
+  fi
+}
+
 # install_software NAME…: the source and the binaries, unless dpkg already
 # put them in place (--packaged).
 install_software() {

@@ -142,7 +142,11 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
         ),
         ("/etc/labship", "750 root labship"),
         ("/etc/labship/shipper.toml", "640 root labship"),
-        ("/var/lib/labship", "750 labship labship"),
+        ("/var/lib/labship", "751 labship labship"),
+        (
+            "/var/lib/labship/episodes",
+            "2770 labship labship-producers",
+        ),
         ("/var/lib/labship/outbox", "750 labship labship"),
         ("/var/lib/labship/state", "750 labship labship"),
         ("/usr/share/man/man1/shipper.1.gz", "644 root root"),
@@ -156,11 +160,12 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
     ] {
         assert_eq!(stat(&c, path), want, "{path}\n{out}");
     }
+    // The shipper reads what producers write through their group (CONTRACT §13).
     assert!(
-        c.run(&["stat", "-c", "%a", "/var/lib/labship/episodes"])
-            .trim()
-            .starts_with('2'),
-        "episodes/ is setgid for the producers"
+        c.run(&["id", "-nG", "labship"])
+            .split_whitespace()
+            .any(|g| g == "labship-producers"),
+        "labship is in labship-producers"
     );
     let man = c.run(&["sh", "-c", "zcat /usr/share/man/man1/shipper.1.gz"]);
     assert!(
