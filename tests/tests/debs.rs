@@ -519,6 +519,12 @@ fn two_builds_of_one_commit_are_byte_identical() {
     for kept in &firsts {
         let again = second.path().join(kept.file_name().unwrap());
         assert!(
+            again.exists(),
+            "{} is not what this commit builds ({:?}): target/debian/ holds packages of another commit; run scripts/build-debs.sh",
+            kept.display(),
+            labship_tests::names(second.path())
+        );
+        assert!(
             std::fs::read(kept).unwrap() == std::fs::read(&again).unwrap(),
             "{} and {} differ (diffoscope says how)",
             kept.display(),

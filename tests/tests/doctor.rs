@@ -360,7 +360,7 @@ fn each_binary_help_describes_itself() {
             "Quarantine the finished episodes that have no valid code stamp",
             "doctor",
         ),
-        ("shipper", "The labship lab-host shipper", "doctor"),
+        ("shipper", "Lab-host shipper of labship", "doctor"),
     ] {
         for flag in ["-h", "--help"] {
             let (code, out, err) = run(bin, &[flag]);
