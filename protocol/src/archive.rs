@@ -9,6 +9,12 @@
 
 use std::cmp::Ordering;
 
+/// The permission bits a packed entry keeps (CONTRACT §13): setuid, setgid
+/// and sticky are masked off by the shipper. An episode directory under the
+/// setgid `episodes/` inherits setgid, so without the mask every archive
+/// would carry it.
+pub const MODE_MASK: u32 = 0o777;
+
 /// The kind of a tar entry, reduced to what the rules care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
