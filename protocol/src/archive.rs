@@ -6,14 +6,28 @@
 //! regular files. The receiver applies [`check_entry`] and [`PathOrder`] to every
 //! entry as it streams by; the shipper applies the same rules before it packs, so
 //! a local `archive_failed` and a remote `archive_invalid` can never disagree.
+//! The receiver also holds every header to [`header`]'s byte rules, so that
+//! what it checks is what every tar reader unpacks, and every entry to
+//! [`check_member`]: no setuid, setgid or sticky bits, owner 0 and no names.
 
+pub mod header;
+
+pub use header::{
+    BLOCK, Format, Header, HeaderRuleError, PAX_KEYS, Pax, PaxRuleError, parse_header, parse_pax,
+};
 use std::cmp::Ordering;
 
 /// The permission bits a packed entry keeps (CONTRACT §13): setuid, setgid
-/// and sticky are masked off by the shipper. An episode directory under the
-/// setgid `episodes/` inherits setgid, so without the mask every archive
-/// would carry it.
+/// and sticky are masked off by the shipper and refused by the receiver
+/// ([`SPECIAL_MODE_BITS`]). An episode directory under the setgid
+/// `episodes/` inherits setgid, so without the mask every archive would
+/// carry it.
 pub const MODE_MASK: u32 = 0o777;
+
+/// setuid, setgid and sticky: an entry carrying any is refused. Bits above
+/// `0o7777` (the file-type bits some writers copy from `st_mode`) are ignored
+/// by every reader and allowed.
+pub const SPECIAL_MODE_BITS: u64 = 0o7000;
 
 /// The kind of a tar entry, reduced to what the rules care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +71,22 @@ pub enum EntryRuleError {
     Order { path: String, previous: String },
     #[error("entry {path:?} sits under {parent:?}, which is not a directory")]
     UnderFile { path: String, parent: String },
+    #[error(
+        "entry {path:?} is a regular file whose name ends in '/': GNU tar and bsdtar unpack it as a directory"
+    )]
+    FileWithSlash { path: String },
+    #[error("entry {path:?} has mode {mode:#o}: setuid, setgid and sticky bits are refused")]
+    SpecialBits { path: String, mode: u64 },
+    #[error("entry {path:?} has owner {uid}:{gid}: archives carry owner ids 0")]
+    Owner { path: String, uid: u64, gid: u64 },
+    #[error("entry {path:?} has an owner or group name: archives carry none")]
+    OwnerName { path: String },
+    #[error("entry {path:?} has a link target, which only links have")]
+    LinkName { path: String },
+    #[error(
+        "directory {path:?} declares {size} bytes of data: tar readers would read that data as entries"
+    )]
+    DirectoryData { path: String, size: u64 },
 }
 
 fn display(path: &[u8]) -> String {
@@ -108,6 +138,9 @@ pub fn check_entry(id: &str, path: &[u8], kind: EntryKind) -> Result<EntryRole, 
             path: display(path),
             id: id.to_owned(),
         }),
+        EntryKind::Regular if path.ends_with(b"/") => Err(EntryRuleError::FileWithSlash {
+            path: display(path),
+        }),
         EntryKind::Regular if is_meta => Ok(EntryRole::Meta),
         EntryKind::Regular => Ok(EntryRole::File),
         EntryKind::Symlink => Err(refuse("symlink")),
@@ -117,6 +150,42 @@ pub fn check_entry(id: &str, path: &[u8], kind: EntryKind) -> Result<EntryRole, 
         EntryKind::Fifo => Err(refuse("fifo")),
         EntryKind::Other => Err(refuse("special entry")),
     }
+}
+
+/// Checks what an entry's header says beyond its path and type (`path` and
+/// `kind` as [`check_entry`] accepted them): no setuid, setgid or sticky bit,
+/// owner ids 0 and no owner names (CONTRACT §3: unpacked as root, anything
+/// else hands the file to some local user), no link target, no data behind a
+/// directory (Python, GNU tar and bsdtar all read it as further headers; the
+/// tar crate skips it).
+pub fn check_member(path: &[u8], kind: EntryKind, header: &Header) -> Result<(), EntryRuleError> {
+    let path = || display(path);
+    if header.mode & SPECIAL_MODE_BITS != 0 {
+        return Err(EntryRuleError::SpecialBits {
+            path: path(),
+            mode: header.mode,
+        });
+    }
+    if header.uid != 0 || header.gid != 0 {
+        return Err(EntryRuleError::Owner {
+            path: path(),
+            uid: header.uid,
+            gid: header.gid,
+        });
+    }
+    if header.owner_names {
+        return Err(EntryRuleError::OwnerName { path: path() });
+    }
+    if header.link_name {
+        return Err(EntryRuleError::LinkName { path: path() });
+    }
+    if kind == EntryKind::Directory && header.size != 0 {
+        return Err(EntryRuleError::DirectoryData {
+            path: path(),
+            size: header.size,
+        });
+    }
+    Ok(())
 }
 
 /// Compares two archive paths component by component (the order of a depth-first
@@ -208,6 +277,7 @@ mod tests {
             (b"ep/b", EntryKind::BlockDevice),
             (b"ep/f", EntryKind::Fifo),
             (b"ep/meta.json/", EntryKind::Directory),
+            (b"ep/x/", EntryKind::Regular),
         ];
         for (path, kind) in bad {
             assert!(
@@ -216,6 +286,48 @@ mod tests {
                 String::from_utf8_lossy(path)
             );
         }
+    }
+
+    #[test]
+    fn member_rules() {
+        let h = |mode, uid, size| Header {
+            format: Format::Gnu,
+            type_flag: b'0',
+            mode,
+            uid,
+            gid: 0,
+            size,
+            link_name: false,
+            owner_names: false,
+        };
+        let f = EntryKind::Regular;
+        let d = EntryKind::Directory;
+        assert_eq!(check_member(b"ep/x", f, &h(0o755, 0, 9)), Ok(()));
+        assert_eq!(check_member(b"ep/x", f, &h(0o100644, 0, 9)), Ok(()));
+        assert_eq!(check_member(b"ep/", d, &h(0o40755, 0, 0)), Ok(()));
+        for mode in [0o4755, 0o2755, 0o1777, 0o104755] {
+            assert!(matches!(
+                check_member(b"ep/x", f, &h(mode, 0, 9)),
+                Err(EntryRuleError::SpecialBits { .. })
+            ));
+        }
+        let e = check_member(b"ep/s", f, &h(0o4755, 0, 9)).unwrap_err();
+        assert!(
+            e.to_string().contains("ep/s") && e.to_string().contains("0o4755"),
+            "{e}"
+        );
+        assert!(check_member(b"ep/x", f, &h(0o644, 1000, 9)).is_err());
+        let named = Header {
+            owner_names: true,
+            ..h(0o644, 0, 9)
+        };
+        assert!(check_member(b"ep/x", f, &named).is_err());
+        let linked = Header {
+            link_name: true,
+            ..h(0o644, 0, 9)
+        };
+        assert!(check_member(b"ep/x", f, &linked).is_err());
+        assert!(check_member(b"ep/d/", d, &h(0o755, 0, 1024)).is_err());
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //! against `limits.max_episode_bytes`, and hands them over a small bounded
 //! channel to a blocking thread. That thread tees every byte into the SHA-256
 //! hasher and the scratch file, and at the same time decompresses (zstd) and
-//! parses (tar) the stream, checking every entry against the archive rules of the
-//! protocol crate, the `meta.json` stamp against `X-Labship-Commit`, and the
+//! parses (tar) the stream, checking every header and entry against the archive
+//! rules of the protocol crate (so that every tar reader unpacks what was
+//! checked), the `meta.json` stamp against `X-Labship-Commit`, and the
 //! unpacked size against `limits.max_unpacked_bytes`. Memory per upload is the
 //! channel (a few frames), zstd's window and tar's header buffer; nothing is
 //! unpacked to disk.
 
 use bytes::Bytes;
-use labship_protocol::archive::{EntryKind, EntryRole, PathOrder, check_entry};
+use labship_protocol::archive::{
+    EntryKind, EntryRole, PathOrder, Pax, check_entry, check_member, parse_header, parse_pax,
+};
 use labship_protocol::digest::Hasher;
 use labship_protocol::stamp::{META_FILE, META_MAX_BYTES, parse_meta};
 use labship_protocol::{Commit, Sha256Digest, StampError};
@@ -227,7 +230,8 @@ impl<R: Read> Read for Unpacked<R> {
 
 fn kind_of(t: tar::EntryType) -> EntryKind {
     match t {
-        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::Regular,
+        // Not `Continuous` (7): nothing writes it and GNU tar warns on it.
+        tar::EntryType::Regular => EntryKind::Regular,
         tar::EntryType::Directory => EntryKind::Directory,
         tar::EntryType::Symlink => EntryKind::Symlink,
         tar::EntryType::Link => EntryKind::HardLink,
@@ -292,6 +296,24 @@ pub fn check_archive<R: Read>(
     max_unpacked: u64,
     unpacked_out: &mut u64,
 ) -> Result<(), IngestError> {
+    check_archive_with(
+        reader,
+        episode,
+        commit,
+        max_unpacked,
+        unpacked_out,
+        &mut |_| {},
+    )
+}
+
+fn check_archive_with<R: Read>(
+    reader: R,
+    episode: &str,
+    commit: &Commit,
+    max_unpacked: u64,
+    unpacked_out: &mut u64,
+    on_entry: &mut dyn FnMut(CheckedEntry),
+) -> Result<(), IngestError> {
     let invalid =
         |what: &str, e: &dyn std::fmt::Display| IngestError::Invalid(format!("{what}: {e}"));
     let decoder = StrictZstd::new(reader).map_err(|e| IngestError::Internal(e.to_string()))?;
@@ -301,7 +323,7 @@ pub fn check_archive<R: Read>(
         limit: max_unpacked,
         exceeded: false,
     };
-    let result = check_entries(&mut counter, episode, commit);
+    let result = check_entries(&mut counter, episode, commit, on_entry);
     let result = result.and_then(|()| {
         // After tar's end marker only zero padding may follow, up to the end of
         // the zstd stream (which must be intact: trailing garbage fails here).
@@ -453,116 +475,153 @@ impl<R: Read> Read for StrictZstd<R> {
 /// these whole into memory, so they are iterated raw and capped here.
 const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
 
-fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(), IngestError> {
+/// An entry as the receiver checked it: the path every tar reader unpacks it
+/// to (the rules make them agree), its kind, mode and size. Listed by
+/// [`list_archive`] for the tests that hold real readers to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEntry {
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub mode: u64,
+    pub size: u64,
+}
+
+/// [`check_archive`], also returning every entry it checked, in order (for
+/// tests and fuzz targets; uploads never keep the list).
+pub fn list_archive<R: Read>(
+    reader: R,
+    episode: &str,
+    commit: &Commit,
+    max_unpacked: u64,
+) -> Result<Vec<CheckedEntry>, IngestError> {
+    let mut entries = Vec::new();
+    let mut unpacked = 0;
+    check_archive_with(
+        reader,
+        episode,
+        commit,
+        max_unpacked,
+        &mut unpacked,
+        &mut |e| entries.push(e),
+    )?;
+    Ok(entries)
+}
+
+/// The raw name field of a header, for messages.
+fn raw_name(block: &[u8; labship_protocol::archive::BLOCK]) -> String {
+    let name = &block[..100];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end])
+        .chars()
+        .take(100)
+        .collect()
+}
+
+fn check_entries<R: Read>(
+    reader: R,
+    episode: &str,
+    commit: &Commit,
+    on_entry: &mut dyn FnMut(CheckedEntry),
+) -> Result<(), IngestError> {
     let invalid =
         |e: io::Error| IngestError::Invalid(format!("not a valid zstd-compressed tar stream: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut order = PathOrder::new();
     let mut meta_seen = false;
-    // The extension headers (GNU `L`/`K`, pax `x`) that describe the entry
-    // after them, read exactly as the tar crate's own reader reads them, so
-    // the paths checked here are the paths an ML reader unpacks: an
-    // extension in a header without the ustar/GNU magic is a plain entry to
-    // that reader (refused here), a GNU long name wins over a pax `path`
-    // (both at once are refused), a second extension of one kind for one
-    // entry is an error, and one with no entry after it is a truncated or
-    // forged archive. Three of these were found by the fuzz targets.
+    // The extension headers that describe the entry after them: a GNU long
+    // name (`L`) and a pax header (`x`), at most one of each, and not both
+    // naming the entry (readers disagree on which wins). Every header, these
+    // included, must first pass the byte rules of `parse_header` (ustar or
+    // GNU, plain octal numbers, no GNU prefix area), and pax records
+    // `parse_pax`'s allow-list: so the paths checked here are the paths
+    // Python's tarfile, GNU tar and bsdtar unpack (tests/tests/tar_readers.rs).
+    // An extension with no entry after it is a truncated or forged archive.
     let mut gnu_name: Option<Vec<u8>> = None;
-    let mut gnu_link = false;
-    let mut pax_path: Option<Vec<u8>> = None;
-    let mut pax = false;
-    let refuse = |why: &str| Err(IngestError::Invalid(why.to_owned()));
-    for entry in archive.entries().map_err(invalid)?.raw(true) {
+    let mut pax: Option<Pax> = None;
+    let refuse = |why: String| Err(IngestError::Invalid(why));
+    for (index, entry) in archive.entries().map_err(invalid)?.raw(true).enumerate() {
         let mut entry = entry.map_err(invalid)?;
+        let header = parse_header(entry.header().as_bytes()).map_err(|e| {
+            IngestError::Invalid(format!(
+                "tar header {index} ({:?}): {e}",
+                raw_name(entry.header().as_bytes())
+            ))
+        })?;
         let entry_type = entry.header().entry_type();
-        if matches!(
-            entry_type,
-            tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-                | tar::EntryType::XHeader
-                | tar::EntryType::XGlobalHeader
-        ) {
-            if entry.size() > MAX_EXTENSION_BYTES {
-                return Err(IngestError::Invalid(format!(
-                    "a tar extension header is {} bytes; the limit is {MAX_EXTENSION_BYTES}",
-                    entry.size()
-                )));
-            }
-            let recognized =
-                entry.header().as_gnu().is_some() || entry.header().as_ustar().is_some();
-            if !recognized && entry_type != tar::EntryType::XGlobalHeader {
-                return refuse(
-                    "a tar extension header (type L, K or x) without the ustar magic: readers disagree on what it means",
-                );
-            }
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut data).map_err(invalid)?;
-            match entry_type {
-                tar::EntryType::GNULongName => {
-                    if gnu_name.is_some() {
-                        return refuse("two GNU long-name headers for one tar entry");
+        match entry_type {
+            tar::EntryType::GNULongName | tar::EntryType::XHeader => {
+                if header.size > MAX_EXTENSION_BYTES {
+                    return refuse(format!(
+                        "a tar extension header is {} bytes; the limit is {MAX_EXTENSION_BYTES}",
+                        header.size
+                    ));
+                }
+                let mut data = Vec::with_capacity(header.size as usize);
+                entry.read_to_end(&mut data).map_err(invalid)?;
+                if entry_type == tar::EntryType::XHeader {
+                    if pax.is_some() {
+                        return refuse("two pax headers for one tar entry".into());
                     }
-                    // One NUL terminator, as the tar crate strips it.
+                    pax =
+                        Some(parse_pax(&data).map_err(|e| {
+                            IngestError::Invalid(format!("pax header {index}: {e}"))
+                        })?);
+                } else {
+                    if gnu_name.is_some() {
+                        return refuse("two GNU long-name headers for one tar entry".into());
+                    }
+                    // One NUL terminator, as the tar crate strips it; a NUL
+                    // left inside is refused with the path.
                     if data.last() == Some(&0) {
                         data.pop();
                     }
                     gnu_name = Some(data);
                 }
-                tar::EntryType::GNULongLink => {
-                    if gnu_link {
-                        return refuse("two GNU long-link headers for one tar entry");
-                    }
-                    gnu_link = true;
-                }
-                tar::EntryType::XHeader => {
-                    if pax {
-                        return refuse("two pax headers for one tar entry");
-                    }
-                    pax = true;
-                    for ext in tar::PaxExtensions::new(&data) {
-                        let ext = ext.map_err(invalid)?;
-                        match ext.key_bytes() {
-                            b"path" if pax_path.is_some() => {
-                                return refuse("a pax header with two path records");
-                            }
-                            b"path" => pax_path = Some(ext.value_bytes().to_vec()),
-                            b"size" => {
-                                return refuse(
-                                    "pax size records are not supported; pack with GNU or ustar headers",
-                                );
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                // Global headers carry no file.
-                _ => {}
+                continue;
             }
-            continue;
+            tar::EntryType::GNULongLink => {
+                return refuse(
+                    "a GNU long-link header (K): no entry an archive may hold has a link target"
+                        .into(),
+                );
+            }
+            tar::EntryType::XGlobalHeader => {
+                return refuse(
+                    "a pax global header (g): readers apply its records to every entry after it"
+                        .into(),
+                );
+            }
+            _ => {}
         }
         let kind = kind_of(entry_type);
-        let path = match (gnu_name.take(), pax_path.take()) {
+        let path = match (gnu_name.take(), pax.take().and_then(|p| p.path)) {
             (Some(_), Some(_)) => {
-                return refuse("a tar entry with both a GNU long name and a pax path");
+                return refuse("a tar entry with both a GNU long name and a pax path".into());
             }
             (Some(p), None) | (None, Some(p)) => p,
             (None, None) => entry.path_bytes().into_owned(),
         };
-        (gnu_link, pax) = (false, false);
-        let role =
-            check_entry(episode, &path, kind).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let rule = |e: labship_protocol::EntryRuleError| IngestError::Invalid(e.to_string());
+        let role = check_entry(episode, &path, kind).map_err(rule)?;
+        check_member(&path, kind, &header).map_err(rule)?;
         order
             .admit(&path, kind == EntryKind::Directory)
-            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+            .map_err(rule)?;
+        on_entry(CheckedEntry {
+            path: path.clone(),
+            kind,
+            mode: header.mode,
+            size: header.size,
+        });
         if role == EntryRole::Meta {
             meta_seen = true;
-            if entry.size() > META_MAX_BYTES {
+            if header.size > META_MAX_BYTES {
                 return Err(IngestError::Invalid(format!(
                     "{episode}/{META_FILE} is {} bytes; the limit is {META_MAX_BYTES}",
-                    entry.size()
+                    header.size
                 )));
             }
-            let mut meta = Vec::with_capacity(entry.size() as usize);
+            let mut meta = Vec::with_capacity(header.size as usize);
             entry.read_to_end(&mut meta).map_err(invalid)?;
             match parse_meta(&meta) {
                 Ok(stamp) if stamp.commit == *commit => {}
@@ -583,7 +642,7 @@ fn check_entries<R: Read>(reader: R, episode: &str, commit: &Commit) -> Result<(
             }
         }
     }
-    if gnu_name.is_some() || gnu_link || pax {
+    if gnu_name.is_some() || pax.is_some() {
         return Err(IngestError::Invalid(
             "the archive ends with a tar extension header and no entry for it".into(),
         ));

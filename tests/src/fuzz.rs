@@ -3,10 +3,10 @@
 //! test run. Each calls the product's own parser on arbitrary bytes and panics
 //! when an invariant breaks; returning means the input was handled.
 
-use labship_protocol::archive::{EntryKind, EntryRole, check_entry};
+use labship_protocol::archive::{EntryKind, EntryRole, SPECIAL_MODE_BITS, check_entry};
 use labship_protocol::stamp::parse_meta;
 use labship_protocol::{Commit, Id, Sha256Digest};
-use labship_receiver::ingest::{IngestError, check_archive};
+use labship_receiver::ingest::{CheckedEntry, IngestError, check_archive, list_archive};
 
 /// The episode the archive targets claim to carry.
 pub const EPISODE: &str = "ep-1";
@@ -20,8 +20,9 @@ fn commit() -> Commit {
 
 /// `data` as a zstd-compressed tar stream through the receiver's validator.
 /// Invariants: it returns (no panic, no hang), the count of unpacked bytes
-/// never passes the limit by more than one read, and an accepted archive has
-/// a `meta.json` whose stamp is the claimed commit.
+/// never passes the limit by more than one read, and an accepted archive
+/// reads back, with the tar crate's own reader, as exactly the entries the
+/// validator checked, with a `meta.json` whose stamp is the claimed commit.
 pub fn archive(data: &[u8]) {
     let mut unpacked = 0;
     let verdict = check_archive(data, EPISODE, &commit(), MAX_UNPACKED, &mut unpacked);
@@ -30,7 +31,14 @@ pub fn archive(data: &[u8]) {
         "unpacked {unpacked} bytes, far past the {MAX_UNPACKED}-byte limit"
     );
     match verdict {
-        Ok(()) => assert_accepted_tar(&zstd::decode_all(data).expect("accepted, so it decodes")),
+        Ok(()) => {
+            let checked = list_archive(data, EPISODE, &commit(), MAX_UNPACKED)
+                .expect("accepted once, so accepted again");
+            assert_accepted_tar(
+                &zstd::decode_all(data).expect("accepted, so it decodes"),
+                &checked,
+            );
+        }
         Err(IngestError::TooLargeUnpacked { .. }) => assert!(unpacked > MAX_UNPACKED),
         Err(IngestError::Invalid(m) | IngestError::StampMismatch(m)) => {
             assert!(!m.is_empty(), "a refusal with no reason")
@@ -48,17 +56,17 @@ pub fn archive_tar(data: &[u8]) {
 }
 
 /// What an accepted archive must look like when read back with the `tar`
-/// crate on its own: every entry a plain file or directory under `<episode>/`
-/// and a `meta.json` stamped with the commit.
-fn assert_accepted_tar(tar_bytes: &[u8]) {
+/// crate on its own (which resolves GNU long names and pax records itself):
+/// the entries the validator `checked`, in order, with their sizes, every
+/// one a plain file or directory under `<episode>/` without setuid, setgid
+/// or sticky bits, and a `meta.json` stamped with the commit.
+fn assert_accepted_tar(tar_bytes: &[u8], checked: &[CheckedEntry]) {
     let mut found_meta = false;
     let mut ar = tar::Archive::new(tar_bytes);
+    let mut read = Vec::new();
     for entry in ar.entries().expect("accepted, so it lists") {
         let mut entry = entry.expect("accepted, so every entry reads");
         let kind = entry.header().entry_type();
-        if kind == tar::EntryType::XGlobalHeader {
-            continue; // carries no file; the validator skips it too
-        }
         assert!(
             kind.is_file() || kind.is_dir(),
             "accepted an entry of type {kind:?}"
@@ -74,6 +82,9 @@ fn assert_accepted_tar(tar_bytes: &[u8]) {
             "accepted {:?}, which the entry rules refuse",
             String::from_utf8_lossy(&path)
         );
+        let mode = u64::from(entry.header().mode().expect("accepted, so the mode reads"));
+        assert_eq!(mode & SPECIAL_MODE_BITS, 0, "accepted mode {mode:o}");
+        read.push((path.clone(), kind, entry.size()));
         if path == format!("{EPISODE}/meta.json").as_bytes() {
             let mut meta = Vec::new();
             std::io::Read::read_to_end(&mut entry, &mut meta).expect("meta.json reads");
@@ -81,6 +92,14 @@ fn assert_accepted_tar(tar_bytes: &[u8]) {
             found_meta = parse_meta(&meta).is_ok_and(|s| s.commit == commit());
         }
     }
+    let checked: Vec<_> = checked
+        .iter()
+        .map(|c| (c.path.clone(), c.kind, c.size))
+        .collect();
+    assert_eq!(
+        read, checked,
+        "the tar crate reads other entries than were checked"
+    );
     assert!(found_meta, "accepted without a meta.json stamped {EPISODE}");
 }
 
@@ -130,6 +149,15 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("episode_id", episode_id),
     ("content_digest", content_digest),
 ];
+
+/// The archives of [`crate::tar_cases`] for [`EPISODE`], by slug: the
+/// shapes real tar readers disagree on, and some they agree on.
+pub fn tar_reader_cases() -> Vec<(&'static str, Vec<u8>)> {
+    crate::tar_cases::cases()
+        .iter()
+        .map(|c| (c.slug, (c.build)(EPISODE)))
+        .collect()
+}
 
 /// Starting inputs for each target: well-formed cases and each way the
 /// hostile suite breaks them. `fuzz_corpus::write_seeds` (ignored) writes them
@@ -182,6 +210,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             },
             good().file("ep-1/zeros", &[0u8; 65536]).finish(),
         ]
+        .into_iter()
+        .chain(tar_reader_cases().into_iter().map(|(_, tar)| tar))
+        .collect()
     };
     match target {
         "archive_tar" => tars(),

@@ -4,7 +4,8 @@
 //! receiver answering at its URL ([`impostor`]), and HTTP clients with the
 //! right identities ([`TestEnv::client`]), and a real systemd in a container
 //! for the units and the journal ([`nspawn`], [`lab_host`]), and a real
-//! S3-compatible store (SeaweedFS, [`s3`]).
+//! S3-compatible store (SeaweedFS, [`s3`]), and tar archives real tar readers
+//! agree or disagree on ([`tar_cases`]).
 //!
 //! The binaries are the ones `cargo build --workspace --bins` leaves next to the
 //! test executable; `scripts/test.sh` builds them first.
@@ -18,6 +19,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod s3;
+pub mod tar_cases;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,8 @@
 //! The shipper's packer and the receiver agree: an archive packed by
 //! `labship_shipper::archive::pack` from a producer-like tree (nested dirs,
-//! names over 100 bytes, odd modes, binary data) is accepted by the real
-//! receiver and unpacks to the same bytes.
+//! names over 100 bytes, odd modes, a setuid file and a setgid directory as
+//! under the setgid `episodes/`, binary data) is accepted by the real
+//! receiver, which refuses those bits, and unpacks to the same bytes.
 
 use labship_protocol::Id;
 use labship_shipper::archive::pack;
@@ -25,18 +26,15 @@ async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
             (long.as_str(), b"t,x\n0,1\n"),
         ],
     );
-    std::fs::set_permissions(
-        src.join("frames/0002.bin"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    // An executable and a file from last year: modes and mtimes must survive
-    // the round trip (assert_same_meta below).
-    std::fs::set_permissions(
-        src.join("frames/0001.bin"),
-        std::fs::Permissions::from_mode(0o750),
-    )
-    .unwrap();
+    let chmod = |rel: &str, mode| {
+        std::fs::set_permissions(src.join(rel), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod("frames/0002.bin", 0o600);
+    chmod("frames/0001.bin", 0o4755);
+    chmod("frames", 0o2775);
+    chmod("", 0o2770);
+    // A file from last year: mtimes must survive the round trip
+    // (assert_same_meta below; modes are compared masked to 0o777).
     std::fs::File::options()
         .write(true)
         .open(src.join(&long))
@@ -60,6 +58,12 @@ async fn what_the_shipper_packs_the_receiver_stores_byte_for_byte() {
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
     let stored = std::fs::read(r.store.join("lab-01").join(format!("{id}.tar.zst"))).unwrap();
     assert_eq!(stored, archive);
+    let tar = zstd::decode_all(stored.as_slice()).unwrap();
+    for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        let e = e.unwrap();
+        let mode = e.header().mode().unwrap();
+        assert_eq!(mode & 0o7000, 0, "{:?} packed with mode {mode:o}", e.path());
+    }
     let out = env.file("out/.keep");
     unpack(&stored, out.parent().unwrap());
     assert_same_tree(&src, &out.parent().unwrap().join(id.as_str()));
