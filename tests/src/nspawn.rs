@@ -196,7 +196,21 @@ impl OverlayRoot {
             root.display(),
             text(&out)
         );
-        Self { root, _dir: dir }
+        let overlay = Self { root, _dir: dir };
+        // The machine's own /etc comes along, with every unit it enables
+        // (a database, apt's daily timers running apt beside the test's
+        // dpkg): none of them is this test's business, and they would share
+        // the machine's network. Their links go, in the overlay only.
+        let system = overlay.root.join("etc/systemd/system");
+        for entry in std::fs::read_dir(&system).expect("the overlay's /etc/systemd/system") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|e| e == "wants" || e == "requires") {
+                std::fs::remove_dir_all(&path).unwrap_or_else(|e| {
+                    panic!("clearing {} in the overlay: {e}", path.display())
+                });
+            }
+        }
+        overlay
     }
 }
 
