@@ -204,10 +204,12 @@ impl OverlayRoot {
         let system = overlay.root.join("etc/systemd/system");
         for entry in std::fs::read_dir(&system).expect("the overlay's /etc/systemd/system") {
             let path = entry.expect("a directory entry").path();
-            if path.extension().is_some_and(|e| e == "wants" || e == "requires") {
-                std::fs::remove_dir_all(&path).unwrap_or_else(|e| {
-                    panic!("clearing {} in the overlay: {e}", path.display())
-                });
+            if path
+                .extension()
+                .is_some_and(|e| e == "wants" || e == "requires")
+            {
+                std::fs::remove_dir_all(&path)
+                    .unwrap_or_else(|e| panic!("clearing {} in the overlay: {e}", path.display()));
             }
         }
         overlay
