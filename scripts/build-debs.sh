@@ -42,7 +42,7 @@ fi
 export SOURCE_DATE_EPOCH
 # The checkout's path must not end up in the binaries (panic locations).
 # Nor the builder's cargo home (the dependencies' sources).
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/labship --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/labship --remap-path-prefix=${CARGO_HOME:-${HOME:-/root}/.cargo}=/cargo"
 
 echo "build-debs: cargo build --release --locked (shipper, doctor, quarantine-unstamped, receiver)"
 cargo build --release --locked -p labship-shipper -p labship-tools -p labship-receiver --bins
