@@ -2,7 +2,7 @@
 //!
 //! Everything here is pure: no files, no sockets, no clocks. Each rule that both
 //! sides must agree on (what an episode id is, what a code stamp is, how the
-//! `Content-Digest` header is spelled, which error codes exist and what status they
+//! `Content-Digest` header is spelled, which host a client certificate names, which error codes exist and what status they
 //! travel with, which tar entries an archive may hold, what a success answer
 //! says) is defined once, here.
 
@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod headers;
 pub mod id;
+pub mod identity;
 pub mod stamp;
 
 pub use answer::{NotConfirmed, StoredBody};

@@ -385,23 +385,11 @@ pub fn refusal_reason(e: &std::io::Error) -> Option<&'static str> {
     })
 }
 
-/// The host id a verified client certificate names: its subject CN, or without
-/// one its first DNS subjectAltName. `Err` carries why none could be read.
+/// The host id a verified client certificate names
+/// ([`labship_protocol::identity::host_id`]). `Err` carries why none could be
+/// read.
 pub fn host_from_certificate(der: &CertificateDer<'_>) -> Result<String, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("unparsable client certificate: {e}"))?;
-    if let Some(cn) = cert.subject().iter_common_name().next() {
-        return cn
-            .as_str()
-            .map(str::to_owned)
-            .map_err(|e| format!("client certificate CN is not a string: {e}"));
-    }
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                return Ok((*dns).to_owned());
-            }
-        }
-    }
-    Err("client certificate has neither a subject CN nor a DNS subjectAltName".into())
+    labship_protocol::identity::host_id(&cert)
 }

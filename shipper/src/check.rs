@@ -254,7 +254,7 @@ impl Report {
             }
         };
         let identity = if client {
-            match host_from_certificate(&cert) {
+            match labship_protocol::identity::host_id(&cert) {
                 Ok(id) => Some(id),
                 Err(why) => {
                     self.error(key, format!("{}: {why}", path.display()));
@@ -333,26 +333,4 @@ impl Report {
             ),
         }
     }
-}
-
-/// The host id the receiver takes from a client certificate: its subject
-/// CN, or without one its first DNS subjectAltName. The same rule as the
-/// receiver's `tls::host_from_certificate`.
-fn host_from_certificate(
-    cert: &x509_parser::certificate::X509Certificate<'_>,
-) -> Result<String, String> {
-    if let Some(cn) = cert.subject().iter_common_name().next() {
-        return cn
-            .as_str()
-            .map(str::to_owned)
-            .map_err(|e| format!("client certificate CN is not a string: {e}"));
-    }
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                return Ok((*dns).to_owned());
-            }
-        }
-    }
-    Err("client certificate has neither a subject CN nor a DNS subjectAltName".into())
 }

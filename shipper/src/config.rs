@@ -153,7 +153,8 @@ pub struct Paths {
     pub token_file: Option<PathBuf>,
 }
 
-/// Just the path keys of [`Raw`], without `deny_unknown_fields`.
+/// Just the path keys of [`Raw`], without `deny_unknown_fields` (which serde
+/// cannot combine with `flatten`, hence the second list of the same keys).
 #[derive(Debug, Deserialize)]
 struct RawPaths {
     #[serde(default = "d_data_dir")]

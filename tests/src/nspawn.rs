@@ -406,6 +406,54 @@ impl Container {
             .unwrap_or_else(|e| panic!("write {path} in container {}: {e}", self.name));
     }
 
+    /// `stat -c '%a %U %G'` of `path` inside ("2770 labship labship-producers").
+    pub fn stat(&self, path: &str) -> String {
+        self.run(&["stat", "-c", "%a %U %G", path])
+            .trim()
+            .to_owned()
+    }
+
+    /// Writes `path` inside as root:labship 0640, as an operator installs
+    /// configs and keys.
+    pub fn put_private(&self, path: &str, contents: impl AsRef<[u8]>) {
+        self.write_file(path, &String::from_utf8_lossy(contents.as_ref()));
+        self.run(&["chown", "root:labship", path]);
+        self.run(&["chmod", "0640", path]);
+    }
+
+    /// Asserts `out` (of `what`) succeeded, with `unit`'s diagnostics
+    /// otherwise; returns its stdout.
+    pub fn expect_ok(&self, unit: &str, what: &str, out: &Output) -> String {
+        assert!(
+            out.status.success(),
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            text(out),
+            self.diagnostics(unit)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls `cond` every 100 ms; panics with `unit`'s diagnostics after
+    /// `within`.
+    pub fn wait_for(
+        &self,
+        unit: &str,
+        what: &str,
+        within: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}\n{}",
+                self.diagnostics(unit)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs `args` inside the container as root (all its namespaces, its root
     /// directory, a clean environment); at most 120 s.
     pub fn exec(&self, args: &[&str]) -> Output {

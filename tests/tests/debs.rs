@@ -19,8 +19,7 @@ use labship_tests::nspawn::{
 use labship_tests::process::{Receiver, run};
 use labship_tests::{GOOD_COMMIT, TestEnv};
 use std::path::PathBuf;
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RECEIVER_UNIT: &str = "labship-receiver.service";
 
@@ -56,21 +55,6 @@ fn boot(overlay: &OverlayRoot) -> Container {
     )
 }
 
-fn expect_ok(c: &Container, unit: &str, what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        text(out),
-        c.diagnostics(unit)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stat(c: &Container, path: &str) -> String {
-    c.run(&["stat", "-c", "%a %U %G", path]).trim().to_owned()
-}
-
 fn exists(c: &Container, path: &str) -> bool {
     c.exec(&["test", "-e", path]).status.success()
 }
@@ -89,26 +73,6 @@ fn main_pid(c: &Container, unit: &str) -> String {
         .to_owned()
 }
 
-/// Writes `path` inside as root:labship 0640, as an operator installs
-/// configs and keys.
-fn put_private(c: &Container, path: &str, contents: &str) {
-    c.write_file(path, contents);
-    c.run(&["chown", "root:labship", path]);
-    c.run(&["chmod", "0640", path]);
-}
-
-fn wait_for(c: &Container, unit: &str, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 60 s\n{}",
-            c.diagnostics(unit)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn shipper_package_installs_ships_upgrades_removes_and_purges() {
     let test = "shipper_package_installs_ships_upgrades_removes_and_purges";
@@ -123,7 +87,7 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
     let c = boot(&overlay);
 
     // Install: what the installer does, from the package's postinst.
-    let out = expect_ok(&c, SHIPPER_UNIT, "dpkg -i", &c.exec(&["dpkg", "-i", &file]));
+    let out = c.expect_ok(SHIPPER_UNIT, "dpkg -i", &c.exec(&["dpkg", "-i", &file]));
     for want in [
         "created    user labship",
         "installed  /etc/labship/shipper.toml",
@@ -158,7 +122,7 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
         ("/usr/share/zsh/vendor-completions/_doctor", "644 root root"),
         ("/usr/share/doc/labship-shipper/copyright", "644 root root"),
     ] {
-        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+        assert_eq!(c.stat(path), want, "{path}\n{out}");
     }
     // The shipper reads what producers write through their group (CONTRACT §13).
     assert!(
@@ -195,24 +159,26 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
 
     // The operator's part, then an episode shipped by the packaged daemon.
     let client = env.pki.client(HOST);
-    put_private(&c, "/etc/labship/ca.pem", &env.pki.ca_pem);
-    put_private(&c, "/etc/labship/client.pem", &client.cert_pem);
-    put_private(&c, "/etc/labship/client.key", &client.key_pem);
+    c.put_private("/etc/labship/ca.pem", &env.pki.ca_pem);
+    c.put_private("/etc/labship/client.pem", &client.cert_pem);
+    c.put_private("/etc/labship/client.key", &client.key_pem);
     let config = format!(
         "# edited by the operator\n{}",
         ShipperConfig::new(&r.url).to_toml()
     );
-    put_private(&c, "/etc/labship/shipper.toml", &config);
-    expect_ok(
-        &c,
+    c.put_private("/etc/labship/shipper.toml", &config);
+    c.expect_ok(
         SHIPPER_UNIT,
         "enable --now",
         &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
     );
     produce(&c, "ep-1");
-    wait_for(&c, SHIPPER_UNIT, "ep-1 shipped", || {
-        exists(&c, "/var/lib/labship/shipped/ep-1")
-    });
+    c.wait_for(
+        SHIPPER_UNIT,
+        "ep-1 shipped",
+        Duration::from_secs(60),
+        || exists(&c, "/var/lib/labship/shipped/ep-1"),
+    );
     assert_eq!(r.stored(HOST), ["ep-1.json", "ep-1.tar.zst"]);
 
     // An upgrade to a later version (the same package repacked with a
@@ -222,8 +188,7 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
     let next = bumped(&pkg, &env.path().join("next"));
     std::fs::copy(&next, c.root().join("root/next.deb")).unwrap();
     let before = main_pid(&c, SHIPPER_UNIT);
-    let out = expect_ok(
-        &c,
+    let out = c.expect_ok(
         SHIPPER_UNIT,
         "dpkg -i (upgrade)",
         &c.exec(&["dpkg", "-i", "/root/next.deb"]),
@@ -234,23 +199,33 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
         format!("{version}.1"),
         "upgraded"
     );
-    wait_for(&c, SHIPPER_UNIT, "a new main process", || {
-        let now = main_pid(&c, SHIPPER_UNIT);
-        now != before && now != "0"
-    });
+    c.wait_for(
+        SHIPPER_UNIT,
+        "a new main process",
+        Duration::from_secs(60),
+        || {
+            let now = main_pid(&c, SHIPPER_UNIT);
+            now != before && now != "0"
+        },
+    );
     assert_eq!(c.run(&["cat", "/etc/labship/shipper.toml"]), config);
     produce(&c, "ep-2");
-    wait_for(&c, SHIPPER_UNIT, "ep-2 shipped after the upgrade", || {
-        exists(&c, "/var/lib/labship/shipped/ep-2")
-    });
+    c.wait_for(
+        SHIPPER_UNIT,
+        "ep-2 shipped after the upgrade",
+        Duration::from_secs(60),
+        || exists(&c, "/var/lib/labship/shipped/ep-2"),
+    );
 
     // remove: stopped, binaries gone, configs and data kept.
     produce_unstamped(&c, "ep-3");
-    wait_for(&c, SHIPPER_UNIT, "ep-3 quarantined", || {
-        exists(&c, "/var/lib/labship/quarantine/ep-3")
-    });
-    expect_ok(
-        &c,
+    c.wait_for(
+        SHIPPER_UNIT,
+        "ep-3 quarantined",
+        Duration::from_secs(60),
+        || exists(&c, "/var/lib/labship/quarantine/ep-3"),
+    );
+    c.expect_ok(
         SHIPPER_UNIT,
         "dpkg -r",
         &c.exec(&["dpkg", "-r", "labship-shipper"]),
@@ -272,8 +247,7 @@ fn shipper_package_installs_ships_upgrades_removes_and_purges() {
     }
 
     // purge: the config and the shipper's state go; every episode stays.
-    expect_ok(
-        &c,
+    c.expect_ok(
         SHIPPER_UNIT,
         "dpkg -P",
         &c.exec(&["dpkg", "-P", "labship-shipper"]),
@@ -364,12 +338,7 @@ fn receiver_package_installs_and_starts_with_a_valid_config() {
     let env = TestEnv::new();
     let overlay = OverlayRoot::mount();
     let c = boot(&overlay);
-    let out = expect_ok(
-        &c,
-        RECEIVER_UNIT,
-        "dpkg -i",
-        &c.exec(&["dpkg", "-i", &file]),
-    );
+    let out = c.expect_ok(RECEIVER_UNIT, "dpkg -i", &c.exec(&["dpkg", "-i", &file]));
     for want in [
         "installed  /etc/labship/receiver.toml",
         "installed  /etc/labship/allowed-commits",
@@ -388,7 +357,7 @@ fn receiver_package_installs_and_starts_with_a_valid_config() {
         ("/var/lib/labship-receiver", "750 labship labship"),
         ("/usr/share/man/man1/receiver.1.gz", "644 root root"),
     ] {
-        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+        assert_eq!(c.stat(path), want, "{path}\n{out}");
     }
 
     // A valid config: TLS with the test's CA, a free port on loopback.
@@ -403,22 +372,17 @@ fn receiver_package_installs_and_starts_with_a_valid_config() {
         .unwrap()
         .port();
     let server = &env.pki.server;
-    put_private(&c, "/etc/labship/receiver.pem", &server.cert_pem);
-    put_private(&c, "/etc/labship/receiver.key", &server.key_pem);
-    put_private(&c, "/etc/labship/ca.pem", &env.pki.ca_pem);
-    put_private(
-        &c,
-        "/etc/labship/allowed-commits",
-        &format!("{GOOD_COMMIT}\n"),
-    );
+    c.put_private("/etc/labship/receiver.pem", &server.cert_pem);
+    c.put_private("/etc/labship/receiver.key", &server.key_pem);
+    c.put_private("/etc/labship/ca.pem", &env.pki.ca_pem);
+    c.put_private("/etc/labship/allowed-commits", format!("{GOOD_COMMIT}\n"));
     let config = std::fs::read_to_string(repo_root().join("etc/receiver.toml.example"))
         .unwrap()
         .replace("0.0.0.0:8443", &format!("127.0.0.1:{port}"))
         .replace("127.0.0.1:9464", &format!("127.0.0.1:{ops_port}"));
     assert!(config.contains(&format!("127.0.0.1:{port}")), "{config}");
-    put_private(&c, "/etc/labship/receiver.toml", &config);
-    expect_ok(
-        &c,
+    c.put_private("/etc/labship/receiver.toml", &config);
+    c.expect_ok(
         RECEIVER_UNIT,
         "enable --now",
         &c.exec(&["systemctl", "enable", "--now", RECEIVER_UNIT]),

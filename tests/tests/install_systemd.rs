@@ -40,7 +40,6 @@ use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 const RECEIVER_UNIT: &str = "labship-receiver.service";
@@ -78,11 +77,6 @@ fn install(c: &Container, dir: &str, script: &str, unit: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `stat -c '%a %U %G'` of `path` inside.
-fn stat(c: &Container, path: &str) -> String {
-    c.run(&["stat", "-c", "%a %U %G", path]).trim().to_owned()
-}
-
 fn show(c: &Container, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
     c.run(&["systemctl", "show", "-p", &props.join(","), unit])
         .lines()
@@ -91,47 +85,10 @@ fn show(c: &Container, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn expect_ok(c: &Container, unit: &str, what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        text(out),
-        c.diagnostics(unit)
-    );
-}
-
-/// Polls `cond` every 100 ms; panics with the unit's diagnostics after `within`.
-fn wait_for(
-    c: &Container,
-    unit: &str,
-    what: &str,
-    within: Duration,
-    mut cond: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}\n{}",
-            c.diagnostics(unit)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A file inside as bytes (through the container's root).
 fn read(c: &Container, path: &str) -> Vec<u8> {
     std::fs::read(c.root().join(path.trim_start_matches('/')))
         .unwrap_or_else(|e| panic!("read {path} in {}: {e}", c.name))
-}
-
-/// Writes `path` inside as root:labship 0640 (how an operator installs
-/// configs and keys).
-fn put_private(c: &Container, path: &str, contents: &[u8]) {
-    c.write_file(path, &String::from_utf8_lossy(contents));
-    c.run(&["chown", "root:labship", path]);
-    c.run(&["chmod", "0640", path]);
 }
 
 /// `systemd-analyze security <unit>`'s overall exposure.
@@ -167,8 +124,7 @@ fn watchdog_kills_and_restarts(c: &Container, unit: &str) {
         "[Service]\nWatchdogSec=3\nRestartSec=1\n",
     );
     c.run(&["systemctl", "daemon-reload"]);
-    expect_ok(
-        c,
+    c.expect_ok(
         unit,
         "systemctl restart",
         &c.exec(&["systemctl", "restart", unit]),
@@ -178,8 +134,7 @@ fn watchdog_kills_and_restarts(c: &Container, unit: &str) {
     let (stopped, before) = (s["MainPID"].clone(), s["NRestarts"].parse::<u32>().unwrap());
     let t = Instant::now();
     c.run(&["kill", "-STOP", &stopped]);
-    wait_for(
-        c,
+    c.wait_for(
         unit,
         "a watchdog kill and restart",
         Duration::from_secs(20),
@@ -260,12 +215,7 @@ fn produce(c: &Container, user: &str, id: &str, finish: bool) {
         );
     }
     let out = c.exec_as(user, &["sh", "-c", &script]);
-    expect_ok(
-        c,
-        SHIPPER_UNIT,
-        &format!("{user} writes episode {id}"),
-        &out,
-    );
+    c.expect_ok(SHIPPER_UNIT, &format!("{user} writes episode {id}"), &out);
 }
 
 /// Episode `id` is in the receiver's store and in the host's shipped/.
@@ -357,7 +307,7 @@ fn lab_host_installer_under_systemd() {
             "644 root root",
         ),
     ] {
-        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+        assert_eq!(c.stat(path), want, "{path}\n{out}");
     }
     let repo = repo_root();
     assert!(
@@ -390,13 +340,12 @@ fn lab_host_installer_under_systemd() {
 
     // The operator's part: certificates, config, enable --now.
     let client = env.pki.client(HOST);
-    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
-    put_private(&c, "/etc/labship/client.pem", client.cert_pem.as_bytes());
-    put_private(&c, "/etc/labship/client.key", client.key_pem.as_bytes());
+    c.put_private("/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    c.put_private("/etc/labship/client.pem", client.cert_pem.as_bytes());
+    c.put_private("/etc/labship/client.key", client.key_pem.as_bytes());
     let config = labship_tests::lab_host::ShipperConfig::new(&r.url).to_toml();
-    put_private(&c, "/etc/labship/shipper.toml", config.as_bytes());
-    expect_ok(
-        &c,
+    c.put_private("/etc/labship/shipper.toml", config.as_bytes());
+    c.expect_ok(
         SHIPPER_UNIT,
         "systemctl enable --now",
         &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
@@ -414,8 +363,7 @@ fn lab_host_installer_under_systemd() {
     let produce = |id: &str| produce(&c, "producer", id, true);
     let shipped = |id: &str| shipped(&c, &r, id);
     produce("ep-1");
-    wait_for(
-        &c,
+    c.wait_for(
         SHIPPER_UNIT,
         "ep-1 shipped",
         Duration::from_secs(20),
@@ -423,15 +371,14 @@ fn lab_host_installer_under_systemd() {
     );
     // setgid: the producer's episode belongs to labship-producers.
     assert_eq!(
-        stat(&c, "/var/lib/labship/shipped/ep-1"),
+        c.stat("/var/lib/labship/shipped/ep-1"),
         "2775 producer labship-producers"
     );
 
     // The watchdog: a stopped shipper is killed and restarted, and ships.
     watchdog_kills_and_restarts(&c, SHIPPER_UNIT);
     produce("ep-2");
-    wait_for(
-        &c,
+    c.wait_for(
         SHIPPER_UNIT,
         "ep-2 shipped after the restart",
         Duration::from_secs(20),
@@ -454,8 +401,7 @@ fn lab_host_installer_under_systemd() {
     );
     assert!(!out.contains("Next steps"), "not a first install:\n{out}");
     produce("ep-3");
-    wait_for(
-        &c,
+    c.wait_for(
         SHIPPER_UNIT,
         "ep-3 shipped after the re-run",
         Duration::from_secs(20),
@@ -486,11 +432,11 @@ fn lab_host_installer_migrates_an_old_install() {
     let c = boot(HOST);
     install(&c, SRC, "install-lab-host.sh", SHIPPER_UNIT);
     let client = env.pki.client(HOST);
-    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
-    put_private(&c, "/etc/labship/client.pem", client.cert_pem.as_bytes());
-    put_private(&c, "/etc/labship/client.key", client.key_pem.as_bytes());
+    c.put_private("/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    c.put_private("/etc/labship/client.pem", client.cert_pem.as_bytes());
+    c.put_private("/etc/labship/client.key", client.key_pem.as_bytes());
     let config = labship_tests::lab_host::ShipperConfig::new(&r.url).to_toml();
-    put_private(&c, "/etc/labship/shipper.toml", config.as_bytes());
+    c.put_private("/etc/labship/shipper.toml", config.as_bytes());
 
     // Back to the old layout.
     let unit = format!("/etc/systemd/system/{SHIPPER_UNIT}");
@@ -505,19 +451,14 @@ fn lab_host_installer_migrates_an_old_install() {
     }
     // A user whose primary group is labship: named, not changed.
     c.run(&["useradd", "--gid", "labship", "--no-create-home", "bob"]);
-    assert_eq!(
-        stat(&c, "/var/lib/labship/episodes"),
-        "2770 labship labship"
-    );
-    expect_ok(
-        &c,
+    assert_eq!(c.stat("/var/lib/labship/episodes"), "2770 labship labship");
+    c.expect_ok(
         SHIPPER_UNIT,
         "enable --now (old layout)",
         &c.exec(&["systemctl", "enable", "--now", SHIPPER_UNIT]),
     );
     produce(&c, "producer", "old-1", true);
-    wait_for(
-        &c,
+    c.wait_for(
         SHIPPER_UNIT,
         "old-1 shipped",
         Duration::from_secs(20),
@@ -532,7 +473,7 @@ fn lab_host_installer_migrates_an_old_install() {
     // Begun before the migration, finished after it.
     produce(&c, "alice", "wip", false);
     assert_eq!(
-        stat(&c, "/var/lib/labship/episodes/wip"),
+        c.stat("/var/lib/labship/episodes/wip"),
         "2775 alice labship"
     );
 
@@ -541,7 +482,7 @@ fn lab_host_installer_migrates_an_old_install() {
         "-c",
         &format!("cd {SRC} && ./scripts/install-lab-host.sh --bin-dir {BINS}"),
     ]);
-    expect_ok(&c, SHIPPER_UNIT, "the migrating run", &out);
+    c.expect_ok(SHIPPER_UNIT, "the migrating run", &out);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -596,13 +537,12 @@ fn lab_host_installer_migrates_an_old_install() {
         // The shipper's own directories keep their group.
         ("/var/lib/labship/shipped/old-1", "2775 producer labship"),
     ] {
-        assert_eq!(stat(&c, path), want, "{path}\n{stdout}");
+        assert_eq!(c.stat(path), want, "{path}\n{stdout}");
     }
     // The producers keep shipping through the new group.
     produce(&c, "alice", "wip", true);
     produce(&c, "producer", "new-1", true);
-    wait_for(
-        &c,
+    c.wait_for(
         SHIPPER_UNIT,
         "wip and new-1 shipped after the migration",
         Duration::from_secs(20),
@@ -650,7 +590,7 @@ fn receiver_installer_under_systemd() {
             "644 root root",
         ),
     ] {
-        assert_eq!(stat(&c, path), want, "{path}\n{out}");
+        assert_eq!(c.stat(path), want, "{path}\n{out}");
     }
     let repo = repo_root();
     for (inside, example) in [
@@ -676,19 +616,16 @@ fn receiver_installer_under_systemd() {
     // The operator's part. The container shares the host's network, so the
     // receiver listens on the host's 127.0.0.1.
     let (port, ops_port) = (free_port(), free_port());
-    put_private(&c, "/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
-    put_private(
-        &c,
+    c.put_private("/etc/labship/ca.pem", env.pki.ca_pem.as_bytes());
+    c.put_private(
         "/etc/labship/receiver.pem",
         env.pki.server.cert_pem.as_bytes(),
     );
-    put_private(
-        &c,
+    c.put_private(
         "/etc/labship/receiver.key",
         env.pki.server.key_pem.as_bytes(),
     );
-    put_private(
-        &c,
+    c.put_private(
         "/etc/labship/allowed-commits",
         format!("# accepted\n{GOOD_COMMIT}\n").as_bytes(),
     );
@@ -698,9 +635,8 @@ fn receiver_installer_under_systemd() {
          [storage]\ndir = \"/var/lib/labship-receiver/episodes\"\n\n\
          [ops]\nlisten = \"127.0.0.1:{ops_port}\"\n"
     );
-    put_private(&c, "/etc/labship/receiver.toml", config.as_bytes());
-    expect_ok(
-        &c,
+    c.put_private("/etc/labship/receiver.toml", config.as_bytes());
+    c.expect_ok(
         RECEIVER_UNIT,
         "systemctl enable --now",
         &c.exec(&["systemctl", "enable", "--now", RECEIVER_UNIT]),
@@ -754,12 +690,12 @@ fn receiver_installer_under_systemd() {
     );
     let archive = format!("/var/lib/labship-receiver/episodes/{HOST}/ep-1.tar.zst");
     assert_eq!(
-        stat(&c, &archive),
+        c.stat(&archive),
         "640 labship labship",
         "UMask=0027 for archives"
     );
     assert_eq!(
-        stat(&c, "/var/lib/labship-receiver/audit.jsonl"),
+        c.stat("/var/lib/labship-receiver/audit.jsonl"),
         "640 labship labship"
     );
 
