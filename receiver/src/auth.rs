@@ -19,6 +19,8 @@ pub struct ConnInfo {
     /// `Some(Ok(host))` for a verified client certificate, `Some(Err(why))` when
     /// one was verified but names no usable host, `None` without one.
     pub cert_host: Option<Result<String, String>>,
+    /// The verified client certificate's notAfter, Unix seconds.
+    pub cert_not_after: Option<i64>,
 }
 
 /// How a request was authenticated (recorded in manifests and the audit log).

@@ -8,9 +8,12 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod expiry;
+pub mod fleet;
 pub mod gate;
 pub mod ingest;
 pub mod metrics;
+pub mod ops;
 mod pace;
 pub mod routes;
 pub mod s3;
@@ -150,6 +153,9 @@ impl Receiver {
             )
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
+        if let Some(live) = &tls {
+            metrics.server_cert_expiry.set(live.server_not_after());
+        }
         let state = Arc::new(AppState {
             gate: Arc::new(gate),
             tokens: RwLock::new(Arc::new(tokens)),
@@ -191,7 +197,9 @@ impl Receiver {
             shutdown.clone(),
         ));
         let watchdog = tokio::spawn(server::watchdog_loop(state.clone(), shutdown.clone()));
-        let ops = tokio::spawn(server::ops_loop(ops, state.clone(), shutdown.clone()));
+        // The ops listener outlives the drain, so /readyz can say so.
+        let (ops_stop, ops_stopped) = watch::channel(false);
+        let ops = tokio::spawn(ops::serve(ops, state.clone(), ops_stopped));
         let api_addr = api.local_addr().ok();
         tracing::info!(
             listen = ?api_addr,
@@ -227,6 +235,7 @@ impl Receiver {
         // Requests still running after the drain are cut when this returns:
         // abort their multipart uploads rather than leave parts in the bucket.
         state.store.stop_uploads(STOP_UPLOADS_WAIT).await;
+        let _ = ops_stop.send(true);
         // The ops listener has no header timeout; do not let a stuck local
         // client hold up the exit.
         if tokio::time::timeout(server::DRAIN_TIMEOUT, ops)
@@ -265,6 +274,7 @@ async fn reload_loop(
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
+                state.metrics.gate_reload_failures.inc();
                 tracing::error!(error = %e, kept = state.gate.snapshot().len(), "gate file rejected; keeping the last good set")
             }
             Err(e) => tracing::error!(error = %e, "gate reload task failed"),
@@ -276,24 +286,35 @@ async fn reload_loop(
                     *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
                 }
                 Err(e) => {
+                    state.metrics.tokens_reload_failures.inc();
                     tracing::error!(error = %e, "tokens file rejected; keeping the previous table")
                 }
             }
         }
         if forced && let Some(live) = &tls {
-            let live = live.clone();
-            match tokio::task::spawn_blocking(move || live.reload()).await {
+            let reloading = live.clone();
+            match tokio::task::spawn_blocking(move || reloading.reload()).await {
                 Ok(Ok(warnings)) => {
+                    state
+                        .metrics
+                        .server_cert_expiry
+                        .set(live.server_not_after());
                     tracing::info!("tls material reloaded");
                     for w in &warnings {
                         tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
                     }
                 }
-                Ok(Err(e)) => tracing::error!(
-                    error = %e,
-                    "tls material rejected; new handshakes keep the previous certificate, key, client CA and CRLs"
-                ),
-                Err(e) => tracing::error!(error = %e, "tls reload task failed"),
+                Ok(Err(e)) => {
+                    state.metrics.tls_reload_failures.inc();
+                    tracing::error!(
+                        error = %e,
+                        "tls material rejected; new handshakes keep the previous certificate, key, client CA and CRLs"
+                    )
+                }
+                Err(e) => {
+                    state.metrics.tls_reload_failures.inc();
+                    tracing::error!(error = %e, "tls reload task failed")
+                }
             }
         }
     }

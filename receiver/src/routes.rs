@@ -1,6 +1,5 @@
 //! The HTTP API of CONTRACT §4: `POST /v1/ping`, `HEAD` and `PUT
-//! /v1/episodes/{host_id}/{episode_id}`, and the ops routes `/healthz`,
-//! `/metrics`.
+//! /v1/episodes/{host_id}/{episode_id}` (the ops routes are in `ops`).
 //!
 //! A PUT is decided in two phases. From the headers alone: identity (401/403),
 //! ids (400), stamp and digest headers (400), declared size (413), the gate
@@ -23,7 +22,7 @@ use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{post, put};
 use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
 use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest, StoredBody};
 use serde_json::json;
@@ -68,27 +67,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The ops router (plain HTTP, loopback by default).
-pub fn ops_app(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-}
-
 async fn count_requests(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -123,6 +101,7 @@ fn authenticate(
     let fallback = ConnInfo {
         peer: ([0, 0, 0, 0], 0).into(),
         cert_host: None,
+        cert_not_after: None,
     };
     let tokens = state
         .tokens
@@ -132,8 +111,14 @@ fn authenticate(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    auth::identify(conn.unwrap_or(&fallback), authorization, &tokens)
-        .map_err(|why| ApiError::new(ErrorCode::Unauthenticated, why))
+    let conn = conn.unwrap_or(&fallback);
+    let identity = auth::identify(conn, authorization, &tokens)
+        .map_err(|why| ApiError::new(ErrorCode::Unauthenticated, why))?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    crate::fleet::seen(&state.metrics, &identity, conn, user_agent);
+    Ok(identity)
 }
 
 /// Identity, host match and id validation, shared by HEAD and PUT.
@@ -296,6 +281,9 @@ async fn put_decided(
         peer: peer.clone(),
         auth: facts.identity.as_ref().map(|i| i.method),
     });
+    let stored = (status == StatusCode::CREATED).then_some(facts.bytes);
+    let code = error.map(|e| e.code.as_str());
+    crate::fleet::put_answered(&state.metrics, host, status.as_u16(), code, stored);
     match error {
         None => {
             tracing::info!(host, episode = %episode_raw, status = status.as_u16(), bytes = facts.bytes, duration_ms, "put")

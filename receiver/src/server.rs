@@ -241,19 +241,24 @@ impl Connection {
                     ConnInfo {
                         peer,
                         cert_host: None,
+                        cert_not_after: None,
                     },
                 )
                 .await;
             }
             Some(live) => {
                 if let Some(stream) = self.handshake(&live, tcp, peer).await {
-                    let cert_host = stream
+                    let cert = stream
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .map(tls::host_from_certificate);
-                    self.http(stream, ConnInfo { peer, cert_host }).await;
+                        .and_then(|certs| certs.first());
+                    let info = ConnInfo {
+                        peer,
+                        cert_host: cert.map(tls::host_from_certificate),
+                        cert_not_after: cert.and_then(crate::expiry::not_after),
+                    };
+                    self.http(stream, info).await;
                 }
             }
         }
@@ -270,6 +275,7 @@ impl Connection {
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let metrics = &self.state.metrics;
         let now = Instant::now();
         let done_by = now + self.limits.handshake;
         let hello_by = (now + self.limits.client_hello).min(done_by);
@@ -277,10 +283,15 @@ impl Connection {
         let start = match tokio::time::timeout_at(hello_by, hello).await {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
+                // A bare connect-and-close (a port probe) is no handshake.
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    metrics.handshake_failed(tls::failure_reason(&e));
+                }
                 tracing::debug!(%peer, error = %e, "no usable tls client hello");
                 return None;
             }
             Err(_) => {
+                metrics.handshake_failed("timeout");
                 tracing::debug!(%peer, "no tls client hello within limits.client_hello_timeout_s");
                 return None;
             }
@@ -290,6 +301,7 @@ impl Connection {
         match result {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
+                metrics.handshake_failed(tls::failure_reason(&e));
                 match tls::refusal_reason(&e) {
                     Some(reason) => tracing::warn!(
                         %peer,
@@ -304,6 +316,7 @@ impl Connection {
                 None
             }
             Err(_) => {
+                metrics.handshake_failed("timeout");
                 tracing::debug!(%peer, "tls handshake timed out");
                 None
             }
@@ -326,24 +339,6 @@ impl Connection {
         if let Err(e) = self.watcher.watch(connection).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
-    }
-}
-
-/// Serves `/healthz` and `/metrics` until shutdown.
-pub(crate) async fn ops_loop(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = routes::ops_app(state.metrics.clone());
-    let stop = async move {
-        let _ = shutdown.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "ops listener failed");
     }
 }
 

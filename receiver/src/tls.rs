@@ -9,6 +9,7 @@
 //! that `server` can log it beside the peer address.
 
 use crate::config::{ConfigError, TlsFiles};
+use crate::expiry::{check_expiry, not_after};
 use rustls::RootCertStore;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
@@ -17,6 +18,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 fn load_certs(
@@ -135,6 +137,8 @@ fn check_crl_coverage(
 pub struct Loaded {
     pub config: Arc<rustls::ServerConfig>,
     pub warnings: Vec<ConfigError>,
+    /// The server certificate's notAfter, Unix seconds.
+    pub server_not_after: Option<i64>,
 }
 
 /// Builds the rustls server config from the configured files.
@@ -161,11 +165,21 @@ pub fn server_config(
         )
     })?;
     let mut warnings = Vec::new();
+    warnings.extend(check_expiry(
+        config,
+        "tls.cert_file",
+        &files.cert_file,
+        &chain[0],
+    )?);
+    let server_not_after = not_after(&chain[0]);
     let builder = rustls::ServerConfig::builder();
     let builder = match &files.client_ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             let cas = load_certs(config, "tls.client_ca_file", ca)?;
+            for cert in &cas {
+                warnings.extend(check_expiry(config, "tls.client_ca_file", ca, cert)?);
+            }
             for cert in &cas {
                 roots.add(cert.clone()).map_err(|e| {
                     ConfigError::new(
@@ -207,6 +221,7 @@ pub fn server_config(
     Ok(Loaded {
         config: Arc::new(server),
         warnings,
+        server_not_after,
     })
 }
 
@@ -219,6 +234,8 @@ pub struct LiveTls {
     config_file: PathBuf,
     tokens_enabled: bool,
     current: RwLock<Arc<rustls::ServerConfig>>,
+    /// The notAfter of the server certificate in force (0: unreadable).
+    server_not_after: AtomicI64,
 }
 
 impl LiveTls {
@@ -234,6 +251,7 @@ impl LiveTls {
                 config_file: config_file.to_owned(),
                 tokens_enabled,
                 current: RwLock::new(loaded.config),
+                server_not_after: AtomicI64::new(loaded.server_not_after.unwrap_or(0)),
             },
             loaded.warnings,
         ))
@@ -271,7 +289,14 @@ impl LiveTls {
         }
         let loaded = server_config(&self.config_file, &files, self.tokens_enabled)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded.config;
+        self.server_not_after
+            .store(loaded.server_not_after.unwrap_or(0), Ordering::Relaxed);
         Ok(loaded.warnings)
+    }
+
+    /// The notAfter of the server certificate in force, Unix seconds.
+    pub fn server_not_after(&self) -> i64 {
+        self.server_not_after.load(Ordering::Relaxed)
     }
 }
 
@@ -383,6 +408,35 @@ pub fn refusal_reason(e: &std::io::Error) -> Option<&'static str> {
         },
         _ => return None,
     })
+}
+
+/// The bounded reason of a failed handshake for
+/// `labship_tls_handshake_failures_total{reason}` (see
+/// [`crate::metrics::HANDSHAKE_FAILURE_REASONS`]).
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::InvalidData => "protocol",
+            _ => "other",
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_cert",
+        rustls::Error::InvalidCertificate(C::Revoked) => "revoked",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
+            "bad_certificate"
+        }
+        rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InvalidMessage(_)
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::NoApplicationProtocol
+        | rustls::Error::AlertReceived(_) => "protocol",
+        _ => "other",
+    }
 }
 
 /// The host id a verified client certificate names

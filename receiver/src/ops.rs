@@ -1,0 +1,219 @@
+//! The ops listener (plain HTTP, loopback by default; CONTRACT §4, §11):
+//! `/healthz` (the process is alive), `/readyz` (it can take uploads: the
+//! store is writable, the gate is loaded, it is not draining; else 503
+//! naming why) and `/metrics`.
+//!
+//! `/metrics` answers in the format the scraper asks for: OpenMetrics text
+//! (what prometheus_client writes) when the `Accept` header names
+//! `application/openmetrics-text`, as Prometheus itself does; otherwise the
+//! classic text format 0.0.4 that older tools and `promtool check metrics`
+//! read. Each with its own Content-Type.
+//!
+//! The listener serves on through the drain (so `/readyz` can say
+//! `draining`) and stops when the caller's `stop` turns true.
+
+use crate::routes::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a store probe's verdict is reused: a scraper or a load balancer
+/// polling `/readyz` must not turn into a stream of fsyncs.
+const PROBE_TTL: Duration = Duration::from_secs(2);
+/// A store that does not answer within this is not ready (a hung disk).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Ops {
+    state: Arc<AppState>,
+    /// The last store probe: when, and its verdict.
+    probe: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// The ops router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let ops = Arc::new(Ops {
+        state,
+        probe: Mutex::new(None),
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ops)
+}
+
+/// Serves the ops router until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app(state))
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "ops listener failed");
+    }
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    match ops.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+impl Ops {
+    async fn ready(&self) -> Result<(), String> {
+        if self.state.shutting_down.load(Ordering::SeqCst) {
+            return Err("draining".into());
+        }
+        if self.state.gate.snapshot().is_empty() {
+            return Err("gate not loaded (gate.allowed_commits_file)".into());
+        }
+        let mut last = self.probe.lock().await;
+        if let Some((at, verdict)) = last.as_ref()
+            && at.elapsed() < PROBE_TTL
+        {
+            return verdict.clone();
+        }
+        let verdict = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_store()).await {
+            Ok(v) => v,
+            Err(_) => Err(format!(
+                "store probe hung for {} s",
+                PROBE_TIMEOUT.as_secs()
+            )),
+        };
+        if let Err(why) = &verdict {
+            tracing::warn!(why, "not ready");
+        }
+        *last = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    /// A real write: a small file created, fsynced and removed in the
+    /// store's scratch dir (the S3 store's local spool), and for S3 a HEAD
+    /// of a key no upload uses.
+    async fn probe_store(&self) -> Result<(), String> {
+        let scratch = self.state.store.scratch_dir();
+        let dir = scratch.clone();
+        tokio::task::spawn_blocking(move || write_probe(&dir))
+            .await
+            .map_err(|e| format!("store probe task failed: {e}"))?
+            .map_err(|e| format!("store not writable: {}: {e}", scratch.display()))?;
+        if let crate::store::Store::S3(_) = &self.state.store {
+            self.state
+                .store
+                .head("labship-readyz", "probe")
+                .await
+                .map_err(|e| format!("object store unavailable: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_probe(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .prefix(".readyz-")
+        .tempfile_in(dir)?;
+    f.write_all(b"ready\n")?;
+    f.as_file().sync_all()?;
+    f.close()
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = ops.state.metrics.render();
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text)
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC_TEXT)], classic(&text))
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format 0.0.4: counters
+/// are named with their `_total` in HELP and TYPE, `_created` samples,
+/// `# UNIT` and `# EOF` go, `info` becomes a gauge named `_info` and
+/// `unknown` is `untyped`.
+pub fn classic(openmetrics: &str) -> String {
+    let kinds: HashMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let renamed = |name: &str| match kinds.get(name) {
+        Some(&"counter") => format!("{name}_total"),
+        Some(&"info") => format!("{name}_info"),
+        _ => name.to_owned(),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+        } else if line.starts_with('#') {
+            // # UNIT, # EOF: not in the classic format.
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let created = name
+                .strip_suffix("_created")
+                .is_some_and(|base| kinds.get(base) == Some(&"counter"));
+            if !created {
+                // An exemplar (` # {…}`) has no classic form.
+                out.push_str(line.split(" # ").next().unwrap_or(line));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total_and_drops_what_it_lacks() {
+        let om = "# HELP labship_uploads PUT answers.\n# TYPE labship_uploads counter\n\
+                  labship_uploads_total{status=\"201\",error=\"\"} 2\n\
+                  labship_uploads_created{status=\"201\",error=\"\"} 1.5\n\
+                  # HELP labship_up Up.\n# TYPE labship_up gauge\n# UNIT labship_up seconds\nlabship_up 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP labship_uploads_total PUT answers.\n# TYPE labship_uploads_total counter\n\
+             labship_uploads_total{status=\"201\",error=\"\"} 2\n\
+             # HELP labship_up Up.\n# TYPE labship_up gauge\nlabship_up 1\n"
+        );
+    }
+}
