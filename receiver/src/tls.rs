@@ -42,6 +42,15 @@ fn load_certs(
             format!("{} holds no PEM certificate", path.display()),
         ));
     }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert).map_err(|e| {
+            ConfigError::new(
+                config,
+                key,
+                format!("{}: unparsable certificate: {e}", path.display()),
+            )
+        })?;
+    }
     Ok(certs)
 }
 

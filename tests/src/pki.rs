@@ -103,6 +103,25 @@ impl Pki {
         pki
     }
 
+    /// Another server certificate for 127.0.0.1 and localhost from this CA
+    /// (a renewal), written as `<name>.pem`/`<name>.key`, valid until the
+    /// date `(year, month, day)` (from 2020-01-01).
+    pub fn server_until(&self, name: &str, not_after: (i32, u8, u8)) -> Issued {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "labship-receiver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        let (y, m, d) = not_after;
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        self.sign(name, params)
+    }
+
     fn sign(&self, name: &str, mut params: CertificateParams) -> Issued {
         let serial = self
             .next_serial

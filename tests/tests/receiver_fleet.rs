@@ -1,0 +1,667 @@
+//! Issue 19, the receiver side (CONTRACT §11), against the real binary with
+//! real TLS: every contract metric after real traffic, with its value
+//! (counts, bytes, a host's last-stored time, its client certificate's
+//! expiry, its shipper's version from the User-Agent), the exposition
+//! accepted by `promtool check metrics` and served with the Content-Type of
+//! its format; `/readyz` on a read-only store and while draining;
+//! certificate rotation on SIGHUP seen by a real TLS client (and a broken
+//! file keeping the certificate in force, counted); `--check-config`'s
+//! expiry warning and error.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use labship_tests::episode::{RawTar, digest_header, noise};
+use labship_tests::pki::{Issued, Variant};
+use labship_tests::process::{Receiver, ReceiverOpts, free_port, run};
+use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+const HOST: &str = "lab-01";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn archive(id: &str, random: usize) -> Vec<u8> {
+    RawTar::new()
+        .dir(&format!("{id}/"))
+        .file(&format!("{id}/data"), &noise(random, id.len() as u64))
+        .meta(id, GOOD_COMMIT)
+        .finish_zst()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Unix seconds of an RFC 3339 time.
+fn unix(rfc3339: &str) -> f64 {
+    humantime::parse_rfc3339(rfc3339)
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The calendar day `days` from now, `YYYY-MM-DD` (what [`Variant::ExpiresSoon`]
+/// and [`labship_tests::pki::Pki::server_until`] put at 00:00 UTC).
+fn day_in(days: u64) -> String {
+    let t = SystemTime::now() + Duration::from_secs(days * 86_400);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
+}
+
+/// PUT `body` as `host/id` stamped `commit` with `user_agent`; the status.
+async fn put(
+    c: &reqwest::Client,
+    r: &Receiver,
+    host: &str,
+    id: &str,
+    commit: &str,
+    body: &[u8],
+    user_agent: &str,
+) -> u16 {
+    c.put(format!("{}/v1/episodes/{host}/{id}", r.url))
+        .header("X-Labship-Commit", commit)
+        .header("Content-Digest", digest_header(body))
+        .header("User-Agent", user_agent)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A GET on the ops listener with an optional `Accept`: (status,
+/// Content-Type, body).
+fn ops_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+    })
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    sample(metrics, series).unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+/// The classic text exposition (no Accept), checking its Content-Type.
+fn scrape(r: &Receiver) -> String {
+    let (status, content_type, body) = ops_get(r.ops_addr, "/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(content_type, CLASSIC);
+    body
+}
+
+async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `promtool check metrics` on `text`: (success, its output).
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/lib/test-deps.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn every_contract_metric_is_exposed_with_its_value_after_real_traffic() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let soon = env.pki.client_variant(HOST, Variant::ExpiresSoon);
+    let c = env.client(Some(&soon));
+    let (a, b) = (archive("ep-a", 3000), archive("ep-b", 70_000));
+    let ua = "labship-shipper/9.8.7 (0123456789ab)";
+    let before = unix_now().floor();
+    assert_eq!(put(&c, &r, HOST, "ep-a", GOOD_COMMIT, &a, ua).await, 201);
+    assert_eq!(put(&c, &r, HOST, "ep-b", GOOD_COMMIT, &b, ua).await, 201);
+    assert_eq!(put(&c, &r, HOST, "ep-a", GOOD_COMMIT, &a, ua).await, 200);
+    let old = archive("ep-old", 10);
+    assert_eq!(put(&c, &r, HOST, "ep-old", OLD_COMMIT, &old, ua).await, 412);
+    let after = unix_now().ceil();
+    // Refused handshakes: no client certificate, one from a rogue CA.
+    let ping = format!("{}/v1/ping", r.url);
+    assert!(env.client(None).post(&ping).send().await.is_err());
+    let rogue = env.client(Some(&env.pki.rogue_client("lab-09")));
+    assert!(rogue.post(&ping).send().await.is_err());
+    // Another host, whose client is not a labship shipper.
+    let other = env.client(Some(&env.pki.client("lab-02")));
+    let pong = other
+        .post(&ping)
+        .header("User-Agent", "curl/8.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pong.status(), 200);
+
+    let m = scrape(&r);
+    let uploads = |status: &str, error: &str| {
+        value(
+            &m,
+            &format!("labship_uploads_total{{status=\"{status}\",error=\"{error}\"}}"),
+        )
+    };
+    assert_eq!(uploads("201", ""), 2.0);
+    assert_eq!(uploads("200", ""), 1.0);
+    assert_eq!(uploads("412", "commit_out_of_window"), 1.0);
+    let stored = (a.len() + b.len()) as f64;
+    assert_eq!(value(&m, "labship_upload_bytes_total"), stored);
+    assert_eq!(value(&m, "labship_archive_size_bytes_count"), 2.0);
+    assert_eq!(value(&m, "labship_archive_size_bytes_sum"), stored);
+    assert!(sample(&m, "labship_upload_duration_seconds_count").unwrap() >= 2.0);
+    let last = value(
+        &m,
+        "labship_host_last_stored_timestamp_seconds{host_id=\"lab-01\"}",
+    );
+    assert!(
+        (before..=after).contains(&last),
+        "{before} <= {last} <= {after}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "labship_host_last_stored_timestamp_seconds{host_id=\"lab-02\"}"
+        ),
+        None,
+        "lab-02 stored nothing"
+    );
+    // The client certificate's notAfter: 00:00 UTC five days from now.
+    assert_eq!(
+        value(
+            &m,
+            "labship_host_client_cert_expiry_timestamp_seconds{host_id=\"lab-01\"}"
+        ),
+        unix(&format!("{}T00:00:00Z", day_in(5)))
+    );
+    assert_eq!(
+        value(
+            &m,
+            "labship_host_shipper_info{host_id=\"lab-01\",version=\"9.8.7\",commit=\"0123456789ab\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "labship_host_shipper_info{host_id=\"lab-02\",version=\"unknown\",commit=\"unknown\"}"
+        ),
+        1.0
+    );
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("labship_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info:\n{m}"));
+    let prefix = format!(
+        "labship_build_info{{version=\"{}\",commit=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    let commit = build
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix("\"} 1"))
+        .unwrap_or_else(|| panic!("{build}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{build}"
+    );
+    for reason in [
+        "no_client_cert",
+        "bad_certificate",
+        "expired",
+        "revoked",
+        "protocol",
+        "timeout",
+        "other",
+    ] {
+        sample(
+            &m,
+            &format!("labship_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no handshake failure series for {reason}:\n{m}"));
+    }
+    let refused = |reason: &str| {
+        value(
+            &m,
+            &format!("labship_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(refused("no_client_cert") >= 1.0, "{m}");
+    assert!(refused("bad_certificate") >= 1.0, "{m}");
+    assert_eq!(refused("revoked"), 0.0);
+    assert_eq!(value(&m, "labship_gate_commits"), 1.0);
+    assert_eq!(value(&m, "labship_gate_reload_failures_total"), 0.0);
+    assert_eq!(value(&m, "labship_tls_reload_failures_total"), 0.0);
+    // The test PKI's server certificate: rcgen's default notAfter.
+    assert_eq!(
+        value(&m, "labship_server_cert_expiry_timestamp_seconds"),
+        unix("4096-01-01T00:00:00Z")
+    );
+    assert_eq!(value(&m, "labship_partial_uploads"), 0.0);
+    // The metrics other suites read still exist.
+    assert_eq!(value(&m, "labship_uploads_in_flight"), 0.0);
+    assert!(m.contains("labship_requests_total{route=\"PUT /v1/episodes/{host_id}/{episode_id}\",status=\"201\"} 2"), "{m}");
+
+    let (ok, out) = promtool_check(&m);
+    assert!(
+        ok,
+        "promtool check metrics refused the exposition: {out}\n{m}"
+    );
+
+    // A new shipper version on lab-01 replaces its info series.
+    let newer = "labship-shipper/9.8.8 (unknown)";
+    let c_ep = archive("ep-c", 10);
+    assert_eq!(
+        put(&c, &r, HOST, "ep-c", GOOD_COMMIT, &c_ep, newer).await,
+        201
+    );
+    let m = scrape(&r);
+    let infos: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("labship_host_shipper_info{host_id=\"lab-01\""))
+        .collect();
+    assert_eq!(
+        infos,
+        ["labship_host_shipper_info{host_id=\"lab-01\",version=\"9.8.8\",commit=\"unknown\"} 1"]
+    );
+    assert_eq!(
+        value(&m, "labship_upload_bytes_total"),
+        stored + c_ep.len() as f64
+    );
+
+    // OpenMetrics for a scraper that asks for it.
+    let (status, content_type, om) = ops_get(
+        r.ops_addr,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(content_type, OPENMETRICS);
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE labship_uploads counter\n"), "{om}");
+    assert!(
+        om.contains("labship_uploads_total{status=\"201\",error=\"\"} 3\n"),
+        "{om}"
+    );
+}
+
+/// A store the receiver cannot write (a read-only bind mount in its own
+/// mount namespace: root is refused too) makes `/readyz` 503 naming why;
+/// writable again, 200. `/healthz` stays ok.
+#[tokio::test]
+async fn readyz_is_503_while_the_store_is_read_only() {
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "readyz_is_503_while_the_store_is_read_only",
+            "needs root (a read-only bind mount)",
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let store = env.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let script = format!("mount --bind {store:?} {store:?} && exec \"$0\" \"$@\"");
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            wrapper: Some(
+                [
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            store: Some(store.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        ops_get(r.ops_addr, "/readyz", None),
+        (200, "text/plain; charset=utf-8".into(), "ready\n".into())
+    );
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("nsenter")
+            .args(["-t", &r.child.id().to_string(), "-m", "mount", "-o"])
+            .arg(format!("remount,bind,{mode}"))
+            .arg(&store)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let mut last = String::new();
+    wait_until("readyz 503", Duration::from_secs(10), || {
+        let (status, _, body) = ops_get(r.ops_addr, "/readyz", None);
+        last = body;
+        status == 503
+    })
+    .await;
+    let scratch = store.join(".scratch");
+    assert!(
+        last.starts_with("not ready: store not writable: ")
+            && last.contains(scratch.to_str().unwrap())
+            && last.contains("Read-only file system"),
+        "{last}"
+    );
+    let (status, _, body) = ops_get(r.ops_addr, "/healthz", None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    remount("rw");
+    wait_until("readyz 200 again", Duration::from_secs(10), || {
+        ops_get(r.ops_addr, "/readyz", None).0 == 200
+    })
+    .await;
+    assert!(r.log_text().contains("not ready"), "{}", r.log_text());
+}
+
+/// SIGTERM with an upload in flight: `/readyz` says draining (503) while the
+/// upload finishes, then the receiver exits 0.
+#[tokio::test]
+async fn readyz_is_503_while_draining() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let (status, _, body) = ops_get(r.ops_addr, "/readyz", None);
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let full = archive("ep", 1_000_000);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    let req = c
+        .put(format!("{}/v1/episodes/{HOST}/ep", r.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", digest_header(&full))
+        .body(reqwest::Body::wrap_stream(stream));
+    let task = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    tx.send(full[..500_000].to_vec()).await.unwrap();
+    wait_until("upload in flight", Duration::from_secs(10), || {
+        !r.scratch().is_empty()
+    })
+    .await;
+    r.signal(15);
+    wait_until("readyz 503 draining", Duration::from_secs(5), || {
+        ops_get(r.ops_addr, "/readyz", None)
+            == (
+                503,
+                "text/plain; charset=utf-8".into(),
+                "not ready: draining\n".into(),
+            )
+    })
+    .await;
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "exited before the drain"
+    );
+    tx.send(full[500_000..].to_vec()).await.unwrap();
+    drop(tx);
+    assert_eq!(task.await.unwrap().unwrap(), 201);
+    let status = r
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the drain");
+    assert!(status.success(), "{status}");
+}
+
+/// The DER of the certificate the receiver at `addr` serves, as a real TLS
+/// client (presenting `id`) sees it.
+fn served_certificate(env: &TestEnv, addr: SocketAddr, id: &Issued) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(env.pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let certs = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Writes `text` to `path` atomically (as an operator's `mv` would).
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Sends SIGHUP and waits for the receiver to log `needle` once more.
+async fn sighup(r: &Receiver, needle: &str) {
+    let before = r.log_text().matches(needle).count();
+    r.signal(1);
+    wait_until(needle, Duration::from_secs(10), || {
+        r.log_text().matches(needle).count() > before
+    })
+    .await;
+}
+
+/// Certificate rotation without a restart: a renewed server certificate and
+/// key put in place, then SIGHUP, and a real TLS client is served the new
+/// one by the same process; a broken certificate file, or an expired one,
+/// is refused on the next SIGHUP, counted, and the renewed one stays.
+#[tokio::test]
+async fn sighup_serves_a_renewed_server_certificate_and_keeps_it_over_a_broken_file() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let id = env.pki.client(HOST);
+    assert_eq!(
+        served_certificate(&env, r.addr, &id),
+        der(&env.pki.server.cert_pem)
+    );
+    let renewed = env.pki.server_until("renewed", (2031, 6, 1));
+    replace(&env.pki.server.cert_file, &renewed.cert_pem);
+    replace(&env.pki.server.key_file, &renewed.key_pem);
+    sighup(&r, "tls material reloaded").await;
+    assert_eq!(
+        served_certificate(&env, r.addr, &id),
+        der(&renewed.cert_pem)
+    );
+    assert!(r.child.try_wait().unwrap().is_none(), "no restart");
+    let m = scrape(&r);
+    assert_eq!(
+        value(&m, "labship_server_cert_expiry_timestamp_seconds"),
+        unix("2031-06-01T00:00:00Z")
+    );
+    let c = env.client(Some(&id));
+    let pong = c.post(format!("{}/v1/ping", r.url)).send().await.unwrap();
+    assert_eq!(pong.status(), 200);
+
+    // A truncated certificate file: refused, counted, the renewed one stays.
+    replace(
+        &env.pki.server.cert_file,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    );
+    sighup(&r, "tls material rejected").await;
+    let log = r.log_text();
+    let rejected = log
+        .lines()
+        .rfind(|l| l.contains("tls material rejected"))
+        .unwrap();
+    assert!(
+        rejected.contains("tls.cert_file")
+            && rejected.contains(env.pki.server.cert_file.to_str().unwrap()),
+        "{rejected}"
+    );
+    assert_eq!(
+        served_certificate(&env, r.addr, &id),
+        der(&renewed.cert_pem)
+    );
+    assert_eq!(value(&scrape(&r), "labship_tls_reload_failures_total"), 1.0);
+
+    // An expired certificate is refused the same way, naming its date.
+    let expired = env.pki.server_until("expired", (2021, 1, 1));
+    replace(&env.pki.server.cert_file, &expired.cert_pem);
+    replace(&env.pki.server.key_file, &expired.key_pem);
+    sighup(&r, "tls material rejected").await;
+    let log = r.log_text();
+    let rejected = log
+        .lines()
+        .rfind(|l| l.contains("tls material rejected"))
+        .unwrap();
+    assert!(
+        rejected.contains("expired on 2021-01-01T00:00:00Z"),
+        "{rejected}"
+    );
+    assert_eq!(
+        served_certificate(&env, r.addr, &id),
+        der(&renewed.cert_pem)
+    );
+    let m = scrape(&r);
+    assert_eq!(value(&m, "labship_tls_reload_failures_total"), 2.0);
+    assert_eq!(
+        value(&m, "labship_server_cert_expiry_timestamp_seconds"),
+        unix("2031-06-01T00:00:00Z")
+    );
+    r.signal(15);
+    assert!(r.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// A receiver.toml over `cert` (server certificate and key) and the test CA.
+fn config_with_server_cert(env: &TestEnv, name: &str, cert: &Issued) -> std::path::PathBuf {
+    let dir = env.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let allowed = dir.join("allowed");
+    std::fs::write(&allowed, format!("{GOOD_COMMIT}\n")).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n[storage]\ndir = {:?}\n[gate]\nallowed_commits_file = {allowed:?}\n[ops]\nlisten = \"127.0.0.1:{}\"\naudit_log = {:?}\n",
+        free_port(),
+        cert.cert_file,
+        cert.key_file,
+        env.pki.ca_file,
+        dir.join("store"),
+        free_port(),
+        dir.join("audit.jsonl"),
+    );
+    let path = dir.join("receiver.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `receiver --check-config`: a server certificate expiring within 14 days
+/// is a warning naming the file, the key and the date (exit 0); an expired
+/// one an error (exit 2).
+#[test]
+fn check_config_warns_of_a_certificate_expiring_within_14_days_and_refuses_an_expired_one() {
+    let env = TestEnv::new();
+    let day = day_in(5);
+    let ymd = |i: std::ops::Range<usize>| day[i].parse::<u32>().unwrap();
+    let soon = env.pki.server_until(
+        "soon",
+        (ymd(0..4) as i32, ymd(5..7) as u8, ymd(8..10) as u8),
+    );
+    let cfg = config_with_server_cert(&env, "soon", &soon);
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", cfg.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 warning(s)"), "{out}");
+    let warning = format!(
+        "receiver: warning: {}: tls.cert_file: {}: the certificate expires on {day}T00:00:00Z",
+        cfg.display(),
+        soon.cert_file.display()
+    );
+    assert!(err.contains(&warning), "{warning:?} not in:\n{err}");
+
+    let expired = env.pki.server_until("old", (2021, 1, 1));
+    let cfg = config_with_server_cert(&env, "old", &expired);
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", cfg.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    let error = format!(
+        "receiver: invalid configuration: {}: tls.cert_file: {}: the certificate expired on 2021-01-01T00:00:00Z",
+        cfg.display(),
+        expired.cert_file.display()
+    );
+    assert!(err.contains(&error), "{error:?} not in:\n{err}");
+    // A certificate good for longer: no warning.
+    let cfg = config_with_server_cert(&env, "good", &env.pki.server);
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", cfg.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+}
