@@ -5,8 +5,203 @@
 //! was stored.
 
 use crate::auth::{ConnInfo, Identity};
-use crate::metrics::{HostLabels, Metrics, ShipperInfoLabels, UploadLabels, VersionLabels};
+use crate::metrics::{Metrics, reg};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `labship_build_info`, and one host's `labship_host_shipper_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host_id: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShipperInfoLabels {
+    pub host_id: String,
+    pub version: String,
+    pub commit: String,
+}
+
+/// Every PUT answer: the status and the contract's error code (`""` for
+/// 200/201).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    pub status: u16,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The bounded set of `labship_tls_handshake_failures_total{reason}`, all
+/// exported from the start (at 0) so a rate is defined before the first one.
+pub const HANDSHAKE_FAILURE_REASONS: &[&str] = &[
+    "no_client_cert",
+    "bad_certificate",
+    "expired",
+    "revoked",
+    "protocol",
+    "timeout",
+    "other",
+];
+
+/// The metrics of CONTRACT §11 (with `labship_gate_commits`, which
+/// predates them, in [`Metrics`]).
+#[derive(Debug)]
+pub struct FleetMetrics {
+    pub build_info: Family<VersionLabels, Gauge>,
+    pub uploads: Family<UploadLabels, Counter>,
+    /// Bytes of archives stored (201).
+    pub upload_bytes: Counter,
+    /// Sizes of archives stored (201).
+    pub archive_bytes: Histogram,
+    pub host_last_stored: Family<HostLabels, Gauge>,
+    pub host_cert_expiry: Family<HostLabels, Gauge>,
+    pub host_shipper_info: Family<ShipperInfoLabels, Gauge>,
+    /// The version each host was last seen with, so that a new one replaces
+    /// its series (one host, one info series at 1).
+    pub(crate) shipper_seen: Mutex<HashMap<String, VersionLabels>>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub gate_reload_failures: Counter,
+    pub tls_reload_failures: Counter,
+    pub tokens_reload_failures: Counter,
+    pub server_cert_expiry: Gauge,
+    /// Resumable uploads (CONTRACT §9) held open: 0 until they land.
+    pub partial_uploads: Gauge,
+}
+
+impl FleetMetrics {
+    pub(crate) fn register(r: &mut Registry) -> Self {
+        Self {
+            build_info: reg(
+                r,
+                "build_info",
+                "The receiver's version and the git commit it was built from (always 1)",
+                Family::default(),
+            ),
+            uploads: reg(
+                r,
+                "uploads",
+                "PUT answers by status and error code (\"\" for 200 and 201)",
+                Family::default(),
+            ),
+            upload_bytes: reg(
+                r,
+                "upload_bytes",
+                "Bytes of archives stored (201)",
+                Counter::default(),
+            ),
+            archive_bytes: reg(
+                r,
+                "archive_size_bytes",
+                "Sizes of archives stored (201)",
+                // 4 KiB .. 128 GiB.
+                Histogram::new(exponential_buckets(4096.0, 4.0, 13)),
+            ),
+            host_last_stored: reg(
+                r,
+                "host_last_stored_timestamp_seconds",
+                "When the host's last archive was stored (201), Unix seconds",
+                Family::default(),
+            ),
+            host_cert_expiry: reg(
+                r,
+                "host_client_cert_expiry_timestamp_seconds",
+                "notAfter of the client certificate the host last authenticated with, Unix seconds",
+                Family::default(),
+            ),
+            host_shipper_info: reg(
+                r,
+                "host_shipper_info",
+                "The shipper version and commit a host last sent in its User-Agent (1; unknown when absent)",
+                Family::default(),
+            ),
+            shipper_seen: Mutex::new(HashMap::new()),
+            tls_handshake_failures: reg(
+                r,
+                "tls_handshake_failures",
+                "TLS handshakes that failed, by reason",
+                Family::default(),
+            ),
+            gate_reload_failures: reg(
+                r,
+                "gate_reload_failures",
+                "Gate file re-reads rejected (the last good set is kept)",
+                Counter::default(),
+            ),
+            tls_reload_failures: reg(
+                r,
+                "tls_reload_failures",
+                "SIGHUP reloads of the TLS certificate, key, client CA or CRLs rejected (the material in force is kept)",
+                Counter::default(),
+            ),
+            tokens_reload_failures: reg(
+                r,
+                "tokens_reload_failures",
+                "SIGHUP reloads of auth.tokens_file rejected (the previous table is kept)",
+                Counter::default(),
+            ),
+            server_cert_expiry: reg(
+                r,
+                "server_cert_expiry_timestamp_seconds",
+                "notAfter of the server certificate in force, Unix seconds",
+                Gauge::default(),
+            ),
+            partial_uploads: reg(
+                r,
+                "partial_uploads",
+                "Resumable uploads held open (always 0 until resumable uploads exist)",
+                Gauge::default(),
+            ),
+        }
+        .initialized()
+    }
+
+    /// `labship_build_info` at 1, and every handshake failure reason at 0.
+    fn initialized(self) -> Self {
+        let (version, commit) = build_info();
+        self.build_info
+            .get_or_create(&VersionLabels {
+                version: version.to_owned(),
+                commit: commit.to_owned(),
+            })
+            .set(1);
+        for reason in HANDSHAKE_FAILURE_REASONS {
+            let _zero = self
+                .tls_handshake_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
+        self
+    }
+
+    /// Counts a handshake failure; `reason` outside
+    /// [`HANDSHAKE_FAILURE_REASONS`] counts as `other`.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        let reason = if HANDSHAKE_FAILURE_REASONS.contains(&reason) {
+            reason
+        } else {
+            "other"
+        };
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
 
 /// The receiver's version and the git commit it was built from (`unknown`
 /// when the build did not say: `LABSHIP_COMMIT` is set by the build script).
@@ -56,10 +251,11 @@ pub fn shipper_version(user_agent: Option<&str>) -> VersionLabels {
 /// expiry.
 pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent: Option<&str>) {
     let host = &identity.host_id;
+    let fleet = &metrics.fleet;
     if identity.method == "certificate"
         && let Some(not_after) = conn.cert_not_after
     {
-        metrics
+        fleet
             .host_cert_expiry
             .get_or_create(&HostLabels {
                 host_id: host.clone(),
@@ -67,22 +263,19 @@ pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent:
             .set(not_after);
     }
     let now = shipper_version(user_agent);
-    let mut seen = metrics
-        .shipper_seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut seen = fleet.shipper_seen.lock().unwrap_or_else(|p| p.into_inner());
     let before = seen.insert(host.clone(), now.clone());
     if before.as_ref() == Some(&now) {
         return;
     }
     if let Some(old) = before {
-        metrics.host_shipper_info.remove(&ShipperInfoLabels {
+        fleet.host_shipper_info.remove(&ShipperInfoLabels {
             host_id: host.clone(),
             version: old.version,
             commit: old.commit,
         });
     }
-    metrics
+    fleet
         .host_shipper_info
         .get_or_create(&ShipperInfoLabels {
             host_id: host.clone(),
@@ -102,7 +295,8 @@ pub fn put_answered(
     error: Option<&str>,
     stored: Option<u64>,
 ) {
-    metrics
+    let fleet = &metrics.fleet;
+    fleet
         .uploads
         .get_or_create(&UploadLabels {
             status,
@@ -112,10 +306,10 @@ pub fn put_answered(
     let Some(bytes) = stored else {
         return;
     };
-    metrics.upload_bytes.inc_by(bytes);
-    metrics.archive_bytes.observe(bytes as f64);
+    fleet.upload_bytes.inc_by(bytes);
+    fleet.archive_bytes.observe(bytes as f64);
     if let Some(host) = host {
-        metrics
+        fleet
             .host_last_stored
             .get_or_create(&HostLabels {
                 host_id: host.to_owned(),

@@ -154,7 +154,10 @@ impl Receiver {
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
         if let Some(live) = &tls {
-            metrics.server_cert_expiry.set(live.server_not_after());
+            metrics
+                .fleet
+                .server_cert_expiry
+                .set(live.server_not_after());
         }
         let state = Arc::new(AppState {
             gate: Arc::new(gate),
@@ -274,7 +277,7 @@ async fn reload_loop(
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                state.metrics.gate_reload_failures.inc();
+                state.metrics.fleet.gate_reload_failures.inc();
                 tracing::error!(error = %e, kept = state.gate.snapshot().len(), "gate file rejected; keeping the last good set")
             }
             Err(e) => tracing::error!(error = %e, "gate reload task failed"),
@@ -286,7 +289,7 @@ async fn reload_loop(
                     *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
                 }
                 Err(e) => {
-                    state.metrics.tokens_reload_failures.inc();
+                    state.metrics.fleet.tokens_reload_failures.inc();
                     tracing::error!(error = %e, "tokens file rejected; keeping the previous table")
                 }
             }
@@ -295,24 +298,22 @@ async fn reload_loop(
             let reloading = live.clone();
             match tokio::task::spawn_blocking(move || reloading.reload()).await {
                 Ok(Ok(warnings)) => {
-                    state
-                        .metrics
-                        .server_cert_expiry
-                        .set(live.server_not_after());
+                    let expiry = &state.metrics.fleet.server_cert_expiry;
+                    expiry.set(live.server_not_after());
                     tracing::info!("tls material reloaded");
                     for w in &warnings {
                         tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
                     }
                 }
                 Ok(Err(e)) => {
-                    state.metrics.tls_reload_failures.inc();
+                    state.metrics.fleet.tls_reload_failures.inc();
                     tracing::error!(
                         error = %e,
                         "tls material rejected; new handshakes keep the previous certificate, key, client CA and CRLs"
                     )
                 }
                 Err(e) => {
-                    state.metrics.tls_reload_failures.inc();
+                    state.metrics.fleet.tls_reload_failures.inc();
                     tracing::error!(error = %e, "tls reload task failed")
                 }
             }

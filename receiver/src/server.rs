@@ -285,13 +285,13 @@ impl Connection {
             Ok(Err(e)) => {
                 // A bare connect-and-close (a port probe) is no handshake.
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    metrics.handshake_failed(tls::failure_reason(&e));
+                    metrics.fleet.handshake_failed(tls::failure_reason(&e));
                 }
                 tracing::debug!(%peer, error = %e, "no usable tls client hello");
                 return None;
             }
             Err(_) => {
-                metrics.handshake_failed("timeout");
+                metrics.fleet.handshake_failed("timeout");
                 tracing::debug!(%peer, "no tls client hello within limits.client_hello_timeout_s");
                 return None;
             }
@@ -301,7 +301,7 @@ impl Connection {
         match result {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
-                metrics.handshake_failed(tls::failure_reason(&e));
+                metrics.fleet.handshake_failed(tls::failure_reason(&e));
                 match tls::refusal_reason(&e) {
                     Some(reason) => tracing::warn!(
                         %peer,
@@ -316,7 +316,7 @@ impl Connection {
                 None
             }
             Err(_) => {
-                metrics.handshake_failed("timeout");
+                metrics.fleet.handshake_failed("timeout");
                 tracing::debug!(%peer, "tls handshake timed out");
                 None
             }
