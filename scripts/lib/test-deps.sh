@@ -7,7 +7,9 @@
 # - Debian packages: curl, openssl, unshare (util-linux), zstd, tar, GNU tar's
 #   and libarchive's readers (bsdtar) that the archive rules are held against,
 #   systemd-nspawn (a real systemd as PID 1 for the unit, install and package
-#   tests), lintian (the packages' check), python3's venv (for SeaweedFS).
+#   tests), lintian (the packages' check), python3's venv (for SeaweedFS),
+#   promtool (prometheus: `promtool check metrics` on the receiver's
+#   exposition), nsenter (util-linux: a read-only store for /readyz).
 # - cargo-deb, which scripts/build-debs.sh builds the packages with. Installing needs root; without it the
 #   missing names are printed and the tests that need them fail or say SKIP.
 # - SeaweedFS, a real S3 server for the scale-out suite (tests/src/s3.rs finds
@@ -20,7 +22,7 @@ test_deps() {
   local need=() tool
   for tool in curl:curl openssl:openssl unshare:util-linux zstd:zstd tar:tar \
     bsdtar:libarchive-tools python3:python3 systemd-nspawn:systemd-container \
-    lintian:lintian dpkg-deb:dpkg; do
+    lintian:lintian dpkg-deb:dpkg promtool:prometheus nsenter:util-linux; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
   done
   # python3 -m venv needs ensurepip, packaged apart on Debian.
