@@ -102,8 +102,14 @@ impl Ops {
                 PROBE_TIMEOUT.as_secs()
             )),
         };
-        if let Err(why) = &verdict {
-            tracing::warn!(why, "not ready");
+        // Logged when the verdict changes, not at every poll.
+        let before = last.as_ref().map(|(_, v)| v);
+        if before != Some(&verdict) {
+            match &verdict {
+                Err(why) => tracing::warn!(why, "not ready"),
+                Ok(()) if before.is_some() => tracing::info!("ready again"),
+                Ok(()) => {}
+            }
         }
         *last = Some((Instant::now(), verdict.clone()));
         verdict

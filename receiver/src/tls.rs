@@ -186,9 +186,19 @@ pub fn server_config(
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             let cas = load_certs(config, "tls.client_ca_file", ca)?;
+            // Every CA expired: no host can be verified (an error). One
+            // expired beside valid ones (a CA change under way): a warning.
+            let (mut expired, mut soon) = (Vec::new(), Vec::new());
             for cert in &cas {
-                warnings.extend(check_expiry(config, "tls.client_ca_file", ca, cert)?);
+                match check_expiry(config, "tls.client_ca_file", ca, cert) {
+                    Ok(w) => soon.extend(w),
+                    Err(e) => expired.push(e),
+                }
             }
+            if expired.len() == cas.len() {
+                return Err(expired.remove(0));
+            }
+            warnings.extend(expired.into_iter().chain(soon));
             for cert in &cas {
                 roots.add(cert.clone()).map_err(|e| {
                     ConfigError::new(

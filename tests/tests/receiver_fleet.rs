@@ -599,6 +599,11 @@ async fn sighup_serves_a_renewed_server_certificate_and_keeps_it_over_a_broken_f
 
 /// A receiver.toml over `cert` (server certificate and key) and the test CA.
 fn config_with_server_cert(env: &TestEnv, name: &str, cert: &Issued) -> std::path::PathBuf {
+    config_with(env, name, cert, &env.pki.ca_file)
+}
+
+/// A receiver.toml over `cert` and the client CA bundle `ca`.
+fn config_with(env: &TestEnv, name: &str, cert: &Issued, ca: &Path) -> std::path::PathBuf {
     let dir = env.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let allowed = dir.join("allowed");
@@ -608,7 +613,7 @@ fn config_with_server_cert(env: &TestEnv, name: &str, cert: &Issued) -> std::pat
         free_port(),
         cert.cert_file,
         cert.key_file,
-        env.pki.ca_file,
+        ca,
         dir.join("store"),
         free_port(),
         dir.join("audit.jsonl"),
@@ -657,6 +662,36 @@ fn check_config_warns_of_a_certificate_expiring_within_14_days_and_refuses_an_ex
         expired.cert_file.display()
     );
     assert!(err.contains(&error), "{error:?} not in:\n{err}");
+    // A client CA bundle holding an expired CA beside the valid one (a CA
+    // change under way): a warning; holding only expired CAs: an error.
+    let old_ca = expired_ca_pem();
+    let bundle = env.file("pki/bundle.pem");
+    std::fs::write(&bundle, format!("{old_ca}{}", env.pki.ca_pem)).unwrap();
+    let cfg = config_with(&env, "bundle", &env.pki.server, &bundle);
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", cfg.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("tls.client_ca_file")
+            && err.contains(bundle.to_str().unwrap())
+            && err.contains("expired on 2021-01-01T00:00:00Z"),
+        "{err}"
+    );
+    let only_old = env.file("pki/old-ca.pem");
+    std::fs::write(&only_old, &old_ca).unwrap();
+    let cfg = config_with(&env, "old-ca", &env.pki.server, &only_old);
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", cfg.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("tls.client_ca_file") && err.contains("expired on 2021-01-01T00:00:00Z"),
+        "{err}"
+    );
+
     // A certificate good for longer: no warning.
     let cfg = config_with_server_cert(&env, "good", &env.pki.server);
     let (code, out, err) = run(
@@ -813,4 +848,17 @@ async fn readyz_on_s3_follows_the_object_store() {
         || ops_get(r.ops_addr, "/readyz", None).0 == 200,
     )
     .await;
+}
+
+/// The PEM of a self-signed CA that expired on 2021-01-01.
+fn expired_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "labship old CA");
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    params.self_signed(&key).unwrap().pem()
 }
