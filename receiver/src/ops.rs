@@ -195,9 +195,9 @@ pub fn classic(openmetrics: &str) -> String {
             let created = name
                 .strip_suffix("_created")
                 .is_some_and(|base| kinds.get(base) == Some(&"counter"));
+            // (No exemplars are recorded, so none need stripping.)
             if !created {
-                // An exemplar (` # {…}`) has no classic form.
-                out.push_str(line.split(" # ").next().unwrap_or(line));
+                out.push_str(line);
                 out.push('\n');
             }
         }
