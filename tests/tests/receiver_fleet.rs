@@ -862,3 +862,54 @@ fn expired_ca_pem() -> String {
     params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     params.self_signed(&key).unwrap().pem()
 }
+
+/// The handshake failure reasons other than certificates: a socket silent
+/// past `limits.client_hello_timeout_s` is `timeout`, plain HTTP on the TLS
+/// port is `protocol`, an expired client certificate `expired`; a bare
+/// connect-and-close (a port probe) is no handshake and not counted.
+#[tokio::test]
+async fn handshake_failures_are_counted_by_bounded_reason() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nclient_hello_timeout_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    drop(TcpStream::connect(r.addr).unwrap());
+    let mut plain = TcpStream::connect(r.addr).unwrap();
+    plain
+        .write_all(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let silent = TcpStream::connect(r.addr).unwrap();
+    let expired = env.pki.client_variant(HOST, Variant::Expired);
+    let ping = format!("{}/v1/ping", r.url);
+    assert!(env.client(Some(&expired)).post(&ping).send().await.is_err());
+    let reason = |m: &str, reason: &str| {
+        value(
+            m,
+            &format!("labship_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let mut m = String::new();
+    wait_until(
+        "the silent socket timed out",
+        Duration::from_secs(10),
+        || {
+            m = scrape(&r);
+            reason(&m, "timeout") >= 1.0
+        },
+    )
+    .await;
+    drop((plain, silent));
+    assert_eq!(reason(&m, "timeout"), 1.0, "{m}");
+    assert_eq!(reason(&m, "protocol"), 1.0, "{m}");
+    assert_eq!(reason(&m, "expired"), 1.0, "{m}");
+    assert_eq!(
+        reason(&m, "other"),
+        0.0,
+        "the port probe is not counted: {m}"
+    );
+    assert_eq!(reason(&m, "no_client_cert"), 0.0, "{m}");
+}
