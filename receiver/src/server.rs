@@ -1,5 +1,6 @@
-//! The receiver's runtime: the API accept loop, the ops listener, the reload
-//! loop (gate and tokens) and the watchdog, all stopped by one shutdown signal.
+//! The receiver's runtime: the API accept loop (counting failed handshakes
+//! by reason) and the watchdog, stopped by one shutdown signal (the ops
+//! listener is in `ops`, the reload loop in `lib`).
 //!
 //! The accept loop is ours (not `axum::serve`) because that is where the TLS
 //! handshake happens and the peer certificate, hence the host id, is read. Each
