@@ -706,7 +706,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(shipper, p.join("quarantine/r"));
-        assert_eq!(act(&t, plan, false, None), Outcome::AlreadyQuarantined);
+        assert_eq!(act(&t, plan, false), Outcome::AlreadyQuarantined);
         assert_eq!(
             std::fs::read_dir(p.join("quarantine")).unwrap().count(),
             1,
@@ -735,6 +735,7 @@ mod tests {
     fn summary_counts() {
         let r = Report {
             dry_run: false,
+            created: Vec::new(),
             entries: vec![
                 Entry {
                     name: "a".into(),
