@@ -569,3 +569,47 @@ fn an_unreadable_subtree_is_named_with_its_fix() {
     let (_, report) = as_nobody();
     assert!(unsettled(&report).is_empty(), "fixed: {report:#}");
 }
+
+/// The shipper itself says why such an episode waits, once, not on every
+/// pass: the real daemon, several passes a second, its log read after.
+#[test]
+fn the_shipper_logs_an_episode_dated_in_the_future_once() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Passes every second, settle one second, a receiver that is not there.
+    let text = text.replacen(
+        "[receiver]",
+        "scan_interval_s = 1\nsettle_s = 1\n[receiver]",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let ep = labship_tests::episode::write_episode(
+        &env.path().join("lab/episodes"),
+        "ahead",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("data.bin", b"payload")],
+    );
+    touch(&["-m", "-d", "+2 hours"], &ep.join("data.bin"));
+    let log = env.path().join("shipper.log");
+    let child = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(std::fs::File::create(env.path().join("shipper.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _daemon = labship_tests::process::Daemon(child);
+    // The first pass sees a fresh top directory and skips the walk; later
+    // ones walk it, find the date and must say it once.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("episode_mtime_future"))
+        .collect();
+    assert_eq!(lines.len(), 1, "once:\n{text}");
+    assert!(
+        lines[0].contains("episode_id=ahead") && lines[0].contains("data.bin"),
+        "{text}"
+    );
+}
