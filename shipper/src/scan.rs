@@ -209,15 +209,19 @@ pub fn walk_tree(dir: &Path) -> Tree {
                 (path, t)
             }
             Ok((path, Err(e))) => {
-                tree.unreadable.get_or_insert((path.clone(), e.to_string()));
+                if !vanished(e.io_error()) {
+                    tree.unreadable.get_or_insert((path.clone(), e.to_string()));
+                }
                 (path, SystemTime::now())
             }
             Err(e) => {
                 let path = e.path().unwrap_or(dir).to_path_buf();
-                let why = e
-                    .io_error()
-                    .map_or_else(|| e.to_string(), ToString::to_string);
-                tree.unreadable.get_or_insert((path.clone(), why));
+                if !vanished(e.io_error()) {
+                    let why = e
+                        .io_error()
+                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    tree.unreadable.get_or_insert((path.clone(), why));
+                }
                 (path, SystemTime::now())
             }
         };
@@ -241,6 +245,12 @@ pub fn read_stamp(path: &Path) -> std::io::Result<Result<Commit, StampError>> {
         })),
         Err(e) => Err(e),
     }
+}
+
+/// An entry removed while the tree was walked (a producer's temp file) is
+/// a change, not an unreadable part.
+fn vanished(e: Option<&std::io::Error>) -> bool {
+    e.is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Reads `meta.json`, refusing one over [`META_MAX_BYTES`] with

@@ -570,20 +570,50 @@ fn an_unreadable_subtree_is_named_with_its_fix() {
     assert!(unsettled(&report).is_empty(), "fixed: {report:#}");
 }
 
-/// The shipper itself says why such an episode waits, once, not on every
-/// pass: the real daemon, several passes a second, its log read after.
-#[test]
-fn the_shipper_logs_an_episode_dated_in_the_future_once() {
-    let env = TestEnv::new();
-    let cfg = host(&env);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    // Passes every second, settle one second, a receiver that is not there.
-    let text = text.replacen(
+/// A config whose shipper passes every second with a one-second settle
+/// (the receiver is not there: nothing ships).
+fn fast_shipper(env: &TestEnv) -> PathBuf {
+    let cfg = host(env);
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
         "[receiver]",
         "scan_interval_s = 1\nsettle_s = 1\n[receiver]",
         1,
     );
     std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// The real shipper daemon's log (stderr) over five seconds of passes;
+/// `setpriv` arguments run it as another user.
+fn shipper_log(env: &TestEnv, cfg: &Path, setpriv: &[&str]) -> String {
+    let log = env.path().join("shipper.log");
+    let mut cmd = if setpriv.is_empty() {
+        std::process::Command::new(labship_tests::bin("shipper"))
+    } else {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(setpriv).arg("--").arg(labship_tests::bin("shipper"));
+        c
+    };
+    let child = cmd
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = labship_tests::process::Daemon(child);
+    // The first pass sees a fresh top directory and skips the walk; later
+    // ones walk it and must say what they find once.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    drop(daemon);
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The shipper itself says why such an episode waits, once, not on every
+/// pass: the real daemon, a pass a second, its log read after.
+#[test]
+fn the_shipper_logs_an_episode_dated_in_the_future_once() {
+    let env = TestEnv::new();
+    let cfg = fast_shipper(&env);
     let ep = labship_tests::episode::write_episode(
         &env.path().join("lab/episodes"),
         "ahead",
@@ -591,18 +621,7 @@ fn the_shipper_logs_an_episode_dated_in_the_future_once() {
         &[("data.bin", b"payload")],
     );
     touch(&["-m", "-d", "+2 hours"], &ep.join("data.bin"));
-    let log = env.path().join("shipper.log");
-    let child = std::process::Command::new(labship_tests::bin("shipper"))
-        .args(["--config", cfg.to_str().unwrap()])
-        .stdout(std::fs::File::create(env.path().join("shipper.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _daemon = labship_tests::process::Daemon(child);
-    // The first pass sees a fresh top directory and skips the walk; later
-    // ones walk it, find the date and must say it once.
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = shipper_log(&env, &cfg, &[]);
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("episode_mtime_future"))
@@ -610,6 +629,56 @@ fn the_shipper_logs_an_episode_dated_in_the_future_once() {
     assert_eq!(lines.len(), 1, "once:\n{text}");
     assert!(
         lines[0].contains("episode_id=ahead") && lines[0].contains("data.bin"),
+        "{text}"
+    );
+}
+
+/// The same for a subtree the shipper's user may not read: the daemon runs
+/// as nobody, owner of its data dir but not of one episode's `raw/`.
+#[test]
+fn the_shipper_logs_an_unreadable_subtree_once() {
+    let test = "the_shipper_logs_an_unreadable_subtree_once";
+    if !labship_tests::is_root() {
+        labship_tests::skip(test, "needs root to drop to nobody");
+        return;
+    }
+    let env = TestEnv::new();
+    let cfg = fast_shipper(&env);
+    let ep = labship_tests::episode::write_episode(
+        &env.path().join("lab/episodes"),
+        "locked",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("raw/frames.bin", b"frames")],
+    );
+    // nobody reads the config and owns the data dir, as labship would.
+    for (cmd, arg, path) in [
+        ("chmod", "a+rX", env.path().to_path_buf()),
+        ("chown", "65534:65534", env.path().join("lab")),
+    ] {
+        let ok = std::process::Command::new(cmd)
+            .args(["-R", arg])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{cmd} -R {arg}");
+    }
+    let raw = ep.join("raw");
+    std::os::unix::fs::chown(&raw, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&raw, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let text = shipper_log(
+        &env,
+        &cfg,
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("episode_unreadable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "once:\n{text}");
+    assert!(
+        lines[0].contains("episode_id=locked")
+            && lines[0].contains("raw")
+            && lines[0].contains("Permission denied"),
         "{text}"
     );
 }
