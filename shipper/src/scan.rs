@@ -9,13 +9,23 @@
 //! and a map lookup each. The first look at an episode whose top directory or
 //! `meta.json` changed within `settle` walks nothing either: the tree's
 //! newest mtime is at least theirs.
+//!
+//! An episode that can never settle says so once in the log instead of
+//! waiting silently: a subtree the shipper may not read (its mtimes are
+//! unknown, so it counts as just changed) or a file dated beyond
+//! [`FUTURE_SKEW`] ahead (it would wait until that date). doctor reports the
+//! same per episode (tools/src/doctor/unsettled.rs).
 
 use labship_protocol::stamp::{META_FILE, META_MAX_BYTES, parse_meta};
 use labship_protocol::{Commit, Id, StampError};
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// An mtime further ahead of the clock than this is "in the future" (a
+/// producer's clock, a restored backup), not a write in progress.
+pub const FUTURE_SKEW: Duration = Duration::from_secs(60);
 
 /// What a pass found for one episode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +47,8 @@ pub struct Scanner {
     pub walks: u64,
     /// Episodes whose `meta.json` could not be read (logged once each).
     unreadable: HashSet<String>,
+    /// Episodes that cannot settle (logged once each, until they do).
+    stuck: HashSet<String>,
 }
 
 /// One pass's result.
@@ -106,19 +118,28 @@ impl Scanner {
                 .and_then(|m| m.modified())
                 .unwrap_or(now)
                 .max(meta_mtime);
-            if now < top + settle {
+            // A top dated in the future is walked: it cannot settle, and
+            // the walk is where that is noticed and said.
+            if now < top + settle && top <= now + FUTURE_SKEW {
                 self.not_before.insert(name, top + settle);
                 pass.pending += 1;
                 continue;
             }
             self.walks += 1;
-            let newest = newest_mtime(&dir);
-            let ready_at = newest + settle;
+            let tree = walk_tree(&dir);
+            let ready_at = tree.newest + settle;
             if now < ready_at {
-                self.not_before.insert(name, ready_at);
+                let future = tree.newest > now + FUTURE_SKEW;
+                self.say_stuck(&id, &tree, future, now);
+                // A future date would park the episode until that date: look
+                // again after `settle`, so a fixed mtime (`touch -m`) counts
+                // without a restart.
+                let again = if future { now + settle } else { ready_at };
+                self.not_before.insert(name, again);
                 pass.pending += 1;
                 continue;
             }
+            self.stuck.remove(&name);
             self.not_before.remove(&name);
             let found = match read_stamp(&meta) {
                 Ok(Ok(commit)) => Found::Ready(commit),
@@ -140,8 +161,76 @@ impl Scanner {
         self.not_before.retain(|k, _| seen.contains(k));
         self.warned.retain(|k| seen_names.contains(k));
         self.unreadable.retain(|k| seen.contains(k));
+        self.stuck.retain(|k| seen.contains(k));
         Ok(pass)
     }
+
+    /// Logs, once per episode, why it cannot settle (when it cannot).
+    fn say_stuck(&mut self, id: &Id, tree: &Tree, future: bool, now: SystemTime) {
+        if !(future || tree.unreadable.is_some()) || !self.stuck.insert(id.to_string()) {
+            return;
+        }
+        if let Some((path, error)) = &tree.unreadable {
+            tracing::warn!(episode_id = %id, event = "episode_unreadable", path = %path.display(), error = %error, "part of the episode cannot be read; it never settles until the shipper's user may read it (fix its owner or mode; doctor names the command)");
+        } else {
+            let ahead_s = tree
+                .newest
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs();
+            tracing::warn!(episode_id = %id, event = "episode_mtime_future", path = %tree.newest_path.display(), ahead_s, "a file's mtime is in the future; the episode waits until then (fix: touch -m the file; doctor names the command)");
+        }
+    }
+}
+
+/// What a walk of an episode's tree found.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// The newest mtime; an unreadable entry counts as "now".
+    pub newest: SystemTime,
+    /// The entry with that mtime.
+    pub newest_path: PathBuf,
+    /// The first entry that could not be read, and why.
+    pub unreadable: Option<(PathBuf, String)>,
+}
+
+/// Walks `dir` (directories included: a created or removed file changes its
+/// directory's mtime; symlinks not followed).
+pub fn walk_tree(dir: &Path) -> Tree {
+    let mut tree = Tree {
+        newest: SystemTime::UNIX_EPOCH,
+        newest_path: dir.to_path_buf(),
+        unreadable: None,
+    };
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let (path, t) = match entry.map(|e| (e.path().to_path_buf(), e.metadata())) {
+            Ok((path, Ok(m))) => {
+                let t = m.modified().unwrap_or_else(|_| SystemTime::now());
+                (path, t)
+            }
+            Ok((path, Err(e))) => {
+                if !vanished(e.io_error()) {
+                    tree.unreadable.get_or_insert((path.clone(), e.to_string()));
+                }
+                (path, SystemTime::now())
+            }
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                if !vanished(e.io_error()) {
+                    let why = e
+                        .io_error()
+                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    tree.unreadable.get_or_insert((path.clone(), why));
+                }
+                (path, SystemTime::now())
+            }
+        };
+        if t > tree.newest {
+            tree.newest = t;
+            tree.newest_path = path;
+        }
+    }
+    tree
 }
 
 /// The stamp in the `meta.json` at `path`: `Ok(Err(why))` when the file is
@@ -156,6 +245,12 @@ pub fn read_stamp(path: &Path) -> std::io::Result<Result<Commit, StampError>> {
         })),
         Err(e) => Err(e),
     }
+}
+
+/// An entry removed while the tree was walked (a producer's temp file) is
+/// a change, not an unreadable part.
+fn vanished(e: Option<&std::io::Error>) -> bool {
+    e.is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Reads `meta.json`, refusing one over [`META_MAX_BYTES`] with
@@ -179,16 +274,7 @@ fn read_meta(path: &Path) -> std::io::Result<Vec<u8>> {
 /// file changes its directory's mtime). Unreadable entries count as "now".
 /// Shared with `quarantine-unstamped`, so both agree on "settled".
 pub fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-        let t = entry
-            .ok()
-            .and_then(|e| e.metadata().ok())
-            .and_then(|m| m.modified().ok())
-            .unwrap_or_else(SystemTime::now);
-        newest = newest.max(t);
-    }
-    newest
+    walk_tree(dir).newest
 }
 
 #[cfg(test)]
@@ -253,6 +339,40 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(31);
         let pass = s.scan(ep, Duration::from_secs(30), later).unwrap();
         assert!(pass.found.iter().any(|(id, _)| id.as_str() == "a"));
+    }
+
+    /// A file dated an hour ahead keeps its episode waiting and is said
+    /// once; once its mtime is fixed (`touch -m`), the episode is ready
+    /// after `settle`, without a restart.
+    #[test]
+    fn a_future_mtime_is_said_once_and_a_fixed_one_settles() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("ahead");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("meta.json"), "{}").unwrap();
+        std::fs::write(d.join("data.bin"), "x").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for p in [d.join("meta.json"), d.clone()] {
+            set_mtime(&p, old);
+        }
+        set_mtime(
+            &d.join("data.bin"),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let settle = Duration::from_secs(30);
+        let mut s = Scanner::new();
+        let pass = s.scan(root.path(), settle, SystemTime::now()).unwrap();
+        assert_eq!((pass.pending, pass.found.len()), (1, 0));
+        assert!(s.stuck.contains("ahead"));
+        set_mtime(&d.join("data.bin"), old);
+        let later = SystemTime::now() + settle + Duration::from_secs(1);
+        let pass = s.scan(root.path(), settle, later).unwrap();
+        assert_eq!(
+            pass.found.len(),
+            1,
+            "ready after the fix, before the old date"
+        );
+        assert!(!s.stuck.contains("ahead"));
     }
 
     /// The requirement: a pass over 10,000 episodes still being

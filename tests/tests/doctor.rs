@@ -374,3 +374,311 @@ fn each_binary_help_describes_itself() {
         }
     }
 }
+
+/// `touch ARGS` (the real one: `-d '+2 hours'` as a producer with a wrong
+/// clock would leave it).
+fn touch(args: &[&str], path: &Path) {
+    let ok = std::process::Command::new("touch")
+        .args(args)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "touch {args:?} {}", path.display());
+}
+
+/// Runs a fix doctor printed, as root (the tests' user), without `sudo`.
+fn apply(fix: &str) {
+    let cmd = fix.replace("sudo ", "");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `unsettled` rows of a `--json` report.
+fn unsettled(report: &Value) -> Vec<Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "unsettled")
+        .cloned()
+        .collect()
+}
+
+/// A finished episode with a file dated two hours ahead never settles: doctor
+/// names it, the file and how far ahead, and its fix (touch -m) makes the
+/// row go away without touching the data. 30 s ahead is clock skew, not a
+/// finding. The list is bounded: ten rows, then one saying how many more.
+#[test]
+fn an_episode_dated_in_the_future_is_named_with_its_fix() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let eps = env.path().join("lab/episodes");
+    let empty = env.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let ep = labship_tests::episode::write_episode(
+        &eps,
+        "ahead",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("data.bin", b"payload")],
+    );
+    touch(&["-m", "-d", "+2 hours"], &ep.join("data.bin"));
+    let skew = labship_tests::episode::write_episode(
+        &eps,
+        "skewed",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("data.bin", b"1")],
+    );
+    touch(&["-m", "-d", "+30 seconds"], &skew.join("data.bin"));
+    let (code, out) = doctor(&cfg, &empty, true);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rows = unsettled(&report);
+    assert_eq!(rows.len(), 1, "only the two-hour one: {out}");
+    let row = &rows[0];
+    let file = ep.join("data.bin");
+    assert_eq!(row["level"], "warn", "{row}");
+    let text = row["finding"].as_str().unwrap();
+    assert!(
+        text.starts_with("episode ahead cannot settle:")
+            && text.contains(&format!(
+                "{} has an mtime",
+                std::fs::canonicalize(&file).unwrap().display()
+            ))
+            && text.contains("in the future"),
+        "{row}"
+    );
+    assert_eq!(row["details"]["cause"], "mtime_future", "{row}");
+    let ahead = row["details"]["ahead_s"].as_u64().unwrap();
+    assert!((7000..=7200).contains(&ahead), "{row}");
+    assert_eq!(code, 1, "a warning: {out}");
+    let fix = row["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("touch -m") && !fix.contains("rm "),
+        "never a fix that deletes: {fix}"
+    );
+    apply(fix);
+    assert_eq!(std::fs::read(&file).unwrap(), b"payload");
+    let (_, out) = doctor(&cfg, &empty, true);
+    assert!(
+        unsettled(&serde_json::from_str(&out).unwrap()).is_empty(),
+        "fixed: {out}"
+    );
+
+    // Twelve of them: ten named, then one row for the other two.
+    for i in 0..12 {
+        let ep = labship_tests::episode::write_episode(
+            &eps,
+            &format!("late-{i:02}"),
+            Some(labship_tests::GOOD_COMMIT),
+            &[("x", b"1")],
+        );
+        touch(&["-m", "-d", "+1 day"], &ep.join("x"));
+    }
+    let (_, out) = doctor(&cfg, &empty, false);
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("unsettled")).collect();
+    assert_eq!(rows.len(), 11, "{out}");
+    assert!(
+        rows.iter()
+            .any(|l| l.contains("episode late-09 cannot settle")),
+        "{out}"
+    );
+    assert!(
+        rows.iter().any(
+            |l| l.contains("2 more episode(s) cannot settle") && l.contains("late-10, late-11")
+        ),
+        "{out}"
+    );
+}
+
+/// A subtree the shipper's user may not read (here doctor runs as nobody,
+/// the user the episode is checked for when there is no `labship` user) is
+/// named with the owner and mode and a fix that changes permissions only;
+/// after the fix the row is gone.
+#[test]
+fn an_unreadable_subtree_is_named_with_its_fix() {
+    let test = "an_unreadable_subtree_is_named_with_its_fix";
+    if !labship_tests::is_root() {
+        labship_tests::skip(test, "needs root to drop to nobody");
+        return;
+    }
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let eps = env.path().join("lab/episodes");
+    let empty = env.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let ep = labship_tests::episode::write_episode(
+        &eps,
+        "locked",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("raw/frames.bin", b"frames"), ("notes.txt", b"n")],
+    );
+    labship_tests::episode::write_episode(
+        &eps,
+        "open",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("raw/frames.bin", b"frames")],
+    );
+    let ok = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(env.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let raw = ep.join("raw");
+    std::fs::set_permissions(&raw, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let as_nobody = || {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(labship_tests::bin("doctor"))
+            .args(["--config", cfg.to_str().unwrap(), "--no-ping", "--json"])
+            .args(["--journal-file", empty.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = as_nobody();
+    let rows = unsettled(&report);
+    assert_eq!(rows.len(), 1, "only the locked one: {report:#}");
+    let row = &rows[0];
+    let text = row["finding"].as_str().unwrap();
+    let raw_full = std::fs::canonicalize(&raw).unwrap();
+    assert!(
+        text.starts_with("episode locked cannot ship:")
+            && text.contains(&format!("{} is not readable by user", raw_full.display()))
+            && text.contains("(owner 0:0, mode 0700)"),
+        "{row}"
+    );
+    assert_eq!(row["details"]["cause"], "unreadable", "{row}");
+    assert_eq!(code, Some(1), "{report:#}");
+    let fix = row["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("chmod -R") && !fix.contains("rm "),
+        "never a fix that deletes: {fix}"
+    );
+    apply(fix);
+    assert_eq!(std::fs::read(raw.join("frames.bin")).unwrap(), b"frames");
+    let (_, report) = as_nobody();
+    assert!(unsettled(&report).is_empty(), "fixed: {report:#}");
+}
+
+/// A config whose shipper passes every second with a one-second settle
+/// (the receiver is not there: nothing ships).
+fn fast_shipper(env: &TestEnv) -> PathBuf {
+    let cfg = host(env);
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[receiver]",
+        "scan_interval_s = 1\nsettle_s = 1\n[receiver]",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// The real shipper daemon's log (stderr) over five seconds of passes;
+/// `setpriv` arguments run it as another user.
+fn shipper_log(env: &TestEnv, cfg: &Path, setpriv: &[&str]) -> String {
+    let log = env.path().join("shipper.log");
+    let mut cmd = if setpriv.is_empty() {
+        std::process::Command::new(labship_tests::bin("shipper"))
+    } else {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(setpriv).arg("--").arg(labship_tests::bin("shipper"));
+        c
+    };
+    let child = cmd
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = labship_tests::process::Daemon(child);
+    // The first pass sees a fresh top directory and skips the walk; later
+    // ones walk it and must say what they find once.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    drop(daemon);
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The shipper itself says why such an episode waits, once, not on every
+/// pass: the real daemon, a pass a second, its log read after.
+#[test]
+fn the_shipper_logs_an_episode_dated_in_the_future_once() {
+    let env = TestEnv::new();
+    let cfg = fast_shipper(&env);
+    let ep = labship_tests::episode::write_episode(
+        &env.path().join("lab/episodes"),
+        "ahead",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("data.bin", b"payload")],
+    );
+    touch(&["-m", "-d", "+2 hours"], &ep.join("data.bin"));
+    let text = shipper_log(&env, &cfg, &[]);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("episode_mtime_future"))
+        .collect();
+    assert_eq!(lines.len(), 1, "once:\n{text}");
+    assert!(
+        lines[0].contains("episode_id=ahead") && lines[0].contains("data.bin"),
+        "{text}"
+    );
+}
+
+/// The same for a subtree the shipper's user may not read: the daemon runs
+/// as nobody, owner of its data dir but not of one episode's `raw/`.
+#[test]
+fn the_shipper_logs_an_unreadable_subtree_once() {
+    let test = "the_shipper_logs_an_unreadable_subtree_once";
+    if !labship_tests::is_root() {
+        labship_tests::skip(test, "needs root to drop to nobody");
+        return;
+    }
+    let env = TestEnv::new();
+    let cfg = fast_shipper(&env);
+    let ep = labship_tests::episode::write_episode(
+        &env.path().join("lab/episodes"),
+        "locked",
+        Some(labship_tests::GOOD_COMMIT),
+        &[("raw/frames.bin", b"frames")],
+    );
+    // nobody reads the config and owns the data dir, as labship would.
+    for (cmd, arg, path) in [
+        ("chmod", "a+rX", env.path().to_path_buf()),
+        ("chown", "65534:65534", env.path().join("lab")),
+    ] {
+        let ok = std::process::Command::new(cmd)
+            .args(["-R", arg])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{cmd} -R {arg}");
+    }
+    let raw = ep.join("raw");
+    std::os::unix::fs::chown(&raw, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&raw, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let text = shipper_log(
+        &env,
+        &cfg,
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("episode_unreadable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "once:\n{text}");
+    assert!(
+        lines[0].contains("episode_id=locked")
+            && lines[0].contains("raw")
+            && lines[0].contains("Permission denied"),
+        "{text}"
+    );
+}

@@ -615,3 +615,69 @@ fn beside_a_running_shipper_every_episode_ends_in_exactly_one_place() {
         by_tool_set.len()
     );
 }
+
+/// A data dir where the shipper never ran holds only `episodes/`: the tool
+/// creates `quarantine/` and `state/` for its first move, mode 0750 and
+/// owned like the data dir (the installer's owner and mode), says so, and
+/// creates nothing in a dry run or when there is nothing to move.
+#[test]
+fn a_fresh_data_dir_gets_quarantine_and_state_owned_like_it() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let env = TestEnv::new();
+    let data = env.path().join("fresh");
+    let eps = data.join("episodes");
+    write_episode(&eps, "stamped", Some(GOOD_COMMIT), &[("x", b"1")]);
+    backdate(&data);
+    let data_arg = data.to_str().unwrap();
+
+    // Nothing to move: nothing created.
+    let (code, out, err) = tool(&["--data-dir", data_arg]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(names(&data), ["episodes"], "{out}");
+
+    write_episode(&eps, "unstamped", None, &[("x", b"1")]);
+    backdate(&eps.join("unstamped"));
+    // The owner the shipper's user would have (the installer's data dir).
+    let (uid, gid) = if labship_tests::is_root() {
+        std::os::unix::fs::chown(&data, Some(4242), Some(4243)).unwrap();
+        (4242, 4243)
+    } else {
+        let m = std::fs::metadata(&data).unwrap();
+        (m.uid(), m.gid())
+    };
+    let before = snapshot(&data);
+    let (code, out, err) = tool(&["--data-dir", data_arg, "--dry-run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let q = data.join("quarantine");
+    let state = data.join("state");
+    assert!(
+        out.contains(&format!(
+            "would create {} and {}",
+            q.display(),
+            state.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(snapshot(&data), before, "a dry run changes nothing");
+
+    let (code, out, err) = tool(&["--data-dir", data_arg]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("quarantined unstamped -> ")
+            && out.contains(&format!("created {} and {}", q.display(), state.display())),
+        "{out}"
+    );
+    for dir in [&q, &state] {
+        let m = std::fs::metadata(dir).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750, "{}", dir.display());
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{}", dir.display());
+    }
+    assert_eq!(names(&q), ["unstamped"]);
+    assert_eq!(reason(&q.join("unstamped"))["reason"], "stamp_missing");
+    assert_eq!(names(&eps), ["stamped"]);
+
+    // A second run finds them and says nothing about creating.
+    let (code, out, _) = tool(&["--data-dir", data_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("create"), "{out}");
+}

@@ -16,6 +16,8 @@
 //! same moment) is reported, not failed. A rename moves a directory once, so
 //! the two can never both succeed and leave a `<id>.1` duplicate.
 
+mod dirs;
+
 use labship_protocol::stamp::META_FILE;
 use labship_protocol::{Commit, Id, IdError};
 use labship_shipper::config::{Config, ConfigError};
@@ -136,6 +138,9 @@ pub struct Entry {
 pub struct Report {
     pub dry_run: bool,
     pub entries: Vec<Entry>,
+    /// `quarantine/` and `state/` when the shipper never ran here: created
+    /// for the first move (or, in a dry run, that would be).
+    pub created: Vec<PathBuf>,
 }
 
 /// The resolved target of a run.
@@ -210,14 +215,33 @@ pub fn run(opts: &Options, each: &mut dyn FnMut(&Entry)) -> Result<Report, Error
         dirs.push((entry.file_name().to_string_lossy().into_owned(), is_dir));
     }
     dirs.sort();
-    let hint = missing_dirs_hint(&target.layout);
     let mut report = Report {
         dry_run: opts.dry_run,
         entries: Vec::with_capacity(dirs.len()),
+        created: Vec::new(),
     };
+    // Made once, before the first move: a data dir where the shipper never
+    // ran has only episodes/.
+    let mut ready: Option<Result<(), String>> = None;
     for (name, is_dir) in dirs {
         let plan = judge(&target, &name, is_dir);
-        let outcome = act(&target, plan, opts.dry_run, hint.as_deref());
+        let outcome = match (&plan, opts.dry_run) {
+            (Plan::Quarantine { .. }, false) => {
+                let ready = ready.get_or_insert_with(|| {
+                    dirs::ensure(&target.layout).map(|made| report.created = made)
+                });
+                match ready {
+                    Ok(()) => act(&target, plan, false),
+                    Err(e) => Outcome::Failed(e.clone()),
+                }
+            }
+            (Plan::Quarantine { .. }, true) if ready.is_none() => {
+                report.created = missing_dirs(&target.layout);
+                ready = Some(Ok(()));
+                act(&target, plan, true)
+            }
+            _ => act(&target, plan, opts.dry_run),
+        };
         let entry = Entry { name, outcome };
         each(&entry);
         report.entries.push(entry);
@@ -225,20 +249,13 @@ pub fn run(opts: &Options, each: &mut dyn FnMut(&Entry)) -> Result<Report, Error
     Ok(report)
 }
 
-/// Says which of the directories a move needs is missing: they are the
-/// shipper's to create (with its owner), so this tool does not.
-fn missing_dirs_hint(layout: &Layout) -> Option<String> {
-    let missing: Vec<String> = [&layout.quarantine, &layout.state]
+/// The directories a move needs that do not exist yet.
+fn missing_dirs(layout: &Layout) -> Vec<PathBuf> {
+    [&layout.quarantine, &layout.state]
         .into_iter()
-        .filter(|d| !d.is_dir())
-        .map(|d| d.display().to_string())
-        .collect();
-    (!missing.is_empty()).then(|| {
-        format!(
-            " ({} missing or not a directory: the shipper creates it at start-up, owned by its user)",
-            missing.join(" and ")
-        )
-    })
+        .filter(|d| std::fs::symlink_metadata(d).is_err())
+        .cloned()
+        .collect()
 }
 
 fn exists(path: &Path) -> bool {
@@ -338,7 +355,7 @@ fn judge(t: &Target, name: &str, is_dir: bool) -> Plan {
 }
 
 /// Carries out a plan (unless `dry_run`).
-fn act(t: &Target, plan: Plan, dry_run: bool, hint: Option<&str>) -> Outcome {
+fn act(t: &Target, plan: Plan, dry_run: bool) -> Outcome {
     let (id, reason, pending, code, message) = match plan {
         Plan::Leave(outcome) => return outcome,
         Plan::Quarantine {
@@ -375,10 +392,9 @@ fn act(t: &Target, plan: Plan, dry_run: bool, hint: Option<&str>) -> Outcome {
             Outcome::AlreadyQuarantined
         }
         Err(e) => Outcome::Failed(format!(
-            "cannot move {} into {}: {e}{}",
+            "cannot move {} into {}: {e}",
             dir.display(),
             layout.quarantine.display(),
-            hint.unwrap_or("")
         )),
     }
 }
@@ -514,8 +530,20 @@ impl Report {
             0 => String::new(),
             n => format!(", gone meanwhile {n}"),
         };
+        let created = match (self.created.is_empty(), self.dry_run) {
+            (true, _) => String::new(),
+            (false, dry) => format!(
+                "; {} {} (mode 0750, owned like the data dir: the shipper never ran here)",
+                if dry { "would create" } else { "created" },
+                self.created
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
         format!(
-            "{verb} {moved}, already quarantined meanwhile {}{gone}, kept {kept}, skipped {}, failed {}",
+            "{verb} {moved}, already quarantined meanwhile {}{gone}, kept {kept}, skipped {}, failed {}{created}",
             self.count(|o| matches!(o, Outcome::AlreadyQuarantined)),
             self.count(|o| matches!(o, Outcome::InvalidName(_) | Outcome::NotADirectory)),
             self.failed()
@@ -678,7 +706,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(shipper, p.join("quarantine/r"));
-        assert_eq!(act(&t, plan, false, None), Outcome::AlreadyQuarantined);
+        assert_eq!(act(&t, plan, false), Outcome::AlreadyQuarantined);
         assert_eq!(
             std::fs::read_dir(p.join("quarantine")).unwrap().count(),
             1,
@@ -707,6 +735,7 @@ mod tests {
     fn summary_counts() {
         let r = Report {
             dry_run: false,
+            created: Vec::new(),
             entries: vec![
                 Entry {
                     name: "a".into(),

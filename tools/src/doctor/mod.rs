@@ -12,11 +12,14 @@
 //!   about the unit, over `--since`;
 //! - [`host`]: service state, config, certificate, receiver ping, disk, the
 //!   queue's directories and `state/status.json`;
-//! - [`render`]: aligned human rows (colored on a terminal) and `--json`.
+//! - [`render`]: aligned human rows (colored on a terminal) and `--json`;
+//! - [`unsettled`]: finished episodes that can never settle (unreadable,
+//!   dated in the future), one row each.
 
 pub mod host;
 pub mod journal;
 pub mod render;
+pub mod unsettled;
 
 use serde::Serialize;
 use std::path::PathBuf;
@@ -176,6 +179,9 @@ pub async fn run(opts: &Options) -> Report {
     let data_dir = config.as_ref().ok().map(|c| c.data_dir.as_path());
     findings.extend(journal::check(opts, running.flatten(), data_dir));
     findings.extend(host::check(opts, &config, running.flatten()).await);
+    if let Some(dir) = data_dir {
+        findings.extend(unsettled::check(dir, opts.now));
+    }
     Report::new(findings)
 }
 
