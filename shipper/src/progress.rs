@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often `status.json` is rewritten while bytes move (the contract
 /// says at least every 10 s).
-pub const REWRITE_EVERY: Duration = Duration::from_secs(5);
+pub const REWRITE_EVERY: Duration = Duration::from_secs(3);
 /// How often a long upload logs a progress line (and its first, after
 /// this long: short uploads stay quiet).
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -184,16 +184,27 @@ pub struct Progress {
     path: PathBuf,
     pub uploads: Arc<Uploads>,
     pub limiter: Arc<Limiter>,
-    written: Mutex<Option<Written>>,
+    written: Mutex<Written>,
 }
 
 impl Progress {
-    pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>) -> Self {
+    /// Until the first pass writes its document, uploads in it are shown
+    /// under a bare one (`time` null: no pass completed yet).
+    pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>, host: &Id) -> Self {
+        let mut base = serde_json::Map::new();
+        base.insert("time".into(), serde_json::Value::Null);
+        base.insert("host_id".into(), host.as_str().into());
+        let now = Instant::now();
+        let written = Written {
+            base,
+            at: now.checked_sub(REWRITE_EVERY).unwrap_or(now),
+            moved: uploads.moved(),
+        };
         Self {
             path,
             uploads,
             limiter,
-            written: Mutex::new(None),
+            written: Mutex::new(written),
         }
     }
 
@@ -205,11 +216,11 @@ impl Progress {
         };
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         self.write(base.clone());
-        *w = Some(Written {
+        *w = Written {
             base,
             at: Instant::now(),
             moved: self.uploads.moved(),
-        });
+        };
     }
 
     fn write(&self, mut doc: serde_json::Map<String, serde_json::Value>) {
@@ -227,11 +238,10 @@ impl Progress {
 
     /// Once a second: samples rates, logs long uploads, and rewrites
     /// `status.json` and `STATUS=` every [`REWRITE_EVERY`] while bytes
-    /// move. Nothing happens before the first pass wrote its document.
+    /// move.
     pub fn tick(&self) {
         self.uploads.sample();
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(written) = w.as_mut() else { return };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         let moved = self.uploads.moved();
         if moved == written.moved || written.at.elapsed() < REWRITE_EVERY {
             return;
@@ -291,8 +301,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
         let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Fixed(1 << 20)));
-        let p = Progress::new(path.clone(), Arc::default(), limiter);
         let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
         let t = p.uploads.start(&id, 1000);
         p.write_status(serde_json::json!({"time": "then", "pending": 3}));
         let read = || -> serde_json::Value {

@@ -246,6 +246,7 @@ impl Shipper {
             layout.state.join("status.json"),
             uploader.uploads.clone(),
             uploader.limiter.clone(),
+            &config.host_id,
         ));
         Ok(Self {
             progress,
