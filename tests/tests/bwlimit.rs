@@ -318,9 +318,22 @@ fn status_row(report: &Value) -> Value {
 #[test]
 fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
     let lab = Lab::new("1M");
+    // systemd's notify socket, ours: what the shipper says in `STATUS=`.
+    let notify = lab.env.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let said = std::cell::RefCell::new(Vec::<String>::new());
+    let hear = || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            said.borrow_mut()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
     // A first pass completes (its `time` then ages past doctor's window).
     lab.produce("ep-first", 1000);
-    let _shipper = lab.start(&[]);
+    let _shipper = lab.start(&[("NOTIFY_SOCKET", notify.display().to_string())]);
     lab.wait("the first episode shipped", Duration::from_secs(30), || {
         lab.shipped() == 1
     });
@@ -365,7 +378,8 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
         if report.is_none() && started.elapsed() > Duration::from_secs(7) {
             report = Some(doctor(&lab));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        hear();
+        std::thread::sleep(Duration::from_millis(150));
     }
     println!("MEASURED progress: rewrites {seen:?}, longest gap {longest:?}");
     assert!(
@@ -386,6 +400,13 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
         assert!(near(r / MIB, 1.0), "bytes_per_s {r} at a 1 MiB/s cap");
     }
 
+    let said = said.into_inner();
+    assert!(
+        said.iter().any(|m| m.contains("STATUS=uploading ep-slow ")
+            && m.contains("% (")
+            && m.contains("cap 1 MiB/s")),
+        "STATUS= never named the upload: {said:?}"
+    );
     let report = report.expect("doctor ran during the upload");
     let row = status_row(&report);
     assert_eq!(row["level"], "ok", "{report:#}");
