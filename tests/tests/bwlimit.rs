@@ -324,16 +324,24 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
     sock.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let said = std::cell::RefCell::new(Vec::<String>::new());
+    let pings = std::cell::RefCell::new(Vec::<Instant>::new());
     let hear = || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = sock.recv(&mut buf) {
-            said.borrow_mut()
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains("WATCHDOG=1") {
+                pings.borrow_mut().push(Instant::now());
+            }
+            said.borrow_mut().push(msg);
         }
     };
+    let watchdog = Duration::from_secs(4);
     // A first pass completes (its `time` then ages past doctor's window).
     lab.produce("ep-first", 1000);
-    let _shipper = lab.start(&[("NOTIFY_SOCKET", notify.display().to_string())]);
+    let _shipper = lab.start(&[
+        ("NOTIFY_SOCKET", notify.display().to_string()),
+        ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
+    ]);
     lab.wait("the first episode shipped", Duration::from_secs(30), || {
         lab.shipped() == 1
     });
@@ -400,6 +408,18 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
         assert!(near(r / MIB, 1.0), "bytes_per_s {r} at a 1 MiB/s cap");
     }
 
+    // The capped upload keeps the watchdog fed.
+    let pings = pings.into_inner();
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        pings.len() >= 5,
+        "{} WATCHDOG=1 during the upload",
+        pings.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g < watchdog),
+        "a gap without WATCHDOG=1 over {watchdog:?}: {gaps:?}"
+    );
     let said = said.into_inner();
     assert!(
         said.iter().any(|m| m.contains("STATUS=uploading ep-slow ")

@@ -29,28 +29,9 @@ const SLACK: Duration = Duration::from_secs(5);
 
 /// The `status` row.
 pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
-    let path = config.data_dir.join("state/status.json");
-    let Some(status) = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-    else {
-        return if running == Some(false) {
-            Finding::ok(
-                "status",
-                "no state/status.json (the shipper is not running)",
-            )
-        } else {
-            Finding::new(
-                Level::Warn,
-                "status",
-                format!(
-                    "no {}: the shipper has not completed a pass",
-                    path.display()
-                ),
-                Some(format!("sudo systemctl restart {UNIT}")),
-                57,
-            )
-        };
+    let status = match read(config, running) {
+        Ok(s) => s,
+        Err(f) => return f,
     };
     let at = |k: &str| {
         status[k]
@@ -128,6 +109,34 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         _ => Finding::ok("status", format!("last successful ship {last}")),
     }
     .with_details(details)
+}
+
+/// The file, or the finding that says why there is none.
+fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
+    let path = config.data_dir.join("state/status.json");
+    if let Some(status) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        return Ok(status);
+    }
+    Err(if running == Some(false) {
+        Finding::ok(
+            "status",
+            "no state/status.json (the shipper is not running)",
+        )
+    } else {
+        Finding::new(
+            Level::Warn,
+            "status",
+            format!(
+                "no {}: the shipper has not completed a pass",
+                path.display()
+            ),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            57,
+        )
+    })
 }
 
 /// Three scan intervals, at least 5 minutes; or `LABSHIP_DOCTOR_STALE_S`.
