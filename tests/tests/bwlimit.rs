@@ -197,16 +197,18 @@ fn a_timetable_switches_at_its_boundary() {
     let utc = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
-        % 86_400;
+        .as_secs_f64()
+        % 86_400.0;
     let t0 = lab.now();
-    let offset = 12 * 3600 - 15 - utc as i64;
+    // The shipper's clock is whole seconds: it reaches 12:00:00 when the
+    // real clock has gone 15 s less the fraction of a second it had at t0.
+    let offset = 12 * 3600 - 15 - utc.floor() as i64;
+    let switch = t0 + Duration::from_secs_f64(15.0 - utc.fract());
     lab.produce("ep-big", 40 << 20);
     let _shipper = lab.start(&[
         ("TZ", "UTC".into()),
         ("LABSHIP_TEST_CLOCK_OFFSET_S", offset.to_string()),
     ]);
-    let switch = t0 + Duration::from_secs(15);
     lab.wait("the upload under way", Duration::from_secs(12), || {
         lab.proxy.up_bytes() > 512 << 10
     });
