@@ -7,7 +7,9 @@
 //! raises the cap mid-upload and a broken file keeps the running one;
 //! `status.json` shows a capped upload's progress; doctor calls a moving
 //! upload moving (with its ETA, no restart offered) past its pass window
-//! (`LABSHIP_DOCTOR_STALE_S`), and a frozen one (SIGSTOP) a failure.
+//! (`LABSHIP_DOCTOR_STALE_S`), and a frozen one (SIGSTOP) a failure; under
+//! a real systemd (nspawn), `systemctl reload` (the unit's `ExecReload=`)
+//! applies a new cap to the same process.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers: a failed unwrap is a failed test"
@@ -485,4 +487,44 @@ fn doctor_calls_a_frozen_upload_hung_and_its_restart_disruptive() {
     assert!(row["fix"].as_str().unwrap().contains("systemctl restart"));
     assert_eq!(row["disruptive"], true);
     assert_eq!(report["exit_code"], 2);
+}
+
+#[test]
+fn systemctl_reload_applies_a_new_cap_under_systemd() {
+    use labship_tests::lab_host::{HOST as LAB, LabHost, ShipperConfig, events, messages};
+    use labship_tests::nspawn::{SHIPPER_UNIT, skip_unless_root_and_nspawn};
+    if !skip_unless_root_and_nspawn("systemctl_reload_applies_a_new_cap_under_systemd") {
+        return;
+    }
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let host = LabHost::boot(&env);
+    host.install_identity(&env, &env.pki.client(LAB));
+    let base = ShipperConfig::new(&r.url).to_toml();
+    let with_cap = |cap: &str| format!("{base}\n[limits]\nbwlimit = {cap:?}\n");
+    host.write_config_text(&with_cap("1M"));
+    host.expect_ok("systemctl start", &host.systemctl(&["start", SHIPPER_UNIT]));
+    let status = || host.show(&["StatusText", "MainPID"]);
+    host.wait_for("STATUS= with the cap", Duration::from_secs(30), || {
+        status()["StatusText"].contains("; cap 1 MiB/s")
+    });
+    let pid = status()["MainPID"].clone();
+    host.write_config_text(&with_cap("08:00,2M 20:00,2M"));
+    host.expect_ok(
+        "systemctl reload",
+        &host.systemctl(&["reload", SHIPPER_UNIT]),
+    );
+    let entries = host.wait_journal("the new cap", Duration::from_secs(15), |e| {
+        !events(e, "bwlimit_changed").is_empty()
+    });
+    assert_eq!(
+        messages(&entries, "upload cap now 08:00,2 MiB/s 20:00,2 MiB/s").len(),
+        1,
+        "{}",
+        host.diagnostics()
+    );
+    host.wait_for("STATUS= with the new cap", Duration::from_secs(15), || {
+        status()["StatusText"].contains("; cap 2 MiB/s")
+    });
+    assert_eq!(status()["MainPID"], pid, "the reload restarted the shipper");
 }
