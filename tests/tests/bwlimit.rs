@@ -290,14 +290,14 @@ fn sighup_raises_the_cap_mid_upload_and_a_broken_file_changes_nothing() {
 }
 
 /// `doctor --json --no-ping` over an empty captured journal (so only the
-/// host checks speak), with its pass window shortened to 1 s.
-fn doctor(lab: &Lab) -> Value {
+/// host checks speak), with its pass window `stale_s`.
+fn doctor(lab: &Lab, stale_s: &str) -> Value {
     let journal = lab.env.path().join("journal.json");
     std::fs::write(&journal, "").unwrap();
     let out = std::process::Command::new(labship_tests::bin("doctor"))
         .args(["--config", lab.cfg.to_str().unwrap(), "--json", "--no-ping"])
         .args(["--journal-file", journal.to_str().unwrap()])
-        .env("LABSHIP_DOCTOR_STALE_S", "1")
+        .env("LABSHIP_DOCTOR_STALE_S", stale_s)
         .output()
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -389,7 +389,7 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
             rate_seen = u["bytes_per_s"].as_u64().unwrap();
         }
         if report.is_none() && started.elapsed() > Duration::from_secs(7) {
-            report = Some(doctor(&lab));
+            report = Some(doctor(&lab, "1"));
         }
         hear();
         std::thread::sleep(Duration::from_millis(150));
@@ -458,6 +458,20 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
     }
     assert_ne!(report["status"], "fail", "{report:#}");
     lab.wait("shipped", Duration::from_secs(30), || lab.shipped() == 2);
+    // Idle, the cap still shows.
+    lab.wait("a pass after the upload", Duration::from_secs(10), || {
+        lab.status()
+            .is_some_and(|s| s["uploading"].as_array().is_some_and(Vec::is_empty))
+    });
+    let idle = status_row(&doctor(&lab, "300"));
+    assert_eq!(idle["level"], "ok", "{idle:#}");
+    assert!(
+        idle["finding"]
+            .as_str()
+            .unwrap()
+            .ends_with("; upload cap 1 MiB/s"),
+        "{idle:#}"
+    );
 }
 
 #[test]
@@ -473,7 +487,7 @@ fn doctor_calls_a_frozen_upload_hung_and_its_restart_disruptive() {
     assert!(labship_tests::process::unsafe_free_kill(pid, 19)); // SIGSTOP
     // stall_timeout_s 5 + the 3 s rewrite interval + 5 s slack.
     std::thread::sleep(Duration::from_secs(15));
-    let report = doctor(&lab);
+    let report = doctor(&lab, "1");
     assert!(labship_tests::process::unsafe_free_kill(pid, 18)); // SIGCONT
     let row = status_row(&report);
     assert_eq!(row["level"], "fail", "{report:#}");

@@ -106,7 +106,15 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
             None,
             44,
         ),
-        _ => Finding::ok("status", format!("last successful ship {last}")),
+        _ => Finding::ok(
+            "status",
+            format!(
+                "last successful ship {last}{}",
+                status["bwlimit"]
+                    .as_u64()
+                    .map_or(String::new(), |c| format!("; upload cap {}", human(c)))
+            ),
+        ),
     }
     .with_details(details)
 }
