@@ -54,6 +54,15 @@ struct Raw {
     retry: RawRetry,
     #[serde(default)]
     quarantine: RawQuarantine,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    bwlimit: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +245,8 @@ pub struct Config {
     /// `None` keeps quarantine forever (`keep_days = 0`).
     pub quarantine_keep: Option<Duration>,
     pub cleanup_interval: Duration,
+    /// `[limits] bwlimit`: the upload rate cap (SIGHUP re-reads it).
+    pub bwlimit: crate::bwlimit::Bwlimit,
 }
 
 impl Config {
@@ -343,7 +354,14 @@ impl Config {
                 "must not be less than retry.initial_backoff_s".into(),
             ));
         }
+        let bwlimit = crate::bwlimit::Bwlimit::parse(&raw.limits.bwlimit).map_err(|why| {
+            err(
+                "limits.bwlimit",
+                format!("{why}; examples: \"10M\" (10 MiB/s), \"512K\", \"08:00,2M 19:00,off\" (a daily timetable), \"off\""),
+            )
+        })?;
         Ok(Self {
+            bwlimit,
             file: path.to_owned(),
             host_id,
             data_dir: resolve(path, &raw.data_dir),
@@ -367,6 +385,52 @@ impl Config {
                 raw.quarantine.cleanup_interval_s,
             )?,
         })
+    }
+}
+
+impl Config {
+    /// The keys whose values differ in `new`, apart from `limits.bwlimit`
+    /// (the one a SIGHUP applies): they need a restart.
+    pub fn changed_keys(&self, new: &Self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut diff = |key, same: bool| {
+            if !same {
+                out.push(key);
+            }
+        };
+        diff("host_id", self.host_id == new.host_id);
+        diff("data_dir", self.data_dir == new.data_dir);
+        diff("scan_interval_s", self.scan_interval == new.scan_interval);
+        diff("settle_s", self.settle == new.settle);
+        diff("zstd_level", self.zstd_level == new.zstd_level);
+        diff("receiver.url", self.url == new.url);
+        diff("receiver.ca_file", self.ca_file == new.ca_file);
+        diff(
+            "receiver.cert_file/key_file/token_file",
+            self.auth == new.auth,
+        );
+        diff(
+            "receiver.connect_timeout_s",
+            self.connect_timeout == new.connect_timeout,
+        );
+        diff(
+            "receiver.stall_timeout_s",
+            self.stall_timeout == new.stall_timeout,
+        );
+        diff(
+            "retry.initial_backoff_s",
+            self.initial_backoff == new.initial_backoff,
+        );
+        diff("retry.max_backoff_s", self.max_backoff == new.max_backoff);
+        diff(
+            "quarantine.keep_days",
+            self.quarantine_keep == new.quarantine_keep,
+        );
+        diff(
+            "quarantine.cleanup_interval_s",
+            self.cleanup_interval == new.cleanup_interval,
+        );
+        out
     }
 }
 
@@ -455,6 +519,14 @@ mod tests {
                 "retry.max_backoff_s",
             ),
             (format!("{OK}[quarantine]\nkeep_dayz = 3\n"), "keep_dayz"),
+            (
+                format!("{OK}[limits]\nbwlimit = \"10 MB\"\n"),
+                "limits.bwlimit",
+            ),
+            (
+                format!("{OK}[limits]\nbwlimit = \"1K\"\n"),
+                "limits.bwlimit",
+            ),
         ];
         for (text, key) in cases {
             let e = d.parse(&text).unwrap_err().to_string();
@@ -463,6 +535,25 @@ mod tests {
                 "{key}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn bwlimit_parses_and_only_other_keys_count_as_changed() {
+        let d = Dir::new();
+        let a = d.parse(OK).unwrap();
+        assert_eq!(a.bwlimit, crate::bwlimit::Bwlimit::Off);
+        let b = d
+            .parse(&format!("{OK}[limits]\nbwlimit = \"08:00,2M 19:00,off\"\n"))
+            .unwrap();
+        assert!(matches!(b.bwlimit, crate::bwlimit::Bwlimit::Timetable(_)));
+        assert!(a.changed_keys(&b).is_empty());
+        let c = d.parse(&format!("zstd_level = 5\n{OK}")).unwrap();
+        assert_eq!(a.changed_keys(&c), ["zstd_level"]);
+        let e = d
+            .parse(&format!("{OK}[limits]\nbwlimit = \"fast\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.bwlimit") && e.contains("\"10M\""), "{e}");
     }
 
     #[test]

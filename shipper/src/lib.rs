@@ -9,11 +9,14 @@
 //! describes the states and what survives a crash in each.
 
 pub mod archive;
+pub mod bwlimit;
 pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod disk;
+pub mod progress;
 pub mod queue;
+pub mod reload;
 pub mod scan;
 pub mod state;
 pub mod systemd;

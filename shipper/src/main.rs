@@ -213,9 +213,10 @@ async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {
 
 async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         eprintln!("shipper: cannot install signal handlers");
         return ExitCode::FAILURE;
@@ -223,6 +224,16 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     let watchdog = systemd::Watchdog::from_env();
     systemd::ready(&format!("shipping to {}", config.url));
     tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");
+    let progress = shipper.progress();
+    // Progress and SIGHUP run beside the work loop, never cutting a pass
+    // and never pinging the watchdog.
+    tokio::spawn(labship_shipper::progress::ticker(progress.clone()));
+    let (mut running, limiter) = (config.clone(), progress.limiter.clone());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            labship_shipper::reload::reload(&mut running, &limiter);
+        }
+    });
     let alive = || watchdog.alive();
     loop {
         let pass = shipper.pass(&alive);
@@ -235,11 +246,12 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
         };
         watchdog.alive();
         systemd::status(&format!(
-            "pending {} shipped {} quarantined {} transient {}",
+            "pending {} shipped {} quarantined {} transient {}; {}",
             summary.pending,
             summary.shipped + summary.already_present,
             summary.quarantined,
-            summary.transient
+            summary.transient,
+            progress.cap_text()
         ));
         tokio::select! {
             () = tokio::time::sleep(config.scan_interval) => {}

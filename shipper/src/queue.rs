@@ -222,6 +222,8 @@ pub struct Shipper {
     slots: usize,
     /// `pending` of the last full pass (reported while the host is on hold).
     last_pending: usize,
+    /// `state/status.json` with the uploads' progress (progress.rs).
+    progress: Arc<crate::progress::Progress>,
     /// Held (flock) for the process's life: one shipper per data_dir.
     _lock: std::fs::File,
 }
@@ -240,7 +242,14 @@ impl Shipper {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
+        let progress = Arc::new(crate::progress::Progress::new(
+            layout.state.join("status.json"),
+            uploader.uploads.clone(),
+            uploader.limiter.clone(),
+            &config.host_id,
+        ));
         Ok(Self {
+            progress,
             layout,
             scanner: Scanner::new(),
             uploader: Arc::new(uploader),
@@ -267,6 +276,10 @@ impl Shipper {
 
     pub fn uploader(&self) -> &Uploader {
         &self.uploader
+    }
+
+    pub fn progress(&self) -> Arc<crate::progress::Progress> {
+        self.progress.clone()
     }
 
     /// One pass. `progress` is called while work moves (scan, uploads).
@@ -1003,11 +1016,7 @@ impl Shipper {
             "hold_s": self.hold.as_ref().filter(|h| h.waiting())
                 .map(|h| h.next.saturating_duration_since(Instant::now()).as_secs()),
         });
-        let path = self.layout.state.join("status.json");
-        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
-        if let Err(e) = crate::disk::write_atomic(&path, &bytes) {
-            tracing::error!(error = %e, path = %path.display(), event = "status_write_failed", "cannot write status.json");
-        }
+        self.progress.write_status(status);
     }
 }
 

@@ -297,6 +297,9 @@ pub struct Uploader {
     host: Id,
     token: Option<String>,
     stall: Duration,
+    /// The shared `bwlimit` bucket and the uploads in flight (progress.rs).
+    pub limiter: Arc<crate::bwlimit::Limiter>,
+    pub uploads: Arc<crate::progress::Uploads>,
 }
 
 impl Uploader {
@@ -381,6 +384,8 @@ impl Uploader {
             host: config.host_id.clone(),
             token,
             stall: config.stall_timeout,
+            limiter: Arc::new(crate::bwlimit::Limiter::new(config.bwlimit.clone())),
+            uploads: Arc::default(),
         })
     }
 
@@ -503,7 +508,10 @@ impl Uploader {
         let sent = Arc::new(AtomicU64::new(0));
         let (stamp, count) = (moved_at.clone(), sent.clone());
         let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
+        let stream = crate::bwlimit::throttle(stream, self.limiter.clone());
+        let tracked = self.uploads.start(id, archive.bytes);
         let stream = inspect_chunks(stream, move |n| {
+            tracked.sent(n as u64);
             count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         });

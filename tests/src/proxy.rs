@@ -16,12 +16,53 @@
 //!
 //! With the first three the cut is made once, so a retry succeeds; a short
 //! request on its own connection (a ping) passes untouched.
+//!
+//! Every proxy counts the client→server bytes it forwards ([`Proxy::up_bytes`])
+//! and samples them every [`SAMPLE_EVERY`] ([`Proxy::series`]: the total so
+//! far and how many connections moved bytes in each sample), to measure a
+//! rate on the wire ([`rate`]).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often [`Proxy::series`] is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// One sample of the client→server direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Since [`Proxy::started`].
+    pub at: Duration,
+    /// Bytes forwarded so far, all connections.
+    pub up_bytes: u64,
+    /// Connections that forwarded bytes since the previous sample.
+    pub busy: usize,
+}
+
+/// Bytes per second forwarded over `[from, to]` (since [`Proxy::started`]),
+/// from the samples nearest those times.
+pub fn rate(series: &[Sample], from: Duration, to: Duration) -> f64 {
+    let at = |t: Duration| {
+        series
+            .iter()
+            .min_by_key(|s| s.at.abs_diff(t))
+            .copied()
+            .expect("samples")
+    };
+    let (a, b) = (at(from), at(to));
+    (b.up_bytes - a.up_bytes) as f64 / (b.at - a.at).as_secs_f64()
+}
+
+/// The per-connection counters and the samples.
+#[derive(Debug, Default)]
+struct Meter {
+    conns: Mutex<Vec<Arc<AtomicU64>>>,
+    series: Mutex<Vec<Sample>>,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
@@ -55,6 +96,9 @@ pub struct Proxy {
     pub connections: Arc<AtomicUsize>,
     /// Connections the fault was applied to (cut, reset or closed) so far.
     pub faulted: Arc<AtomicUsize>,
+    /// When the proxy started: the origin of [`Sample::at`].
+    pub started: Instant,
+    meter: Arc<Meter>,
 }
 
 impl Drop for Proxy {
@@ -65,6 +109,17 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// Client→server bytes forwarded so far, all connections.
+    pub fn up_bytes(&self) -> u64 {
+        let conns = self.meter.conns.lock().expect("meter");
+        conns.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The samples so far, oldest first.
+    pub fn series(&self) -> Vec<Sample> {
+        self.meter.series.lock().expect("meter").clone()
+    }
+
     pub fn start(target: SocketAddr, fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
@@ -83,6 +138,33 @@ impl Proxy {
         // budget, once: not simply the first connection, which may be a ping
         // hyper did not pool back in time for the PUT.
         let armed = Arc::new(AtomicBool::new(true));
+        let (meter, started) = (Arc::new(Meter::default()), Instant::now());
+        let (m2, stop3) = (meter.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut last: Vec<u64> = Vec::new();
+            while !stop3.load(Ordering::SeqCst) {
+                let now: Vec<u64> = m2
+                    .conns
+                    .lock()
+                    .expect("meter")
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect();
+                let busy = now
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, n)| last.get(*i).is_none_or(|l| l != *n))
+                    .count();
+                m2.series.lock().expect("meter").push(Sample {
+                    at: started.elapsed(),
+                    up_bytes: now.iter().sum(),
+                    busy,
+                });
+                last = now;
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+        });
+        let m3 = meter.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -103,7 +185,10 @@ impl Proxy {
                     Fault::Throttle(r) => Some(r.max(10)),
                     _ => None,
                 };
+                let moved = Arc::new(AtomicU64::new(0));
+                m3.conns.lock().expect("meter").push(moved.clone());
                 let conn = Arc::new(Conn {
+                    moved,
                     client,
                     upstream,
                     aborted: AtomicBool::new(false),
@@ -121,6 +206,8 @@ impl Proxy {
             stop,
             connections,
             faulted,
+            started,
+            meter,
         }
     }
 }
@@ -130,6 +217,8 @@ impl Proxy {
 /// `SO_LINGER` 0 set on them turns that close into a RST.
 #[derive(Debug)]
 struct Conn {
+    /// Client→server bytes forwarded on this connection.
+    moved: Arc<AtomicU64>,
     client: TcpStream,
     upstream: TcpStream,
     /// Set before the cut wakes the other pump: it then leaves without
@@ -191,6 +280,7 @@ impl Conn {
                     if (&self.upstream).write_all(&buf[..n]).is_err() {
                         break;
                     }
+                    self.moved.fetch_add(n as u64, Ordering::Relaxed);
                     if let Some(rate) = rate {
                         // Paced: n bytes take n / rate seconds.
                         std::thread::sleep(Duration::from_nanos(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// Episodes waiting longer than this are a backlog worth a warning.
-const BACKLOG_AGE: Duration = Duration::from_secs(3600);
+pub(super) const BACKLOG_AGE: Duration = Duration::from_secs(3600);
 /// A directory without `meta.json` idle this long was probably abandoned.
 const UNFINISHED_AGE: Duration = Duration::from_secs(86_400);
 /// Client certificates expiring sooner than this are a warning.
@@ -507,74 +507,6 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
         ),
     );
 
-    out.push(status(config, now, running, ready.len()));
+    out.push(super::status::check(config, now, running, ready.len()));
     out
-}
-
-/// `state/status.json`: is the loop alive, when did it last ship.
-fn status(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
-    let path = config.data_dir.join("state/status.json");
-    let Some(status) = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-    else {
-        return if running == Some(false) {
-            Finding::ok(
-                "status",
-                "no state/status.json (the shipper is not running)",
-            )
-        } else {
-            Finding::new(
-                Level::Warn,
-                "status",
-                format!(
-                    "no {}: the shipper has not completed a pass",
-                    path.display()
-                ),
-                Some(format!("sudo systemctl restart {UNIT}")),
-                57,
-            )
-        };
-    };
-    let at = |k: &str| {
-        status[k]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .map(|t| now.duration_since(t).unwrap_or_default())
-    };
-    let pass = at("time");
-    let success = at("last_success");
-    let last = success.map_or("never".to_owned(), |a| format!("{} ago", age(a)));
-    let stale_after = (config.scan_interval * 3).max(Duration::from_secs(300));
-    let details = serde_json::json!({
-        "last_pass_s": pass.map(|a| a.as_secs()),
-        "last_success_s": success.map(|a| a.as_secs()),
-        "last_error": status["last_error"],
-        "hold_s": status["hold_s"],
-    });
-    match pass {
-        Some(a) if a > stale_after && running != Some(false) => Finding::new(
-            Level::Fail,
-            "status",
-            format!(
-                "the shipper's last completed pass was {} ago (expected every {}): stalled or stopped",
-                age(a),
-                age(config.scan_interval)
-            ),
-            Some(format!("sudo systemctl restart {UNIT}")),
-            9,
-        ),
-        _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
-            Level::Warn,
-            "status",
-            format!(
-                "last successful ship {last} while {waiting} episode(s) wait; last error: {}",
-                status["last_error"]["message"].as_str().unwrap_or("none")
-            ),
-            None,
-            44,
-        ),
-        _ => Finding::ok("status", format!("last successful ship {last}")),
-    }
-    .with_details(details)
 }

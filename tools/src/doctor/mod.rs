@@ -12,13 +12,19 @@
 //!   about the unit, over `--since`;
 //! - [`host`]: service state, config, certificate, receiver ping, disk, the
 //!   queue's directories and `state/status.json`;
-//! - [`render`]: aligned human rows (colored on a terminal) and `--json`;
+//! - [`status`]: `state/status.json`: uploads moving, passes completing;
 //! - [`unsettled`]: finished episodes that can never settle (unreadable,
-//!   dated in the future), one row each.
+//!   dated in the future), one row each;
+//! - [`render`]: aligned human rows (colored on a terminal) and `--json`.
+//!
+//! A fix that restarts the shipper or deletes files is `disruptive`
+//! ([`is_disruptive`], in `--json` on every finding); while an upload is
+//! moving none is offered ([`withhold_disruptive`]).
 
 pub mod host;
 pub mod journal;
 pub mod render;
+pub mod status;
 pub mod unsettled;
 
 use serde::Serialize;
@@ -66,6 +72,10 @@ pub struct Finding {
     pub finding: String,
     /// The exact command that fixes it, when there is one.
     pub fix: Option<String>,
+    /// Whether the fix restarts the shipper (cutting an upload) or deletes
+    /// files: an agent applies it only when nothing is moving. False when
+    /// there is no fix.
+    pub disruptive: bool,
     /// Among findings of one level, lower ranks head the report.
     #[serde(skip)]
     pub rank: u8,
@@ -90,6 +100,7 @@ impl Finding {
             level,
             check,
             finding: one_line(&finding.into()),
+            disruptive: fix.as_deref().is_some_and(is_disruptive),
             fix,
             rank,
             details: serde_json::Value::Null,
@@ -99,6 +110,46 @@ impl Finding {
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self
+    }
+}
+
+/// Whether a fix command restarts or stops the shipper (directly, or via
+/// the installer, which may restart it) or deletes files (`rm`, `find
+/// -delete`). Read by words, so every check's fixes are judged alike.
+pub fn is_disruptive(fix: &str) -> bool {
+    let words: Vec<&str> = fix
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().enumerate().any(|(i, w)| {
+        matches!(*w, "rm" | "-delete" | "kill" | "pkill" | "shred")
+            || w.ends_with("install-lab-host.sh")
+            || (*w == "systemctl"
+                && words.get(i + 1).is_some_and(|v| {
+                    matches!(
+                        *v,
+                        "restart" | "stop" | "kill" | "try-restart" | "reload-or-restart"
+                    )
+                }))
+    })
+}
+
+/// While an upload moves (the `status` row says `moving`), no finding
+/// offers a disruptive fix: it would cut data in flight. The finding
+/// stays, saying why its fix is held back.
+pub fn withhold_disruptive(findings: &mut [Finding]) {
+    let moving = findings
+        .iter()
+        .any(|f| f.check == "status" && f.details["moving"] == true);
+    if !moving {
+        return;
+    }
+    for f in findings.iter_mut().filter(|f| f.disruptive) {
+        f.fix = None;
+        f.disruptive = false;
+        f.finding.push_str(
+            " (its fix restarts the shipper or deletes files: held back while an upload is moving; run doctor again when it is done)",
+        );
     }
 }
 
@@ -182,6 +233,7 @@ pub async fn run(opts: &Options) -> Report {
     if let Some(dir) = data_dir {
         findings.extend(unsettled::check(dir, opts.now));
     }
+    withhold_disruptive(&mut findings);
     Report::new(findings)
 }
 
@@ -231,6 +283,65 @@ mod tests {
         assert_eq!(
             (r.exit_code, r.headline.as_str()),
             (0, "OK labship shipper healthy")
+        );
+    }
+
+    #[test]
+    fn fixes_that_restart_or_delete_are_disruptive() {
+        for (fix, yes) in [
+            ("sudo systemctl restart labship-shipper.service", true),
+            ("sudoedit /etc/x && sudo systemctl restart u", true),
+            ("sudo find /d -mtime +30 -exec rm -rf {} +", true),
+            ("sudo find /d -mtime +30 -delete", true),
+            (
+                "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh",
+                true,
+            ),
+            ("sudo systemctl enable --now labship-shipper.service", false),
+            (
+                "journalctl -u labship-shipper.service -n 30 --no-pager",
+                false,
+            ),
+            ("sudo -u labship /opt/labship/bin/shipper --ping", false),
+            ("make the producer perform a confirm step", false),
+        ] {
+            assert_eq!(is_disruptive(fix), yes, "{fix}");
+        }
+        let f = Finding::new(
+            Level::Fail,
+            "x",
+            "y",
+            Some("sudo systemctl stop u".into()),
+            1,
+        );
+        assert!(f.disruptive);
+        assert!(!Finding::ok("x", "y").disruptive);
+    }
+
+    #[test]
+    fn no_disruptive_fix_while_an_upload_moves() {
+        let restart = || {
+            Finding::new(
+                Level::Fail,
+                "outbox",
+                "old",
+                Some("sudo systemctl restart u".into()),
+                1,
+            )
+        };
+        let status = |moving: bool| {
+            Finding::ok("status", "uploading").with_details(serde_json::json!({"moving": moving}))
+        };
+        let mut idle = vec![restart(), status(false)];
+        withhold_disruptive(&mut idle);
+        assert!(idle[0].fix.is_some() && idle[0].disruptive);
+        let mut busy = vec![restart(), status(true)];
+        withhold_disruptive(&mut busy);
+        assert_eq!((busy[0].fix.as_deref(), busy[0].disruptive), (None, false));
+        assert!(
+            busy[0]
+                .finding
+                .contains("held back while an upload is moving")
         );
     }
 

@@ -54,6 +54,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
         assert_eq!(v["exit_code"], 1);
         assert_eq!(v["findings"][0]["fix"], "prune");
+        assert_eq!(v["findings"][0]["disruptive"], false);
+        assert_eq!(v["findings"][1]["disruptive"], false);
         assert_eq!(v["status"], "warn");
     }
 }

@@ -1,0 +1,326 @@
+//! Upload progress (CONTRACT §10): the uploads in flight, `state/status.json`
+//! rewritten while their bytes move, `STATUS=` naming the upload, and a
+//! journal line for long ones.
+//!
+//! [`Uploads`] is the registry each PUT joins for its life ([`Tracked`]
+//! leaves it on drop). [`Progress`] owns `status.json`: the pass writes its
+//! summary through [`Progress::write_status`]; [`Progress::tick`] (once a
+//! second, from the daemon's own task, never the watchdog's) rewrites the
+//! same document with fresh `updated_at` and `uploading` every
+//! [`REWRITE_EVERY`] while bytes have moved since the last write. So an
+//! `updated_at` older than the stall timeout with uploads listed means no
+//! byte moved (or the process is gone): what doctor reads.
+
+use crate::bwlimit::{Limiter, human};
+use labship_protocol::Id;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often `status.json` is rewritten while bytes move (the contract
+/// says at least every 10 s).
+pub const REWRITE_EVERY: Duration = Duration::from_secs(3);
+/// How often a long upload logs a progress line (and its first, after
+/// this long: short uploads stay quiet).
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+/// The window over which `bytes_per_s` is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: u64,
+    id: Id,
+    total: u64,
+    started_at: SystemTime,
+    sent: Arc<AtomicU64>,
+    /// (when, bytes sent) once a tick, for the rate.
+    samples: VecDeque<(Instant, u64)>,
+    logged: Instant,
+}
+
+impl Entry {
+    fn rate(&self) -> u64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                ((b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()) as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// One upload as `status.json` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UploadProgress {
+    pub episode_id: String,
+    pub bytes_sent: u64,
+    pub bytes_total: u64,
+    pub started_at: String,
+    pub bytes_per_s: u64,
+}
+
+/// The uploads in flight, and every body byte any of them sent.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    entries: Mutex<Vec<Entry>>,
+    next: AtomicU64,
+    moved: AtomicU64,
+}
+
+/// An upload's place in [`Uploads`]; leaves it when dropped.
+#[derive(Debug)]
+pub struct Tracked {
+    uploads: Arc<Uploads>,
+    key: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    /// `n` more body bytes handed to the connection.
+    pub fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.uploads.moved.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.uploads.lock().retain(|e| e.key != self.key);
+    }
+}
+
+impl Uploads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the registry for the upload of `total` bytes of `id`.
+    pub fn start(self: &Arc<Self>, id: &Id, total: u64) -> Tracked {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let sent = Arc::new(AtomicU64::new(0));
+        let now = Instant::now();
+        self.lock().push(Entry {
+            key,
+            id: id.clone(),
+            total,
+            started_at: SystemTime::now(),
+            sent: sent.clone(),
+            samples: VecDeque::from([(now, 0)]),
+            logged: now,
+        });
+        Tracked {
+            uploads: self.clone(),
+            key,
+            sent,
+        }
+    }
+
+    /// Every body byte sent since start.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// Samples each upload's count (for its rate) and logs the long ones
+    /// every [`LOG_EVERY`].
+    fn sample(&self) {
+        let now = Instant::now();
+        for e in self.lock().iter_mut() {
+            e.samples.push_back((now, e.sent.load(Ordering::Relaxed)));
+            while e
+                .samples
+                .front()
+                .is_some_and(|s| now.duration_since(s.0) > RATE_WINDOW)
+            {
+                e.samples.pop_front();
+            }
+            if now.duration_since(e.logged) >= LOG_EVERY {
+                e.logged = now;
+                let sent = e.sent.load(Ordering::Relaxed);
+                tracing::info!(episode_id = %e.id, bytes_sent = sent, bytes_total = e.total, bytes_per_s = e.rate(), event = "upload_progress", "uploading {}: {}%", e.id, percent(sent, e.total));
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<UploadProgress> {
+        self.lock()
+            .iter()
+            .map(|e| UploadProgress {
+                episode_id: e.id.to_string(),
+                bytes_sent: e.sent.load(Ordering::Relaxed),
+                bytes_total: e.total,
+                started_at: rfc3339(e.started_at),
+                bytes_per_s: e.rate(),
+            })
+            .collect()
+    }
+}
+
+fn percent(sent: u64, total: u64) -> u64 {
+    (sent.saturating_mul(100))
+        .checked_div(total)
+        .unwrap_or(100)
+        .min(100)
+}
+
+#[derive(Debug)]
+struct Written {
+    /// The pass's document, without the progress fields.
+    base: serde_json::Map<String, serde_json::Value>,
+    at: Instant,
+    /// [`Uploads::moved`] when last written.
+    moved: u64,
+}
+
+/// `state/status.json` and `STATUS=` (see the module doc).
+#[derive(Debug)]
+pub struct Progress {
+    path: PathBuf,
+    pub uploads: Arc<Uploads>,
+    pub limiter: Arc<Limiter>,
+    written: Mutex<Written>,
+}
+
+impl Progress {
+    /// Until the first pass writes its document, uploads in it are shown
+    /// under a bare one (`time` null: no pass completed yet).
+    pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>, host: &Id) -> Self {
+        let mut base = serde_json::Map::new();
+        base.insert("time".into(), serde_json::Value::Null);
+        base.insert("host_id".into(), host.as_str().into());
+        let now = Instant::now();
+        let written = Written {
+            base,
+            at: now.checked_sub(REWRITE_EVERY).unwrap_or(now),
+            moved: uploads.moved(),
+        };
+        Self {
+            path,
+            uploads,
+            limiter,
+            written: Mutex::new(written),
+        }
+    }
+
+    /// Writes the pass's document `base` (an object) with the progress
+    /// fields: `updated_at`, `uploading`, `bwlimit`.
+    pub fn write_status(&self, base: serde_json::Value) {
+        let serde_json::Value::Object(base) = base else {
+            return;
+        };
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(base.clone());
+        *w = Written {
+            base,
+            at: Instant::now(),
+            moved: self.uploads.moved(),
+        };
+    }
+
+    fn write(&self, mut doc: serde_json::Map<String, serde_json::Value>) {
+        doc.insert("updated_at".into(), rfc3339(SystemTime::now()).into());
+        doc.insert(
+            "uploading".into(),
+            serde_json::to_value(self.uploads.snapshot()).unwrap_or_default(),
+        );
+        doc.insert("bwlimit".into(), self.limiter.current().into());
+        let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        if let Err(e) = crate::disk::write_atomic(&self.path, &bytes) {
+            tracing::error!(error = %e, path = %self.path.display(), event = "status_write_failed", "cannot write status.json");
+        }
+    }
+
+    /// Once a second: samples rates, logs long uploads, and rewrites
+    /// `status.json` and `STATUS=` every [`REWRITE_EVERY`] while bytes
+    /// move.
+    pub fn tick(&self) {
+        self.uploads.sample();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let moved = self.uploads.moved();
+        if moved == written.moved || written.at.elapsed() < REWRITE_EVERY {
+            return;
+        }
+        self.write(written.base.clone());
+        written.at = Instant::now();
+        written.moved = moved;
+        if let Some(status) = self.uploading_line() {
+            crate::systemd::status(&status);
+        }
+    }
+
+    /// `STATUS=` while uploading: "uploading <id> 42% (…) at 2 MiB/s, cap …".
+    pub fn uploading_line(&self) -> Option<String> {
+        let ups = self.uploads.snapshot();
+        let first = ups.first()?;
+        let more = match ups.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        Some(format!(
+            "uploading {} {}% ({} of {} bytes) at {}{more}; {}",
+            first.episode_id,
+            percent(first.bytes_sent, first.bytes_total),
+            first.bytes_sent,
+            first.bytes_total,
+            human(first.bytes_per_s),
+            self.cap_text()
+        ))
+    }
+
+    /// "cap 2 MiB/s" or "no cap".
+    pub fn cap_text(&self) -> String {
+        match self.limiter.current() {
+            Some(r) => format!("cap {}", human(r)),
+            None => "no cap".into(),
+        }
+    }
+}
+
+/// The daemon's progress task: [`Progress::tick`] once a second, for ever.
+pub async fn ticker(progress: Arc<Progress>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        progress.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_keeps_the_pass_and_adds_the_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Fixed(1 << 20)));
+        let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
+        let t = p.uploads.start(&id, 1000);
+        p.write_status(serde_json::json!({"time": "then", "pending": 3}));
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        };
+        let v = read();
+        assert_eq!(
+            (v["time"].as_str(), v["pending"].as_u64()),
+            (Some("then"), Some(3))
+        );
+        assert_eq!(v["bwlimit"], 1 << 20);
+        assert_eq!(v["uploading"][0]["episode_id"], "ep-1");
+        assert_eq!(v["uploading"][0]["bytes_sent"], 0);
+        t.sent(400);
+        assert_eq!(p.uploads.snapshot()[0].bytes_sent, 400);
+        assert!(p.uploading_line().unwrap().contains("ep-1 40%"));
+        drop(t);
+        assert!(p.uploads.snapshot().is_empty());
+        assert_eq!(p.uploads.moved(), 400);
+    }
+}

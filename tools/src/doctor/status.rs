@@ -1,0 +1,218 @@
+//! `state/status.json`: is the loop alive, what is it uploading, when did it
+//! last ship (CONTRACT §10).
+//!
+//! The shipper rewrites the file after every pass (`time`) and, while bytes
+//! move, every few seconds (`updated_at`, `uploading`). So:
+//! - uploads listed and `updated_at` fresh: data is moving. An OK row says
+//!   what, how far, how fast and the ETA, however long ago the last pass
+//!   ended, and `moving` in its details makes [`super::run`] withhold every
+//!   disruptive fix;
+//! - uploads listed and `updated_at` older than `receiver.stall_timeout_s`
+//!   plus [`SLACK`]: no byte moved for that long (the shipper aborts a stalled
+//!   upload itself, so it is hung): FAIL, restart;
+//! - nothing uploading: the last completed pass must be recent, or bytes
+//!   must have moved recently (a long pass through a large backlog).
+//!
+//! Test hook: `LABSHIP_DOCTOR_STALE_S` replaces the window after which a
+//! pass is overdue (default: three scan intervals, at least 5 minutes).
+
+use super::host::BACKLOG_AGE;
+use super::{Finding, Level, UNIT, age};
+use labship_shipper::bwlimit::human;
+use labship_shipper::config::Config;
+use labship_shipper::progress::REWRITE_EVERY;
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+/// Beyond the stall timeout and the rewrite interval: scheduling, fsync.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// The `status` row.
+pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
+    let status = match read(config, running) {
+        Ok(s) => s,
+        Err(f) => return f,
+    };
+    let at = |k: &str| {
+        status[k]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .map(|t| now.duration_since(t).unwrap_or_default())
+    };
+    let (pass, success, updated) = (at("time"), at("last_success"), at("updated_at"));
+    let moving_window = config.stall_timeout + REWRITE_EVERY + SLACK;
+    let fresh = updated.is_some_and(|u| u <= moving_window);
+    let uploading = status["uploading"].as_array().cloned().unwrap_or_default();
+    let mut details = json!({
+        "last_pass_s": pass.map(|a| a.as_secs()),
+        "last_success_s": success.map(|a| a.as_secs()),
+        "updated_s": updated.map(|a| a.as_secs()),
+        "last_error": status["last_error"],
+        "hold_s": status["hold_s"],
+        "bwlimit": status["bwlimit"],
+        "uploading": uploading,
+        "moving": !uploading.is_empty() && fresh,
+    });
+    if !uploading.is_empty() && running != Some(false) {
+        let cap = status["bwlimit"].as_u64();
+        let finding = if fresh {
+            moving(&uploading, cap, &mut details)
+        } else {
+            let idle = updated.or(pass).unwrap_or_default();
+            Finding::new(
+                Level::Fail,
+                "status",
+                format!(
+                    "the upload of {} has moved no byte for {} (status.json not rewritten since; the shipper gives up on an upload after receiver.stall_timeout_s = {}s): the shipper is hung",
+                    names(&uploading),
+                    age(idle),
+                    config.stall_timeout.as_secs()
+                ),
+                Some(format!("sudo systemctl restart {UNIT}")),
+                9,
+            )
+        };
+        return finding.with_details(details);
+    }
+    let last = success.map_or("never".to_owned(), |a| format!("{} ago", age(a)));
+    let stale_after = stale_window(config);
+    match pass {
+        Some(a) if a > stale_after && fresh => Finding::ok(
+            "status",
+            format!(
+                "a long pass is under way (last completed {} ago; bytes moved {} ago); last successful ship {last}",
+                age(a),
+                age(updated.unwrap_or_default())
+            ),
+        ),
+        Some(a) if a > stale_after && running != Some(false) => Finding::new(
+            Level::Fail,
+            "status",
+            format!(
+                "the shipper's last completed pass was {} ago (expected every {}) and no upload is moving: stalled or stopped",
+                age(a),
+                age(config.scan_interval)
+            ),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            9,
+        ),
+        _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
+            Level::Warn,
+            "status",
+            format!(
+                "last successful ship {last} while {waiting} episode(s) wait; last error: {}",
+                status["last_error"]["message"].as_str().unwrap_or("none")
+            ),
+            None,
+            44,
+        ),
+        _ => Finding::ok(
+            "status",
+            format!(
+                "last successful ship {last}{}",
+                status["bwlimit"]
+                    .as_u64()
+                    .map_or(String::new(), |c| format!("; upload cap {}", human(c)))
+            ),
+        ),
+    }
+    .with_details(details)
+}
+
+/// The file, or the finding that says why there is none.
+fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
+    let path = config.data_dir.join("state/status.json");
+    if let Some(status) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        return Ok(status);
+    }
+    Err(if running == Some(false) {
+        Finding::ok(
+            "status",
+            "no state/status.json (the shipper is not running)",
+        )
+    } else {
+        Finding::new(
+            Level::Warn,
+            "status",
+            format!(
+                "no {}: the shipper has not completed a pass",
+                path.display()
+            ),
+            Some(format!("sudo systemctl restart {UNIT}")),
+            57,
+        )
+    })
+}
+
+/// Three scan intervals, at least 5 minutes; or `LABSHIP_DOCTOR_STALE_S`.
+fn stale_window(config: &Config) -> Duration {
+    std::env::var("LABSHIP_DOCTOR_STALE_S")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or((config.scan_interval * 3).max(Duration::from_secs(300)))
+}
+
+fn names(uploading: &[Value]) -> String {
+    uploading
+        .iter()
+        .filter_map(|u| u["episode_id"].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The OK row of uploads that move: the first named with its share, rate
+/// and ETA; `details` gains `eta_s` (of the first upload).
+fn moving(uploading: &[Value], cap: Option<u64>, details: &mut Value) -> Finding {
+    let u = &uploading[0];
+    let (sent, total, rate) = (
+        u["bytes_sent"].as_u64().unwrap_or(0),
+        u["bytes_total"].as_u64().unwrap_or(0),
+        u["bytes_per_s"].as_u64().unwrap_or(0),
+    );
+    let eta = (rate > 0).then(|| Duration::from_secs(total.saturating_sub(sent) / rate));
+    details["eta_s"] = eta.map(|e| e.as_secs()).into();
+    let percent = (sent.saturating_mul(100)).checked_div(total).unwrap_or(100);
+    let more = match uploading.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    Finding::ok(
+        "status",
+        format!(
+            "uploading {}{more}: {} of {} ({percent}%) at {}, ETA {}; {}",
+            u["episode_id"].as_str().unwrap_or("?"),
+            mib(sent),
+            mib(total),
+            human(rate),
+            eta.map_or("unknown".into(), age),
+            cap.map_or("no cap".into(), |c| format!("cap {}", human(c)))
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moving_upload_reads_with_its_eta() {
+        let ups = vec![json!({"episode_id": "ep-1", "bytes_sent": 10 << 20,
+            "bytes_total": 30 << 20, "bytes_per_s": 2 << 20, "started_at": "x"})];
+        let mut d = json!({});
+        let f = moving(&ups, Some(2 << 20), &mut d);
+        assert_eq!(f.level, Level::Ok);
+        assert_eq!(
+            f.finding,
+            "uploading ep-1: 10.0 MiB of 30.0 MiB (33%) at 2 MiB/s, ETA 10s; cap 2 MiB/s"
+        );
+        assert_eq!(d["eta_s"], 10);
+    }
+}
