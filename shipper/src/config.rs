@@ -54,6 +54,46 @@ struct Raw {
     retry: RawRetry,
     #[serde(default)]
     quarantine: RawQuarantine,
+    #[serde(default)]
+    ops: RawOps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    #[serde(default = "d_ops_listen")]
+    listen: String,
+}
+
+impl Default for RawOps {
+    fn default() -> Self {
+        Self {
+            listen: d_ops_listen(),
+        }
+    }
+}
+
+/// The ops listener's default address (`[ops] listen`).
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9465";
+
+fn d_ops_listen() -> String {
+    DEFAULT_OPS_LISTEN.to_owned()
+}
+
+/// `[ops] listen`: an address and port, or `""` for none.
+fn ops_listen(path: &Path, listen: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match listen.trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| {
+            ConfigError::new(
+                path,
+                "ops.listen",
+                format!(
+                    "{a:?}: {e}; give an address and port such as \"{DEFAULT_OPS_LISTEN}\", or \"\" for no ops listener"
+                ),
+            )
+        }),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +276,8 @@ pub struct Config {
     /// `None` keeps quarantine forever (`keep_days = 0`).
     pub quarantine_keep: Option<Duration>,
     pub cleanup_interval: Duration,
+    /// `[ops] listen`: where `/metrics` is served; `None` when `""` (off).
+    pub ops_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -344,6 +386,7 @@ impl Config {
             ));
         }
         Ok(Self {
+            ops_listen: ops_listen(path, &raw.ops.listen)?,
             file: path.to_owned(),
             host_id,
             data_dir: resolve(path, &raw.data_dir),
@@ -402,6 +445,9 @@ mod tests {
         assert_eq!(c.ca_file.unwrap(), d.0.path().join("ca.pem"));
         assert_eq!(c.quarantine_keep, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.max_backoff, Duration::from_secs(300));
+        assert_eq!(c.ops_listen, Some(DEFAULT_OPS_LISTEN.parse().unwrap()));
+        let off = d.parse(&format!("{OK}[ops]\nlisten = \"\"\n")).unwrap();
+        assert_eq!(off.ops_listen, None);
     }
 
     #[test]
@@ -455,6 +501,7 @@ mod tests {
                 "retry.max_backoff_s",
             ),
             (format!("{OK}[quarantine]\nkeep_dayz = 3\n"), "keep_dayz"),
+            (format!("{OK}[ops]\nlisten = \"localhost\"\n"), "ops.listen"),
         ];
         for (text, key) in cases {
             let e = d.parse(&text).unwrap_err().to_string();
