@@ -34,71 +34,75 @@ struct State {
     /// The last set that could not be used (logged once, not retried until
     /// it changes again).
     rejected: Option<Material>,
+    /// The files could not be read at the last look (logged once).
+    unreadable: bool,
 }
 
 /// A reqwest client that follows the TLS files on disk.
 #[derive(Debug)]
 pub struct TlsClient {
+    spec: Spec,
+    state: Mutex<State>,
+}
+
+/// What the client is built from: the files and the timeouts.
+#[derive(Debug)]
+struct Spec {
     file: String,
     ca_file: Option<PathBuf>,
     cert_and_key: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
     stall_timeout: Duration,
-    state: Mutex<State>,
 }
 
 impl TlsClient {
     /// Reads and checks every TLS file the config names and builds the client.
     pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let mut c = Self {
+        let spec = Spec {
             file: config.file.display().to_string(),
             ca_file: config.ca_file.clone(),
             cert_and_key: config.auth.cert_and_key.clone(),
             connect_timeout: config.connect_timeout,
             stall_timeout: config.stall_timeout,
-            state: Mutex::new(State {
-                client: reqwest::Client::new(),
-                used: Material {
-                    ca: None,
-                    cert_and_key: None,
-                },
-                rejected: None,
-            }),
         };
-        let used = c.read()?;
-        let client = c.build(&used)?;
-        c.state = Mutex::new(State {
-            client,
-            used,
-            rejected: None,
-        });
-        crate::metrics::get().client_certificate(c.not_after());
-        Ok(c)
+        let used = spec.read()?;
+        let client = spec.build(&used)?;
+        crate::metrics::get().client_certificate(not_after(&used));
+        Ok(Self {
+            spec,
+            state: Mutex::new(State {
+                client,
+                used,
+                rejected: None,
+                unreadable: false,
+            }),
+        })
     }
 
     /// The client for the next request: rebuilt first when the TLS files
     /// changed and the new ones are usable.
     pub fn current(&self) -> reqwest::Client {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = match self.read() {
+        let fresh = match self.spec.read() {
             Ok(m) => m,
             Err(e) => {
                 // Mid-rotation (a file renamed away) or a permission
-                // mistake: keep going with what works; said once per change.
-                if state.rejected.is_none() {
+                // mistake: keep going with what works; said once.
+                if !state.unreadable {
                     tracing::error!(event = "client_tls_reload_failed", error = %e, "cannot read the renewed TLS files; keeping the previous certificate");
                     crate::metrics::get().client_tls_reload_failed();
-                    state.rejected = Some(state.used.clone());
+                    state.unreadable = true;
                 }
                 return state.client.clone();
             }
         };
+        state.unreadable = false;
         if fresh == state.used || state.rejected.as_ref() == Some(&fresh) {
             return state.client.clone();
         }
-        match self.build(&fresh) {
+        match self.spec.build(&fresh) {
             Ok(client) => {
-                tracing::info!(event = "client_tls_reloaded", cert_file = %self.names(), "renewed TLS files in use from the next connection on");
+                tracing::info!(event = "client_tls_reloaded", cert_file = %self.spec.names(), "renewed TLS files in use from the next connection on");
                 crate::metrics::get().client_certificate(not_after(&fresh));
                 state.client = client;
                 state.used = fresh;
@@ -117,7 +121,9 @@ impl TlsClient {
     pub fn not_after(&self) -> Option<i64> {
         not_after(&self.state.lock().unwrap_or_else(|p| p.into_inner()).used)
     }
+}
 
+impl Spec {
     fn names(&self) -> String {
         match &self.cert_and_key {
             Some((c, k)) => format!("{} and {}", c.display(), k.display()),

@@ -578,3 +578,48 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
         3.0
     );
 }
+
+/// Under the real unit (its sandbox: address families, system calls,
+/// read-only /etc): the ops listener serves `/metrics` to the host, and a
+/// certificate renewed in /etc/labship is picked up without a restart.
+#[test]
+fn under_systemd_the_ops_listener_serves_and_a_renewal_is_picked_up() {
+    use labship_tests::lab_host::{LabHost, ShipperConfig, events};
+    use labship_tests::nspawn::{SHIPPER_UNIT, skip_unless_root_and_nspawn};
+    if !skip_unless_root_and_nspawn(
+        "under_systemd_the_ops_listener_serves_and_a_renewal_is_picked_up",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let host = LabHost::boot(&env);
+    host.install_identity(&env, &env.pki.client(HOST));
+    let port = free_port();
+    let mut cfg = ShipperConfig::new(&r.url);
+    cfg.ops_listen = format!("127.0.0.1:{port}");
+    host.write_config(&cfg);
+    host.produce("ep-1", Some(GOOD_COMMIT), &[("x", b"1")]);
+    host.expect_ok("systemctl start", &host.systemctl(&["start", SHIPPER_UNIT]));
+    let long = Duration::from_secs(40);
+    host.wait_for("ep-1 shipped", long, || host.names("shipped") == ["ep-1"]);
+    let (ct, text) = scrape(format!("127.0.0.1:{port}").parse().unwrap());
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert_eq!(
+        sample(&text, "labship_shipper_episodes_total{result=\"stored\"}"),
+        1.0
+    );
+    promtool_accepts(&text);
+
+    host.install_identity(&env, &env.pki.client(HOST));
+    host.produce("ep-2", Some(GOOD_COMMIT), &[("x", b"2")]);
+    host.wait_for("ep-2 shipped", long, || host.names("shipped").len() == 2);
+    host.wait_journal("the renewal taken up", long, |e| {
+        !events(e, "client_tls_reloaded").is_empty()
+    });
+    let (_, text) = scrape(format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(
+        sample(&text, "labship_shipper_episodes_total{result=\"stored\"}"),
+        2.0
+    );
+}
