@@ -306,6 +306,24 @@ async fn once(shipper: &mut Shipper, json: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// `[ops] listen`: binds and serves `/metrics` beside the work loop. An
+/// address that cannot be bound is logged and shipping goes on.
+async fn ops_listener(listen: std::net::SocketAddr, config: &Config) {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            tokio::spawn(labship_shipper::ops::serve(
+                listener,
+                config.data_dir.clone(),
+            ));
+        }
+        Err(e) => tracing::error!(
+            event = "ops_listen_failed", listen = %listen, config = %config.file.display(), error = %e,
+            "cannot serve /metrics on {listen} ([ops] listen in {}): {e}; shipping goes on without it: free the port or set another address (\"\" turns it off)",
+            config.file.display()
+        ),
+    }
+}
+
 async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -317,7 +335,7 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     };
     let watchdog = systemd::Watchdog::from_env();
     if let Some(listen) = config.ops_listen {
-        labship_shipper::ops::start(listen, config.data_dir.clone(), &config.file).await;
+        ops_listener(listen, config).await;
     }
     systemd::ready(&format!("shipping to {}", config.url));
     tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");

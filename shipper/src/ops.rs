@@ -2,45 +2,26 @@
 //! `""` off): plain HTTP, `/metrics` ([`crate::metrics`]: OpenMetrics to a
 //! scraper that asks for it, as Prometheus does, else the classic text
 //! format) and `/healthz`.
-//! It is an extra: an address that cannot be bound is logged, naming the
-//! address and the key, and shipping goes on without it.
+//! It is an extra: `main` binds it, and an address that cannot be bound is
+//! logged there, naming the address and the key, and shipping goes on
+//! without it.
 
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-/// Binds `listen` and serves on the current runtime; `None` (logged) when
-/// the address cannot be bound.
-pub async fn start(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    file: &std::path::Path,
-) -> Option<SocketAddr> {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(
-                event = "ops_listen_failed", listen = %listen, config = %file.display(), error = %e,
-                "cannot serve /metrics on {listen} ([ops] listen in {}): {e}; shipping goes on without it: free the port or set another address (\"\" turns it off)",
-                file.display()
-            );
-            return None;
-        }
-    };
-    let bound = listener.local_addr().ok();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(data_dir)).await {
-            tracing::error!(event = "ops_listener_failed", listen = %listen, error = %e, "the ops listener stopped: {e}");
-        }
-    });
-    tracing::debug!(listen = ?bound, "ops listener up");
-    bound
+/// Serves [`app`] on `listener` (bound by `main`) until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, data_dir: PathBuf) {
+    let at = listener.local_addr().ok();
+    if let Err(e) = axum::serve(listener, app(data_dir)).await {
+        tracing::error!(event = "ops_listener_failed", listen = ?at, error = %e, "ops listener stopped");
+    }
 }
 
-fn router(data_dir: PathBuf) -> Router {
+/// The ops routes; `/metrics` reads the queue's state under `data_dir`.
+pub fn app(data_dir: PathBuf) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
