@@ -58,42 +58,11 @@ struct Raw {
     ops: RawOps,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[ops]`: `listen` unset is [`crate::ops::DEFAULT_LISTEN`].
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOps {
-    #[serde(default = "d_ops_listen")]
-    listen: String,
-}
-
-impl Default for RawOps {
-    fn default() -> Self {
-        Self {
-            listen: d_ops_listen(),
-        }
-    }
-}
-
-/// The ops listener's default address (`[ops] listen`).
-pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9465";
-
-fn d_ops_listen() -> String {
-    DEFAULT_OPS_LISTEN.to_owned()
-}
-
-/// `[ops] listen`: an address and port, or `""` for none.
-fn ops_listen(path: &Path, listen: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    match listen.trim() {
-        "" => Ok(None),
-        a => a.parse().map(Some).map_err(|e| {
-            ConfigError::new(
-                path,
-                "ops.listen",
-                format!(
-                    "{a:?}: {e}; give an address and port such as \"{DEFAULT_OPS_LISTEN}\", or \"\" for no ops listener"
-                ),
-            )
-        }),
-    }
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,7 +355,8 @@ impl Config {
             ));
         }
         Ok(Self {
-            ops_listen: ops_listen(path, &raw.ops.listen)?,
+            ops_listen: crate::ops::parse_listen(raw.ops.listen.as_deref())
+                .map_err(|why| err("ops.listen", why))?,
             file: path.to_owned(),
             host_id,
             data_dir: resolve(path, &raw.data_dir),
@@ -445,7 +415,10 @@ mod tests {
         assert_eq!(c.ca_file.unwrap(), d.0.path().join("ca.pem"));
         assert_eq!(c.quarantine_keep, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.max_backoff, Duration::from_secs(300));
-        assert_eq!(c.ops_listen, Some(DEFAULT_OPS_LISTEN.parse().unwrap()));
+        assert_eq!(
+            c.ops_listen,
+            Some(crate::ops::DEFAULT_LISTEN.parse().unwrap())
+        );
         let off = d.parse(&format!("{OK}[ops]\nlisten = \"\"\n")).unwrap();
         assert_eq!(off.ops_listen, None);
     }

@@ -9,8 +9,23 @@
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
+
+/// `[ops] listen` when the key is absent.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
+
+/// `[ops] listen` (`None`: absent, the default): an address and port, or
+/// `""` for no listener; the error says why, for the key `ops.listen`.
+pub fn parse_listen(listen: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    match listen.unwrap_or(DEFAULT_LISTEN).trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| {
+            format!("{a:?}: {e}; give an address and port such as \"{DEFAULT_LISTEN}\", or \"\" for no ops listener")
+        }),
+    }
+}
 
 /// Serves [`app`] on `listener` (bound by `main`) until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, data_dir: PathBuf) {
