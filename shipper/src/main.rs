@@ -335,6 +335,7 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     };
     let watchdog = systemd::Watchdog::from_env();
     if let Some(listen) = config.ops_listen {
+        labship_shipper::metrics::get().last_success_from_disk(&config.data_dir);
         ops_listener(listen, config).await;
     }
     systemd::ready(&format!("shipping to {}", config.url));

@@ -134,7 +134,7 @@ impl Metrics {
             "Seconds since the oldest episode in episodes/ last changed (0 when none)",
             m.oldest_pending_age.clone(),
         );
-        r.register("shipper_last_success_timestamp_seconds", "When an episode was last stored (or found already present), seconds since the epoch; 0 before the first in this process", m.last_success.clone());
+        r.register("shipper_last_success_timestamp_seconds", "When an episode was last stored (or found already present), seconds since the epoch; at start, when the newest entry of shipped/ got there (0: none)", m.last_success.clone());
         r.register(
             "shipper_quarantined_episodes",
             "Episodes in quarantine/ now",
@@ -159,6 +159,20 @@ impl Metrics {
         self.episodes.get_or_create(&ResultLabels { result }).inc();
         if result != "quarantined" {
             self.last_success.set(epoch_s(SystemTime::now()));
+        }
+    }
+
+    /// At start: the last success is when the newest entry of `shipped/`
+    /// got there (a rename sets its ctime), so a restart does not read as
+    /// "never shipped" to an alert on this gauge.
+    pub fn last_success_from_disk(&self, data_dir: &Path) {
+        use std::os::unix::fs::MetadataExt as _;
+        let newest = dirs(&data_dir.join("shipped"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.ctime() as f64 + f64::from(m.ctime_nsec() as u32) / 1e9)
+            .fold(0.0, f64::max);
+        if newest > self.last_success.get() {
+            self.last_success.set(newest);
         }
     }
 

@@ -442,6 +442,44 @@ fn metrics_count_what_really_happened_and_promtool_accepts_them() {
     );
 }
 
+/// After a restart the last success is the newest delivery on disk, not 0
+/// (which an alert on "no success for an hour" would take for never).
+#[test]
+fn the_last_success_survives_a_restart() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (cfg, data) = config(&env, "lab", &r.url, &env.pki.client(HOST), &listen);
+    write_episode(&data.join("episodes"), "ep-a", Some(GOOD_COMMIT), &[]);
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let before = epoch();
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let after = epoch();
+    std::thread::sleep(Duration::from_millis(1100));
+    let log = env.path().join("lab/shipper.log");
+    let _shipper = daemon(&cfg, &log);
+    let ops: SocketAddr = listen.parse().unwrap();
+    wait_for("the ops listener", Duration::from_secs(10), &log, || {
+        http_get(ops, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    let (_, text) = scrape(ops);
+    let last = sample(&text, "labship_shipper_last_success_timestamp_seconds");
+    assert!(
+        before - 0.01 <= last && last <= after + 0.01,
+        "{before} <= {last} <= {after}"
+    );
+    assert_eq!(
+        sample(&text, "labship_shipper_episodes_total{result=\"stored\"}"),
+        0.0
+    );
+}
+
 #[test]
 fn a_busy_ops_port_is_logged_and_shipping_goes_on() {
     let env = TestEnv::new();
