@@ -40,6 +40,8 @@ else
   SOURCE_DATE_EPOCH=0
 fi
 export SOURCE_DATE_EPOCH
+# The commit --version, the User-Agent and labship_build_info name (sys/build.rs).
+export LABSHIP_COMMIT="${commit:-unknown}"
 # The checkout's path must not end up in the binaries (panic locations).
 # Nor the builder's cargo home (the dependencies' sources).
 export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/labship --remap-path-prefix=${CARGO_HOME:-${HOME:-/root}/.cargo}=/cargo"

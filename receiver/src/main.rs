@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The labship receiver: authenticates lab hosts, gates episodes on their code
 /// stamp, stores archives durably.
 #[derive(Debug, Parser)]
-#[command(name = "receiver", version, about)]
+#[command(name = "receiver", version = labship_sys::LONG_VERSION, about)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]

@@ -2,6 +2,7 @@
 //! ([`Config`]), every file the config names read and judged (the
 //! certificate and key match, `host_id` equals the certificate's identity,
 //! no certificate has expired (an error) or expires within 14 days (a
+//! warning), an ops listener (`[ops] listen`) beyond loopback (a
 //! warning)), then the daemon's own client setup ([`Uploader::new`]). Nothing
 //! is written, no directory created, no connection made.
 //!
@@ -165,6 +166,17 @@ pub fn check(path: &Path, now: SystemTime) -> Report {
     };
     r.host_id = Some(config.host_id.to_string());
     r.url = Some(config.url.to_string());
+    if let Some(listen) = config.ops_listen
+        && !listen.ip().is_loopback()
+    {
+        r.warning(
+            "ops.listen",
+            format!(
+                "{listen} is not a loopback address: /metrics (host id, backlog, certificate expiry) is served without authentication to whoever can reach it; prefer \"127.0.0.1:{}\" and let a local agent or an SSH tunnel reach it, or firewall the port",
+                listen.port()
+            ),
+        );
+    }
     if let Some(ca) = &config.ca_file {
         for der in pem_certificates(ca) {
             r.certificate("receiver.ca_file", ca, &der, now, false);

@@ -56,6 +56,8 @@ struct Raw {
     quarantine: RawQuarantine,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    ops: RawOps,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +65,13 @@ struct Raw {
 struct RawLimits {
     #[serde(default)]
     bwlimit: String,
+}
+
+/// `[ops]`: `listen` unset is [`crate::ops::DEFAULT_LISTEN`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +256,8 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// `[limits] bwlimit`: the upload rate cap (SIGHUP re-reads it).
     pub bwlimit: crate::bwlimit::Bwlimit,
+    /// `[ops] listen`: where `/metrics` is served; `None` when `""` (off).
+    pub ops_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -362,6 +373,8 @@ impl Config {
         })?;
         Ok(Self {
             bwlimit,
+            ops_listen: crate::ops::parse_listen(raw.ops.listen.as_deref())
+                .map_err(|why| err("ops.listen", why))?,
             file: path.to_owned(),
             host_id,
             data_dir: resolve(path, &raw.data_dir),
@@ -466,6 +479,12 @@ mod tests {
         assert_eq!(c.ca_file.unwrap(), d.0.path().join("ca.pem"));
         assert_eq!(c.quarantine_keep, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.max_backoff, Duration::from_secs(300));
+        assert_eq!(
+            c.ops_listen,
+            Some(crate::ops::DEFAULT_LISTEN.parse().unwrap())
+        );
+        let off = d.parse(&format!("{OK}[ops]\nlisten = \"\"\n")).unwrap();
+        assert_eq!(off.ops_listen, None);
     }
 
     #[test]
@@ -527,6 +546,7 @@ mod tests {
                 format!("{OK}[limits]\nbwlimit = \"1K\"\n"),
                 "limits.bwlimit",
             ),
+            (format!("{OK}[ops]\nlisten = \"localhost\"\n"), "ops.listen"),
         ];
         for (text, key) in cases {
             let e = d.parse(&text).unwrap_err().to_string();

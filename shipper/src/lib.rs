@@ -4,16 +4,21 @@
 //! every file it names (`--check-config`); [`scan`] finds settled episodes;
 //! [`state`] is the pure episode state machine and [`queue`] its async driver;
 //! [`archive`] packs (deterministic tar+zstd with its SHA-256); [`disk`] owns
-//! every durable move; [`upload`] speaks the receiver's HTTP API; [`cleanup`]
-//! expires old quarantine entries; [`systemd`] notifies. docs/transport.md
+//! every durable move; [`upload`] speaks the receiver's HTTP API over the
+//! [`client`] (renewed TLS files picked up from disk); [`cleanup`] expires
+//! old quarantine entries; [`systemd`] notifies; [`metrics`] counts and
+//! [`ops`] serves them (`[ops] listen`). docs/transport.md
 //! describes the states and what survives a crash in each.
 
 pub mod archive;
 pub mod bwlimit;
 pub mod check;
 pub mod cleanup;
+pub mod client;
 pub mod config;
 pub mod disk;
+pub mod metrics;
+pub mod ops;
 pub mod progress;
 pub mod queue;
 pub mod reload;

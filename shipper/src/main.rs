@@ -1,23 +1,27 @@
-//! `shipper [--config PATH] [--ping | --once | --check-config [--json | --print KEY]]`:
+//! `shipper [--config PATH] [--ping | --once | --check-config [--print KEY]] [--json]`:
 //! parses arguments, sets up logging and signals, and hands over to the
 //! library. Exit codes (CONTRACT §5, §11): `--ping` 0 ok, 2 config, 3 TLS/auth
 //! refused, 4 unreachable, 5 unexpected; `--once` 0, 1 when a transient
 //! failure left work, 2 config; `--check-config` 0 valid (warnings allowed),
-//! 2 invalid; daemon 0 on a clean stop, 2 on bad config.
+//! 2 invalid; daemon 0 on a clean stop, 2 on bad config. `--json` makes
+//! `--ping`, `--once` and `--check-config` print one JSON document on stdout
+//! instead (same exit codes; docs/operations.md lists the fields).
 
 use clap::Parser;
 use labship_shipper::check;
 use labship_shipper::config::{Config, DEFAULT_PATH};
 use labship_shipper::queue::Shipper;
 use labship_shipper::systemd;
-use labship_shipper::upload::Uploader;
+use labship_shipper::upload::{PingVerdict, Uploader};
+use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// The labship shipper: ships finished episodes to the receiver.
 #[derive(Debug, Parser)]
-#[command(name = "shipper", version, about)]
+#[command(name = "shipper", version = labship_sys::LONG_VERSION, about)]
+#[command(group(clap::ArgGroup::new("mode").args(["ping", "once", "check_config"])))]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
@@ -33,9 +37,9 @@ struct Args {
     /// within 14 days); touch nothing else. Exit 0 valid, 2 invalid.
     #[arg(long, conflicts_with_all = ["ping", "once"])]
     check_config: bool,
-    /// With --check-config: one JSON document (validity, errors, warnings,
-    /// certificates and the resolved paths).
-    #[arg(long, requires = "check_config", conflicts_with = "print")]
+    /// With --ping, --once or --check-config: one JSON document on stdout
+    /// (same exit codes; fields in docs/operations.md).
+    #[arg(long, requires = "mode", conflicts_with = "print")]
     json: bool,
     /// With --check-config: print only this resolved path (one line; empty
     /// when unset), also when the config is otherwise invalid; nothing when
@@ -73,11 +77,16 @@ fn main() -> ExitCode {
         return check_config(&args);
     }
     init_logging();
+    let json = args.json;
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shipper: invalid configuration: {e}");
-            return ExitCode::from(2);
+            return fail(
+                json,
+                2,
+                "invalid_config",
+                format!("invalid configuration: {e}"),
+            );
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -94,31 +103,38 @@ fn main() -> ExitCode {
         let uploader = match Uploader::new(&config) {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("shipper: invalid configuration: {e}");
-                return ExitCode::from(2);
+                return fail(
+                    json,
+                    2,
+                    "invalid_config",
+                    format!("invalid configuration: {e}"),
+                );
             }
         };
         if args.ping {
-            return ping(&config, &uploader).await;
+            return ping(&config, &uploader, json).await;
         }
         let mut shipper = match Shipper::new(config.clone(), uploader) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                eprintln!("shipper: {}: {e}", config.data_dir.display());
-                return ExitCode::FAILURE;
+                return fail(
+                    json,
+                    1,
+                    "locked",
+                    format!("{}: {e}", config.data_dir.display()),
+                );
             }
             Err(e) => {
-                eprintln!("shipper: {}: data_dir: cannot prepare {}: {e}", config.file.display(), config.data_dir.display());
-                return ExitCode::from(2);
+                let why = format!(
+                    "{}: data_dir: cannot prepare {}: {e}",
+                    config.file.display(),
+                    config.data_dir.display()
+                );
+                return fail(json, 2, "invalid_config", why);
             }
         };
         if args.once {
-            let s = shipper.pass(&|| {}).await;
-            println!(
-                "shipped {}, already present {}, quarantined {}, left pending {} ({} by a transient failure)",
-                s.shipped, s.already_present, s.quarantined, s.pending, s.transient
-            );
-            return if s.transient > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+            return once(&mut shipper, json).await;
         }
         daemon(shipper, &config).await
     });
@@ -203,12 +219,109 @@ fn check_config(args: &Args) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-async fn ping(config: &Config, uploader: &Uploader) -> ExitCode {
+/// A failure before `--ping` or `--once` could start: the message on
+/// stderr, and with `--json` the document on stdout.
+fn fail(json: bool, code: u8, result: &str, message: String) -> ExitCode {
+    eprintln!("shipper: {message}");
+    if json {
+        println!(
+            "{}",
+            json!({"result": result, "exit_code": code, "message": message, "shipper_version": labship_sys::LONG_VERSION})
+        );
+    }
+    ExitCode::from(code)
+}
+
+async fn ping(config: &Config, uploader: &Uploader, json: bool) -> ExitCode {
     let verdict = uploader
         .check(config, config.connect_timeout + Duration::from_secs(10))
         .await;
-    println!("{verdict}");
+    if json {
+        println!("{}", ping_json(&verdict, config));
+    } else {
+        println!("{verdict}");
+    }
     ExitCode::from(verdict.exit_code())
+}
+
+/// `--ping --json`: `result` names the verdict; the human line is `message`.
+fn ping_json(v: &PingVerdict, config: &Config) -> Value {
+    let mut doc = json!({
+        "exit_code": v.exit_code(),
+        "message": v.to_string(),
+        "host_id": config.host_id.as_str(),
+        "receiver_url": config.url.as_str(),
+        "shipper_version": labship_sys::LONG_VERSION,
+    });
+    let extra = match v {
+        PingVerdict::Ok { pong, .. } => json!({
+            "result": "ok",
+            "known_as": pong.host_id,
+            "receiver_version": pong.receiver_version,
+            "gate": pong.gate,
+        }),
+        PingVerdict::HostMismatch { known_as, .. } => {
+            json!({"result": "host_mismatch", "known_as": known_as})
+        }
+        PingVerdict::Refused { status, body, .. } => {
+            json!({"result": "refused", "status": status, "body": body})
+        }
+        PingVerdict::TlsRefused { .. } => json!({"result": "tls_refused"}),
+        PingVerdict::Unreachable { .. } => json!({"result": "unreachable"}),
+        PingVerdict::Unexpected { status, body, .. } => {
+            json!({"result": "unexpected", "status": status, "body": body})
+        }
+    };
+    if let (Some(doc), Value::Object(extra)) = (doc.as_object_mut(), extra) {
+        doc.extend(extra);
+    }
+    doc
+}
+
+/// `--once`: one pass, its summary on stdout; exit 1 when a transient
+/// failure left work.
+async fn once(shipper: &mut Shipper, json: bool) -> ExitCode {
+    let s = shipper.pass(&|| {}).await;
+    let code: u8 = if s.transient > 0 { 1 } else { 0 };
+    if json {
+        println!(
+            "{}",
+            json!({
+                "result": if code == 0 { "ok" } else { "transient" },
+                "exit_code": code,
+                "shipped": s.shipped,
+                "already_present": s.already_present,
+                "quarantined": s.quarantined,
+                "pending": s.pending,
+                "transient": s.transient,
+                "shipper_version": labship_sys::LONG_VERSION,
+            })
+        );
+    } else {
+        println!(
+            "shipped {}, already present {}, quarantined {}, left pending {} ({} by a transient failure)",
+            s.shipped, s.already_present, s.quarantined, s.pending, s.transient
+        );
+    }
+    ExitCode::from(code)
+}
+
+/// `[ops] listen`: binds and serves `/metrics` beside the work loop. An
+/// address that cannot be bound is logged and shipping goes on.
+async fn ops_listener(listen: std::net::SocketAddr, config: &Config) {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            tokio::spawn(labship_shipper::ops::serve(
+                listener,
+                config.data_dir.clone(),
+            ));
+        }
+        Err(e) => tracing::error!(
+            event = "ops_listen_failed", listen = %listen, config = %config.file.display(), error = %e,
+            "cannot serve /metrics on {listen} ([ops] listen in {}): {e}; shipping goes on without it: free the port or set another address (\"\" turns it off)",
+            config.file.display()
+        ),
+    }
 }
 
 async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
@@ -222,6 +335,10 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let watchdog = systemd::Watchdog::from_env();
+    if let Some(listen) = config.ops_listen {
+        labship_shipper::metrics::get().last_success_from_disk(&config.data_dir);
+        ops_listener(listen, config).await;
+    }
     systemd::ready(&format!("shipping to {}", config.url));
     tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");
     let progress = shipper.progress();
@@ -245,6 +362,7 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = int.recv() => break,
         };
         watchdog.alive();
+        labship_shipper::metrics::get().failed(summary.transient);
         systemd::status(&format!(
             "pending {} shipped {} quarantined {} transient {}; {}",
             summary.pending,

@@ -513,6 +513,7 @@ impl Shipper {
                     Ok(dest) => {
                         tracing::warn!(episode_id = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
                         summary.quarantined += 1;
+                        crate::metrics::get().episode("quarantined");
                     }
                     Err(e) => self.io_failure(&id, "finishing quarantine", &e, summary),
                 }
@@ -678,6 +679,7 @@ impl Shipper {
                     match self.layout.quarantine(&id, &self.config.host_id, reason) {
                         Ok(dest) => {
                             summary.quarantined += 1;
+                            crate::metrics::get().episode("quarantined");
                             self.backoff.remove(&id);
                             self.record_error(
                                 &id,
@@ -905,6 +907,7 @@ impl Shipper {
                 }
                 self.backoff.remove(&id);
                 self.last_success = Some(SystemTime::now());
+                crate::metrics::get().episode(if already { "already_present" } else { "stored" });
                 tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
             }
             Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),

@@ -1,6 +1,7 @@
 //! Talking to the receiver: `POST /v1/ping`, `HEAD` and `PUT` of an archive.
 //!
-//! One reqwest client (rustls, connection reuse) per process. Uploads stream
+//! One reqwest client (rustls, connection reuse) per process, rebuilt when
+//! the TLS files on disk are renewed ([`crate::client`]). Uploads stream
 //! from the outbox file; there is no total timeout (a long upload that moves is
 //! never killed), but one whose body moves no byte for `stall_timeout_s` is
 //! aborted. Once the last body byte is handed to the socket, what is left in
@@ -21,6 +22,7 @@
 //! episode and the digest and size that were sent. Anything else is
 //! [`Event::NotReceiver`]: loud, transient, the episode stays queued.
 
+use crate::client::TlsClient;
 use crate::config::Config;
 use crate::state::{Archive, Event};
 use labship_protocol::headers::{ARCHIVE_CONTENT_TYPE, CONTENT_DIGEST, LABSHIP_COMMIT};
@@ -292,7 +294,7 @@ impl std::fmt::Display for PingVerdict {
 
 #[derive(Debug)]
 pub struct Uploader {
-    client: reqwest::Client,
+    client: TlsClient,
     base: reqwest::Url,
     host: Id,
     token: Option<String>,
@@ -310,74 +312,19 @@ impl Uploader {
             key,
             why,
         };
-        let read = |key: &'static str, p: &Path| {
-            std::fs::read(p).map_err(|e| setup(key, format!("{}: {e}", p.display())))
-        };
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("labship-shipper/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_user_timeout(config.stall_timeout)
-            .tcp_nodelay(true)
-            // A redirect is not the receiver's answer: it is reported, never
-            // followed (a HEAD or PUT sent on to wherever it points could
-            // take someone else's 200 for a stored archive).
-            .redirect(reqwest::redirect::Policy::none());
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        // Each file is checked on its own first, so an error names the right
-        // key: reqwest's own errors say "builder error", and an empty CA
-        // bundle would silently trust nothing.
-        let certs_in =
-            |key: &'static str, path: &Path, pem: &[u8]| match CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(c) if !c.is_empty() => Ok(()),
-                Ok(_) => Err(setup(
-                    key,
-                    format!("{}: contains no PEM certificate", path.display()),
-                )),
-                Err(e) => Err(setup(
-                    key,
-                    format!("{}: not PEM certificates: {e}", path.display()),
-                )),
-            };
-        if let Some(ca) = &config.ca_file {
-            let pem = read("receiver.ca_file", ca)?;
-            certs_in("receiver.ca_file", ca, &pem)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup("receiver.ca_file", format!("{}: {e}", ca.display())))?;
-            b = b.tls_certs_only(certs);
-        }
-        if let Some((cert, key)) = &config.auth.cert_and_key {
-            let mut pem = read("receiver.cert_file", cert)?;
-            certs_in("receiver.cert_file", cert, &pem)?;
-            let key_pem = read("receiver.key_file", key)?;
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                setup(
-                    "receiver.key_file",
-                    format!("{}: not a PEM private key: {e}", key.display()),
-                )
-            })?;
-            pem.extend(key_pem);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                setup(
-                    "receiver.cert_file",
-                    format!("{} with {}: {e}", cert.display(), key.display()),
-                )
-            })?;
-            b = b.identity(identity);
-        }
-        let token = match &config.auth.token_file {
-            Some(p) => Some(
-                String::from_utf8(read("receiver.token_file", p)?)
+        let client = TlsClient::new(config)?;
+        let token =
+            match &config.auth.token_file {
+                Some(p) => Some(
+                    String::from_utf8(std::fs::read(p).map_err(|e| {
+                        setup("receiver.token_file", format!("{}: {e}", p.display()))
+                    })?)
                     .map_err(|_| setup("receiver.token_file", "is not UTF-8".into()))?
                     .trim()
                     .to_owned(),
-            ),
-            None => None,
-        };
-        let client = b.build().map_err(|e| setup("receiver", e.to_string()))?;
+                ),
+                None => None,
+            };
         Ok(Self {
             client,
             base: config.url.clone(),
@@ -387,6 +334,11 @@ impl Uploader {
             limiter: Arc::new(crate::bwlimit::Limiter::new(config.bwlimit.clone())),
             uploads: Arc::default(),
         })
+    }
+
+    /// The client for the next request (renewed TLS files picked up: [`TlsClient`]).
+    fn client(&self) -> reqwest::Client {
+        self.client.current()
     }
 
     fn url(&self, tail: &str) -> reqwest::Url {
@@ -406,7 +358,7 @@ impl Uploader {
     /// One authenticated ping. `Err(Ok(..))` is an HTTP answer other than 200.
     pub async fn ping(&self, timeout: Duration) -> Result<Pong, Result<(u16, String), NoAnswer>> {
         let req = self
-            .authorize(self.client.post(self.url("v1/ping")))
+            .authorize(self.client().post(self.url("v1/ping")))
             .timeout(timeout);
         let resp = req.send().await.map_err(|e| Err(classify(&e)))?;
         let status = resp.status().as_u16();
@@ -455,7 +407,7 @@ impl Uploader {
     pub async fn head(&self, id: &Id) -> (Event, Option<Duration>) {
         let req = self
             .authorize(
-                self.client
+                self.client()
                     .head(self.url(&format!("v1/episodes/{}/{id}", self.host))),
             )
             .timeout(self.stall);
@@ -517,7 +469,7 @@ impl Uploader {
         });
         let req = self
             .authorize(
-                self.client
+                self.client()
                     .put(self.url(&format!("v1/episodes/{}/{id}", self.host))),
             )
             .header(CONTENT_DIGEST, archive.digest.header_value())
@@ -554,6 +506,11 @@ impl Uploader {
                 }
             }
         };
+        crate::metrics::get().upload(
+            sent.load(Ordering::Relaxed),
+            archive.bytes,
+            started.elapsed(),
+        );
         match resp {
             // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
             // unacknowledged for stall_timeout_s.

@@ -2,9 +2,50 @@
 //! nothing: today the packagers' `--generate KIND` (a man page or a shell
 //! completion, rendered from the binary's own clap definition, as ripgrep's
 //! `rg --generate` does), so the `.deb`s ship documentation that cannot drift
-//! from the flags (scripts/build-debs.sh).
+//! from the flags (scripts/build-debs.sh); and what a binary says about its
+//! own build (`--version`, the shipper's `User-Agent`, `labship_build_info`):
+//! the version and the git commit embedded by `build.rs`.
 
 use std::io::{self, Write};
+
+/// The workspace version (every crate shares it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The 12-hex git commit the binaries were built from, or `unknown` when
+/// built outside git (`build.rs`; the environment variable `LABSHIP_COMMIT`
+/// at build time overrides it). Use this, not `option_env!` in another
+/// crate: only this crate's build script sets it.
+pub const COMMIT: &str = env!("LABSHIP_COMMIT");
+
+/// `VERSION (COMMIT)`: clap's `#[command(version = labship_sys::LONG_VERSION)]`
+/// makes `--version` print `NAME VERSION (COMMIT)` (CONTRACT §11).
+pub const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("LABSHIP_COMMIT"), ")");
+
+/// The shipper's `User-Agent`: `labship-shipper/VERSION (COMMIT)`.
+pub const SHIPPER_USER_AGENT: &str = concat!(
+    "labship-shipper/",
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("LABSHIP_COMMIT"),
+    ")"
+);
+
+/// What a binary reports about its build: the labels of
+/// `labship_build_info{version,commit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// This build's [`BuildInfo`].
+pub const fn build_info() -> BuildInfo {
+    BuildInfo {
+        version: VERSION,
+        commit: COMMIT,
+    }
+}
 
 /// What `--generate` renders on standard output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +101,20 @@ mod tests {
         let mut out = Vec::new();
         generate(kind, cmd, &mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_commit_is_twelve_hex_or_unknown() {
+        assert!(
+            COMMIT == "unknown"
+                || (COMMIT.len() == 12 && COMMIT.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{COMMIT}"
+        );
+        assert_eq!(LONG_VERSION, format!("{VERSION} ({COMMIT})"));
+        assert_eq!(
+            SHIPPER_USER_AGENT,
+            format!("labship-shipper/{VERSION} ({COMMIT})")
+        );
     }
 
     #[test]

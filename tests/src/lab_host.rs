@@ -37,6 +37,9 @@ pub struct ShipperConfig {
     pub stall_timeout_s: u32,
     pub initial_backoff_s: u32,
     pub max_backoff_s: u32,
+    /// `[ops] listen`; `""` (off) unless a test asks for a port: the lab
+    /// hosts share the host's network, and many run at once.
+    pub ops_listen: String,
 }
 
 impl ShipperConfig {
@@ -50,17 +53,20 @@ impl ShipperConfig {
             stall_timeout_s: 60,
             initial_backoff_s: 1,
             max_backoff_s: 4,
+            ops_listen: String::new(),
         }
     }
 
     pub fn to_toml(&self) -> String {
         format!(
             "host_id = {:?}\ndata_dir = \"/var/lib/labship\"\nscan_interval_s = {}\nsettle_s = 0\n\n\
+             [ops]\nlisten = {:?}\n\n\
              [receiver]\nurl = {:?}\nca_file = \"/etc/labship/ca.pem\"\ncert_file = \"/etc/labship/client.pem\"\n\
              key_file = \"/etc/labship/client.key\"\nconnect_timeout_s = {}\nstall_timeout_s = {}\n\n\
              [retry]\ninitial_backoff_s = {}\nmax_backoff_s = {}\n",
             self.host_id,
             self.scan_interval_s,
+            self.ops_listen,
             self.url,
             self.connect_timeout_s,
             self.stall_timeout_s,

@@ -146,8 +146,10 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 /// The text of a `shipper.toml` for host `host` over `data` and `url`, with
-/// `id` as client identity, short timeouts and backoff for tests; `top` is
-/// extra top-level keys (e.g. `settle_s = 0`).
+/// `id` as client identity, short timeouts and backoff for tests, and no
+/// ops listener (many shippers run at once: a test that wants `/metrics`
+/// replaces `listen = ""`); `top` is extra top-level keys (e.g.
+/// `settle_s = 0`).
 pub fn shipper_toml(
     env: &TestEnv,
     host: &str,
@@ -157,7 +159,7 @@ pub fn shipper_toml(
     top: &str,
 ) -> String {
     format!(
-        "host_id = \"{host}\"\ndata_dir = {data:?}\n{top}\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
+        "host_id = \"{host}\"\ndata_dir = {data:?}\n{top}\n[ops]\nlisten = \"\"\n[receiver]\nurl = \"{url}\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nconnect_timeout_s = 2\nstall_timeout_s = 5\n[retry]\ninitial_backoff_s = 1\nmax_backoff_s = 2\n",
         env.pki.ca_file, id.cert_file, id.key_file
     )
 }

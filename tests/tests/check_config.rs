@@ -235,3 +235,46 @@ fn check_config_flags_are_refused_without_it_and_together() {
     let (code, _, err) = run("shipper", &["--check-config", "--print", "nope"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn the_ops_listener_beyond_loopback_is_a_warning_and_a_bad_address_invalid() {
+    let env = TestEnv::new();
+    let cfg = write_config(&env, "ops", "lab-01", &env.pki.client("lab-01"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with = |listen: &str| {
+        std::fs::write(
+            &cfg,
+            text.replace(
+                "[ops]\nlisten = \"\"\n",
+                &format!("[ops]\nlisten = {listen:?}\n"),
+            ),
+        )
+        .unwrap();
+    };
+    with("127.0.0.1:9465");
+    let (code, doc) = json(&cfg);
+    assert_eq!(
+        (code, doc["warnings"].clone()),
+        (0, serde_json::json!([])),
+        "{doc}"
+    );
+    with("0.0.0.0:9465");
+    let (code, out, err) = check(&cfg, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "warning: {}: ops.listen: 0.0.0.0:9465 is not a loopback address",
+            cfg.display()
+        )),
+        "{out}"
+    );
+    let (_, doc) = json(&cfg);
+    assert_eq!(doc["warnings"][0]["key"], "ops.listen", "{doc}");
+    with("localhost");
+    let (code, out, err) = check(&cfg, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("invalid: ") && out.contains("ops.listen: \"localhost\""),
+        "{out}"
+    );
+}

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 /// The first line is the worst finding and the command that fixes it, then
 /// one row per check. Exit 0 all OK, 1 warnings, 2 failures.
 #[derive(Debug, Parser)]
-#[command(name = "doctor", version)]
+#[command(name = "doctor", version = labship_sys::LONG_VERSION)]
 struct Args {
     /// The shipper's configuration file.
     #[arg(long, default_value = labship_shipper::config::DEFAULT_PATH)]

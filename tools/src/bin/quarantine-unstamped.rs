@@ -16,7 +16,7 @@ use std::process::ExitCode;
 /// code_version.commit to quarantine/, with its reason file. Safe to run
 /// while the shipper runs; a second run changes nothing.
 #[derive(Debug, Parser)]
-#[command(name = "quarantine-unstamped", version)]
+#[command(name = "quarantine-unstamped", version = labship_sys::LONG_VERSION)]
 struct Args {
     /// The shipper's configuration (data_dir, host_id, settle_s)
     /// [default: /etc/labship/shipper.toml].
