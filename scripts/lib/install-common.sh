@@ -629,29 +629,30 @@ sums() {
 }
 
 # changed_since_start UNIT BINARY PID INVOCATION FILE…: sets CHANGED_FILES
-# to BINARY and those FILEs that differ from what process PID started with.
+# to "PATH changed" (or "PATH removed") for BINARY and each FILE that differs
+# from what process PID started with.
 changed_since_start() {
   local unit=$1 bin=$2 pid=$3 inv=$4 stamp=$STAMP_DIR/$1.sums f w sum path
   shift 4
   CHANGED_FILES=()
   # A replaced binary stays readable through the process's exe link.
-  cmp -s -- "/proc/$pid/exe" "$bin" || CHANGED_FILES+=("$bin")
+  cmp -s -- "/proc/$pid/exe" "$bin" || CHANGED_FILES+=("$bin changed")
   if [[ -n $inv && -r $stamp && $(head -n 1 -- "$stamp") == "invocation $inv" ]]; then
     local -A old=()
     while read -r sum path; do
       old[$path]=$sum
     done < <(tail -n +2 -- "$stamp")
     while read -r sum path; do
-      [[ ${old[$path]:-} == "$sum" ]] || CHANGED_FILES+=("$path")
+      [[ ${old[$path]:-} == "$sum" ]] || CHANGED_FILES+=("$path changed")
       unset 'old[$path]'
     done < <(sums "$@")
     for path in "${!old[@]}"; do
-      CHANGED_FILES+=("$path (removed)")
+      CHANGED_FILES+=("$path removed")
     done
   else
     for f in "$@"; do
       for w in "${WRITTEN[@]}"; do
-        [[ $f != "$w" ]] || CHANGED_FILES+=("$f")
+        [[ $f != "$w" ]] || CHANGED_FILES+=("$f changed")
       done
     done
   fi
@@ -704,7 +705,6 @@ restart_if_enabled() {
       for f in "${CHANGED_FILES[@]}"; do
         why+="${why:+, }$f"
       done
-      why+=" changed"
     elif ((PACKAGED)); then
       why="the package was installed or upgraded (postinst configure)"
     fi
