@@ -692,7 +692,7 @@ restart_if_enabled() {
   mapfile -t files < <(unit_files "$unit" "$config")
   if [[ ${pid:-0} == 0 ]]; then
     if ((enabled)); then
-      restart_unit "$unit" restart "started    $unit (enabled, was not running)"
+      restart_unit "$unit" restart "started    $unit (enabled, was not running; MainPID" ")"
     else
       printf '  %-10s %s\n' "${state:-absent}" "$unit (not enabled: the installer never starts a disabled unit)"
       add_next "sudo systemctl enable --now $unit"
@@ -722,8 +722,8 @@ restart_if_enabled() {
   write_stamp "$unit" "${files[@]}"
 }
 
-# restart_unit UNIT VERB BEFORE [AFTER]: systemctl VERB UNIT, then prints
-# BEFORE, the new MainPID and AFTER (or "(MainPID N)" without AFTER).
+# restart_unit UNIT VERB BEFORE AFTER: systemctl VERB UNIT, then prints
+# BEFORE, the new MainPID and AFTER.
 restart_unit() {
   local unit=$1 verb=$2 new
   if ! systemctl "$verb" "$unit"; then
@@ -735,11 +735,7 @@ restart_unit() {
     return
   fi
   new=$(systemctl show -p MainPID --value "$unit")
-  if (($# >= 4)); then
-    echo "  $3 $new$4"
-  else
-    echo "  $3 (MainPID $new)"
-  fi
+  echo "  $3 $new$4"
 }
 
 # --- reading the config (simple `key = "string"` lines, enough for paths) ----------

@@ -291,7 +291,9 @@ fn restarts_only_on_change(c: &Container) {
     );
     let out = install(c, "/opt/labship", script, unit);
     assert!(
-        out.contains(&format!("started    {unit} (enabled, was not running)")),
+        out.contains(&format!(
+            "started    {unit} (enabled, was not running; MainPID"
+        )),
         "{out}"
     );
     assert_eq!(
