@@ -16,8 +16,9 @@
 # producers in labship-producers write there, CONTRACT §13; an install from
 # before that is migrated once), outbox/, shipped/, quarantine/, state/
 # (labship 0750); the unit; daemon-reload when it changed;
-# quarantine-unstamped as labship; restart of labship-shipper.service when it
-# is enabled.
+# quarantine-unstamped as labship; labship-shipper.service restarted only when
+# a file it runs from changed (binary, unit, drop-in, config), started when
+# it is enabled but not running.
 set -euo pipefail
 
 PROGRAM=install-lab-host.sh
@@ -40,8 +41,9 @@ Installs or upgrades labship on a lab host: the labship user, $PREFIX
 (source and bin/shipper, bin/doctor, bin/quarantine-unstamped), $CONFIG
 (only when absent), $DEFAULT_DATA_DIR with episodes/ writable by the group
 $PROD_GROUP (an older install's producers in group labship move there),
-$UNIT; runs quarantine-unstamped and restarts the shipper when its unit is
-enabled.
+$UNIT; runs quarantine-unstamped; restarts the shipper only when a file it
+runs from changed (its binary, unit, drop-ins, config), starts it when it is
+enabled but not running.
 
 EOF
   usage_common
@@ -77,13 +79,13 @@ main() {
   fi
 
   install_unit "$UNIT"
-  daemon_reload
+  daemon_reload "$UNIT"
 
   run_quarantine_unstamped
   if ((first)); then
     next_steps_first_install "$data_dir"
   fi
-  restart_if_enabled "$UNIT"
+  restart_if_enabled "$UNIT" "$PREFIX/bin/shipper" "$CONFIG"
   finish
 }
 

@@ -11,8 +11,9 @@
 # .dev/); bin/receiver; /etc/labship (root:labship 0750) with receiver.toml
 # and allowed-commits from the examples only when absent; the data directory
 # /var/lib/labship-receiver and the store (labship 0750); the unit;
-# daemon-reload when it changed; restart of labship-receiver.service when it
-# is enabled.
+# daemon-reload when it changed; labship-receiver.service restarted only when
+# a file it runs from changed (binary, unit, drop-in, config), started when
+# it is enabled but not running.
 set -euo pipefail
 
 PROGRAM=install-receiver.sh
@@ -30,8 +31,9 @@ Usage: sudo $0 [--bin-dir DIR] [--root DIR]
 
 Installs or upgrades the labship receiver: the labship user, $PREFIX (source
 and bin/receiver), $CONFIG and /etc/labship/allowed-commits (only when
-absent), $DATA_DIR, $UNIT; restarts the receiver when its unit
-is enabled.
+absent), $DATA_DIR, $UNIT; restarts the receiver only when a file it runs
+from changed (its binary, unit, drop-ins, config), starts it when it is
+enabled but not running.
 
 EOF
   usage_common
@@ -72,12 +74,12 @@ main() {
   fi
 
   install_unit "$UNIT"
-  daemon_reload
+  daemon_reload "$UNIT"
 
   if ((first)); then
     next_steps_first_install "$gate" "$store"
   fi
-  restart_if_enabled "$UNIT"
+  restart_if_enabled "$UNIT" "$PREFIX/bin/receiver" "$CONFIG"
   finish
 }
 

@@ -385,6 +385,7 @@ install_file() {
   local state=installed
   [[ -e $dest || -L $dest ]] && state=updated
   put_file "$src" "$dest" "$mode" "$owner" "$group"
+  WRITTEN+=("${dest#"$R"}")
   LAST_CHANGED=1
   report "$state" "$dest ($(describe "$owner" "$group" "$mode"))"
 }
@@ -561,13 +562,19 @@ packaged_unit() {
   UNITS_CHANGED=1
 }
 
+# daemon_reload UNIT: when this run changed a unit, or UNIT's files on disk
+# differ from what systemd loaded (a drop-in written without `systemctl
+# daemon-reload`): a restart then runs what is on disk.
 daemon_reload() {
-  if ((UNITS_CHANGED == 0)); then
+  local unit=$1 why="a unit changed"
+  if ! systemd_running; then
+    ((UNITS_CHANGED == 0)) ||
+      skip "systemctl daemon-reload (no systemd manager runs on ${R:-this host})"
     return
   fi
-  if ! systemd_running; then
-    skip "systemctl daemon-reload (no systemd manager runs on ${R:-this host})"
-    return
+  if ((UNITS_CHANGED == 0)); then
+    [[ $(systemctl show -p NeedDaemonReload --value "$unit" 2>/dev/null) == yes ]] || return 0
+    why="$unit's files changed on disk since systemd loaded them"
   fi
   if ! systemctl daemon-reload; then
     # Under dpkg a failure here would leave the package half-configured and
@@ -576,31 +583,159 @@ daemon_reload() {
     echo "  WARNING    systemctl daemon-reload failed; run it by hand: sudo systemctl daemon-reload" >&2
     return
   fi
-  echo "  reloaded   systemd (a unit changed)"
+  echo "  reloaded   systemd ($why)"
 }
 
-# Restarts UNIT when it is enabled; never starts a disabled one.
+# --- restarting only on a change ---------------------------------------------------
+#
+# A running unit is restarted only when a file it runs from changed since its
+# process started: its binary (the process's own /proc/PID/exe against the
+# installed file, byte for byte), its unit file, its drop-ins or its config
+# (sha256 against the stamp the last run left in STAMP_DIR for that same
+# process, by InvocationID; for a process started since, only what this run
+# wrote is newer than it). Contents, never mtimes. Under --packaged the
+# postinst runs only when dpkg just installed or upgraded the package, and
+# dpkg has replaced the files already: an enabled unit is always restarted
+# (CONTRACT §12), naming what changed when that is known.
+
+STAMP_DIR=/var/lib/labship-installer
+WRITTEN=()       # files install_file wrote (new bytes) in this run
+CHANGED_FILES=() # set by changed_since_start
+
+# unit_files UNIT CONFIG: the files UNIT runs from, one a line: its unit
+# file and drop-ins as systemd loaded them, then CONFIG.
+unit_files() {
+  local unit=$1 config=$2 frag p
+  frag=$(systemctl show -p FragmentPath --value "$unit")
+  [[ -z $frag ]] || printf '%s\n' "$frag"
+  # Space-separated; unit paths hold no spaces.
+  for p in $(systemctl show -p DropInPaths --value "$unit"); do
+    printf '%s\n' "$p"
+  done
+  printf '%s\n' "$config"
+}
+
+# sums FILE…: "SHA256 PATH" lines, "- PATH" for a file that is not there.
+sums() {
+  local f sum
+  for f in "$@"; do
+    if [[ -r $f ]]; then
+      sum=$(sha256sum -- "$f") || die "sha256sum $f failed"
+      printf '%s %s\n' "${sum%% *}" "$f"
+    else
+      printf -- '- %s\n' "$f"
+    fi
+  done
+}
+
+# changed_since_start UNIT BINARY PID INVOCATION FILE…: sets CHANGED_FILES
+# to "PATH changed" (or "PATH removed") for BINARY and each FILE that differs
+# from what process PID started with.
+changed_since_start() {
+  local unit=$1 bin=$2 pid=$3 inv=$4 stamp=$STAMP_DIR/$1.sums f w sum path
+  shift 4
+  CHANGED_FILES=()
+  # A replaced binary stays readable through the process's exe link.
+  cmp -s -- "/proc/$pid/exe" "$bin" || CHANGED_FILES+=("$bin changed")
+  if [[ -n $inv && -r $stamp && $(head -n 1 -- "$stamp") == "invocation $inv" ]]; then
+    local -A old=()
+    while read -r sum path; do
+      old[$path]=$sum
+    done < <(tail -n +2 -- "$stamp")
+    while read -r sum path; do
+      [[ ${old[$path]:-} == "$sum" ]] || CHANGED_FILES+=("$path changed")
+      unset 'old[$path]'
+    done < <(sums "$@")
+    for path in "${!old[@]}"; do
+      CHANGED_FILES+=("$path removed")
+    done
+  else
+    for f in "$@"; do
+      for w in "${WRITTEN[@]}"; do
+        [[ $f != "$w" ]] || CHANGED_FILES+=("$f changed")
+      done
+    done
+  fi
+  return 0
+}
+
+# write_stamp UNIT FILE…: what UNIT's current process runs from, for the
+# next run (not under --packaged: there every configure restarts).
+write_stamp() {
+  local unit=$1 tmp
+  shift
+  ((PACKAGED == 0)) || return 0
+  [[ -d $STAMP_DIR ]] || mkdir -m 0755 -- "$STAMP_DIR" || die "cannot create $STAMP_DIR"
+  tmp=$STAMP_DIR/.$unit.sums.new
+  {
+    echo "invocation $(systemctl show -p InvocationID --value "$unit")"
+    sums "$@"
+  } >"$tmp" || die "cannot write $tmp"
+  mv -f -- "$tmp" "$STAMP_DIR/$unit.sums" || die "cannot write $STAMP_DIR/$unit.sums"
+}
+
+# restart_if_enabled UNIT BINARY CONFIG: an enabled unit that is not
+# running is started; a running one is restarted when a file it runs from
+# changed (try-restart when it is not enabled), and left alone otherwise;
+# each case says so. A disabled, stopped unit is never started.
 restart_if_enabled() {
-  local unit=$1 state
+  local unit=$1 bin=$2 config=$3 state enabled=0 pid inv
   if ! systemd_running; then
     skip "restart of $unit (no systemd manager runs on ${R:-this host})"
     return
   fi
   state=$(systemctl is-enabled "$unit" 2>/dev/null) || true
-  if [[ $state != enabled && $state != enabled-runtime ]]; then
-    printf '  %-10s %s\n' "${state:-absent}" "$unit (not enabled: the installer never starts a disabled unit)"
-    add_next "sudo systemctl enable --now $unit"
-    return
+  [[ $state != enabled && $state != enabled-runtime ]] || enabled=1
+  pid=$(systemctl show -p MainPID --value "$unit")
+  inv=$(systemctl show -p InvocationID --value "$unit")
+  local files=()
+  mapfile -t files < <(unit_files "$unit" "$config")
+  if [[ ${pid:-0} == 0 ]]; then
+    if ((enabled)); then
+      restart_unit "$unit" restart "started    $unit (enabled, was not running; MainPID" ")"
+    else
+      printf '  %-10s %s\n' "${state:-absent}" "$unit (not enabled: the installer never starts a disabled unit)"
+      add_next "sudo systemctl enable --now $unit"
+    fi
+  else
+    changed_since_start "$unit" "$bin" "$pid" "$inv" "${files[@]}"
+    local why="" verb=restart
+    if ((${#CHANGED_FILES[@]})); then
+      local f
+      for f in "${CHANGED_FILES[@]}"; do
+        why+="${why:+, }$f"
+      done
+    elif ((PACKAGED)); then
+      why="the package was installed or upgraded (postinst configure)"
+    fi
+    ((enabled)) || verb=try-restart
+    if [[ -n $why ]]; then
+      local note=""
+      ((enabled)) || note="; running, not enabled: try-restart"
+      restart_unit "$unit" "$verb" "restarted  $unit: $why (MainPID $pid →" ")$note"
+    else
+      local note=""
+      ((enabled)) || note="; running, not enabled"
+      echo "  unchanged  $unit not restarted (MainPID $pid$note): its binary, unit, drop-ins and config are those it started with"
+    fi
   fi
-  if ! systemctl restart "$unit"; then
+  write_stamp "$unit" "${files[@]}"
+}
+
+# restart_unit UNIT VERB BEFORE AFTER: systemctl VERB UNIT, then prints
+# BEFORE, the new MainPID and AFTER.
+restart_unit() {
+  local unit=$1 verb=$2 new
+  if ! systemctl "$verb" "$unit"; then
     systemctl status --no-pager -l "$unit" >&2 || true
     # Under dpkg: the package is installed all the same (a half-configured
     # one would fail every later apt run); the unit's state says the rest.
-    ((PACKAGED)) || die "systemctl restart $unit failed (journalctl -u $unit says why)"
-    echo "  WARNING    systemctl restart $unit failed: the new version is installed but not running; journalctl -u $unit says why, then: sudo systemctl restart $unit" >&2
+    ((PACKAGED)) || die "systemctl $verb $unit failed (journalctl -u $unit says why)"
+    echo "  WARNING    systemctl $verb $unit failed: the new version is installed but not running; journalctl -u $unit says why, then: sudo systemctl restart $unit" >&2
     return
   fi
-  echo "  restarted  $unit (enabled; MainPID $(systemctl show -p MainPID --value "$unit"))"
+  new=$(systemctl show -p MainPID --value "$unit")
+  echo "  $3 $new$4"
 }
 
 # --- reading the config (simple `key = "string"` lines, enough for paths) ----------

@@ -4,7 +4,8 @@
 //! siblings sorted by name, the order the receiver enforces), holding only
 //! directories and regular files, with mtimes kept, permission bits kept and
 //! setuid/setgid/sticky masked off (CONTRACT §13), owner ids 0 and no owner
-//! names, compressed with zstd at the configured level on several threads.
+//! names, compressed with zstd at the configured level on the threads
+//! shipper.toml's `limits.zstd_workers` names (0: one per core).
 //! SHA-256 is computed over the compressed bytes as they are written, so the
 //! digest costs no second read. Two packs of the same tree give the same
 //! bytes: no atime/ctime, no names, and zstd's multithreaded output does not
@@ -280,7 +281,8 @@ impl<W: Write> Packer<'_, W> {
 }
 
 /// Packs the episode directory `dir` (named `id`) into `out`, compressing on
-/// `workers` threads. `written` counts compressed bytes as they go (progress
+/// `workers` threads (zstd's `NbWorkers`; the calling thread reads the tree
+/// and hashes the output beside them). `written` counts compressed bytes as they go (progress
 /// for the watchdog during long packs).
 pub fn pack<W: Write>(
     dir: &Path,

@@ -49,6 +49,9 @@ pub struct Report {
     /// From the valid config only.
     pub host_id: Option<String>,
     pub url: Option<String>,
+    /// `limits.zstd_workers` as written and the packing threads it means
+    /// here (0 resolved to this machine's cores), from the valid config.
+    pub packing: Option<(u32, u32)>,
     pub certificates: Vec<Certificate>,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
@@ -78,6 +81,8 @@ impl Report {
             "exit_code": self.exit_code(),
             "host_id": self.host_id,
             "receiver_url": self.url,
+            "zstd_workers": self.packing.map(|(w, _)| w),
+            "packing_threads": self.packing.map(|(_, n)| n),
             "paths": self.paths.as_ref().map(|p| json!({
                 "data_dir": p.data_dir.display().to_string(),
                 "ca_file": path(&p.ca_file),
@@ -117,6 +122,16 @@ impl Report {
                     .as_ref()
                     .map_or("?".into(), |p| p.data_dir.display().to_string()),
             ));
+            if let Some((workers, threads)) = self.packing {
+                let per_core = if workers == 0 {
+                    " (0 = one per core)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "packing: limits.zstd_workers = {workers}{per_core}: {threads} compression thread(s)\n"
+                ));
+            }
         }
         for e in &self.errors {
             out.push_str(&format!("invalid: {}\n", line(e)));
@@ -145,6 +160,7 @@ pub fn check(path: &Path, now: SystemTime) -> Report {
         paths: None,
         host_id: None,
         url: None,
+        packing: None,
         certificates: Vec::new(),
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -177,6 +193,7 @@ pub fn check(path: &Path, now: SystemTime) -> Report {
             ),
         );
     }
+    r.packing = Some((config.zstd_workers, config.packing_threads()));
     if let Some(ca) = &config.ca_file {
         for der in pem_certificates(ca) {
             r.certificate("receiver.ca_file", ca, &der, now, false);

@@ -19,6 +19,10 @@ pub const DEFAULT_PATH: &str = "/etc/labship/shipper.toml";
 /// docs/protocol.md: window ≤ 16 MiB).
 pub const MAX_ZSTD_LEVEL: i32 = 19;
 
+/// The most packing threads `limits.zstd_workers` may name: zstd's own
+/// ceiling (`ZSTDMT_NBWORKERS_MAX` on 64-bit).
+pub const MAX_ZSTD_WORKERS: u32 = 256;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
 pub struct ConfigError {
@@ -58,13 +62,6 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     ops: RawOps,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    #[serde(default)]
-    bwlimit: String,
 }
 
 /// `[ops]`: `listen` unset is [`crate::ops::DEFAULT_LISTEN`].
@@ -126,6 +123,16 @@ impl Default for RawQuarantine {
             cleanup_interval_s: d_cleanup(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    bwlimit: String,
+    /// Signed, so a negative value is named by this key, not by serde.
+    #[serde(default)]
+    zstd_workers: i64,
 }
 
 fn d_data_dir() -> PathBuf {
@@ -258,9 +265,21 @@ pub struct Config {
     pub bwlimit: crate::bwlimit::Bwlimit,
     /// `[ops] listen`: where `/metrics` is served; `None` when `""` (off).
     pub ops_listen: Option<std::net::SocketAddr>,
+    /// `limits.zstd_workers`: packing threads, 0 = one per core
+    /// ([`Config::packing_threads`] resolves it).
+    pub zstd_workers: u32,
 }
 
 impl Config {
+    /// The compression threads a pack runs: `limits.zstd_workers`, or one
+    /// per core the process may use (its CPU affinity) when 0.
+    pub fn packing_threads(&self) -> u32 {
+        match self.zstd_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
@@ -302,6 +321,18 @@ impl Config {
                 format!("{} is outside 1..={MAX_ZSTD_LEVEL}", raw.zstd_level),
             ));
         }
+        let zstd_workers = u32::try_from(raw.limits.zstd_workers)
+            .ok()
+            .filter(|n| *n <= MAX_ZSTD_WORKERS)
+            .ok_or_else(|| {
+                err(
+                    "limits.zstd_workers",
+                    format!(
+                        "{} is outside 0..={MAX_ZSTD_WORKERS} (0 = one packing thread per core)",
+                        raw.limits.zstd_workers
+                    ),
+                )
+            })?;
         let r = &raw.receiver;
         let url = reqwest::Url::parse(&r.url)
             .map_err(|e| err("receiver.url", format!("{:?}: {e}", r.url)))?;
@@ -397,6 +428,7 @@ impl Config {
                 "quarantine.cleanup_interval_s",
                 raw.quarantine.cleanup_interval_s,
             )?,
+            zstd_workers,
         })
     }
 }
@@ -476,7 +508,10 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/var/lib/labship"));
         assert_eq!(c.settle, Duration::from_secs(30));
         assert_eq!(c.zstd_level, 3);
-        assert_eq!(c.ca_file.unwrap(), d.0.path().join("ca.pem"));
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(d.0.path().join("ca.pem").as_path())
+        );
         assert_eq!(c.quarantine_keep, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.max_backoff, Duration::from_secs(300));
         assert_eq!(
@@ -485,6 +520,13 @@ mod tests {
         );
         let off = d.parse(&format!("{OK}[ops]\nlisten = \"\"\n")).unwrap();
         assert_eq!(off.ops_listen, None);
+        assert_eq!(c.zstd_workers, 0);
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        assert_eq!(c.packing_threads(), cores);
+        let c = d
+            .parse(&format!("{OK}[limits]\nzstd_workers = 3\n"))
+            .unwrap();
+        assert_eq!((c.zstd_workers, c.packing_threads()), (3, 3));
     }
 
     #[test]
@@ -547,6 +589,14 @@ mod tests {
                 "limits.bwlimit",
             ),
             (format!("{OK}[ops]\nlisten = \"localhost\"\n"), "ops.listen"),
+            (
+                format!("{OK}[limits]\nzstd_workers = -1\n"),
+                "limits.zstd_workers",
+            ),
+            (
+                format!("{OK}[limits]\nzstd_workers = 100000\n"),
+                "limits.zstd_workers",
+            ),
         ];
         for (text, key) in cases {
             let e = d.parse(&text).unwrap_err().to_string();

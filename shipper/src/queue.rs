@@ -237,7 +237,9 @@ impl Shipper {
     pub fn new(config: Config, uploader: Uploader) -> std::io::Result<Self> {
         let layout = Layout::new(&config.data_dir);
         let lock = layout.prepare()?;
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        // limits.zstd_workers: one pack runs at a time (LOOK_AHEAD), so this
+        // bounds the compression threads the shipper runs at all.
+        let workers = config.packing_threads();
         let rng = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)

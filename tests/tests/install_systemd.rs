@@ -10,7 +10,9 @@
 //!   writes an episode that ships to a receiver on the host's 127.0.0.1; a
 //!   `WatchdogSec=3` drop-in and `kill -STOP` get the shipper killed and
 //!   restarted; a re-run from inside /opt/labship exits 0, changes nothing,
-//!   restarts the enabled unit and keeps the config byte for byte.
+//!   keeps the running unit (same MainPID) and the config byte for byte;
+//!   a changed drop-in, unit or binary restarts it, naming the file; a
+//!   disabled running unit is try-restarted, an enabled stopped one started.
 //! - lab host, migration: an install laid out the old way (`episodes/` and
 //!   its producers in group `labship`) running and shipping; the installer
 //!   moves the producers and the episodes' group, the producers lose the
@@ -164,32 +166,14 @@ fn watchdog_kills_and_restarts(c: &Container, unit: &str) {
 }
 
 /// Re-runs `script` from inside /opt/labship: exit 0, nothing changed, the
-/// enabled `unit` restarted (a new MainPID), `keep` byte for byte.
+/// running `unit` left alone (the same MainPID, and the run says so),
+/// `keep` byte for byte.
 fn rerun_from_install_dir(c: &Container, script: &str, unit: &str, keep: &[&str]) -> String {
     let before: Vec<Vec<u8>> = keep.iter().map(|p| read(c, p)).collect();
-    let pid = show(c, unit, &["MainPID"])["MainPID"].clone();
-    let out = install(c, "/opt/labship", script, unit);
+    let out = rerun_unchanged(c, script, unit);
     assert!(
         out.contains("the source is the install directory itself"),
         "{out}"
-    );
-    assert!(
-        out.contains(": done: 0 changed,"),
-        "second run changed something:\n{out}"
-    );
-    assert!(out.contains(&format!("restarted  {unit}")), "{out}");
-    let s = show(c, unit, &["MainPID", "ActiveState", "SubState"]);
-    assert_eq!(
-        (s["ActiveState"].as_str(), s["SubState"].as_str()),
-        ("active", "running"),
-        "{out}\n{}",
-        c.diagnostics(unit)
-    );
-    assert_ne!(
-        s["MainPID"],
-        pid,
-        "not restarted:\n{out}\n{}",
-        c.diagnostics(unit)
     );
     for (path, bytes) in keep.iter().zip(before) {
         assert!(
@@ -198,6 +182,126 @@ fn rerun_from_install_dir(c: &Container, script: &str, unit: &str, keep: &[&str]
         );
     }
     out
+}
+
+/// Runs `script` from /opt/labship on a running `unit` whose files are all
+/// as it started with: nothing changed, the same MainPID, and the run says
+/// it did not restart.
+fn rerun_unchanged(c: &Container, script: &str, unit: &str) -> String {
+    let pid = main_pid(c, unit);
+    let out = install(c, "/opt/labship", script, unit);
+    assert!(
+        out.contains(": done: 0 changed,"),
+        "the re-run changed something:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("unchanged  {unit} not restarted (MainPID {pid}")),
+        "{out}"
+    );
+    let s = show(c, unit, &["MainPID", "ActiveState", "SubState"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), s["SubState"].as_str()),
+        ("active", "running"),
+        "{out}\n{}",
+        c.diagnostics(unit)
+    );
+    assert_eq!(
+        s["MainPID"],
+        pid,
+        "restarted:\n{out}\n{}",
+        c.diagnostics(unit)
+    );
+    out
+}
+
+/// Runs `script` from /opt/labship after `file` changed under the
+/// running `unit`: a new MainPID, and the run names the old and new one and
+/// `file` (`said`: "changed" or "removed"). Returns the output.
+fn rerun_restarts(c: &Container, script: &str, unit: &str, file: &str, said: &str) -> String {
+    let pid = main_pid(c, unit);
+    let out = install(c, "/opt/labship", script, unit);
+    let new = main_pid(c, unit);
+    assert!(
+        new != pid && new != "0",
+        "not restarted:\n{out}\n{}",
+        c.diagnostics(unit)
+    );
+    let want = format!("restarted  {unit}: {file} {said} (MainPID {pid} → {new})");
+    assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    out
+}
+
+fn main_pid(c: &Container, unit: &str) -> String {
+    show(c, unit, &["MainPID"])["MainPID"].clone()
+}
+
+/// CONTRACT §10: an installer run restarts the running unit only for a
+/// changed file it runs from, and says which. In turn: a drop-in written
+/// without daemon-reload, an unchanged run (now judged by the stamp of the
+/// same process), an edited unit (rewritten by the run), a binary that
+/// differs from the running one; a running but disabled unit is
+/// try-restarted (a drop-in removed); an enabled stopped one is started.
+fn restarts_only_on_change(c: &Container) {
+    let (script, unit) = ("install-lab-host.sh", SHIPPER_UNIT);
+    let dropin = format!("/etc/systemd/system/{unit}.d/local.conf");
+    c.write_file(&dropin, "[Service]\nEnvironment=LABSHIP_LOCAL=1\n");
+    let out = rerun_restarts(c, script, unit, &dropin, "changed");
+    assert!(out.contains("reloaded   systemd ("), "{out}");
+
+    rerun_unchanged(c, script, unit);
+
+    // A new unit in the source (as a `git pull` brings one): installed, and
+    // the running process started with the old one.
+    let unit_file = format!("/etc/systemd/system/{unit}");
+    c.sh(&format!("echo '# a new line' >> /opt/labship/etc/{unit}"));
+    let out = rerun_restarts(c, script, unit, &unit_file, "changed");
+    assert!(out.contains(&format!("updated    {unit_file}")), "{out}");
+
+    // The running binary differs from the one installed (the run puts the
+    // right one back): restarted, though the installed file ends as it was.
+    let bin = "/opt/labship/bin/shipper";
+    c.expect_ok(
+        unit,
+        "another shipper binary",
+        &c.sh(&format!(
+            "cp {bin} {bin}.x && printf x >> {bin}.x && mv {bin}.x {bin} && systemctl restart {unit}"
+        )),
+    );
+    let out = rerun_restarts(c, script, unit, bin, "changed");
+    assert!(out.contains(&format!("updated    {bin}")), "{out}");
+
+    c.expect_ok(
+        unit,
+        "systemctl disable",
+        &c.exec(&["systemctl", "disable", unit]),
+    );
+    c.run(&["rm", &dropin]);
+    let out = rerun_restarts(c, script, unit, &dropin, "removed");
+    assert!(out.contains("running, not enabled: try-restart"), "{out}");
+
+    c.expect_ok(
+        unit,
+        "systemctl enable",
+        &c.exec(&["systemctl", "enable", unit]),
+    );
+    c.expect_ok(
+        unit,
+        "systemctl stop",
+        &c.exec(&["systemctl", "stop", unit]),
+    );
+    let out = install(c, "/opt/labship", script, unit);
+    assert!(
+        out.contains(&format!(
+            "started    {unit} (enabled, was not running; MainPID"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        show(c, unit, &["ActiveState"])["ActiveState"],
+        "active",
+        "{out}"
+    );
+    rerun_unchanged(c, script, unit);
 }
 
 /// As `user` (setpriv --init-groups: the user's groups from the database),
@@ -400,6 +504,7 @@ fn lab_host_installer_under_systemd() {
         "{out}"
     );
     assert!(!out.contains("Next steps"), "not a first install:\n{out}");
+    restarts_only_on_change(&c);
     produce("ep-3");
     c.wait_for(
         SHIPPER_UNIT,

@@ -1,7 +1,8 @@
 //! The real `etc/labship-shipper.service` under a real systemd (PID 1 in a
 //! systemd-nspawn container: `labship_tests::nspawn`, `labship_tests::lab_host`),
 //! the real shipper inside, the real receiver on the host's 127.0.0.1:
-//! `Type=notify` readiness, the service user and hardening as applied, a clean
+//! `Type=notify` readiness, the service user and hardening as applied (nice
+//! level, I/O priority, `systemd-analyze security` at most 5.0), a clean
 //! stop, and a watchdog kill followed by a restart.
 //!
 //! The ignored `capture_*` tests record the journal of one scenario each into
@@ -124,6 +125,13 @@ fn type_notify_start_ships_then_stops_cleanly() {
     // It runs as labship, and the hardening is in force in its own mount
     // namespace: everything read-only but the data_dir.
     let pid = s["MainPID"].as_str();
+    // CONTRACT §10: it yields CPU and disk to the producers, and the
+    // hardening still scores at most 5.0.
+    let (nice, ioprio) = scheduling(&host, pid);
+    assert_eq!(nice, 10, "Nice= not in force on PID {pid}\n{}", diag());
+    assert_eq!(ioprio, "best-effort: prio 7", "PID {pid}\n{}", diag());
+    let score = exposure(&host);
+    assert!(score <= 5.0, "systemd-analyze security: {score} > 5.0");
     // /proc/<pid> belongs to the process's effective user.
     let user = host
         .container
@@ -332,6 +340,35 @@ fn a_wedged_shipper_is_killed_by_the_watchdog_and_restarted() {
 
 /// Writes the scenario's journal (from `since`) to
 /// `$LABSHIP_CAPTURE_FIXTURES/<scenario>.jsonl` when that is set.
+/// The nice level of process `pid` (field 19 of /proc/PID/stat, counted
+/// after the command name, which may hold spaces) and its I/O priority as
+/// util-linux's `ionice -p` prints it.
+fn scheduling(host: &LabHost, pid: &str) -> (i32, String) {
+    let stat = host.container.run(&["cat", &format!("/proc/{pid}/stat")]);
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields 3.. follow the name: field 19 is the 17th of them.
+    let nice = after_comm.split_whitespace().nth(16).unwrap();
+    let ioprio = host.container.run(&["ionice", "-p", pid]);
+    (nice.parse().unwrap(), ioprio.trim().to_owned())
+}
+
+/// `systemd-analyze security`'s overall exposure of the shipper unit, as
+/// the running systemd judges it.
+fn exposure(host: &LabHost) -> f64 {
+    let out = host
+        .container
+        .run(&["systemd-analyze", "security", "--no-pager", SHIPPER_UNIT]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure line:\n{out}"));
+    line.split(": ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"))
+}
+
 fn capture(host: &LabHost, scenario: &str, since: SystemTime) {
     let journal = host.container.journal_json_since(SHIPPER_UNIT, since);
     let Some(dir) = std::env::var_os("LABSHIP_CAPTURE_FIXTURES") else {
