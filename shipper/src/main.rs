@@ -311,10 +311,7 @@ async fn once(shipper: &mut Shipper, json: bool) -> ExitCode {
 async fn ops_listener(listen: std::net::SocketAddr, config: &Config) {
     match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => {
-            tokio::spawn(labship_shipper::ops::serve(
-                listener,
-                config.data_dir.clone(),
-            ));
+            tokio::spawn(labship_shipper::ops::serve(listener));
         }
         Err(e) => tracing::error!(
             event = "ops_listen_failed", listen = %listen, config = %config.file.display(), error = %e,
@@ -362,7 +359,6 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = int.recv() => break,
         };
         watchdog.alive();
-        labship_shipper::metrics::get().failed(summary.transient);
         systemd::status(&format!(
             "pending {} shipped {} quarantined {} transient {}; {}",
             summary.pending,

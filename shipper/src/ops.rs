@@ -10,7 +10,6 @@ use axum::Router;
 use axum::http::header;
 use axum::routing::get;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// `[ops] listen` when the key is absent.
@@ -28,32 +27,55 @@ pub fn parse_listen(listen: Option<&str>) -> Result<Option<SocketAddr>, String> 
 }
 
 /// Serves [`app`] on `listener` (bound by `main`) until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, data_dir: PathBuf) {
+pub async fn serve(listener: tokio::net::TcpListener) {
     let at = listener.local_addr().ok();
-    if let Err(e) = axum::serve(listener, app(data_dir)).await {
+    if let Err(e) = axum::serve(listener, app()).await {
         tracing::error!(event = "ops_listener_failed", listen = ?at, error = %e, "ops listener stopped");
     }
 }
 
-/// The ops routes; `/metrics` reads the queue's state under `data_dir`.
-pub fn app(data_dir: PathBuf) -> Router {
+/// The ops routes. `/metrics` reads memory only: the queue publishes its
+/// backlog after each scan pass, so a scrape (or a hundred) walks nothing.
+pub fn app() -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
-            get(move |headers: axum::http::HeaderMap| {
-                let data_dir = data_dir.clone();
-                async move {
-                    let metrics = crate::metrics::get();
-                    // A walk of episodes/: off the async threads.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        metrics.observe_disk(&data_dir, SystemTime::now());
-                    })
-                    .await;
-                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-                    let (content_type, body) = metrics.negotiate(accept);
-                    ([(header::CONTENT_TYPE, content_type)], body)
-                }
+            get(move |headers: axum::http::HeaderMap| async move {
+                let metrics = crate::metrics::get();
+                metrics.refresh(SystemTime::now());
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let (content_type, body) = metrics.negotiate(accept);
+                ([(header::CONTENT_TYPE, content_type)], body)
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// A scrape walks no episode tree, however often it comes (a big host
+    /// has millions of files in its queue).
+    #[tokio::test]
+    async fn a_scrape_walks_no_tree() {
+        let data = tempfile::tempdir().unwrap();
+        let ep = data.path().join("episodes/ep-1");
+        std::fs::create_dir_all(&ep).unwrap();
+        std::fs::write(ep.join("meta.json"), "{}").unwrap();
+        let before = crate::scan::tree_walks();
+        for _ in 0..20 {
+            let resp = app()
+                .oneshot(
+                    axum::http::Request::get("/metrics")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(crate::scan::tree_walks(), before);
+    }
 }
