@@ -6,8 +6,10 @@
 //! client (rustls, connection reuse). Before every request,
 //! [`TlsClient::current`] reads the CA bundle, client certificate and key
 //! again (a few kilobytes): when they changed and the new set is usable
-//! (PEM, the key belongs to the certificate), a new client is built and the
-//! next connection presents the renewed certificate, without a restart.
+//! (PEM, the key belongs to the certificate, and, as `--check-config`
+//! requires, the certificate names this `host_id` and is valid now), a new
+//! client is built and the next connection presents the renewed
+//! certificate, without a restart.
 //! A broken new set keeps the previous client and is logged once, naming the
 //! files (a half-finished rotation, key not yet written, heals at the next
 //! request that finds both).
@@ -49,6 +51,8 @@ pub struct TlsClient {
 #[derive(Debug)]
 struct Spec {
     file: String,
+    /// A renewed certificate must name this host (`host_id`).
+    host_id: String,
     ca_file: Option<PathBuf>,
     cert_and_key: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
@@ -60,6 +64,7 @@ impl TlsClient {
     pub fn new(config: &Config) -> Result<Self, SetupError> {
         let spec = Spec {
             file: config.file.display().to_string(),
+            host_id: config.host_id.to_string(),
             ca_file: config.ca_file.clone(),
             cert_and_key: config.auth.cert_and_key.clone(),
             connect_timeout: config.connect_timeout,
@@ -100,7 +105,12 @@ impl TlsClient {
         if fresh == state.used || state.rejected.as_ref() == Some(&fresh) {
             return state.client.clone();
         }
-        match self.spec.build(&fresh) {
+        let now = std::time::SystemTime::now();
+        match self
+            .spec
+            .renewable(&fresh, now)
+            .and_then(|()| self.spec.build(&fresh))
+        {
             Ok(client) => {
                 tracing::info!(event = "client_tls_reloaded", cert_file = %self.spec.names(), "renewed TLS files in use from the next connection on");
                 crate::metrics::get().client_certificate(not_after(&fresh));
@@ -158,6 +168,56 @@ impl Spec {
             None => None,
         };
         Ok(Material { ca, cert_and_key })
+    }
+
+    /// What a renewal must pass beyond [`Spec::build`]'s checks, as
+    /// `--check-config` requires of the pair: the certificate's identity is
+    /// `host_id`, and it is valid `now` (notBefore <= now < notAfter). A
+    /// renewal for another host or not yet (no longer) valid keeps the pair
+    /// in use instead of cutting the host off.
+    fn renewable(&self, m: &Material, now: std::time::SystemTime) -> Result<(), SetupError> {
+        let (Some((cert, _)), Some((pem, _))) = (&self.cert_and_key, &m.cert_and_key) else {
+            return Ok(());
+        };
+        let bad =
+            |why: String| self.setup("receiver.cert_file", format!("{}: {why}", cert.display()));
+        let der = CertificateDer::pem_slice_iter(pem)
+            .next()
+            .ok_or_else(|| bad("contains no PEM certificate".into()))?
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        let (_, c) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+        let identity = labship_protocol::identity::host_id(&c).map_err(bad)?;
+        if identity != self.host_id {
+            return Err(bad(format!(
+                "the renewed certificate is for {identity:?}, not this host_id {:?}",
+                self.host_id
+            )));
+        }
+        let now_s = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let (from, until) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        if now_s < from {
+            return Err(bad(format!(
+                "the renewed certificate is not valid before {} (notBefore)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(from.max(0) as u64)
+                )
+            )));
+        }
+        if now_s >= until {
+            return Err(bad(format!(
+                "the renewed certificate expired at {} (notAfter)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(until.max(0) as u64)
+                )
+            )));
+        }
+        Ok(())
     }
 
     /// Checks `m` file by file and builds a client from it.

@@ -786,6 +786,38 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
         sample(&metrics, "labship_shipper_client_tls_reload_failures_total"),
         1.0
     );
+
+    // A consistent pair that --check-config refuses is refused as a
+    // renewal too, and the working pair stays: one for another host, then
+    // an expired one.
+    for (what, pair) in [
+        ("another host's pair", env.pki.client("lab-99")),
+        (
+            "an expired pair",
+            env.pki
+                .client_variant(HOST, labship_tests::pki::Variant::Expired),
+        ),
+    ] {
+        replace(&key, &pair.key_pem);
+        replace(&cert, &pair.cert_pem);
+        let id = format!("ep-{}", what.len());
+        write_episode(&eps, &id, Some(GOOD_COMMIT), &[]);
+        wait_for(
+            &format!("{id} shipped with the kept certificate after {what}"),
+            Duration::from_secs(30),
+            &log,
+            || shipped(&data, &id),
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("is for \"lab-99\", not this host_id"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the renewed certificate expired at"),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &metrics,
