@@ -291,6 +291,7 @@ impl Shipper {
     /// One pass. `progress` is called while work moves (scan, uploads).
     pub async fn pass(&mut self, progress: &(dyn Fn() + Sync)) -> Summary {
         let mut summary = Summary::default();
+        self.uploader.look_at_tls();
         if self.hold.as_ref().is_some_and(Backoff::waiting) {
             // The receiver or the link is failing for everyone: no scan, no
             // tree walks, nothing to do until the hold lifts.

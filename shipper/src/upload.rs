@@ -341,6 +341,13 @@ impl Uploader {
         self.client.current()
     }
 
+    /// Looks at the TLS files without a request (each pass does): a renewal
+    /// is taken up, or an unusable one said, on an idle host too, and on a
+    /// host on hold because its certificate was refused.
+    pub fn look_at_tls(&self) {
+        let _ = self.client.current();
+    }
+
     fn url(&self, tail: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         let path = format!("{}/{tail}", url.path().trim_end_matches('/'));

@@ -84,6 +84,8 @@ fn daemon(cfg: &Path, log: &Path) -> Daemon {
         Command::new(labship_tests::bin("shipper"))
             .args(["--config", cfg.to_str().unwrap()])
             .env("LABSHIP_LOG", "info")
+            // An unusable renewal is said after 5 s, not 60 s.
+            .env("LABSHIP_TEST_TLS_GRACE_S", "5")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -689,6 +691,75 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A renewal written file by file (key first, then the certificate, 1.5 s
+/// apart) while episodes upload: the half-written pair is never judged, so
+/// nothing is logged as an error nor counted; the renewed pair is in use
+/// from then on and every episode ships.
+#[test]
+fn a_rotation_during_uploads_is_not_an_error() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let old = env.pki.client(HOST);
+    let (cert, key) = (
+        env.file("lab/etc/client.pem"),
+        env.file("lab/etc/client.key"),
+    );
+    std::fs::write(&cert, &old.cert_pem).unwrap();
+    std::fs::write(&key, &old.key_pem).unwrap();
+    let own = Issued {
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+        ..old.clone()
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (cfg, data) = config(&env, "lab", &r.url, &own, &listen);
+    let log = env.path().join("lab/shipper.log");
+    let eps = data.join("episodes");
+    let _shipper = daemon(&cfg, &log);
+    let writer = {
+        let eps = eps.clone();
+        std::thread::spawn(move || {
+            for i in 0..80u64 {
+                write_episode(
+                    &eps,
+                    &format!("ep-{i:03}"),
+                    Some(GOOD_COMMIT),
+                    &[("d.bin", &noise(20_000, i))],
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let new = env.pki.client(HOST);
+    replace(&key, &new.key_pem);
+    std::thread::sleep(Duration::from_millis(1500));
+    replace(&cert, &new.cert_pem);
+    writer.join().unwrap();
+    wait_for("all shipped", Duration::from_secs(60), &log, || {
+        (0..80).all(|i| shipped(&data, &format!("ep-{i:03}")))
+    });
+    wait_for("the renewal in use", Duration::from_secs(10), &log, || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("renewed TLS files in use")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("client_tls_reload_failed"), "{text}");
+    assert!(!text.contains("not usable"), "{text}");
+    let (_, metrics) = scrape(listen.parse().unwrap());
+    assert_eq!(
+        sample(&metrics, "labship_shipper_client_tls_reload_failures_total"),
+        0.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "labship_shipper_episodes_total{result=\"stored\"}"
+        ) >= 80.0
+    );
+}
+
 #[test]
 fn a_renewed_client_certificate_is_used_without_a_restart() {
     let env = TestEnv::new();
@@ -772,6 +843,13 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
         &log,
         || shipped(&data, "ep-3"),
     );
+    let said = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+    wait_for(
+        "the broken renewal said",
+        Duration::from_secs(30),
+        &log,
+        || said("not usable; keeping the previous certificate"),
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text
         .lines()
@@ -790,12 +868,17 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
     // A consistent pair that --check-config refuses is refused as a
     // renewal too, and the working pair stays: one for another host, then
     // an expired one.
-    for (what, pair) in [
-        ("another host's pair", env.pki.client("lab-99")),
+    for (what, pair, refusal) in [
+        (
+            "another host's pair",
+            env.pki.client("lab-99"),
+            "is for \"lab-99\", not this host_id",
+        ),
         (
             "an expired pair",
             env.pki
                 .client_variant(HOST, labship_tests::pki::Variant::Expired),
+            "the renewed certificate expired at",
         ),
     ] {
         replace(&key, &pair.key_pem);
@@ -808,16 +891,9 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
             &log,
             || shipped(&data, &id),
         );
+        // Said once it has lasted (LABSHIP_TEST_TLS_GRACE_S).
+        wait_for(refusal, Duration::from_secs(30), &log, || said(refusal));
     }
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        text.contains("is for \"lab-99\", not this host_id"),
-        "{text}"
-    );
-    assert!(
-        text.contains("the renewed certificate expired at"),
-        "{text}"
-    );
     assert_eq!(
         sample(
             &metrics,
