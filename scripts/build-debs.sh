@@ -4,6 +4,12 @@
 #
 #   scripts/build-debs.sh            # release build, man pages, completions, both .debs
 #   scripts/build-debs.sh --out DIR  # the .debs into DIR instead of target/debian
+#   scripts/build-debs.sh --allow-dirty  # also from a tree with uncommitted changes
+#
+# A tree with uncommitted changes (git status) is refused: the packages would
+# claim HEAD's commit but hold other code. --allow-dirty builds them anyway,
+# with HEAD's commit and a warning (a developer's scripts/test.sh run; CI and
+# releases build clean clones).
 #
 # Needs cargo-deb (installed with `cargo install cargo-deb --locked` when
 # missing). The package version is the workspace version plus the commit:
@@ -15,12 +21,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 out=target/debian
-if [[ ${1:-} == --out ]]; then
-  [[ -n ${2:-} ]] || { echo "build-debs: --out needs a directory" >&2; exit 2; }
-  out=$2
-elif (($#)); then
-  echo "build-debs: unknown argument '$1' (usage: scripts/build-debs.sh [--out DIR])" >&2
-  exit 2
+allow_dirty=0
+while (($#)); do
+  case $1 in
+    --out)
+      [[ -n ${2:-} ]] || { echo "build-debs: --out needs a directory" >&2; exit 2; }
+      out=$2
+      shift 2
+      ;;
+    --allow-dirty)
+      allow_dirty=1
+      shift
+      ;;
+    *)
+      echo "build-debs: unknown argument '$1' (usage: scripts/build-debs.sh [--out DIR] [--allow-dirty])" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if git rev-parse --git-dir >/dev/null 2>&1 && [[ -n $(git status --porcelain) ]]; then
+  if ((allow_dirty)); then
+    echo "build-debs: warning: the tree has uncommitted changes; the packages claim commit $(git rev-parse --short=12 HEAD) but hold other code (--allow-dirty)" >&2
+  else
+    echo "build-debs: the tree has uncommitted changes (git status); packages must hold the commit they name: commit or stash them, or pass --allow-dirty for a local test build" >&2
+    exit 2
+  fi
 fi
 
 if ! cargo deb --version >/dev/null 2>&1; then

@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 test_deps
 cargo build --workspace --bins --locked
 # The packages the package tests install (tests/tests/debs.rs): a release build.
-scripts/build-debs.sh
+# --allow-dirty: a developer runs this on a tree with uncommitted changes (CI
+# runs a clean clone).
+scripts/build-debs.sh --allow-dirty
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -3,14 +3,20 @@
 //! [`TlsClient::new`] checks each file the config names on its own (so an
 //! error names the right key: reqwest's own errors say "builder error", and
 //! an empty CA bundle would silently trust nothing) and builds one reqwest
-//! client (rustls, connection reuse). Before every request,
-//! [`TlsClient::current`] reads the CA bundle, client certificate and key
-//! again (a few kilobytes): when they changed and the new set is usable
-//! (PEM, the key belongs to the certificate), a new client is built and the
-//! next connection presents the renewed certificate, without a restart.
-//! A broken new set keeps the previous client and is logged once, naming the
-//! files (a half-finished rotation, key not yet written, heals at the next
-//! request that finds both).
+//! client (rustls, connection reuse). Before a request,
+//! [`TlsClient::current`] looks at the CA bundle, client certificate and key
+//! (a `stat` each, at most every [`LOOK_EVERY`]; nothing is read while they
+//! stay as they were). A changed set is judged only once it has been seen
+//! unchanged twice at least [`STEADY`] apart, so a rotation written file by
+//! file (key first, then certificate) is judged when it is complete: when
+//! the new set is usable
+//! (PEM, the key belongs to the certificate, and, as `--check-config`
+//! requires, the certificate names this `host_id` and is valid now), a new
+//! client is built and the next connection presents the renewed
+//! certificate, without a restart.
+//! A broken new set keeps the previous client; it is logged (once, naming
+//! the files) and counted only when it lasts longer than [`MISMATCH_GRACE`]:
+//! a rotation in progress is not an error.
 
 use crate::config::Config;
 use crate::upload::SetupError;
@@ -18,7 +24,28 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the TLS files are looked at (a `stat` each).
+pub const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// A changed set is judged once seen unchanged this far apart.
+pub const STEADY: Duration = Duration::from_secs(1);
+
+/// An unusable new set is logged and counted once it has been on disk this
+/// long (`LABSHIP_TEST_TLS_GRACE_S` shortens it for tests).
+pub const MISMATCH_GRACE: Duration = Duration::from_secs(60);
+
+fn mismatch_grace() -> Duration {
+    std::env::var("LABSHIP_TEST_TLS_GRACE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(MISMATCH_GRACE, Duration::from_secs)
+}
+
+/// What `stat` says of each TLS file (`None`: cannot be statted): a file
+/// replaced or rewritten changes it.
+type Fingerprint = Vec<Option<(u64, u64, u64, i64, i64, i64, i64)>>;
 
 /// The bytes of the TLS files, as last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +58,23 @@ struct Material {
 struct State {
     client: reqwest::Client,
     used: Material,
-    /// The last set that could not be used (logged once, not retried until
-    /// it changes again).
-    rejected: Option<Material>,
-    /// The files could not be read at the last look (logged once).
-    unreadable: bool,
+    /// The files as they were when `used` was read.
+    used_at: Fingerprint,
+    /// When the files were last looked at.
+    looked: Instant,
+    /// A changed set not judged yet, and when it was first seen so.
+    candidate: Option<(Fingerprint, Instant)>,
+    /// A steady set that could not be used: not read again until it
+    /// changes; since when it is on disk, and whether it was said.
+    rejected: Option<Rejected>,
+}
+
+#[derive(Debug)]
+struct Rejected {
+    at: Fingerprint,
+    since: Instant,
+    why: SetupError,
+    said: bool,
 }
 
 /// A reqwest client that follows the TLS files on disk.
@@ -49,6 +88,8 @@ pub struct TlsClient {
 #[derive(Debug)]
 struct Spec {
     file: String,
+    /// A renewed certificate must name this host (`host_id`).
+    host_id: String,
     ca_file: Option<PathBuf>,
     cert_and_key: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
@@ -60,11 +101,13 @@ impl TlsClient {
     pub fn new(config: &Config) -> Result<Self, SetupError> {
         let spec = Spec {
             file: config.file.display().to_string(),
+            host_id: config.host_id.to_string(),
             ca_file: config.ca_file.clone(),
             cert_and_key: config.auth.cert_and_key.clone(),
             connect_timeout: config.connect_timeout,
             stall_timeout: config.stall_timeout,
         };
+        let used_at = spec.fingerprint();
         let used = spec.read()?;
         let client = spec.build(&used)?;
         crate::metrics::get().client_certificate(not_after(&used));
@@ -73,45 +116,71 @@ impl TlsClient {
             state: Mutex::new(State {
                 client,
                 used,
+                used_at,
+                looked: Instant::now(),
+                candidate: None,
                 rejected: None,
-                unreadable: false,
             }),
         })
     }
 
     /// The client for the next request: rebuilt first when the TLS files
-    /// changed and the new ones are usable.
+    /// changed, stayed so for [`STEADY`], and the new ones are usable.
     pub fn current(&self) -> reqwest::Client {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = match self.spec.read() {
-            Ok(m) => m,
-            Err(e) => {
-                // Mid-rotation (a file renamed away) or a permission
-                // mistake: keep going with what works; said once.
-                if !state.unreadable {
-                    tracing::error!(event = "client_tls_reload_failed", error = %e, "cannot read the renewed TLS files; keeping the previous certificate");
-                    crate::metrics::get().client_tls_reload_failed();
-                    state.unreadable = true;
-                }
+        let now = Instant::now();
+        if now.duration_since(state.looked) < LOOK_EVERY {
+            return state.client.clone();
+        }
+        state.looked = now;
+        let at = self.spec.fingerprint();
+        if at == state.used_at {
+            state.candidate = None;
+            state.rejected = None;
+            return state.client.clone();
+        }
+        if let Some(r) = state.rejected.as_mut().filter(|r| r.at == at) {
+            say_rejected(r, now);
+            return state.client.clone();
+        }
+        let steady_since = match &state.candidate {
+            Some((c, first)) if *c == at && now.duration_since(*first) >= STEADY => *first,
+            Some((c, _)) if *c == at => return state.client.clone(),
+            _ => {
+                // Changed since the last look: perhaps mid-rotation.
+                state.candidate = Some((at, now));
                 return state.client.clone();
             }
         };
-        state.unreadable = false;
-        if fresh == state.used || state.rejected.as_ref() == Some(&fresh) {
-            return state.client.clone();
-        }
-        match self.spec.build(&fresh) {
-            Ok(client) => {
+        state.candidate = None;
+        let judged = self.spec.read().and_then(|fresh| {
+            if fresh == state.used {
+                return Ok(None);
+            }
+            self.spec
+                .renewable(&fresh, std::time::SystemTime::now())
+                .and_then(|()| self.spec.build(&fresh))
+                .map(|client| Some((client, fresh)))
+        });
+        match judged {
+            Ok(None) => state.used_at = at,
+            Ok(Some((client, fresh))) => {
                 tracing::info!(event = "client_tls_reloaded", cert_file = %self.spec.names(), "renewed TLS files in use from the next connection on");
                 crate::metrics::get().client_certificate(not_after(&fresh));
                 state.client = client;
                 state.used = fresh;
+                state.used_at = at;
                 state.rejected = None;
             }
-            Err(e) => {
-                tracing::error!(event = "client_tls_reload_failed", error = %e, "the renewed TLS files are not usable; keeping the previous certificate until they are fixed");
-                crate::metrics::get().client_tls_reload_failed();
-                state.rejected = Some(fresh);
+            Err(why) => {
+                let mut r = Rejected {
+                    at,
+                    since: steady_since,
+                    why,
+                    said: false,
+                };
+                say_rejected(&mut r, now);
+                state.rejected = Some(r);
             }
         }
         state.client.clone()
@@ -123,7 +192,44 @@ impl TlsClient {
     }
 }
 
+/// Logs and counts an unusable set once it has lasted [`MISMATCH_GRACE`].
+fn say_rejected(r: &mut Rejected, now: Instant) {
+    if r.said || now.duration_since(r.since) < mismatch_grace() {
+        return;
+    }
+    r.said = true;
+    let e = &r.why;
+    tracing::error!(event = "client_tls_reload_failed", error = %e, "the renewed TLS files are not usable; keeping the previous certificate until they are fixed");
+    crate::metrics::get().client_tls_reload_failed();
+}
+
 impl Spec {
+    /// `stat` of each TLS file, in a fixed order.
+    fn fingerprint(&self) -> Fingerprint {
+        use std::os::unix::fs::MetadataExt as _;
+        let (cert, key) = match &self.cert_and_key {
+            Some((c, k)) => (Some(c), Some(k)),
+            None => (None, None),
+        };
+        [self.ca_file.as_ref(), cert, key]
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                std::fs::metadata(p).ok().map(|m| {
+                    (
+                        m.dev(),
+                        m.ino(),
+                        m.size(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn names(&self) -> String {
         match &self.cert_and_key {
             Some((c, k)) => format!("{} and {}", c.display(), k.display()),
@@ -158,6 +264,56 @@ impl Spec {
             None => None,
         };
         Ok(Material { ca, cert_and_key })
+    }
+
+    /// What a renewal must pass beyond [`Spec::build`]'s checks, as
+    /// `--check-config` requires of the pair: the certificate's identity is
+    /// `host_id`, and it is valid `now` (notBefore <= now < notAfter). A
+    /// renewal for another host or not yet (no longer) valid keeps the pair
+    /// in use instead of cutting the host off.
+    fn renewable(&self, m: &Material, now: std::time::SystemTime) -> Result<(), SetupError> {
+        let (Some((cert, _)), Some((pem, _))) = (&self.cert_and_key, &m.cert_and_key) else {
+            return Ok(());
+        };
+        let bad =
+            |why: String| self.setup("receiver.cert_file", format!("{}: {why}", cert.display()));
+        let der = CertificateDer::pem_slice_iter(pem)
+            .next()
+            .ok_or_else(|| bad("contains no PEM certificate".into()))?
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        let (_, c) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+        let identity = labship_protocol::identity::host_id(&c).map_err(bad)?;
+        if identity != self.host_id {
+            return Err(bad(format!(
+                "the renewed certificate is for {identity:?}, not this host_id {:?}",
+                self.host_id
+            )));
+        }
+        let now_s = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let (from, until) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        if now_s < from {
+            return Err(bad(format!(
+                "the renewed certificate is not valid before {} (notBefore)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(from.max(0) as u64)
+                )
+            )));
+        }
+        if now_s >= until {
+            return Err(bad(format!(
+                "the renewed certificate expired at {} (notAfter)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(until.max(0) as u64)
+                )
+            )));
+        }
+        Ok(())
     }
 
     /// Checks `m` file by file and builds a client from it.

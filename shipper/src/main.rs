@@ -78,6 +78,9 @@ fn main() -> ExitCode {
     }
     init_logging();
     let json = args.json;
+    if json {
+        json_on_panic();
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -95,8 +98,12 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("shipper: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return fail(
+                json,
+                1,
+                "runtime_failed",
+                format!("cannot start the async runtime: {e}"),
+            );
         }
     };
     let code = runtime.block_on(async move {
@@ -219,6 +226,20 @@ fn check_config(args: &Args) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
+/// With `--json`, a panic still prints one document on stdout (then the
+/// process aborts: `panic = "abort"`, killed by SIGABRT, so `exit_code` is
+/// null).
+fn json_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        println!(
+            "{}",
+            json!({"result": "panic", "exit_code": null, "message": info.to_string(), "shipper_version": labship_sys::LONG_VERSION})
+        );
+    }));
+}
+
 /// A failure before `--ping` or `--once` could start: the message on
 /// stderr, and with `--json` the document on stdout.
 fn fail(json: bool, code: u8, result: &str, message: String) -> ExitCode {
@@ -311,10 +332,11 @@ async fn once(shipper: &mut Shipper, json: bool) -> ExitCode {
 async fn ops_listener(listen: std::net::SocketAddr, config: &Config) {
     match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => {
-            tokio::spawn(labship_shipper::ops::serve(
-                listener,
-                config.data_dir.clone(),
-            ));
+            // /healthz fails once the work loop has shown no progress for
+            // longer than a pass may honestly wait (a HEAD or an answer).
+            let stall = (config.stall_timeout * 2 + config.scan_interval)
+                .max(std::time::Duration::from_secs(300));
+            tokio::spawn(labship_shipper::ops::serve(listener, stall));
         }
         Err(e) => tracing::error!(
             event = "ops_listen_failed", listen = %listen, config = %config.file.display(), error = %e,
@@ -336,8 +358,14 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     };
     let watchdog = systemd::Watchdog::from_env();
     if let Some(listen) = config.ops_listen {
-        labship_shipper::metrics::get().last_success_from_disk(&config.data_dir);
         ops_listener(listen, config).await;
+        // A readdir and a stat per entry of shipped/: after READY=1, off
+        // the async threads (it only ever raises the gauge, so a pass that
+        // ships first is not undone).
+        let data_dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            labship_shipper::metrics::get().last_success_from_disk(&data_dir);
+        });
     }
     systemd::ready(&format!("shipping to {}", config.url));
     tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");
@@ -351,7 +379,11 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             labship_shipper::reload::reload(&mut running, &limiter);
         }
     });
-    let alive = || watchdog.alive();
+    labship_shipper::ops::alive();
+    let alive = || {
+        watchdog.alive();
+        labship_shipper::ops::alive();
+    };
     loop {
         let pass = shipper.pass(&alive);
         // A pass is never cut in the middle: every move in it is atomic, and an
@@ -361,8 +393,7 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        watchdog.alive();
-        labship_shipper::metrics::get().failed(summary.transient);
+        alive();
         systemd::status(&format!(
             "pending {} shipped {} quarantined {} transient {}; {}",
             summary.pending,

@@ -3,9 +3,12 @@
 //! count (the queue, the uploader, the TLS client) each add one line.
 //!
 //! The queue's state (`backlog_*`, `oldest_pending_age_seconds`,
-//! `quarantined_episodes`) is read from `data_dir` when scraped
-//! ([`Metrics::observe_disk`]): always the truth on disk, and no cost
-//! when nobody scrapes.
+//! `quarantined_episodes`) is published by the queue after each scan pass
+//! ([`Metrics::backlog`]) from what the pass measured anyway: a scrape
+//! reads memory and walks nothing, however many files wait on the host.
+//! The backlog is the shippable one: settled episodes (a valid id, a
+//! `meta.json`, nothing changed for `settle`) waiting for their upload or
+//! its retry; episodes still being written are `settling_episodes`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,9 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
 
 /// The Content-Type of [`Metrics::render`]'s format (OpenMetrics text 1.0),
 /// served to a scraper that asks for it (Prometheus does).
@@ -38,18 +41,121 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// How an episode left the queue (`labship_shipper_episodes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver stored it (PUT 200/201 confirmed).
+    Stored,
+    /// The receiver held it already (HEAD or PUT 200).
+    AlreadyPresent,
+    /// Moved to `quarantine/`.
+    Quarantined,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 3] = [Self::Stored, Self::AlreadyPresent, Self::Quarantined];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::AlreadyPresent => "already_present",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// Why an attempt failed and its episode stays queued for a retry
+/// (`labship_shipper_upload_failures_total{reason}`): a bounded set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// No answer: connect failure, reset, stall, timeout.
+    NoAnswer,
+    /// The TLS handshake was refused (the client certificate, most likely).
+    Tls,
+    /// 401 or 403.
+    Refused,
+    /// 429, 503 or 507: the receiver is busy, draining or full.
+    Busy,
+    /// Another 5xx.
+    ServerError,
+    /// Something other than the receiver answered (redirect, unconfirmed
+    /// success, a 4xx without the receiver's error code).
+    NotReceiver,
+    /// Packing the archive failed (not the episode's fault).
+    Pack,
+    /// A local move or file operation failed (the disk's).
+    Disk,
+    /// `episodes/` could not be listed.
+    Scan,
+    /// Anything else.
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 10] = [
+        Self::NoAnswer,
+        Self::Tls,
+        Self::Refused,
+        Self::Busy,
+        Self::ServerError,
+        Self::NotReceiver,
+        Self::Pack,
+        Self::Disk,
+        Self::Scan,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoAnswer => "no_answer",
+            Self::Tls => "tls",
+            Self::Refused => "refused",
+            Self::Busy => "busy",
+            Self::ServerError => "server_error",
+            Self::NotReceiver => "not_receiver",
+            Self::Pack => "pack",
+            Self::Disk => "disk",
+            Self::Scan => "scan",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The queue's shippable backlog after a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Settled episodes still in `episodes/` (ready, or waiting for a retry).
+    pub episodes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The newest mtime of the one that has waited longest.
+    pub oldest: Option<SystemTime>,
+    /// Valid episodes not settled yet (being written, no `meta.json`).
+    pub settling: u64,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     episodes: Family<ResultLabels, Counter>,
+    failures: Family<ReasonLabels, Counter>,
     upload_bytes: Counter,
     upload_seconds: Histogram,
     archive_bytes: Histogram,
     backlog_episodes: Gauge,
     backlog_bytes: Gauge,
+    settling_episodes: Gauge,
     oldest_pending_age: FloatGauge,
+    /// Since when the oldest settled episode waits: the age is computed
+    /// at each scrape ([`Metrics::refresh`]).
+    oldest_pending: Mutex<Option<SystemTime>>,
     last_success: FloatGauge,
     quarantined: Gauge,
     client_cert_expiry: Gauge,
@@ -65,6 +171,10 @@ pub fn get() -> &'static Metrics {
 fn epoch_s(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
@@ -85,6 +195,7 @@ impl Metrics {
         );
         let m = Self {
             episodes: Family::default(),
+            failures: Family::default(),
             upload_bytes: Counter::default(),
             // 50 ms .. about 27 min.
             upload_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
@@ -92,46 +203,70 @@ impl Metrics {
             archive_bytes: Histogram::new(exponential_buckets(4096.0, 4.0, 13)),
             backlog_episodes: Gauge::default(),
             backlog_bytes: Gauge::default(),
+            settling_episodes: Gauge::default(),
             oldest_pending_age: FloatGauge::default(),
+            oldest_pending: Mutex::new(None),
             last_success: FloatGauge::default(),
             quarantined: Gauge::default(),
             client_cert_expiry: Gauge::default(),
             tls_reload_failures: Counter::default(),
             registry: Registry::default(),
         };
-        for result in ["stored", "already_present", "quarantined", "failed"] {
-            // Present from the start, at 0: a rate over a fresh process works.
-            let _ = m.episodes.get_or_create(&ResultLabels { result });
+        // Every label value present from the start, at 0: a rate over a
+        // fresh process works.
+        for o in Outcome::ALL {
+            let _ = m
+                .episodes
+                .get_or_create(&ResultLabels { result: o.as_str() });
         }
-        r.register("shipper_episodes", "Episodes that left the queue by result (stored, already_present, quarantined), and transient failures (failed)", m.episodes.clone());
+        for f in FailureReason::ALL {
+            let _ = m
+                .failures
+                .get_or_create(&ReasonLabels { reason: f.as_str() });
+        }
+        r.register(
+            "shipper_episodes",
+            "Episodes that left the queue, by result (stored, already_present, quarantined)",
+            m.episodes.clone(),
+        );
+        r.register(
+            "shipper_upload_failures",
+            "Failed attempts (the episode stays queued and is retried), by reason",
+            m.failures.clone(),
+        );
         r.register(
             "shipper_upload_bytes",
-            "Archive bytes sent in PUT bodies",
+            "Archive bytes sent in PUT bodies (also of uploads that failed)",
             m.upload_bytes.clone(),
         );
         r.register(
             "shipper_upload_duration_seconds",
-            "Duration of archive uploads (PUT), whatever their answer",
+            "Duration of archive uploads (PUT), whatever their end (answer, stall, cancel)",
             m.upload_seconds.clone(),
         );
         r.register(
             "shipper_archive_size_bytes",
-            "Size of the archives uploaded",
+            "Size of the archives packed (once per archive, not per attempt)",
             m.archive_bytes.clone(),
         );
         r.register(
             "shipper_backlog_episodes",
-            "Episodes in episodes/ not yet shipped (settling, waiting or failing)",
+            "Settled episodes waiting in episodes/ to be shipped (ready or retrying), as of the last scan pass",
             m.backlog_episodes.clone(),
         );
         r.register(
             "shipper_backlog_bytes",
-            "Bytes of the episodes in episodes/",
+            "Bytes of the settled episodes waiting in episodes/, as of the last scan pass",
             m.backlog_bytes.clone(),
         );
         r.register(
+            "shipper_settling_episodes",
+            "Episodes in episodes/ not settled yet (being written, no meta.json, cannot settle), as of the last scan pass",
+            m.settling_episodes.clone(),
+        );
+        r.register(
             "shipper_oldest_pending_age_seconds",
-            "Seconds since the oldest episode in episodes/ last changed (0 when none)",
+            "Seconds since the newest change in the settled episode that has waited longest (0 when none)",
             m.oldest_pending_age.clone(),
         );
         r.register("shipper_last_success_timestamp_seconds", "When an episode was last stored (or found already present), seconds since the epoch; at start, when the newest entry of shipped/ got there (0: none)", m.last_success.clone());
@@ -153,11 +288,14 @@ impl Metrics {
         Self { registry: r, ..m }
     }
 
-    /// An episode left the queue: `stored` or `already_present` (a success)
-    /// or `quarantined`.
-    pub fn episode(&self, result: &'static str) {
-        self.episodes.get_or_create(&ResultLabels { result }).inc();
-        if result != "quarantined" {
+    /// An episode left the queue.
+    pub fn episode(&self, outcome: Outcome) {
+        self.episodes
+            .get_or_create(&ResultLabels {
+                result: outcome.as_str(),
+            })
+            .inc();
+        if outcome != Outcome::Quarantined {
             self.last_success.set(epoch_s(SystemTime::now()));
         }
     }
@@ -176,18 +314,29 @@ impl Metrics {
         }
     }
 
-    /// Transient failures of a pass (they stay queued and are retried).
-    pub fn failed(&self, n: usize) {
-        self.episodes
-            .get_or_create(&ResultLabels { result: "failed" })
-            .inc_by(n as u64);
+    /// An attempt failed where it happened; its episode stays queued.
+    pub fn upload_failure(&self, reason: FailureReason) {
+        self.failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
-    /// One PUT ended (any answer): `sent` body bytes of an archive of `size`.
-    pub fn upload(&self, sent: u64, size: u64, took: Duration) {
-        self.upload_bytes.inc_by(sent);
+    /// A pack produced an archive of `size` bytes (observed once, however
+    /// many attempts upload it).
+    pub fn archive(&self, size: u64) {
         self.archive_bytes.observe(size as f64);
-        self.upload_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A PUT starts: the guard counts its body bytes as they go and
+    /// observes its duration when dropped, however the upload ends (an
+    /// answer, a stall cut, a cancellation).
+    pub fn upload_started(&'static self) -> UploadTimer {
+        UploadTimer {
+            metrics: self,
+            started: Instant::now(),
+        }
     }
 
     pub fn client_certificate(&self, not_after: Option<i64>) {
@@ -200,35 +349,31 @@ impl Metrics {
         self.tls_reload_failures.inc();
     }
 
-    /// Reads the queue's state from `data_dir` (blocking: a walk of
-    /// `episodes/`).
-    pub fn observe_disk(&self, data_dir: &Path, now: SystemTime) {
-        let (mut count, mut bytes, mut oldest) = (0i64, 0u64, None::<SystemTime>);
-        for entry in dirs(&data_dir.join("episodes")) {
-            count += 1;
-            let mut newest = entry.metadata().ok().and_then(|m| m.modified().ok());
-            for f in walkdir::WalkDir::new(entry.path())
-                .into_iter()
-                .filter_map(Result::ok)
-            {
-                let Ok(meta) = f.metadata() else { continue };
-                if meta.is_file() {
-                    bytes += meta.len();
-                }
-                newest = newest.max(meta.modified().ok());
-            }
-            if let Some(t) = newest {
-                oldest = Some(oldest.map_or(t, |o: SystemTime| o.min(t)));
-            }
-        }
-        self.backlog_episodes.set(count);
-        self.backlog_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// The queue's backlog as of the pass that just ended.
+    pub fn backlog(&self, b: Backlog) {
+        self.backlog_episodes.set(as_i64(b.episodes));
+        self.backlog_bytes.set(as_i64(b.bytes));
+        self.settling_episodes.set(as_i64(b.settling));
+        *self
+            .oldest_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = b.oldest;
+    }
+
+    /// The entries of `quarantine/` now (one readdir, once per pass).
+    pub fn observe_quarantine(&self, dir: &Path) {
+        self.quarantined.set(dirs(dir).count() as i64);
+    }
+
+    /// Before a scrape: the ages that move with the clock (no disk).
+    pub fn refresh(&self, now: SystemTime) {
+        let oldest = *self
+            .oldest_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.oldest_pending_age.set(oldest.map_or(0.0, |t| {
             now.duration_since(t).unwrap_or_default().as_secs_f64()
         }));
-        self.quarantined
-            .set(dirs(&data_dir.join("quarantine")).count() as i64);
     }
 
     /// The OpenMetrics text exposition ([`OPENMETRICS`]).
@@ -252,6 +397,28 @@ impl Metrics {
         } else {
             (CLASSIC, self.render_classic())
         }
+    }
+}
+
+/// One upload in flight ([`Metrics::upload_started`]).
+#[derive(Debug)]
+pub struct UploadTimer {
+    metrics: &'static Metrics,
+    started: Instant,
+}
+
+impl UploadTimer {
+    /// `n` more body bytes went out.
+    pub fn sent(&self, n: u64) {
+        self.metrics.upload_bytes.inc_by(n);
+    }
+}
+
+impl Drop for UploadTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .upload_seconds
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -308,12 +475,15 @@ mod tests {
     #[test]
     fn the_exposition_names_every_contract_metric() {
         let m = get();
-        m.episode("stored");
-        m.upload(10, 10, Duration::from_millis(3));
+        m.episode(Outcome::Stored);
+        m.archive(10);
+        m.upload_started().sent(10);
         let text = m.render();
         for name in [
             "labship_build_info{",
             "labship_shipper_episodes_total{result=\"stored\"} ",
+            "labship_shipper_episodes_total{result=\"already_present\"} ",
+            "labship_shipper_upload_failures_total{reason=\"no_answer\"} ",
             "labship_shipper_upload_bytes_total ",
             "labship_shipper_backlog_episodes ",
             "labship_shipper_backlog_bytes ",

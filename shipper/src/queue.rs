@@ -20,6 +20,7 @@
 use crate::archive::ArchiveError;
 use crate::config::Config;
 use crate::disk::{Layout, Outbox};
+use crate::metrics::{Backlog, FailureReason, Outcome};
 use crate::scan::{Found, Scanner};
 use crate::state::{self, Action, Archive, Event, State};
 use crate::upload::Uploader;
@@ -222,6 +223,10 @@ pub struct Shipper {
     slots: usize,
     /// `pending` of the last full pass (reported while the host is on hold).
     last_pending: usize,
+    /// Episodes that left `episodes/` in this pass (shipped, quarantined,
+    /// moved away by other hands): the rest of the settled ones are the
+    /// backlog the pass publishes.
+    left: std::collections::HashSet<Id>,
     /// `state/status.json` with the uploads' progress (progress.rs).
     progress: Arc<crate::progress::Progress>,
     /// Held (flock) for the process's life: one shipper per data_dir.
@@ -271,6 +276,7 @@ impl Shipper {
             limit: None,
             slots: 1,
             last_pending: 0,
+            left: Default::default(),
             _lock: lock,
             config,
         })
@@ -287,6 +293,7 @@ impl Shipper {
     /// One pass. `progress` is called while work moves (scan, uploads).
     pub async fn pass(&mut self, progress: &(dyn Fn() + Sync)) -> Summary {
         let mut summary = Summary::default();
+        self.uploader.look_at_tls();
         if self.hold.as_ref().is_some_and(Backoff::waiting) {
             // The receiver or the link is failing for everyone: no scan, no
             // tree walks, nothing to do until the hold lifts.
@@ -312,10 +319,13 @@ impl Shipper {
             }
         };
         progress();
-        let pass = match scanned {
+        let mut pass = match scanned {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, dir = %self.layout.episodes.display(), event = "scan_failed", "cannot scan the queue");
+                // The backlog gauges keep the last pass's values: an
+                // unreadable episodes/ is not an empty one.
+                crate::metrics::get().upload_failure(FailureReason::Scan);
                 summary.transient += 1;
                 self.last_error = Some(LastError {
                     code: None,
@@ -329,6 +339,8 @@ impl Shipper {
             }
         };
         summary.pending = pass.pending;
+        let (settled, settling) = (std::mem::take(&mut pass.settled), pass.pending);
+        self.left.clear();
         // Forget episodes that left the queue by other hands (an operator's
         // mv): these maps must not grow for months.
         let queued: std::collections::HashSet<&Id> = pass.found.iter().map(|(id, _)| id).collect();
@@ -356,6 +368,7 @@ impl Shipper {
         }
         self.finish_prefetch(progress).await;
         self.sweep_quarantine().await;
+        self.publish(&settled, settling);
         self.last_pending = summary.pending;
         self.write_status(&summary);
         summary
@@ -515,7 +528,8 @@ impl Shipper {
                     Ok(dest) => {
                         tracing::warn!(episode_id = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
                         summary.quarantined += 1;
-                        crate::metrics::get().episode("quarantined");
+                        self.left.insert(id.clone());
+                        crate::metrics::get().episode(Outcome::Quarantined);
                     }
                     Err(e) => self.io_failure(&id, "finishing quarantine", &e, summary),
                 }
@@ -681,7 +695,8 @@ impl Shipper {
                     match self.layout.quarantine(&id, &self.config.host_id, reason) {
                         Ok(dest) => {
                             summary.quarantined += 1;
-                            crate::metrics::get().episode("quarantined");
+                            self.left.insert(id.clone());
+                            crate::metrics::get().episode(Outcome::Quarantined);
                             self.backoff.remove(&id);
                             self.record_error(
                                 &id,
@@ -794,7 +809,12 @@ impl Shipper {
         {
             ep.inline = archive.inline.is_some().then(|| archive.clone());
         }
+        let reason = failure_reason(&event);
         let (next, act) = state::step(&ep.state, event);
+        if matches!(act, Action::RetryLater { .. }) {
+            // Counted where it happens, once per failed attempt.
+            crate::metrics::get().upload_failure(reason);
+        }
         ep.state = next;
         act
     }
@@ -859,6 +879,7 @@ impl Shipper {
             // a cancellation at shutdown): the episode is still in
             // episodes/ and the next pass takes it again.
             Err(e) => {
+                crate::metrics::get().upload_failure(FailureReason::Other);
                 tracing::error!(error = %e, event = "upload_task_failed", "an upload task failed");
                 summary.transient += 1;
                 summary.pending += 1;
@@ -909,7 +930,12 @@ impl Shipper {
                 }
                 self.backoff.remove(&id);
                 self.last_success = Some(SystemTime::now());
-                crate::metrics::get().episode(if already { "already_present" } else { "stored" });
+                self.left.insert(id.clone());
+                crate::metrics::get().episode(if already {
+                    Outcome::AlreadyPresent
+                } else {
+                    Outcome::Stored
+                });
                 tracing::info!(episode_id = %id, dest = %dest.display(), already_present = already, event = "shipped", "shipped");
             }
             Err(e) => self.io_failure(&id, "moving to shipped/", &e, summary),
@@ -981,6 +1007,7 @@ impl Shipper {
             // Moved away meanwhile by other hands (quarantine-unstamped
             // beside us, or an operator): nothing is lost, nothing to retry.
             self.backoff.remove(id);
+            self.left.insert(id.clone());
             if let Err(e) = self.layout.drop_outbox(id) {
                 tracing::warn!(episode_id = %id, error = %e, "cannot clear the outbox copy of an episode that left the queue");
             }
@@ -989,9 +1016,27 @@ impl Shipper {
         }
         summary.transient += 1;
         summary.pending += 1;
+        crate::metrics::get().upload_failure(FailureReason::Disk);
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
         tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed, will retry: {e}");
+    }
+
+    /// Publishes the backlog: the settled episodes of this pass that are
+    /// still queued (no disk access but the one readdir of `quarantine/`).
+    fn publish(&self, settled: &HashMap<Id, crate::scan::Settled>, settling: usize) {
+        let mut b = Backlog {
+            settling: settling as u64,
+            ..Backlog::default()
+        };
+        for (_, s) in settled.iter().filter(|(id, _)| !self.left.contains(*id)) {
+            b.episodes += 1;
+            b.bytes += s.bytes;
+            b.oldest = Some(b.oldest.map_or(s.newest, |o| o.min(s.newest)));
+        }
+        let metrics = crate::metrics::get();
+        metrics.backlog(b);
+        metrics.observe_quarantine(&self.layout.quarantine);
     }
 
     fn write_status(&self, s: &Summary) {
@@ -1039,12 +1084,36 @@ fn keep(layout: &Layout, id: &Id, archive: Option<&Archive>) {
     }
 }
 
-/// What a pack's outcome, as it arrived from its thread, means.
+/// Why a failed attempt failed, for `upload_failures_total{reason}`.
+fn failure_reason(event: &Event) -> FailureReason {
+    match event {
+        Event::NoAnswer { auth: true, .. } => FailureReason::Tls,
+        Event::NoAnswer { auth: false, .. } => FailureReason::NoAnswer,
+        Event::NotReceiver { .. } => FailureReason::NotReceiver,
+        Event::PackFailed { .. } => FailureReason::Pack,
+        Event::Answer { status, .. } => match status {
+            401 | 403 => FailureReason::Refused,
+            429 | 503 | 507 => FailureReason::Busy,
+            500..=599 => FailureReason::ServerError,
+            // A success without confirmation, a bare 4xx: not the
+            // receiver's verdict.
+            200..=499 => FailureReason::NotReceiver,
+            _ => FailureReason::Other,
+        },
+        _ => FailureReason::Other,
+    }
+}
+
+/// What a pack's outcome, as it arrived from its thread, means. An archive
+/// is observed here, once, whatever becomes of its uploads.
 fn pack_event(
     r: Result<Result<Archive, ArchiveError>, tokio::sync::oneshot::error::RecvError>,
 ) -> Event {
     match r {
-        Ok(Ok(archive)) => Event::Packed(archive),
+        Ok(Ok(archive)) => {
+            crate::metrics::get().archive(archive.bytes);
+            Event::Packed(archive)
+        }
         Ok(Err(e)) => Event::PackFailed {
             fatal: e.is_fatal(),
             message: e.to_string(),

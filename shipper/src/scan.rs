@@ -58,6 +58,29 @@ pub struct Pass {
     pub found: Vec<(Id, Found)>,
     /// Valid episodes not ready yet (no `meta.json`, or still changing).
     pub pending: usize,
+    /// What the walks of this pass measured of each settled episode in
+    /// `found`: its bytes and newest mtime. The shipper's backlog metrics
+    /// come from here ([`crate::metrics::Backlog`]), so a scrape walks
+    /// nothing.
+    pub settled: HashMap<Id, Settled>,
+}
+
+/// A settled episode as its walk found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Bytes of the regular files in its tree.
+    pub bytes: u64,
+    /// Its tree's newest mtime: it has waited since then.
+    pub newest: SystemTime,
+}
+
+/// Tree walks done by this process ([`walk_tree`]); tests read it to prove
+/// that something (a scrape) walks nothing.
+static TREE_WALKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many episode trees this process has walked so far.
+pub fn tree_walks() -> u64 {
+    TREE_WALKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Scanner {
@@ -155,6 +178,13 @@ impl Scanner {
                 }
             };
             self.unreadable.remove(&name);
+            pass.settled.insert(
+                id.clone(),
+                Settled {
+                    bytes: tree.bytes,
+                    newest: tree.newest,
+                },
+            );
             pass.found.push((id, found));
         }
         // Forget episodes that left the queue.
@@ -192,19 +222,26 @@ pub struct Tree {
     pub newest_path: PathBuf,
     /// The first entry that could not be read, and why.
     pub unreadable: Option<(PathBuf, String)>,
+    /// Bytes of the regular files (the walk stats them anyway).
+    pub bytes: u64,
 }
 
 /// Walks `dir` (directories included: a created or removed file changes its
 /// directory's mtime; symlinks not followed).
 pub fn walk_tree(dir: &Path) -> Tree {
+    TREE_WALKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tree = Tree {
         newest: SystemTime::UNIX_EPOCH,
         newest_path: dir.to_path_buf(),
         unreadable: None,
+        bytes: 0,
     };
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let (path, t) = match entry.map(|e| (e.path().to_path_buf(), e.metadata())) {
             Ok((path, Ok(m))) => {
+                if m.is_file() {
+                    tree.bytes += m.len();
+                }
                 let t = m.modified().unwrap_or_else(|_| SystemTime::now());
                 (path, t)
             }

@@ -341,6 +341,13 @@ impl Uploader {
         self.client.current()
     }
 
+    /// Looks at the TLS files without a request (each pass does): a renewal
+    /// is taken up, or an unusable one said, on an idle host too, and on a
+    /// host on hold because its certificate was refused.
+    pub fn look_at_tls(&self) {
+        let _ = self.client.current();
+    }
+
     fn url(&self, tail: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         let path = format!("{}/{tail}", url.path().trim_end_matches('/'));
@@ -462,8 +469,14 @@ impl Uploader {
         let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
         let stream = crate::bwlimit::throttle(stream, self.limiter.clone());
         let tracked = self.uploads.start(id, archive.bytes);
+        // Counts the body bytes as they go and observes the duration when
+        // the upload ends, whichever return below ends it (a stall cut
+        // included) or if it is cancelled.
+        let timer = Arc::new(crate::metrics::get().upload_started());
+        let counted = timer.clone();
         let stream = inspect_chunks(stream, move |n| {
             tracked.sent(n as u64);
+            counted.sent(n as u64);
             count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
@@ -506,11 +519,7 @@ impl Uploader {
                 }
             }
         };
-        crate::metrics::get().upload(
-            sent.load(Ordering::Relaxed),
-            archive.bytes,
-            started.elapsed(),
-        );
+        drop(timer);
         match resp {
             // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
             // unacknowledged for stall_timeout_s.

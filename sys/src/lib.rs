@@ -137,3 +137,147 @@ mod tests {
         );
     }
 }
+
+/// `build.rs`'s logic (build/commit.rs) run in temporary repositories.
+#[cfg(test)]
+#[path = "../build/commit.rs"]
+mod commit;
+
+#[cfg(test)]
+mod build_tests {
+    use super::commit::resolve;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::SystemTime;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A workspace root with a `sys/` member, in a fresh repository.
+    fn workspace() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ws");
+        std::fs::create_dir_all(root.join("sys")).unwrap();
+        git(&root, &["init", "-q"]);
+        (t, root)
+    }
+
+    fn commit(root: &Path, n: u32) {
+        std::fs::write(root.join("f"), n.to_string()).unwrap();
+        git(root, &["add", "f"]);
+        git(root, &["commit", "-q", "-m", &n.to_string()]);
+    }
+
+    /// Every watched path with its newest mtime (a directory: its tree's).
+    fn stamps(paths: &[PathBuf]) -> Vec<(PathBuf, SystemTime, u64)> {
+        fn newest(p: &Path) -> (SystemTime, u64) {
+            let m = std::fs::metadata(p).unwrap();
+            let (mut t, mut len) = (m.modified().unwrap(), m.len());
+            if m.is_dir() {
+                for e in std::fs::read_dir(p).unwrap() {
+                    let (et, el) = newest(&e.unwrap().path());
+                    t = t.max(et);
+                    len += el;
+                }
+            }
+            (t, len)
+        }
+        paths
+            .iter()
+            .map(|p| {
+                let (t, len) = newest(p);
+                (p.clone(), t, len)
+            })
+            .collect()
+    }
+
+    /// After `git pack-refs` HEAD's loose ref is gone; a commit writes it
+    /// again. Something cargo watches must change, or the next build keeps
+    /// the old commit.
+    #[test]
+    fn a_commit_after_pack_refs_changes_a_watched_path() {
+        let (_t, root) = workspace();
+        commit(&root, 1);
+        git(&root, &["pack-refs", "--all", "--prune"]);
+        let found = resolve(&root, None).unwrap();
+        assert_eq!(
+            found.commit,
+            git(&root, &["rev-parse", "--short=12", "HEAD"])
+        );
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        let git_dir = root.join(".git");
+        for must in [git_dir.join("logs/HEAD"), git_dir.join("refs/heads")] {
+            assert!(
+                found.watch.contains(&must),
+                "{must:?} not in {:?}",
+                found.watch
+            );
+        }
+        let before = stamps(&found.watch);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        commit(&root, 2);
+        let after = stamps(&found.watch);
+        assert_ne!(before, after, "no watched path changed with the commit");
+        let again = resolve(&root, None).unwrap();
+        assert_eq!(
+            again.commit,
+            git(&root, &["rev-parse", "--short=12", "HEAD"])
+        );
+        assert_ne!(again.commit, found.commit);
+    }
+
+    /// A source tree unpacked inside an unrelated repository is not that
+    /// repository's HEAD.
+    #[test]
+    fn a_tree_inside_another_repository_is_unknown() {
+        let t = tempfile::tempdir().unwrap();
+        git(t.path(), &["init", "-q"]);
+        std::fs::write(t.path().join("x"), "x").unwrap();
+        git(t.path(), &["add", "x"]);
+        git(t.path(), &["commit", "-q", "-m", "outer"]);
+        let root = t.path().join("unpacked/labship");
+        std::fs::create_dir_all(root.join("sys")).unwrap();
+        let found = resolve(&root, None).unwrap();
+        assert_eq!(found.commit, "unknown");
+        assert!(found.warnings.is_empty());
+    }
+
+    #[test]
+    fn the_environment_wins_and_a_malformed_one_is_an_error() {
+        let (_t, root) = workspace();
+        let c = "ABCDEF0123456789abcdef0123456789abcdef01";
+        assert_eq!(resolve(&root, Some(c)).unwrap().commit, "abcdef012345");
+        assert_eq!(resolve(&root, Some("unknown")).unwrap().commit, "unknown");
+        let e = resolve(&root, Some("v1.2-dirty")).unwrap_err();
+        assert!(
+            e.contains("LABSHIP_COMMIT") && e.contains("v1.2-dirty"),
+            "{e}"
+        );
+    }
+
+    /// `.git` present but git failing is said, not silent.
+    #[test]
+    fn a_broken_git_is_a_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ws");
+        std::fs::create_dir_all(root.join("sys")).unwrap();
+        std::fs::write(root.join(".git"), "gitdir: /nonexistent\n").unwrap();
+        let found = resolve(&root, None).unwrap();
+        assert_eq!(found.commit, "unknown");
+        assert_eq!(found.warnings.len(), 1, "{:?}", found.warnings);
+    }
+}

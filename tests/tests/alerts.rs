@@ -40,6 +40,9 @@ const KNOWN: &[&str] = &[
     "labship_shipper_oldest_pending_age_seconds",
     "labship_shipper_last_success_timestamp_seconds",
     "labship_shipper_quarantined_episodes",
+    // shipper/src/metrics.rs
+    "labship_shipper_upload_failures_total",
+    "labship_shipper_settling_episodes",
     // receiver/src/metrics.rs
     "labship_requests_total",
     "labship_received_bytes_total",

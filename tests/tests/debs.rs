@@ -468,6 +468,8 @@ fn two_builds_of_one_commit_are_byte_identical() {
     let build = std::process::Command::new(repo_root().join("scripts/build-debs.sh"))
         .arg("--out")
         .arg(second.path())
+        // As scripts/test.sh: a developer's tree may have changes.
+        .arg("--allow-dirty")
         .output()
         .unwrap();
     for kept in &firsts {
@@ -495,4 +497,78 @@ fn two_builds_of_one_commit_are_byte_identical() {
             again.display()
         );
     }
+}
+
+/// A tree with uncommitted changes is refused before anything is built (the
+/// packages would name HEAD's commit but hold other code); a clean one and
+/// `--allow-dirty` get past the check (the allowed one with a warning). In
+/// a clone (this checkout's own state is not the test's business), with a
+/// `cargo` that exits 97 first on PATH: a run past the check stops there.
+#[test]
+fn a_dirty_tree_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let t = tempfile::tempdir().unwrap();
+    let clone = t.path().join("labship");
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", "--no-hardlinks"])
+        .arg(repo_root())
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The script under test is this checkout's, committed in the clone.
+    std::fs::copy(
+        repo_root().join("scripts/build-debs.sh"),
+        clone.join("scripts/build-debs.sh"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args([
+            "commit",
+            "-q",
+            "--allow-empty",
+            "--no-verify",
+            "-am",
+            "this checkout's script",
+        ])
+        .current_dir(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("cargo"), "#!/bin/sh\nexit 97\n").unwrap();
+    std::fs::set_permissions(bin.join("cargo"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(clone.join("scripts/build-debs.sh"))
+            .args(args)
+            .env("PATH", &path)
+            .current_dir(&clone)
+            .output()
+            .unwrap()
+    };
+    let clean = run(&[]);
+    assert_eq!(clean.status.code(), Some(97), "{}", text(&clean));
+    assert!(!text(&clean).contains("uncommitted"), "{}", text(&clean));
+    std::fs::write(clone.join("README.md"), "changed\n").unwrap();
+    let dirty = run(&[]);
+    assert_eq!(dirty.status.code(), Some(2), "{}", text(&dirty));
+    assert!(
+        text(&dirty).contains("uncommitted changes") && text(&dirty).contains("--allow-dirty"),
+        "{}",
+        text(&dirty)
+    );
+    let allowed = run(&["--allow-dirty"]);
+    assert_eq!(allowed.status.code(), Some(97), "{}", text(&allowed));
+    assert!(
+        text(&allowed).contains("warning: the tree has uncommitted changes"),
+        "{}",
+        text(&allowed)
+    );
 }

@@ -84,6 +84,8 @@ fn daemon(cfg: &Path, log: &Path) -> Daemon {
         Command::new(labship_tests::bin("shipper"))
             .args(["--config", cfg.to_str().unwrap()])
             .env("LABSHIP_LOG", "info")
+            // An unusable renewal is said after 5 s, not 60 s.
+            .env("LABSHIP_TEST_TLS_GRACE_S", "5")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -392,11 +394,32 @@ fn metrics_count_what_really_happened_and_promtool_accepts_them() {
     );
     assert!(expiry > now, "{expiry}");
 
-    // Unshippable: two episodes without meta.json stay in the backlog.
+    // The receiver held it already: a second delivery of the same episode
+    // is `already_present`, not `stored`.
+    std::fs::rename(data.join("shipped/ep-b"), eps.join("ep-b")).unwrap();
+    wait_for("ep-b shipped again", Duration::from_secs(30), &log, || {
+        shipped(&data, "ep-b")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, text) = scrape(ops);
+    assert_eq!(
+        sample(
+            &text,
+            "labship_shipper_episodes_total{result=\"already_present\"}"
+        ),
+        1.0
+    );
+
+    // Not shippable yet: two episodes without meta.json are settling, not
+    // backlog; names the scanner rejects are neither.
     for (id, len) in [("wip-1", 1000usize), ("wip-2", 2345)] {
         let dir = eps.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("part.bin"), noise(len, 3)).unwrap();
+    }
+    for bad in ["lost+found", "bad name"] {
+        std::fs::create_dir_all(eps.join(bad)).unwrap();
+        std::fs::write(eps.join(bad).join("meta.json"), "{}").unwrap();
     }
     // And one stamped with a commit outside the receiver's window: 412.
     write_episode(&eps, "old", Some(OLD_COMMIT), &[("x", b"1")]);
@@ -406,11 +429,12 @@ fn metrics_count_what_really_happened_and_promtool_accepts_them() {
     std::thread::sleep(Duration::from_millis(1500));
     let (_, text) = scrape(ops);
     promtool_accepts(&text);
-    assert_eq!(sample(&text, "labship_shipper_backlog_episodes"), 2.0);
-    assert_eq!(sample(&text, "labship_shipper_backlog_bytes"), 3345.0);
-    assert!(
-        sample(&text, "labship_shipper_oldest_pending_age_seconds") >= 1.0,
-        "{text}"
+    assert_eq!(sample(&text, "labship_shipper_backlog_episodes"), 0.0);
+    assert_eq!(sample(&text, "labship_shipper_backlog_bytes"), 0.0);
+    assert_eq!(sample(&text, "labship_shipper_settling_episodes"), 2.0);
+    assert_eq!(
+        sample(&text, "labship_shipper_oldest_pending_age_seconds"),
+        0.0
     );
     assert_eq!(sample(&text, "labship_shipper_quarantined_episodes"), 1.0);
     assert_eq!(
@@ -439,6 +463,162 @@ fn metrics_count_what_really_happened_and_promtool_accepts_them() {
             "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
         ) && resp.ends_with("# EOF\n"),
         "{resp}"
+    );
+}
+
+/// The bytes of the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            tree_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+/// The backlog is the shippable one: a settled episode waiting for a
+/// receiver that does not answer counts, with its bytes and age; episodes
+/// still being written and names the scanner rejects (lost+found, an
+/// invalid id) do not. Each failed attempt is counted by its reason.
+#[test]
+fn the_backlog_counts_settled_episodes_and_failures_by_reason() {
+    let env = TestEnv::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ops: SocketAddr = listen.parse().unwrap();
+    // Nothing listens there: every attempt gets no answer.
+    let url = format!("https://127.0.0.1:{}", free_port());
+    let (cfg, data) = config(&env, "lab", &url, &env.pki.client(HOST), &listen);
+    let eps = data.join("episodes");
+    write_episode(
+        &eps,
+        "waiting",
+        Some(GOOD_COMMIT),
+        &[("d.bin", &noise(12_345, 4))],
+    );
+    std::fs::create_dir_all(eps.join("wip")).unwrap();
+    std::fs::write(eps.join("wip/part.bin"), b"12345").unwrap();
+    for bad in ["lost+found", "bad name"] {
+        std::fs::create_dir_all(eps.join(bad)).unwrap();
+        std::fs::write(eps.join(bad).join("meta.json"), "{}").unwrap();
+    }
+    let log = env.path().join("lab/shipper.log");
+    let _shipper = daemon(&cfg, &log);
+    wait_for("two failed attempts", Duration::from_secs(30), &log, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("will retry")
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, text) = scrape(ops);
+    promtool_accepts(&text);
+    assert_eq!(sample(&text, "labship_shipper_backlog_episodes"), 1.0);
+    assert_eq!(
+        sample(&text, "labship_shipper_backlog_bytes"),
+        tree_bytes(&eps.join("waiting")) as f64
+    );
+    assert_eq!(sample(&text, "labship_shipper_settling_episodes"), 1.0);
+    assert!(
+        sample(&text, "labship_shipper_oldest_pending_age_seconds") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "labship_shipper_upload_failures_total{reason=\"no_answer\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    for result in ["stored", "already_present", "quarantined"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("labship_shipper_episodes_total{{result=\"{result}\"}}")
+            ),
+            0.0,
+            "failures are not episode outcomes"
+        );
+    }
+    assert_eq!(
+        sample(&text, "labship_shipper_last_success_timestamp_seconds"),
+        0.0
+    );
+}
+
+/// An upload cut by the stall timeout is still timed and its bytes
+/// counted; the archive is observed once although it was sent twice.
+#[test]
+fn a_stalled_upload_is_in_the_upload_metrics() {
+    use labship_tests::proxy::{Fault, Proxy};
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let proxy = Proxy::start(r.addr, Fault::StallAfter(200_000));
+    let url = format!("https://127.0.0.1:{}", proxy.addr.port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ops: SocketAddr = listen.parse().unwrap();
+    let (cfg, data) = config(&env, "lab", &url, &env.pki.client(HOST), &listen);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("stall_timeout_s = 5", "stall_timeout_s = 2"),
+    )
+    .unwrap();
+    write_episode(
+        &data.join("episodes"),
+        "big",
+        Some(GOOD_COMMIT),
+        &[("d.bin", &noise(3_000_000, 11))],
+    );
+    let log = env.path().join("lab/shipper.log");
+    let _shipper = daemon(&cfg, &log);
+    wait_for(
+        "shipped after a stall",
+        Duration::from_secs(60),
+        &log,
+        || shipped(&data, "big"),
+    );
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("stalled"),
+        "the first attempt stalled"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, text) = scrape(ops);
+    let stored = std::fs::metadata(r.store.join(HOST).join("big.tar.zst"))
+        .unwrap()
+        .len() as f64;
+    assert_eq!(
+        sample(&text, "labship_shipper_upload_duration_seconds_count"),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "labship_shipper_upload_bytes_total") >= stored + 100_000.0,
+        "the stalled attempt's bytes count too: {text}"
+    );
+    assert_eq!(
+        sample(&text, "labship_shipper_archive_size_bytes_count"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "labship_shipper_archive_size_bytes_sum"),
+        stored
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "labship_shipper_upload_failures_total{reason=\"no_answer\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "labship_shipper_episodes_total{result=\"stored\"}"),
+        1.0
     );
 }
 
@@ -509,6 +689,75 @@ fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A renewal written file by file (key first, then the certificate, 1.5 s
+/// apart) while episodes upload: the half-written pair is never judged, so
+/// nothing is logged as an error nor counted; the renewed pair is in use
+/// from then on and every episode ships.
+#[test]
+fn a_rotation_during_uploads_is_not_an_error() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let old = env.pki.client(HOST);
+    let (cert, key) = (
+        env.file("lab/etc/client.pem"),
+        env.file("lab/etc/client.key"),
+    );
+    std::fs::write(&cert, &old.cert_pem).unwrap();
+    std::fs::write(&key, &old.key_pem).unwrap();
+    let own = Issued {
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+        ..old.clone()
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (cfg, data) = config(&env, "lab", &r.url, &own, &listen);
+    let log = env.path().join("lab/shipper.log");
+    let eps = data.join("episodes");
+    let _shipper = daemon(&cfg, &log);
+    let writer = {
+        let eps = eps.clone();
+        std::thread::spawn(move || {
+            for i in 0..50u64 {
+                write_episode(
+                    &eps,
+                    &format!("ep-{i:03}"),
+                    Some(GOOD_COMMIT),
+                    &[("d.bin", &noise(20_000, i))],
+                );
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let new = env.pki.client(HOST);
+    replace(&key, &new.key_pem);
+    std::thread::sleep(Duration::from_millis(1500));
+    replace(&cert, &new.cert_pem);
+    writer.join().unwrap();
+    wait_for("all shipped", Duration::from_secs(120), &log, || {
+        (0..50).all(|i| shipped(&data, &format!("ep-{i:03}")))
+    });
+    wait_for("the renewal in use", Duration::from_secs(10), &log, || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("renewed TLS files in use")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("client_tls_reload_failed"), "{text}");
+    assert!(!text.contains("not usable"), "{text}");
+    let (_, metrics) = scrape(listen.parse().unwrap());
+    assert_eq!(
+        sample(&metrics, "labship_shipper_client_tls_reload_failures_total"),
+        0.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "labship_shipper_episodes_total{result=\"stored\"}"
+        ) >= 50.0
+    );
 }
 
 #[test]
@@ -594,6 +843,13 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
         &log,
         || shipped(&data, "ep-3"),
     );
+    let said = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+    wait_for(
+        "the broken renewal said",
+        Duration::from_secs(30),
+        &log,
+        || said("not usable; keeping the previous certificate"),
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text
         .lines()
@@ -608,6 +864,36 @@ fn a_renewed_client_certificate_is_used_without_a_restart() {
         sample(&metrics, "labship_shipper_client_tls_reload_failures_total"),
         1.0
     );
+
+    // A consistent pair that --check-config refuses is refused as a
+    // renewal too, and the working pair stays: one for another host, then
+    // an expired one.
+    for (what, pair, refusal) in [
+        (
+            "another host's pair",
+            env.pki.client("lab-99"),
+            "is for \"lab-99\", not this host_id",
+        ),
+        (
+            "an expired pair",
+            env.pki
+                .client_variant(HOST, labship_tests::pki::Variant::Expired),
+            "the renewed certificate expired at",
+        ),
+    ] {
+        replace(&key, &pair.key_pem);
+        replace(&cert, &pair.cert_pem);
+        let id = format!("ep-{}", what.len());
+        write_episode(&eps, &id, Some(GOOD_COMMIT), &[]);
+        wait_for(
+            &format!("{id} shipped with the kept certificate after {what}"),
+            Duration::from_secs(30),
+            &log,
+            || shipped(&data, &id),
+        );
+        // Said once it has lasted (LABSHIP_TEST_TLS_GRACE_S).
+        wait_for(refusal, Duration::from_secs(30), &log, || said(refusal));
+    }
     assert_eq!(
         sample(
             &metrics,
