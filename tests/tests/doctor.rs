@@ -175,8 +175,81 @@ fn each_captured_scenario_gets_its_headline_and_fix() {
             out.lines().count() - 1,
             "{name}: one JSON finding per row"
         );
+        for f in v["findings"].as_array().unwrap() {
+            if let Some(fix) = f["fix"].as_str() {
+                assert!(
+                    !looks_disruptive(fix) || f["disruptive"] == true,
+                    "{name}: a fix that restarts or deletes is not marked disruptive: {f}"
+                );
+            }
+        }
         snapshot(name, &sanitize(&out, env.path()));
     }
+}
+
+/// A sanity check over what doctor rendered (doctor itself never guesses
+/// from words: each check states what its fix does).
+fn looks_disruptive(fix: &str) -> bool {
+    let words: Vec<&str> = fix
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')'))
+        .collect();
+    words.iter().any(|w| {
+        let base = w.rsplit('/').next().unwrap_or(w);
+        matches!(
+            base,
+            "rm" | "-delete"
+                | "kill"
+                | "pkill"
+                | "shred"
+                | "mv"
+                | "truncate"
+                | "reboot"
+                | "restart"
+                | "stop"
+                | "mask"
+                | "disable"
+                | "dpkg"
+                | "apt-get"
+                | "apt"
+                | "install-lab-host.sh"
+        )
+    })
+}
+
+/// The receiver's remediation is its operator's text: doctor cannot know
+/// what it does, so it is disruptive whatever its words.
+#[test]
+fn the_receivers_remediation_is_disruptive_whatever_it_says() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let theirs = "sudo apt-get install -y labship-lab && sudo reboot";
+    let captured =
+        std::fs::read_to_string(fixtures().join("journal").join("out_of_window.jsonl")).unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = captured
+        .lines()
+        .map(|l| {
+            let mut e: Value = serde_json::from_str(l).unwrap();
+            if e.get("REMEDIATION").is_some() {
+                e["REMEDIATION"] = theirs.into();
+                replaced += 1;
+            }
+            e.to_string()
+        })
+        .collect();
+    assert!(replaced > 0, "the capture holds no REMEDIATION field");
+    let journal = env.path().join("theirs.jsonl");
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    let (code, json) = doctor(&cfg, &journal, true);
+    assert_eq!(code, 2, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let row = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fix"] == theirs)
+        .unwrap_or_else(|| panic!("no finding offers the receiver's remediation: {json}"));
+    assert_eq!(row["disruptive"], true, "{row}");
 }
 
 /// 412 outranks 400 when both occur.

@@ -5,7 +5,7 @@
 //! kills, restarts, failed starts) and to the shipper's plain start-up
 //! errors. Never a regex over free text where a field exists.
 
-use super::{Finding, Level, Options, UNIT};
+use super::{Finding, Fix, Level, Options, UNIT};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -338,9 +338,9 @@ pub fn check(opts: &Options, running: Option<bool>, data_dir: Option<&Path>) -> 
                     format!(" ({detail})")
                 }
             ),
-            Some(format!(
+            Some(Fix::safe(format!(
                 "sudo usermod -aG systemd-journal {user}   # then log in again"
-            )),
+            ))),
             45,
         )],
         Err(Unreadable::Failed(m)) => vec![Finding::new(
@@ -362,7 +362,7 @@ fn findings(
     let window = super::age(opts.since);
     let cfg = opts.config.display();
     let mut out = Vec::new();
-    let mut push = |level, tally: &Tally, finding: String, fix: Option<String>, rank| {
+    let mut push = |level, tally: &Tally, finding: String, fix: Option<Fix>, rank| {
         if tally.count > 0 {
             out.push(
                 Finding::new(level, "journal", finding, fix, rank).with_details(tally.details()),
@@ -378,7 +378,9 @@ fn findings(
             t.count,
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!("sudoedit {cfg} && sudo systemctl restart {UNIT}")),
+        Some(Fix::restart(format!(
+            "sudoedit {cfg} && sudo systemctl restart {UNIT}"
+        ))),
         5,
     );
     let t = &c.out_of_window;
@@ -390,7 +392,7 @@ fn findings(
             t.count,
             t.ids()
         ),
-        t.remediation.clone(),
+        t.remediation.clone().map(Fix::foreign),
         10,
     );
     let t = &c.watchdog;
@@ -401,9 +403,9 @@ fn findings(
             "systemd killed the shipper {} time(s) for missing its watchdog (it hung)",
             t.count
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "journalctl -u {UNIT} --since -{window} --no-pager | tail -50"
-        )),
+        ))),
         12,
     );
     let t = &c.auth;
@@ -416,9 +418,9 @@ fn findings(
             t.codes(),
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "sudo -u labship /opt/labship/bin/shipper --ping --config {cfg}"
-        )),
+        ))),
         15,
     );
     let t = &c.local_io;
@@ -438,14 +440,14 @@ fn findings(
             t.last_message.as_deref().unwrap_or("")
         ),
         denied.then(|| {
-            format!(
+            Fix::safe(format!(
                 "sudo chmod -R g+rwX {}   # and make producers write with umask 002",
                 t.ids
                     .iter()
                     .map(|id| data_dir.join("episodes").join(id).display().to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
-            )
+            ))
         }),
         18,
     );
@@ -459,9 +461,10 @@ fn findings(
             t.codes(),
             t.ids()
         ),
-        t.remediation.clone().or_else(|| {
-            Some("make the producer write code_version.commit (40 lowercase hex) into each episode's meta.json".into())
-        }),
+        Some(t.remediation.clone().map_or_else(
+            || Fix::safe("make the producer write code_version.commit (40 lowercase hex) into each episode's meta.json"),
+            Fix::foreign,
+        )),
         20,
     );
     let t = &c.rejected;
@@ -474,7 +477,7 @@ fn findings(
             t.codes(),
             t.ids()
         ),
-        t.remediation.clone(),
+        t.remediation.clone().map(Fix::foreign),
         25,
     );
     let t = &c.conflict;
@@ -522,9 +525,9 @@ fn findings(
             t.count,
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "sudo -u labship /opt/labship/bin/shipper --ping --config {cfg}"
-        )),
+        ))),
         40,
     );
     let t = &c.store_full;
@@ -561,7 +564,7 @@ fn findings(
                 format!(
                     "no log lines from {UNIT} in the last {window}: the shipper is probably not running"
                 ),
-                Some(format!("sudo systemctl enable --now {UNIT}")),
+                Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
                 50,
             )),
         }

@@ -17,7 +17,7 @@
 //! pass is overdue (default: three scan intervals, at least 5 minutes).
 
 use super::host::BACKLOG_AGE;
-use super::{Finding, Level, UNIT, age};
+use super::{Finding, Fix, Level, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
 use labship_shipper::progress::REWRITE_EVERY;
@@ -68,7 +68,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                     age(idle),
                     config.stall_timeout.as_secs()
                 ),
-                Some(format!("sudo systemctl restart {UNIT}")),
+                Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
                 9,
             )
         };
@@ -93,7 +93,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 age(a),
                 age(config.scan_interval)
             ),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             9,
         ),
         _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
@@ -141,7 +141,7 @@ fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
                 "no {}: the shipper has not completed a pass",
                 path.display()
             ),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             57,
         )
     })
