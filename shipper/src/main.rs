@@ -351,7 +351,12 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             labship_shipper::reload::reload(&mut running, &limiter);
         }
     });
-    let alive = || watchdog.alive();
+    // The work loop's sign of life: the watchdog's ping, and `alive_at` in
+    // status.json (what doctor reads; the ticker only writes it down).
+    let alive = || {
+        watchdog.alive();
+        progress.alive();
+    };
     loop {
         let pass = shipper.pass(&alive);
         // A pass is never cut in the middle: every move in it is atomic, and an
@@ -361,7 +366,7 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        watchdog.alive();
+        alive();
         labship_shipper::metrics::get().failed(summary.transient);
         systemd::status(&format!(
             "pending {} shipped {} quarantined {} transient {}; {}",

@@ -43,6 +43,17 @@ struct Entry {
     /// (when, bytes sent) once a tick, for the rate.
     samples: VecDeque<(Instant, u64)>,
     logged: Instant,
+    phase: Phase,
+}
+
+/// Where an upload is: its body still going out, or all of it sent and the
+/// receiver's answer awaited (which may take `stall_timeout_s` +
+/// `upload::ANSWER_GRACE`: the receiver verifies the whole archive first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Sending,
+    AwaitingAnswer,
 }
 
 impl Entry {
@@ -64,6 +75,7 @@ pub struct UploadProgress {
     pub bytes_total: u64,
     pub started_at: String,
     pub bytes_per_s: u64,
+    pub phase: Phase,
 }
 
 /// The uploads in flight, and every body byte any of them sent.
@@ -72,6 +84,9 @@ pub struct Uploads {
     entries: Mutex<Vec<Entry>>,
     next: AtomicU64,
     moved: AtomicU64,
+    /// Bumped whenever the set of uploads or a phase changes, so the
+    /// ticker rewrites `status.json` even when no byte moved.
+    generation: AtomicU64,
 }
 
 /// An upload's place in [`Uploads`]; leaves it when dropped.
@@ -88,11 +103,23 @@ impl Tracked {
         self.sent.fetch_add(n, Ordering::Relaxed);
         self.uploads.moved.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The whole body is sent: the upload now waits for the answer.
+    pub fn awaiting_answer(&self) {
+        let mut entries = self.uploads.lock();
+        if let Some(e) = entries.iter_mut().find(|e| e.key == self.key)
+            && e.phase != Phase::AwaitingAnswer
+        {
+            e.phase = Phase::AwaitingAnswer;
+            self.uploads.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.uploads.lock().retain(|e| e.key != self.key);
+        self.uploads.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +141,9 @@ impl Uploads {
             sent: sent.clone(),
             samples: VecDeque::from([(now, 0)]),
             logged: now,
+            phase: Phase::Sending,
         });
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Tracked {
             uploads: self.clone(),
             key,
@@ -125,6 +154,10 @@ impl Uploads {
     /// Every body byte sent since start.
     pub fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Samples each upload's count (for its rate) and logs the long ones
@@ -157,6 +190,7 @@ impl Uploads {
                 bytes_total: e.total,
                 started_at: rfc3339(e.started_at),
                 bytes_per_s: e.rate(),
+                phase: e.phase,
             })
             .collect()
     }
@@ -176,6 +210,10 @@ struct Written {
     at: Instant,
     /// [`Uploads::moved`] when last written.
     moved: u64,
+    /// [`Uploads::generation`] when last written.
+    generation: u64,
+    /// [`Progress::alive`]'s stamp when last written.
+    alive: u64,
 }
 
 /// `state/status.json` and `STATUS=` (see the module doc).
@@ -185,6 +223,10 @@ pub struct Progress {
     pub uploads: Arc<Uploads>,
     pub limiter: Arc<Limiter>,
     written: Mutex<Written>,
+    /// Unix seconds of the work loop's last sign of life (0: none yet),
+    /// stamped by the same closure that feeds the watchdog; `alive_at` in
+    /// the file. Never stamped by the ticker.
+    alive: AtomicU64,
 }
 
 impl Progress {
@@ -199,13 +241,25 @@ impl Progress {
             base,
             at: now.checked_sub(REWRITE_EVERY).unwrap_or(now),
             moved: uploads.moved(),
+            generation: uploads.generation(),
+            alive: 0,
         };
         Self {
             path,
             uploads,
             limiter,
             written: Mutex::new(written),
+            alive: AtomicU64::new(0),
         }
+    }
+
+    /// The work loop is alive (called beside the watchdog's ping: scan,
+    /// pack, HEAD, bytes moving).
+    pub fn alive(&self) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.alive.store(now, Ordering::Relaxed);
     }
 
     /// Writes the pass's document `base` (an object) with the progress
@@ -220,6 +274,8 @@ impl Progress {
             base,
             at: Instant::now(),
             moved: self.uploads.moved(),
+            generation: self.uploads.generation(),
+            alive: self.alive.load(Ordering::Relaxed),
         };
     }
 
@@ -230,6 +286,13 @@ impl Progress {
             serde_json::to_value(self.uploads.snapshot()).unwrap_or_default(),
         );
         doc.insert("bwlimit".into(), self.limiter.current().into());
+        let alive = self.alive.load(Ordering::Relaxed);
+        if alive > 0 {
+            doc.insert(
+                "alive_at".into(),
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(alive)).into(),
+            );
+        }
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         if let Err(e) = crate::disk::write_atomic(&self.path, &bytes) {
             tracing::error!(error = %e, path = %self.path.display(), event = "status_write_failed", "cannot write status.json");
@@ -238,17 +301,23 @@ impl Progress {
 
     /// Once a second: samples rates, logs long uploads, and rewrites
     /// `status.json` and `STATUS=` every [`REWRITE_EVERY`] while bytes
-    /// move.
+    /// move, the set of uploads (or a phase) changes, or the work loop
+    /// says it is alive.
     pub fn tick(&self) {
         self.uploads.sample();
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let moved = self.uploads.moved();
-        if moved == written.moved || written.at.elapsed() < REWRITE_EVERY {
+        let (moved, generation) = (self.uploads.moved(), self.uploads.generation());
+        let alive = self.alive.load(Ordering::Relaxed);
+        let changed =
+            moved != written.moved || generation != written.generation || alive != written.alive;
+        if !changed || written.at.elapsed() < REWRITE_EVERY {
             return;
         }
         self.write(written.base.clone());
         written.at = Instant::now();
         written.moved = moved;
+        written.generation = generation;
+        written.alive = alive;
         if let Some(status) = self.uploading_line() {
             crate::systemd::status(&status);
         }
@@ -322,5 +391,41 @@ mod tests {
         drop(t);
         assert!(p.uploads.snapshot().is_empty());
         assert_eq!(p.uploads.moved(), 400);
+    }
+
+    /// An upload that ends, or waits for its answer, without another byte
+    /// moving is written down by the next tick; so is the loop's sign of life.
+    #[test]
+    fn the_ticker_rewrites_when_the_set_or_the_loop_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Off));
+        let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        };
+        let t = p.uploads.start(&id, 10);
+        t.sent(10);
+        p.tick();
+        assert_eq!(read()["uploading"][0]["phase"], "sending");
+        t.awaiting_answer();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert_eq!(read()["uploading"][0]["phase"], "awaiting_answer");
+        assert!(read().get("alive_at").is_none());
+        drop(t);
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert_eq!(read()["uploading"], serde_json::json!([]));
+        p.alive();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert!(read()["alive_at"].is_string(), "{}", read());
+        // Nothing changed: no rewrite.
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert!(!path.exists());
     }
 }

@@ -1,17 +1,23 @@
 //! `state/status.json`: is the loop alive, what is it uploading, when did it
 //! last ship (CONTRACT §10).
 //!
-//! The shipper rewrites the file after every pass (`time`) and, while bytes
-//! move, every few seconds (`updated_at`, `uploading`). So:
-//! - uploads listed and `updated_at` fresh: data is moving. An OK row says
-//!   what, how far, how fast and the ETA, however long ago the last pass
-//!   ended, and `moving` in its details makes [`super::run`] withhold every
-//!   disruptive fix;
-//! - uploads listed and `updated_at` older than `receiver.stall_timeout_s`
-//!   plus [`SLACK`]: no byte moved for that long (the shipper aborts a stalled
-//!   upload itself, so it is hung): FAIL, restart;
-//! - nothing uploading: the last completed pass must be recent, or bytes
-//!   must have moved recently (a long pass through a large backlog).
+//! The shipper rewrites the file after every pass (`time`) and, every few
+//! seconds while anything changes, `updated_at`, `uploading` (each with its
+//! `phase`) and `alive_at`: the work loop's last sign of life, stamped where
+//! the watchdog is fed (scan, pack, HEAD, bytes moving). So:
+//! - `alive_at` (older files: `updated_at`) within the loop's window: it is
+//!   alive. The window is what the shipper itself allows before giving up:
+//!   `receiver.stall_timeout_s` while a body is going out, plus
+//!   `upload::ANSWER_GRACE` when every listed upload has sent its body and
+//!   awaits the answer (and when none is listed: a pass packing or asking
+//!   HEAD), plus [`REWRITE_EVERY`] and [`SLACK`];
+//! - uploads listed and alive: an OK row says what, how far, how fast and
+//!   the ETA, however long ago the last pass ended, and `moving` in its
+//!   details makes [`super::run`] withhold every disruptive fix;
+//! - uploads listed and not alive: the shipper would have given up on the
+//!   upload itself, so it is hung: FAIL, restart;
+//! - nothing uploading: the last completed pass must be recent, or the loop
+//!   alive (a long pass through a large backlog, episodes completing).
 //!
 //! Test hook: `LABSHIP_DOCTOR_STALE_S` replaces the window after which a
 //! pass is overdue (default: three scan intervals, at least 5 minutes).
@@ -21,6 +27,7 @@ use super::{Finding, Fix, Level, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
 use labship_shipper::progress::REWRITE_EVERY;
+use labship_shipper::upload::ANSWER_GRACE;
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
 
@@ -40,13 +47,32 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
             .map(|t| now.duration_since(t).unwrap_or_default())
     };
     let (pass, success, updated) = (at("time"), at("last_success"), at("updated_at"));
-    let moving_window = config.stall_timeout + REWRITE_EVERY + SLACK;
-    let fresh = updated.is_some_and(|u| u <= moving_window);
     let uploading = status["uploading"].as_array().cloned().unwrap_or_default();
+    let awaiting = uploading
+        .iter()
+        .all(|u| u["phase"].as_str() == Some("awaiting_answer"));
+    // What the shipper allows before it gives up (upload.rs): a body moving
+    // no byte for stall_timeout_s; an answer not come stall_timeout_s +
+    // ANSWER_GRACE after the body ended. A pass without uploads (packing,
+    // HEAD) is held to the longer one.
+    let window = config.stall_timeout
+        + if awaiting {
+            ANSWER_GRACE
+        } else {
+            Duration::ZERO
+        }
+        + REWRITE_EVERY
+        + SLACK;
+    // The work loop's last sign of life (files from before `alive_at`:
+    // the last rewrite).
+    let beat = at("alive_at").or(updated);
+    let fresh = beat.is_some_and(|a| a <= window);
     let mut details = json!({
         "last_pass_s": pass.map(|a| a.as_secs()),
         "last_success_s": success.map(|a| a.as_secs()),
         "updated_s": updated.map(|a| a.as_secs()),
+        "alive_s": beat.map(|a| a.as_secs()),
+        "window_s": window.as_secs(),
         "last_error": status["last_error"],
         "hold_s": status["hold_s"],
         "bwlimit": status["bwlimit"],
@@ -58,15 +84,20 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         let finding = if fresh {
             moving(&uploading, cap, &mut details)
         } else {
-            let idle = updated.or(pass).unwrap_or_default();
+            let idle = beat.or(pass).unwrap_or_default();
             Finding::new(
                 Level::Fail,
                 "status",
                 format!(
-                    "the upload of {} has moved no byte for {} (status.json not rewritten since; the shipper gives up on an upload after receiver.stall_timeout_s = {}s): the shipper is hung",
+                    "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
                     names(&uploading),
                     age(idle),
-                    config.stall_timeout.as_secs()
+                    if awaiting {
+                        "its whole body was sent and the answer is awaited"
+                    } else {
+                        "no byte moved"
+                    },
+                    window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
                 ),
                 Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
                 9,
@@ -80,9 +111,9 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         Some(a) if a > stale_after && fresh => Finding::ok(
             "status",
             format!(
-                "a long pass is under way (last completed {} ago; bytes moved {} ago); last successful ship {last}",
+                "a long pass is under way (last completed {} ago; the shipper was alive {} ago); last successful ship {last}",
                 age(a),
-                age(updated.unwrap_or_default())
+                age(beat.unwrap_or_default())
             ),
         ),
         Some(a) if a > stale_after && running != Some(false) => Finding::new(
@@ -177,6 +208,23 @@ fn moving(uploading: &[Value], cap: Option<u64>, details: &mut Value) -> Finding
         u["bytes_total"].as_u64().unwrap_or(0),
         u["bytes_per_s"].as_u64().unwrap_or(0),
     );
+    if uploading
+        .iter()
+        .all(|u| u["phase"].as_str() == Some("awaiting_answer"))
+    {
+        details["eta_s"] = 0.into();
+        return Finding::ok(
+            "status",
+            format!(
+                "uploading {}: all {} sent, awaiting the receiver's answer (it verifies the archive first)",
+                names(uploading),
+                mib(uploading
+                    .iter()
+                    .filter_map(|u| u["bytes_total"].as_u64())
+                    .sum())
+            ),
+        );
+    }
     let eta = (rate > 0).then(|| Duration::from_secs(total.saturating_sub(sent) / rate));
     details["eta_s"] = eta.map(|e| e.as_secs()).into();
     let percent = (sent.saturating_mul(100)).checked_div(total).unwrap_or(100);
