@@ -77,7 +77,8 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         "hold_s": status["hold_s"],
         "bwlimit": status["bwlimit"],
         "uploading": uploading,
-        "moving": !uploading.is_empty() && fresh,
+        // A dead process moves nothing: its restart is not held back.
+        "moving": running != Some(false) && !uploading.is_empty() && fresh,
     });
     if !uploading.is_empty() && running != Some(false) {
         let cap = status["bwlimit"].as_u64();
@@ -262,5 +263,35 @@ mod tests {
             "uploading ep-1: 10.0 MiB of 30.0 MiB (33%) at 2 MiB/s, ETA 10s; cap 2 MiB/s"
         );
         assert_eq!(d["eta_s"], 10);
+    }
+
+    /// A data_dir with this status.json, and its config.
+    fn host(status: &Value) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lab/state")).unwrap();
+        std::fs::write(dir.path().join("lab/state/status.json"), status.to_string()).unwrap();
+        std::fs::write(dir.path().join("token"), "t\n").unwrap();
+        let cfg = dir.path().join("shipper.toml");
+        std::fs::write(
+            &cfg,
+            "host_id = \"lab-01\"\ndata_dir = \"lab\"\n[receiver]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&cfg).unwrap();
+        (dir, config)
+    }
+
+    fn stamp(t: SystemTime) -> String {
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+
+    #[test]
+    fn a_dead_process_is_not_moving() {
+        let now = SystemTime::now();
+        let (_dir, config) = host(&json!({"time": stamp(now), "updated_at": stamp(now),
+            "alive_at": stamp(now), "uploading": [{"episode_id": "ep-1", "bytes_sent": 1,
+            "bytes_total": 9, "bytes_per_s": 1, "phase": "sending"}]}));
+        assert_eq!(check(&config, now, None, 0).details["moving"], true);
+        assert_eq!(check(&config, now, Some(false), 0).details["moving"], false);
     }
 }
