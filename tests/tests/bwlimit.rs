@@ -289,6 +289,49 @@ fn sighup_raises_the_cap_mid_upload_and_a_broken_file_changes_nothing() {
     lab.wait("shipped", Duration::from_secs(30), || lab.shipped() == 1);
 }
 
+/// A far lower cap by SIGHUP (4 MiB/s to 64 KiB/s) slows the upload at
+/// once: what was reserved at the old rate is not re-priced at the new one,
+/// so bytes keep moving (no gap over a second) and nothing stalls.
+#[test]
+fn sighup_lowering_the_cap_keeps_bytes_moving() {
+    let lab = Lab::new("4M");
+    lab.produce("ep-big", 48 << 20);
+    let shipper = lab.start(&[]);
+    lab.wait("the upload under way", Duration::from_secs(30), || {
+        lab.proxy.up_bytes() > 4 << 20
+    });
+    lab.configure("64K", "");
+    assert!(labship_tests::process::unsafe_free_kill(shipper.0.id(), 1));
+    lab.wait("the new cap logged", Duration::from_secs(5), || {
+        lab.log_text().contains("upload cap now 64 KiB/s")
+    });
+    let (mut last, mut moved_at) = (lab.proxy.up_bytes(), Instant::now());
+    let (start, mut longest) = (Instant::now(), Duration::ZERO);
+    while start.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = lab.proxy.up_bytes();
+        longest = longest.max(moved_at.elapsed());
+        if now > last {
+            (last, moved_at) = (now, Instant::now());
+        }
+    }
+    println!("MEASURED lowered cap: longest gap without a byte {longest:?}");
+    assert!(
+        longest <= Duration::from_secs(1),
+        "no byte for {longest:?} after lowering the cap"
+    );
+    let a = lab.now();
+    std::thread::sleep(Duration::from_secs(3));
+    let b = lab.now();
+    let low = rate(&lab.proxy.series(), a, b) / 1024.0;
+    assert!(
+        low < 64.0 * 1.5,
+        "{low:.1} KiB/s after lowering to 64 KiB/s"
+    );
+    let log = lab.log_text();
+    assert!(!log.contains("stalled"), "{log}");
+}
+
 /// `doctor --json --no-ping` over an empty captured journal (so only the
 /// host checks speak), with its pass window `stale_s`.
 fn doctor(lab: &Lab, stale_s: &str) -> Value {
