@@ -33,6 +33,9 @@ use std::time::{Duration, SystemTime};
 
 /// Beyond the stall timeout and the rewrite interval: scheduling, fsync.
 const SLACK: Duration = Duration::from_secs(5);
+/// A stamp at most this far ahead of doctor's clock is "now"; further ahead
+/// it says nothing about freshness (a clock stepped back, a file copied).
+const AHEAD_OK: Duration = Duration::from_secs(5);
 
 /// The `status` row.
 pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
@@ -44,7 +47,11 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         status[k]
             .as_str()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .map(|t| now.duration_since(t).unwrap_or_default())
+            .and_then(|t| match now.duration_since(t) {
+                Ok(age) => Some(age),
+                Err(e) if e.duration() <= AHEAD_OK => Some(Duration::ZERO),
+                Err(_) => None,
+            })
     };
     let (pass, success, updated) = (at("time"), at("last_success"), at("updated_at"));
     let uploading = status["uploading"].as_array().cloned().unwrap_or_default();
@@ -293,5 +300,24 @@ mod tests {
             "bytes_total": 9, "bytes_per_s": 1, "phase": "sending"}]}));
         assert_eq!(check(&config, now, None, 0).details["moving"], true);
         assert_eq!(check(&config, now, Some(false), 0).details["moving"], false);
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_is_not_fresh() {
+        let now = SystemTime::now();
+        let doc = |ahead: u64| {
+            let t = stamp(now + Duration::from_secs(ahead));
+            json!({"time": stamp(now - Duration::from_secs(3600)), "updated_at": t,
+                "alive_at": t, "uploading": [{"episode_id": "ep-1", "bytes_sent": 1,
+                "bytes_total": 9, "bytes_per_s": 1, "phase": "sending"}]})
+        };
+        let (_dir, config) = host(&doc(2));
+        assert_eq!(check(&config, now, None, 0).level, Level::Ok);
+        let (_dir, config) = host(&doc(3600));
+        let f = check(&config, now, None, 0);
+        assert_eq!(
+            (f.level, &f.details["moving"]),
+            (Level::Fail, &json!(false))
+        );
     }
 }
