@@ -19,8 +19,9 @@
 //! - nothing uploading: the last completed pass must be recent, or the loop
 //!   alive (a long pass through a large backlog, episodes completing).
 //!
-//! Test hook: `LABSHIP_DOCTOR_STALE_S` replaces the window after which a
-//! pass is overdue (default: three scan intervals, at least 5 minutes).
+//! Test hook (debug builds only): `LABSHIP_DOCTOR_STALE_S` replaces the
+//! window after which a pass is overdue (default: three scan intervals, at
+//! least 5 minutes).
 
 use super::host::BACKLOG_AGE;
 use super::{Finding, Fix, Level, UNIT, age};
@@ -187,12 +188,18 @@ fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
 }
 
 /// Three scan intervals, at least 5 minutes; or `LABSHIP_DOCTOR_STALE_S`.
+/// The hook exists in debug builds only (as `LABSHIP_TEST_CLOCK_OFFSET_S`):
+/// a release doctor on a lab host never reads it from a stray environment.
 fn stale_window(config: &Config) -> Duration {
-    std::env::var("LABSHIP_DOCTOR_STALE_S")
+    let default = (config.scan_interval * 3).max(Duration::from_secs(300));
+    #[cfg(debug_assertions)]
+    if let Some(s) = std::env::var("LABSHIP_DOCTOR_STALE_S")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or((config.scan_interval * 3).max(Duration::from_secs(300)))
+    {
+        return Duration::from_secs(s);
+    }
+    default
 }
 
 fn names(uploading: &[Value]) -> String {
