@@ -382,6 +382,8 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = int.recv() => break,
         }
     }
+    // No upload outlives the process: status.json must not list one.
+    progress.stopped();
     systemd::stopping();
     tracing::info!("shipper stopped");
     ExitCode::SUCCESS

@@ -230,11 +230,26 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Until the first pass writes its document, uploads in it are shown
-    /// under a bare one (`time` null: no pass completed yet).
+    /// Until the first pass writes its document, the last process's is
+    /// kept (`last_success`, `last_error`, `pending`, …) without its uploads,
+    /// which ended with it; with none, a bare one (`time` null: no pass
+    /// completed yet). Written at once, so no stale upload outlives a
+    /// restart.
     pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>, host: &Id) -> Self {
-        let mut base = serde_json::Map::new();
-        base.insert("time".into(), serde_json::Value::Null);
+        let mut base = match std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
+            Some(serde_json::Value::Object(old)) => old,
+            _ => {
+                let mut m = serde_json::Map::new();
+                m.insert("time".into(), serde_json::Value::Null);
+                m
+            }
+        };
+        for progress in ["uploading", "updated_at", "alive_at", "bwlimit"] {
+            base.remove(progress);
+        }
         base.insert("host_id".into(), host.as_str().into());
         let now = Instant::now();
         let written = Written {
@@ -244,13 +259,31 @@ impl Progress {
             generation: uploads.generation(),
             alive: 0,
         };
-        Self {
+        let progress = Self {
             path,
             uploads,
             limiter,
             written: Mutex::new(written),
             alive: AtomicU64::new(0),
-        }
+        };
+        progress.flush();
+        progress
+    }
+
+    /// The process stops (SIGTERM): no upload goes on, whatever tasks are
+    /// still being torn down.
+    pub fn stopped(&self) {
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_with(w.base.clone(), &[]);
+    }
+
+    /// Writes the document now, with the uploads as they are.
+    pub fn flush(&self) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(w.base.clone());
+        w.at = Instant::now();
+        w.moved = self.uploads.moved();
+        w.generation = self.uploads.generation();
     }
 
     /// The work loop is alive (called beside the watchdog's ping: scan,
@@ -279,11 +312,19 @@ impl Progress {
         };
     }
 
-    fn write(&self, mut doc: serde_json::Map<String, serde_json::Value>) {
+    fn write(&self, doc: serde_json::Map<String, serde_json::Value>) {
+        self.write_with(doc, &self.uploads.snapshot());
+    }
+
+    fn write_with(
+        &self,
+        mut doc: serde_json::Map<String, serde_json::Value>,
+        uploading: &[UploadProgress],
+    ) {
         doc.insert("updated_at".into(), rfc3339(SystemTime::now()).into());
         doc.insert(
             "uploading".into(),
-            serde_json::to_value(self.uploads.snapshot()).unwrap_or_default(),
+            serde_json::to_value(uploading).unwrap_or_default(),
         );
         doc.insert("bwlimit".into(), self.limiter.current().into());
         let alive = self.alive.load(Ordering::Relaxed);
@@ -407,6 +448,7 @@ mod tests {
         };
         let t = p.uploads.start(&id, 10);
         t.sent(10);
+        std::thread::sleep(REWRITE_EVERY);
         p.tick();
         assert_eq!(read()["uploading"][0]["phase"], "sending");
         t.awaiting_answer();
@@ -427,5 +469,44 @@ mod tests {
         std::thread::sleep(REWRITE_EVERY);
         p.tick();
         assert!(!path.exists());
+    }
+
+    /// A restarted shipper keeps the last pass's facts and drops the uploads
+    /// that ended with the old process, at once; at SIGTERM none is left.
+    #[test]
+    fn a_restart_keeps_the_pass_and_drops_the_old_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(
+            &path,
+            r#"{"time":"then","last_success":"earlier","pending":7,"last_error":{"message":"m"},
+                "uploading":[{"episode_id":"ep-old"}],"updated_at":"then"}"#,
+        )
+        .unwrap();
+        let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Off));
+        let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        };
+        let v = read();
+        assert_eq!(v["uploading"], serde_json::json!([]), "{v}");
+        assert_eq!(
+            (
+                &v["last_success"],
+                &v["pending"],
+                &v["last_error"]["message"]
+            ),
+            (&"earlier".into(), &7.into(), &"m".into()),
+            "{v}"
+        );
+        assert_ne!(v["updated_at"], "then");
+        let t = p.uploads.start(&id, 10);
+        p.flush();
+        assert_eq!(read()["uploading"][0]["episode_id"], "ep-1");
+        p.stopped();
+        assert_eq!(read()["uploading"], serde_json::json!([]));
+        assert_eq!(read()["pending"], 7);
+        drop(t);
     }
 }
