@@ -274,7 +274,7 @@ impl Progress {
     /// still being torn down.
     pub fn stopped(&self) {
         let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_with(w.base.clone(), &[]);
+        self.write_with(w.base.clone(), &[], true);
     }
 
     /// Writes the document now, with the uploads as they are.
@@ -313,13 +313,16 @@ impl Progress {
     }
 
     fn write(&self, doc: serde_json::Map<String, serde_json::Value>) {
-        self.write_with(doc, &self.uploads.snapshot());
+        self.write_with(doc, &self.uploads.snapshot(), true);
     }
 
+    /// `durable`: fsynced (a pass's document, start, stop); the ticker's
+    /// rewrites only need the rename's atomicity.
     fn write_with(
         &self,
         mut doc: serde_json::Map<String, serde_json::Value>,
         uploading: &[UploadProgress],
+        durable: bool,
     ) {
         doc.insert("updated_at".into(), rfc3339(SystemTime::now()).into());
         doc.insert(
@@ -335,7 +338,12 @@ impl Progress {
             );
         }
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        if let Err(e) = crate::disk::write_atomic(&self.path, &bytes) {
+        let written = if durable {
+            crate::disk::write_atomic(&self.path, &bytes)
+        } else {
+            crate::disk::write_atomic_nosync(&self.path, &bytes)
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, path = %self.path.display(), event = "status_write_failed", "cannot write status.json");
         }
     }
@@ -354,7 +362,7 @@ impl Progress {
         if !changed || written.at.elapsed() < REWRITE_EVERY {
             return;
         }
-        self.write(written.base.clone());
+        self.write_with(written.base.clone(), &self.uploads.snapshot(), false);
         written.at = Instant::now();
         written.moved = moved;
         written.generation = generation;
@@ -398,7 +406,11 @@ pub async fn ticker(progress: Arc<Progress>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        progress.tick();
+        // File I/O under a std mutex: on a blocking thread, not a worker.
+        let p = progress.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || p.tick()).await {
+            tracing::error!(error = %e, "progress tick failed");
+        }
     }
 }
 
