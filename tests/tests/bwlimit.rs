@@ -193,9 +193,22 @@ fn the_cap_holds_on_the_wire_across_concurrent_uploads() {
 
 #[test]
 fn a_timetable_switches_at_its_boundary() {
+    timetable_switch("11:00,1M 12:00,3M 13:00,off", 40 << 20, 1.0, 3.0);
+}
+
+/// To a far lower rate: what was reserved at 3 MiB/s drains at once, and the
+/// new rate holds from a second after the boundary.
+#[test]
+fn a_timetable_switches_down_at_its_boundary() {
+    timetable_switch("11:00,3M 12:00,512K 13:00,off", 64 << 20, 3.0, 0.5);
+}
+
+/// Uploads `len` bytes under `table` across its 12:00 boundary; the rate
+/// before and after it, in MiB/s, within 10 %.
+fn timetable_switch(table: &str, len: usize, want_before: f64, want_after: f64) {
     // The shipper's clock (UTC) reads 11:59:45 at `t0`: the 12:00 entry
     // takes over 15 s later.
-    let lab = Lab::new("11:00,1M 12:00,3M 13:00,off");
+    let lab = Lab::new(table);
     let utc = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -206,7 +219,7 @@ fn a_timetable_switches_at_its_boundary() {
     // real clock has gone 15 s less the fraction of a second it had at t0.
     let offset = 12 * 3600 - 15 - utc.floor() as i64;
     let switch = t0 + Duration::from_secs_f64(15.0 - utc.fract());
-    lab.produce("ep-big", 40 << 20);
+    lab.produce("ep-big", len);
     let _shipper = lab.start(&[
         ("TZ", "UTC".into()),
         ("LABSHIP_TEST_CLOCK_OFFSET_S", offset.to_string()),
@@ -237,8 +250,17 @@ fn a_timetable_switches_at_its_boundary() {
         switch - began >= Duration::from_secs(3),
         "the upload began late"
     );
-    assert!(near(before / MIB, 1.0), "before: {:.3} MiB/s", before / MIB);
-    assert!(near(after / MIB, 3.0), "after: {:.3} MiB/s", after / MIB);
+    assert!(
+        near(before / MIB, want_before),
+        "before: {:.3} MiB/s",
+        before / MIB
+    );
+    assert!(
+        near(after / MIB, want_after),
+        "after: {:.3} MiB/s",
+        after / MIB
+    );
+    assert!(!lab.log_text().contains("stalled"), "{}", lab.log_text());
 }
 
 #[test]
