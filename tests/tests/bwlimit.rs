@@ -39,9 +39,13 @@ struct Lab {
 
 impl Lab {
     fn new(bwlimit: &str) -> Self {
+        Self::with_fault(bwlimit, Fault::PassThrough)
+    }
+
+    fn with_fault(bwlimit: &str, fault: Fault) -> Self {
         let env = TestEnv::new();
         let receiver = Receiver::start(&env);
-        let proxy = Proxy::start(receiver.addr, Fault::PassThrough);
+        let proxy = Proxy::start(receiver.addr, fault);
         let data = env.path().join("lab");
         std::fs::create_dir_all(data.join("episodes")).unwrap();
         let cfg = env.path().join("shipper.toml");
@@ -537,6 +541,40 @@ fn a_capped_upload_shows_its_progress_and_doctor_calls_it_moving() {
             .ends_with("; upload cap 1 MiB/s"),
         "{idle:#}"
     );
+}
+
+/// The whole body sent (the proxy acknowledges it and never answers), the shipper waits up
+/// to stall_timeout_s + ANSWER_GRACE for the answer, as designed: the
+/// upload stays listed as `awaiting_answer` and doctor, past the sending
+/// window (stall 5 s + 3 s + 5 s), does not call it hung or offer a restart.
+#[test]
+fn doctor_waits_with_the_shipper_for_the_receivers_answer() {
+    let lab = Lab::with_fault("", Fault::Swallow(100_000));
+    lab.produce("ep-answer", 400 << 10);
+    let _shipper = lab.start(&[]);
+    lab.wait("the answer awaited", Duration::from_secs(30), || {
+        lab.status().is_some_and(|s| {
+            s["uploading"]
+                .as_array()
+                .and_then(|u| u.first())
+                .is_some_and(|u| u["phase"] == "awaiting_answer")
+        })
+    });
+    std::thread::sleep(Duration::from_secs(16));
+    let report = doctor(&lab, "1");
+    let row = status_row(&report);
+    assert_eq!(row["level"], "ok", "{report:#}");
+    assert!(
+        row["finding"]
+            .as_str()
+            .unwrap()
+            .contains("awaiting the receiver's answer"),
+        "{row:#}"
+    );
+    assert_eq!(row["details"]["moving"], true, "{row:#}");
+    let s = lab.status().unwrap();
+    assert_eq!(s["uploading"][0]["phase"], "awaiting_answer", "{s}");
+    assert!(!lab.log_text().contains("stalled"), "{}", lab.log_text());
 }
 
 #[test]
