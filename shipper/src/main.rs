@@ -348,7 +348,9 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     let (mut running, limiter) = (config.clone(), progress.limiter.clone());
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            systemd::reloading();
             labship_shipper::reload::reload(&mut running, &limiter);
+            systemd::reloaded();
         }
     });
     // The work loop's sign of life: the watchdog's ping, and `alive_at` in

@@ -358,6 +358,45 @@ fn sighup_lowering_the_cap_keeps_bytes_moving() {
     assert!(!log.contains("stalled"), "{log}");
 }
 
+/// A reload tells systemd it begins (`RELOADING=1` with `MONOTONIC_USEC=`)
+/// and ends (`READY=1`), also when the file does not load.
+#[test]
+fn a_reload_is_announced_to_systemd_even_when_it_fails() {
+    let lab = Lab::new("1M");
+    let notify = lab.env.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let shipper = lab.start(&[("NOTIFY_SOCKET", notify.display().to_string())]);
+    let mut said = Vec::<String>::new();
+    let mut hear = |until: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !until(&said) {
+            assert!(Instant::now() < deadline, "systemd heard only {said:?}");
+            if let Ok(n) = sock.recv(&mut buf) {
+                said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    hear(&|s| s.iter().any(|m| m.contains("READY=1")));
+    let ready = 1;
+    lab.configure("fast", "");
+    assert!(labship_tests::process::unsafe_free_kill(shipper.0.id(), 1));
+    hear(&|s| s.iter().filter(|m| m.contains("READY=1")).count() > ready);
+    let reloading = said
+        .iter()
+        .position(|m| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no RELOADING=1: {said:?}"));
+    assert!(
+        said[reloading..].iter().any(|m| m.contains("READY=1")),
+        "{said:?}"
+    );
+    lab.wait("the failure logged", Duration::from_secs(5), || {
+        lab.log_text().contains("reload_failed")
+    });
+}
+
 /// `doctor --json --no-ping` over an empty captured journal (so only the
 /// host checks speak), with its pass window `stale_s`.
 fn doctor(lab: &Lab, stale_s: &str) -> Value {

@@ -248,6 +248,8 @@ pub struct Classified {
     watchdog: Tally,
     restarts: Tally,
     start_failures: Tally,
+    /// SIGHUPs whose config did not load, since the last one that did.
+    reload_failed: Tally,
     shipped: usize,
     entries: usize,
 }
@@ -288,6 +290,11 @@ pub fn classify(entries: &[Entry]) -> Classified {
                 c.local_io.add(e);
             }
             Some("shipped") => c.shipped += 1,
+            Some("reload_failed") => c.reload_failed.add(e),
+            // A later reload that loaded the file settles the failed ones.
+            Some("reloaded" | "bwlimit_changed" | "reload_needs_restart") => {
+                c.reload_failed = Tally::default();
+            }
             Some(_) => {}
             None => classify_plain(&mut c, e),
         }
@@ -541,6 +548,20 @@ fn findings(
         None,
         41,
     );
+    let t = &c.reload_failed;
+    push(
+        Level::Warn,
+        t,
+        format!(
+            "the last reload (SIGHUP, systemctl reload) failed, the shipper runs on the config it had: {}",
+            t.last_message.as_deref().unwrap_or("")
+        ),
+        // A reload applies the cap alone: nothing in flight is cut.
+        Some(Fix::safe(format!(
+            "sudoedit {cfg} && sudo -u labship /opt/labship/bin/shipper --check-config --config {cfg} && sudo systemctl reload {UNIT}"
+        ))),
+        42,
+    );
     let t = &c.restarts;
     push(
         Level::Warn,
@@ -677,5 +698,51 @@ mod tests {
         assert_eq!(c.unstamped.count, 1);
         assert_eq!(c.auth.count, 1);
         assert_eq!(c.watchdog.count, 1);
+    }
+
+    /// A failed reload is reported until a later one loads the file.
+    #[test]
+    fn a_failed_reload_is_reported_until_one_succeeds() {
+        let ev = |event: &str, message: &str| {
+            entry(&[
+                ("EVENT", event.into()),
+                ("MESSAGE", message.into()),
+                ("_SYSTEMD_UNIT", UNIT.into()),
+            ])
+        };
+        let failed = ev(
+            "reload_failed",
+            "SIGHUP: the config does not load; the running config stays: /etc/labship/shipper.toml: limits.bwlimit: bad",
+        );
+        let opts = Options {
+            config: "/etc/labship/shipper.toml".into(),
+            since: std::time::Duration::from_secs(3600),
+            journal_file: Some("x".into()),
+            no_ping: true,
+            now: SystemTime::now(),
+        };
+        let rows = findings(&classify(std::slice::from_ref(&failed)), &opts, None, None);
+        let row = rows
+            .iter()
+            .find(|f| f.finding.contains("reload"))
+            .expect("a reload row");
+        assert_eq!(row.level, Level::Warn);
+        assert!(row.finding.contains("limits.bwlimit"), "{}", row.finding);
+        assert!(
+            row.fix
+                .as_deref()
+                .is_some_and(|f| f.contains("systemctl reload")),
+            "{row:?}"
+        );
+        assert!(!row.disruptive);
+        let settled = [
+            failed,
+            ev("bwlimit_changed", "SIGHUP: upload cap now 1 MiB/s"),
+        ];
+        let rows = findings(&classify(&settled), &opts, None, None);
+        assert!(
+            !rows.iter().any(|f| f.finding.contains("reload")),
+            "{rows:?}"
+        );
     }
 }
