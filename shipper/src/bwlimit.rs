@@ -11,12 +11,16 @@
 //! began yesterday). Caps under [`MIN_RATE`] are refused: a byte must always
 //! move well within `receiver.stall_timeout_s`.
 //!
-//! The [`Limiter`] is a shared token bucket with reservations (a sender takes
-//! its bytes at once and sleeps off any debt), so uploads are served in turn
-//! and the sum of all of them holds the cap. Bodies are cut into pieces of at
-//! most a tenth of a second of the rate ([`Limiter::piece`]), so the bytes
-//! reserved at the old rate drain within a second of a timetable boundary or
-//! a SIGHUP, and a byte moves several times a second even at the lowest cap.
+//! The [`Limiter`] is a shared bucket with reservations kept as GCRA keeps
+//! them: one instant, `next_free`, when every byte reserved so far has gone
+//! at the rate in force when it was reserved. A sender reserves its bytes at
+//! once and sleeps until they fall within the burst, so uploads are served in
+//! turn and the sum of all of them holds the cap. Debt is time, not bytes: a
+//! lower cap (SIGHUP, a timetable boundary) never re-prices what was reserved
+//! at the old rate. Bodies are cut into pieces of at most a tenth of a second
+//! of the rate ([`Limiter::piece`]), so the bytes reserved at the old rate
+//! drain within a second, and a byte moves several times a second even at the
+//! lowest cap.
 
 use bytes::Bytes;
 use std::future::Future;
@@ -205,9 +209,9 @@ fn burst(rate: u64) -> f64 {
 
 #[derive(Debug)]
 struct Bucket {
-    /// Bytes that may go now; negative: the debt still to sleep off.
-    tokens: f64,
-    at: Instant,
+    /// When every byte reserved so far has gone (at the rate in force when
+    /// each was reserved); earlier than now when the link is idle.
+    next_free: Instant,
 }
 
 /// The shared token bucket (see the module doc).
@@ -219,11 +223,15 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(schedule: Bwlimit) -> Self {
+        // Starts empty: no burst saved up before the first byte.
+        let now = Instant::now();
+        let saved = schedule.rate_now().map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(burst(r) / r as f64)
+        });
         Self {
             schedule: Mutex::new(schedule),
             bucket: Mutex::new(Bucket {
-                tokens: 0.0,
-                at: Instant::now(),
+                next_free: now + saved,
             }),
         }
     }
@@ -266,14 +274,15 @@ impl Limiter {
             let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let r = rate as f64;
-            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * r).min(burst(rate));
-            b.at = now;
-            b.tokens -= n as f64;
-            if b.tokens >= 0.0 {
-                return;
-            }
-            Duration::from_secs_f64(-b.tokens / r)
+            let burst = Duration::from_secs_f64(burst(rate) / r);
+            // An idle link saves up at most one burst.
+            let from = b.next_free.max(now.checked_sub(burst).unwrap_or(now));
+            b.next_free = from + Duration::from_secs_f64(n as f64 / r);
+            b.next_free.saturating_duration_since(now + burst)
         };
+        if wait.is_zero() {
+            return;
+        }
         tokio::time::sleep(wait).await;
     }
 }
@@ -425,7 +434,7 @@ mod tests {
         for _ in 0..3 {
             let l = l.clone();
             tasks.push(tokio::spawn(async move {
-                for _ in 0..10 {
+                for _ in 0..8 {
                     l.take(l.piece()).await;
                 }
             }));
@@ -433,8 +442,38 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        // 30 pieces of 1/20 s each: 1.5 s of the rate, less the first burst.
+        // 24 pieces of 64 KiB (1/16 s) each: 1.5 s of the rate (the bucket
+        // starts empty).
+        assert_eq!(l.piece(), 64 << 10);
         let took = start.elapsed().as_secs_f64();
-        assert!((1.3..2.5).contains(&took), "took {took}s");
+        assert!((1.4..1.7).contains(&took), "took {took}s");
+    }
+
+    /// Debt reserved at a high rate is not re-priced at a far lower one:
+    /// after set(), a new piece waits at most what was reserved (a few
+    /// pieces of a tenth of a second) plus itself.
+    #[tokio::test]
+    async fn lowering_the_cap_does_not_reprice_the_debt() {
+        let l = std::sync::Arc::new(Limiter::new(Bwlimit::Fixed(10 << 20)));
+        let mut senders = Vec::new();
+        for _ in 0..3 {
+            let l = l.clone();
+            senders.push(tokio::spawn(async move { l.take(l.piece()).await }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        l.set(Bwlimit::Fixed(4096));
+        let piece = l.piece();
+        let start = Instant::now();
+        let took = tokio::time::timeout(Duration::from_secs(5), l.take(piece))
+            .await
+            .map(|()| start.elapsed().as_secs_f64())
+            .ok();
+        let most = 0.1 + piece as f64 / 4096.0 + 0.05;
+        assert!(
+            took.is_some_and(|t| t <= most),
+            "a new piece at 4 KiB/s waited {took:?} s (at most {most} s)"
+        );
     }
 }

@@ -437,44 +437,64 @@ impl Config {
     /// The keys whose values differ in `new`, apart from `limits.bwlimit`
     /// (the one a SIGHUP applies): they need a restart.
     pub fn changed_keys(&self, new: &Self) -> Vec<&'static str> {
+        // No `..`: a new field does not compile until it is listed here.
+        let Self {
+            file: _,
+            host_id,
+            data_dir,
+            scan_interval,
+            settle,
+            zstd_level,
+            url,
+            ca_file,
+            auth,
+            connect_timeout,
+            stall_timeout,
+            initial_backoff,
+            max_backoff,
+            quarantine_keep,
+            cleanup_interval,
+            bwlimit: _,
+            zstd_workers,
+            ops_listen,
+        } = self;
         let mut out = Vec::new();
         let mut diff = |key, same: bool| {
             if !same {
                 out.push(key);
             }
         };
-        diff("host_id", self.host_id == new.host_id);
-        diff("data_dir", self.data_dir == new.data_dir);
-        diff("scan_interval_s", self.scan_interval == new.scan_interval);
-        diff("settle_s", self.settle == new.settle);
-        diff("zstd_level", self.zstd_level == new.zstd_level);
-        diff("receiver.url", self.url == new.url);
-        diff("receiver.ca_file", self.ca_file == new.ca_file);
-        diff(
-            "receiver.cert_file/key_file/token_file",
-            self.auth == new.auth,
-        );
+        diff("host_id", *host_id == new.host_id);
+        diff("data_dir", *data_dir == new.data_dir);
+        diff("scan_interval_s", *scan_interval == new.scan_interval);
+        diff("settle_s", *settle == new.settle);
+        diff("zstd_level", *zstd_level == new.zstd_level);
+        diff("receiver.url", *url == new.url);
+        diff("receiver.ca_file", *ca_file == new.ca_file);
+        diff("receiver.cert_file/key_file/token_file", *auth == new.auth);
         diff(
             "receiver.connect_timeout_s",
-            self.connect_timeout == new.connect_timeout,
+            *connect_timeout == new.connect_timeout,
         );
         diff(
             "receiver.stall_timeout_s",
-            self.stall_timeout == new.stall_timeout,
+            *stall_timeout == new.stall_timeout,
         );
         diff(
             "retry.initial_backoff_s",
-            self.initial_backoff == new.initial_backoff,
+            *initial_backoff == new.initial_backoff,
         );
-        diff("retry.max_backoff_s", self.max_backoff == new.max_backoff);
+        diff("retry.max_backoff_s", *max_backoff == new.max_backoff);
         diff(
             "quarantine.keep_days",
-            self.quarantine_keep == new.quarantine_keep,
+            *quarantine_keep == new.quarantine_keep,
         );
         diff(
             "quarantine.cleanup_interval_s",
-            self.cleanup_interval == new.cleanup_interval,
+            *cleanup_interval == new.cleanup_interval,
         );
+        diff("limits.zstd_workers", *zstd_workers == new.zstd_workers);
+        diff("ops.listen", *ops_listen == new.ops_listen);
         out
     }
 }
@@ -619,6 +639,11 @@ mod tests {
         assert!(a.changed_keys(&b).is_empty());
         let c = d.parse(&format!("zstd_level = 5\n{OK}")).unwrap();
         assert_eq!(a.changed_keys(&c), ["zstd_level"]);
+        // Every field is compared (the destructuring in changed_keys).
+        let o = d
+            .parse(&format!("{OK}[ops]\nlisten = \"127.0.0.1:9999\"\n"))
+            .unwrap();
+        assert_eq!(a.changed_keys(&o), ["ops.listen"]);
         let e = d
             .parse(&format!("{OK}[limits]\nbwlimit = \"fast\"\n"))
             .unwrap_err()

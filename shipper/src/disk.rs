@@ -163,6 +163,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// As [`write_atomic`] without the fsyncs: readers see the old document or
+/// the new one, never a torn one, but a crash may lose the latest. For
+/// documents rewritten every few seconds (status.json's progress), where
+/// durability buys nothing and an fsync each time costs the disk.
+pub fn write_atomic_nosync(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&tmp_prefix())
+        .permissions(READABLE.clone())
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// As [`write_atomic`], but the temp file lives in `scratch` (same
 /// filesystem), so a crash never leaves a stray file next to `path`: used for
 /// the reason file, which goes inside an episode that may yet be packed.

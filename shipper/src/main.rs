@@ -376,13 +376,19 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
     let (mut running, limiter) = (config.clone(), progress.limiter.clone());
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            systemd::reloading();
             labship_shipper::reload::reload(&mut running, &limiter);
+            systemd::reloaded();
         }
     });
     labship_shipper::ops::alive();
+    // The work loop's sign of life: the watchdog's ping, `/healthz`'s clock,
+    // and `alive_at` in status.json (what doctor reads; the ticker only
+    // writes it down).
     let alive = || {
         watchdog.alive();
         labship_shipper::ops::alive();
+        progress.alive();
     };
     loop {
         let pass = shipper.pass(&alive);
@@ -408,6 +414,8 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
             _ = int.recv() => break,
         }
     }
+    // No upload outlives the process: status.json must not list one.
+    progress.stopped();
     systemd::stopping();
     tracing::info!("shipper stopped");
     ExitCode::SUCCESS

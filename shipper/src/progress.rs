@@ -43,6 +43,17 @@ struct Entry {
     /// (when, bytes sent) once a tick, for the rate.
     samples: VecDeque<(Instant, u64)>,
     logged: Instant,
+    phase: Phase,
+}
+
+/// Where an upload is: its body still going out, or all of it sent and the
+/// receiver's answer awaited (which may take `stall_timeout_s` +
+/// `upload::ANSWER_GRACE`: the receiver verifies the whole archive first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Sending,
+    AwaitingAnswer,
 }
 
 impl Entry {
@@ -64,6 +75,7 @@ pub struct UploadProgress {
     pub bytes_total: u64,
     pub started_at: String,
     pub bytes_per_s: u64,
+    pub phase: Phase,
 }
 
 /// The uploads in flight, and every body byte any of them sent.
@@ -72,6 +84,9 @@ pub struct Uploads {
     entries: Mutex<Vec<Entry>>,
     next: AtomicU64,
     moved: AtomicU64,
+    /// Bumped whenever the set of uploads or a phase changes, so the
+    /// ticker rewrites `status.json` even when no byte moved.
+    generation: AtomicU64,
 }
 
 /// An upload's place in [`Uploads`]; leaves it when dropped.
@@ -88,11 +103,23 @@ impl Tracked {
         self.sent.fetch_add(n, Ordering::Relaxed);
         self.uploads.moved.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The whole body is sent: the upload now waits for the answer.
+    pub fn awaiting_answer(&self) {
+        let mut entries = self.uploads.lock();
+        if let Some(e) = entries.iter_mut().find(|e| e.key == self.key)
+            && e.phase != Phase::AwaitingAnswer
+        {
+            e.phase = Phase::AwaitingAnswer;
+            self.uploads.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.uploads.lock().retain(|e| e.key != self.key);
+        self.uploads.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +141,9 @@ impl Uploads {
             sent: sent.clone(),
             samples: VecDeque::from([(now, 0)]),
             logged: now,
+            phase: Phase::Sending,
         });
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Tracked {
             uploads: self.clone(),
             key,
@@ -125,6 +154,10 @@ impl Uploads {
     /// Every body byte sent since start.
     pub fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Samples each upload's count (for its rate) and logs the long ones
@@ -157,6 +190,7 @@ impl Uploads {
                 bytes_total: e.total,
                 started_at: rfc3339(e.started_at),
                 bytes_per_s: e.rate(),
+                phase: e.phase,
             })
             .collect()
     }
@@ -176,6 +210,10 @@ struct Written {
     at: Instant,
     /// [`Uploads::moved`] when last written.
     moved: u64,
+    /// [`Uploads::generation`] when last written.
+    generation: u64,
+    /// [`Progress::alive`]'s stamp when last written.
+    alive: u64,
 }
 
 /// `state/status.json` and `STATUS=` (see the module doc).
@@ -185,27 +223,76 @@ pub struct Progress {
     pub uploads: Arc<Uploads>,
     pub limiter: Arc<Limiter>,
     written: Mutex<Written>,
+    /// Unix seconds of the work loop's last sign of life (0: none yet),
+    /// stamped by the same closure that feeds the watchdog; `alive_at` in
+    /// the file. Never stamped by the ticker.
+    alive: AtomicU64,
 }
 
 impl Progress {
-    /// Until the first pass writes its document, uploads in it are shown
-    /// under a bare one (`time` null: no pass completed yet).
+    /// Until the first pass writes its document, the last process's is
+    /// kept (`last_success`, `last_error`, `pending`, …) without its uploads,
+    /// which ended with it; with none, a bare one (`time` null: no pass
+    /// completed yet). Written at once, so no stale upload outlives a
+    /// restart.
     pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>, host: &Id) -> Self {
-        let mut base = serde_json::Map::new();
-        base.insert("time".into(), serde_json::Value::Null);
+        let mut base = match std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
+            Some(serde_json::Value::Object(old)) => old,
+            _ => {
+                let mut m = serde_json::Map::new();
+                m.insert("time".into(), serde_json::Value::Null);
+                m
+            }
+        };
+        for progress in ["uploading", "updated_at", "alive_at", "bwlimit"] {
+            base.remove(progress);
+        }
         base.insert("host_id".into(), host.as_str().into());
         let now = Instant::now();
         let written = Written {
             base,
             at: now.checked_sub(REWRITE_EVERY).unwrap_or(now),
             moved: uploads.moved(),
+            generation: uploads.generation(),
+            alive: 0,
         };
-        Self {
+        let progress = Self {
             path,
             uploads,
             limiter,
             written: Mutex::new(written),
-        }
+            alive: AtomicU64::new(0),
+        };
+        progress.flush();
+        progress
+    }
+
+    /// The process stops (SIGTERM): no upload goes on, whatever tasks are
+    /// still being torn down.
+    pub fn stopped(&self) {
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_with(w.base.clone(), &[], true);
+    }
+
+    /// Writes the document now, with the uploads as they are.
+    pub fn flush(&self) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(w.base.clone());
+        w.at = Instant::now();
+        w.moved = self.uploads.moved();
+        w.generation = self.uploads.generation();
+    }
+
+    /// The work loop is alive (called beside the watchdog's ping: scan,
+    /// pack, HEAD, bytes moving).
+    pub fn alive(&self) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.alive.store(now, Ordering::Relaxed);
     }
 
     /// Writes the pass's document `base` (an object) with the progress
@@ -220,35 +307,66 @@ impl Progress {
             base,
             at: Instant::now(),
             moved: self.uploads.moved(),
+            generation: self.uploads.generation(),
+            alive: self.alive.load(Ordering::Relaxed),
         };
     }
 
-    fn write(&self, mut doc: serde_json::Map<String, serde_json::Value>) {
+    fn write(&self, doc: serde_json::Map<String, serde_json::Value>) {
+        self.write_with(doc, &self.uploads.snapshot(), true);
+    }
+
+    /// `durable`: fsynced (a pass's document, start, stop); the ticker's
+    /// rewrites only need the rename's atomicity.
+    fn write_with(
+        &self,
+        mut doc: serde_json::Map<String, serde_json::Value>,
+        uploading: &[UploadProgress],
+        durable: bool,
+    ) {
         doc.insert("updated_at".into(), rfc3339(SystemTime::now()).into());
         doc.insert(
             "uploading".into(),
-            serde_json::to_value(self.uploads.snapshot()).unwrap_or_default(),
+            serde_json::to_value(uploading).unwrap_or_default(),
         );
         doc.insert("bwlimit".into(), self.limiter.current().into());
+        let alive = self.alive.load(Ordering::Relaxed);
+        if alive > 0 {
+            doc.insert(
+                "alive_at".into(),
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(alive)).into(),
+            );
+        }
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        if let Err(e) = crate::disk::write_atomic(&self.path, &bytes) {
+        let written = if durable {
+            crate::disk::write_atomic(&self.path, &bytes)
+        } else {
+            crate::disk::write_atomic_nosync(&self.path, &bytes)
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, path = %self.path.display(), event = "status_write_failed", "cannot write status.json");
         }
     }
 
     /// Once a second: samples rates, logs long uploads, and rewrites
     /// `status.json` and `STATUS=` every [`REWRITE_EVERY`] while bytes
-    /// move.
+    /// move, the set of uploads (or a phase) changes, or the work loop
+    /// says it is alive.
     pub fn tick(&self) {
         self.uploads.sample();
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let moved = self.uploads.moved();
-        if moved == written.moved || written.at.elapsed() < REWRITE_EVERY {
+        let (moved, generation) = (self.uploads.moved(), self.uploads.generation());
+        let alive = self.alive.load(Ordering::Relaxed);
+        let changed =
+            moved != written.moved || generation != written.generation || alive != written.alive;
+        if !changed || written.at.elapsed() < REWRITE_EVERY {
             return;
         }
-        self.write(written.base.clone());
+        self.write_with(written.base.clone(), &self.uploads.snapshot(), false);
         written.at = Instant::now();
         written.moved = moved;
+        written.generation = generation;
+        written.alive = alive;
         if let Some(status) = self.uploading_line() {
             crate::systemd::status(&status);
         }
@@ -288,7 +406,11 @@ pub async fn ticker(progress: Arc<Progress>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        progress.tick();
+        // File I/O under a std mutex: on a blocking thread, not a worker.
+        let p = progress.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || p.tick()).await {
+            tracing::error!(error = %e, "progress tick failed");
+        }
     }
 }
 
@@ -322,5 +444,81 @@ mod tests {
         drop(t);
         assert!(p.uploads.snapshot().is_empty());
         assert_eq!(p.uploads.moved(), 400);
+    }
+
+    /// An upload that ends, or waits for its answer, without another byte
+    /// moving is written down by the next tick; so is the loop's sign of life.
+    #[test]
+    fn the_ticker_rewrites_when_the_set_or_the_loop_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Off));
+        let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        };
+        let t = p.uploads.start(&id, 10);
+        t.sent(10);
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert_eq!(read()["uploading"][0]["phase"], "sending");
+        t.awaiting_answer();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert_eq!(read()["uploading"][0]["phase"], "awaiting_answer");
+        assert!(read().get("alive_at").is_none());
+        drop(t);
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert_eq!(read()["uploading"], serde_json::json!([]));
+        p.alive();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert!(read()["alive_at"].is_string(), "{}", read());
+        // Nothing changed: no rewrite.
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(REWRITE_EVERY);
+        p.tick();
+        assert!(!path.exists());
+    }
+
+    /// A restarted shipper keeps the last pass's facts and drops the uploads
+    /// that ended with the old process, at once; at SIGTERM none is left.
+    #[test]
+    fn a_restart_keeps_the_pass_and_drops_the_old_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(
+            &path,
+            r#"{"time":"then","last_success":"earlier","pending":7,"last_error":{"message":"m"},
+                "uploading":[{"episode_id":"ep-old"}],"updated_at":"then"}"#,
+        )
+        .unwrap();
+        let limiter = Arc::new(Limiter::new(crate::bwlimit::Bwlimit::Off));
+        let id = Id::parse("ep-1").unwrap();
+        let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        };
+        let v = read();
+        assert_eq!(v["uploading"], serde_json::json!([]), "{v}");
+        assert_eq!(
+            (
+                &v["last_success"],
+                &v["pending"],
+                &v["last_error"]["message"]
+            ),
+            (&"earlier".into(), &7.into(), &"m".into()),
+            "{v}"
+        );
+        assert_ne!(v["updated_at"], "then");
+        let t = p.uploads.start(&id, 10);
+        p.flush();
+        assert_eq!(read()["uploading"][0]["episode_id"], "ep-1");
+        p.stopped();
+        assert_eq!(read()["uploading"], serde_json::json!([]));
+        assert_eq!(read()["pending"], 7);
+        drop(t);
     }
 }

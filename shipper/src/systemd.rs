@@ -22,6 +22,22 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// A reload (SIGHUP) begins: systemd shows the unit `reloading` until
+/// [`reloaded`] (with `Type=notify-reload`, systemd ≥ 253, `systemctl
+/// reload` also waits for it).
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for RELOADING=1"),
+    }
+}
+
+/// The reload is over, whether the file loaded or not (the journal says
+/// which: `reload_failed`, read by doctor).
+pub fn reloaded() {
+    send(&[NotifyState::Ready]);
+}
+
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }

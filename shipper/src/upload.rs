@@ -468,14 +468,16 @@ impl Uploader {
         let (stamp, count) = (moved_at.clone(), sent.clone());
         let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
         let stream = crate::bwlimit::throttle(stream, self.limiter.clone());
-        let tracked = self.uploads.start(id, archive.bytes);
+        // Listed until `put` returns (not until the body stream is dropped):
+        // waiting for the answer is part of the upload.
+        let tracked = Arc::new(self.uploads.start(id, archive.bytes));
         // Counts the body bytes as they go and observes the duration when
         // the upload ends, whichever return below ends it (a stall cut
         // included) or if it is cancelled.
         let timer = Arc::new(crate::metrics::get().upload_started());
-        let counted = timer.clone();
+        let (progress_of, counted) = (tracked.clone(), timer.clone());
         let stream = inspect_chunks(stream, move |n| {
-            tracked.sent(n as u64);
+            progress_of.sent(n as u64);
             counted.sent(n as u64);
             count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -505,6 +507,9 @@ impl Uploader {
                     }
                     let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
                     let body_done = sent.load(Ordering::Relaxed) >= archive.bytes;
+                    if body_done {
+                        tracked.awaiting_answer();
+                    }
                     if !body_done && idle > self.stall {
                         return (no_answer(NoAnswer::Unreachable(format!(
                             "upload stalled: no progress for {}s (receiver.stall_timeout_s)", self.stall.as_secs()

@@ -11,6 +11,10 @@
 //!   rest of a request that fits the client's socket buffers waits there
 //!   unacknowledged (a dead link as the client's kernel sees it, which
 //!   `TCP_USER_TIMEOUT` cuts), instead of vanishing into the proxy's buffers.
+//! - `Swallow(n)` forwards the first `n` client→server bytes of the first
+//!   connection to carry that many, then drops the server's side and reads
+//!   (acknowledges) and discards the rest, never answering: a receiver that
+//!   took the whole body and is still verifying it, as the client sees it.
 //! - `Throttle(r)` caps every connection's client→server direction at about
 //!   `r` bytes per second.
 //!
@@ -78,6 +82,9 @@ pub enum Fault {
     /// Close both sides cleanly (FIN) after this many client→server bytes
     /// (once).
     Truncate(usize),
+    /// Acknowledge and discard every client→server byte after this many,
+    /// and never answer (once; see the module doc).
+    Swallow(usize),
 }
 
 /// What the client→server pump does once its byte budget is spent.
@@ -86,6 +93,7 @@ enum Cut {
     Stall,
     Reset,
     Close,
+    Swallow,
 }
 
 #[derive(Debug)]
@@ -179,6 +187,7 @@ impl Proxy {
                     Fault::StallAfter(n) | Fault::StallUnacked(n) => Some((n, Cut::Stall)),
                     Fault::ResetAfter(n) => Some((n, Cut::Reset)),
                     Fault::Truncate(n) => Some((n, Cut::Close)),
+                    Fault::Swallow(n) => Some((n, Cut::Swallow)),
                     _ => None,
                 };
                 let rate = match fault {
@@ -258,6 +267,29 @@ impl Conn {
                     Some(Cut::Close) => {
                         self.aborted.store(true, Ordering::SeqCst);
                         let _ = self.upstream.shutdown(Shutdown::Both);
+                        let _ = self.client.shutdown(Shutdown::Both);
+                    }
+                    Some(Cut::Swallow) => {
+                        // Nothing reaches the client any more, not even the
+                        // server's close.
+                        self.aborted.store(true, Ordering::SeqCst);
+                        let _ = self.upstream.shutdown(Shutdown::Both);
+                        let _ = self
+                            .client
+                            .set_read_timeout(Some(Duration::from_millis(100)));
+                        while !self.stop.load(Ordering::SeqCst) {
+                            match (&self.client).read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(_) => {}
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
                         let _ = self.client.shutdown(Shutdown::Both);
                     }
                     _ => {

@@ -175,8 +175,81 @@ fn each_captured_scenario_gets_its_headline_and_fix() {
             out.lines().count() - 1,
             "{name}: one JSON finding per row"
         );
+        for f in v["findings"].as_array().unwrap() {
+            if let Some(fix) = f["fix"].as_str() {
+                assert!(
+                    !looks_disruptive(fix) || f["disruptive"] == true,
+                    "{name}: a fix that restarts or deletes is not marked disruptive: {f}"
+                );
+            }
+        }
         snapshot(name, &sanitize(&out, env.path()));
     }
+}
+
+/// A sanity check over what doctor rendered (doctor itself never guesses
+/// from words: each check states what its fix does).
+fn looks_disruptive(fix: &str) -> bool {
+    let words: Vec<&str> = fix
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')'))
+        .collect();
+    words.iter().any(|w| {
+        let base = w.rsplit('/').next().unwrap_or(w);
+        matches!(
+            base,
+            "rm" | "-delete"
+                | "kill"
+                | "pkill"
+                | "shred"
+                | "mv"
+                | "truncate"
+                | "reboot"
+                | "restart"
+                | "stop"
+                | "mask"
+                | "disable"
+                | "dpkg"
+                | "apt-get"
+                | "apt"
+                | "install-lab-host.sh"
+        )
+    })
+}
+
+/// The receiver's remediation is its operator's text: doctor cannot know
+/// what it does, so it is disruptive whatever its words.
+#[test]
+fn the_receivers_remediation_is_disruptive_whatever_it_says() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let theirs = "sudo apt-get install -y labship-lab && sudo reboot";
+    let captured =
+        std::fs::read_to_string(fixtures().join("journal").join("out_of_window.jsonl")).unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = captured
+        .lines()
+        .map(|l| {
+            let mut e: Value = serde_json::from_str(l).unwrap();
+            if e.get("REMEDIATION").is_some() {
+                e["REMEDIATION"] = theirs.into();
+                replaced += 1;
+            }
+            e.to_string()
+        })
+        .collect();
+    assert!(replaced > 0, "the capture holds no REMEDIATION field");
+    let journal = env.path().join("theirs.jsonl");
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    let (code, json) = doctor(&cfg, &journal, true);
+    assert_eq!(code, 2, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let row = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fix"] == theirs)
+        .unwrap_or_else(|| panic!("no finding offers the receiver's remediation: {json}"));
+    assert_eq!(row["disruptive"], true, "{row}");
 }
 
 /// 412 outranks 400 when both occur.
@@ -680,5 +753,91 @@ fn the_shipper_logs_an_unreadable_subtree_once() {
             && lines[0].contains("raw")
             && lines[0].contains("Permission denied"),
         "{text}"
+    );
+}
+
+/// A doctor run over a status.json the test writes, with ages in seconds
+/// before now; returns the exit code and the `status` finding.
+fn status_row(status: Value) -> (i32, Value) {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    std::fs::write(env.path().join("lab/state/status.json"), status.to_string()).unwrap();
+    let empty = env.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (code, json) = doctor(&cfg, &empty, true);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let row = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "status")
+        .unwrap()
+        .clone();
+    (code, row)
+}
+
+fn ago(s: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(s),
+    )
+    .to_string()
+}
+
+/// After the last body byte the shipper waits up to stall_timeout_s +
+/// ANSWER_GRACE (120 s by default) for the receiver's answer: doctor does
+/// not call that hung at 90 s, but does once the shipper would have given
+/// up, and always while a body that moves no byte is past the stall timeout.
+#[test]
+fn an_upload_awaiting_its_answer_is_not_hung() {
+    let doc = |phase: &str, quiet: u64| {
+        serde_json::json!({"time": ago(600), "last_success": ago(600), "pending": 1,
+            "updated_at": ago(quiet), "alive_at": ago(quiet), "bwlimit": null,
+            "uploading": [{"episode_id": "ep-1", "bytes_sent": 1000, "bytes_total": 1000,
+                "started_at": ago(700), "bytes_per_s": 0, "phase": phase}]})
+    };
+    let (code, row) = status_row(doc("awaiting_answer", 90));
+    assert_eq!((code, &row["level"]), (0, &Value::from("ok")), "{row}");
+    assert!(
+        row["finding"]
+            .as_str()
+            .unwrap()
+            .contains("awaiting the receiver's answer"),
+        "{row}"
+    );
+    assert_eq!(row["details"]["moving"], true, "{row}");
+    let (code, row) = status_row(doc("awaiting_answer", 200));
+    assert_eq!((code, &row["level"]), (2, &Value::from("fail")), "{row}");
+    let (code, row) = status_row(doc("sending", 90));
+    assert_eq!((code, &row["level"]), (2, &Value::from("fail")), "{row}");
+    assert_eq!(row["disruptive"], true, "{row}");
+}
+
+/// A pass that packs or asks HEAD for minutes moves no upload byte, but its
+/// loop says it is alive (`alive_at`): not stalled. Once the loop is silent
+/// past what the shipper allows itself, it is.
+#[test]
+fn a_long_pass_whose_loop_is_alive_is_not_stalled() {
+    let doc = |alive: u64| {
+        // No byte moved since the last pass: `updated_at` may be as old.
+        serde_json::json!({"time": ago(900), "last_success": ago(900), "pending": 40,
+            "updated_at": ago(900), "alive_at": ago(alive), "uploading": []})
+    };
+    let (code, row) = status_row(doc(5));
+    assert_eq!((code, &row["level"]), (0, &Value::from("ok")), "{row}");
+    assert!(
+        row["finding"]
+            .as_str()
+            .unwrap()
+            .contains("a long pass is under way"),
+        "{row}"
+    );
+    let (code, row) = status_row(doc(600));
+    assert_eq!((code, &row["level"]), (2, &Value::from("fail")), "{row}");
+    assert!(
+        row["finding"]
+            .as_str()
+            .unwrap()
+            .contains("stalled or stopped"),
+        "{row}"
     );
 }

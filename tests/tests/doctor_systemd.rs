@@ -89,9 +89,13 @@ fn healthy_host_and_a_user_who_may_not_read_the_journal() {
     host.produce("run-0002", Some(GOOD_COMMIT), &[("d", b"2")]);
     start(&host);
     host.wait_journal("two shipped", LONG, |e| events(e, "shipped").len() == 2);
-    // status.json is written after the pass that shipped them.
-    host.wait_for("status.json", LONG, || {
-        host.data.join("state/status.json").is_file()
+    // status.json is written at start (`time` null) and after the pass
+    // that shipped them.
+    host.wait_for("a pass in status.json", LONG, || {
+        std::fs::read(host.data.join("state/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["time"].is_string())
     });
 
     let (code, human, json) = doctor(&host, None);

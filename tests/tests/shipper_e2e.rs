@@ -143,6 +143,7 @@ fn once_ships_quarantines_and_is_idempotent() {
     assert_eq!(
         keys,
         [
+            "bwlimit",
             "hold_s",
             "host_id",
             "last_error",
@@ -153,7 +154,9 @@ fn once_ships_quarantines_and_is_idempotent() {
             "quarantined_this_pass",
             "shipped_this_pass",
             "time",
-            "transient_this_pass"
+            "transient_this_pass",
+            "updated_at",
+            "uploading"
         ],
         "{status}"
     );
@@ -1135,11 +1138,15 @@ fn the_daemon_sweeps_expired_quarantine_and_keep_days_0_keeps_all() {
         );
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
         // Two passes at least (scan_interval_s is 5 by default, the sweep is
-        // due at the first): status.json is written after each.
+        // due at the first): status.json gets its `time` after each.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !data.join("state/status.json").exists()
-            || (keep_days == 1 && quarantine.join("old").exists())
-        {
+        let passed = || {
+            std::fs::read(data.join("state/status.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["time"].is_string())
+        };
+        while !passed() || (keep_days == 1 && quarantine.join("old").exists()) {
             assert!(
                 Instant::now() < deadline,
                 "keep_days = {keep_days}: no sweep within 15 s: {:?}\n{}",

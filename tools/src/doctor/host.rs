@@ -3,7 +3,7 @@
 //! ping of the receiver (the shipper's own), free space on `data_dir`, the
 //! queue's directories and `state/status.json`.
 
-use super::{Finding, Level, Options, UNIT, age};
+use super::{Finding, Fix, Level, Options, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};
 use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
@@ -55,7 +55,7 @@ pub fn service() -> Option<Service> {
         get("UnitFileState"),
     );
     let state = format!("{active} ({sub})");
-    let s = |running, level, finding: String, fix: Option<String>, rank| Service {
+    let s = |running, level, finding: String, fix: Option<Fix>, rank| Service {
         running,
         finding: Finding::new(level, "service", finding, fix, rank).with_details(
             serde_json::json!({"load": load, "active": active, "sub": sub, "result": result,
@@ -67,14 +67,16 @@ pub fn service() -> Option<Service> {
             Some(false),
             Level::Fail,
             format!("{UNIT} is not installed"),
-            Some("cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()),
+            Some(Fix::restart(
+                "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
+            )),
             3,
         ),
         (_, "active") if enabled != "enabled" && enabled != "static" => s(
             Some(true),
             Level::Warn,
             format!("{UNIT} {state} but {enabled}: it will not start after a reboot"),
-            Some(format!("sudo systemctl enable {UNIT}")),
+            Some(Fix::safe(format!("sudo systemctl enable {UNIT}"))),
             54,
         ),
         (_, "active") => s(
@@ -88,7 +90,7 @@ pub fn service() -> Option<Service> {
             Some(false),
             Level::Fail,
             format!("{UNIT} has failed (result: {result}); see the journal findings for why"),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             6,
         ),
         (_, "activating") if sub == "auto-restart" => s(
@@ -97,7 +99,7 @@ pub fn service() -> Option<Service> {
             format!(
                 "{UNIT} keeps failing and restarting ({restarts} restart(s), result: {result})"
             ),
-            Some(format!("journalctl -u {UNIT} -n 30 --no-pager")),
+            Some(Fix::safe(format!("journalctl -u {UNIT} -n 30 --no-pager"))),
             7,
         ),
         (_, "activating" | "reloading" | "deactivating") => s(
@@ -111,7 +113,7 @@ pub fn service() -> Option<Service> {
             Some(false),
             Level::Fail,
             format!("{UNIT} is not running ({state}, {enabled})"),
-            Some(format!("sudo systemctl enable --now {UNIT}")),
+            Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
             8,
         ),
     })
@@ -127,12 +129,12 @@ pub async fn check(
         Ok(c) => c,
         Err(e) => {
             let fix = if e.key.is_empty() && !opts.config.exists() {
-                "cd /opt/labship && sudo ./scripts/install-lab-host.sh".to_owned()
+                Fix::restart("cd /opt/labship && sudo ./scripts/install-lab-host.sh")
             } else {
-                format!(
+                Fix::restart(format!(
                     "sudoedit {} && sudo systemctl restart {UNIT}",
                     opts.config.display()
-                )
+                ))
             };
             return vec![Finding::new(
                 Level::Fail,
@@ -177,11 +179,11 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
                 Level::Fail,
                 "certificate",
                 format!("cannot read {}: {e}", cert.display()),
-                Some(format!(
+                Some(Fix::safe(format!(
                     "sudo chgrp labship {} && sudo chmod 640 {}",
                     cert.display(),
                     cert.display()
-                )),
+                ))),
                 14,
             )];
         }
@@ -209,7 +211,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
         SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
     );
     let left = not_after - now_s;
-    let renew = format!(
+    let renew = Fix::restart(format!(
         "install a renewed certificate at {} (same key path {}), then: sudo systemctl restart {UNIT}",
         cert.display(),
         config
@@ -217,13 +219,13 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
             .cert_and_key
             .as_ref()
             .map_or(String::new(), |(_, k)| k.display().to_string())
-    );
+    ));
     vec![if left <= 0 {
         Finding::new(
             Level::Fail,
             "certificate",
             format!("client certificate {} expired at {until}", cert.display()),
-            Some(renew),
+            Some(renew.clone()),
             13,
         )
     } else if (left as u64) < CERT_WARN.as_secs() {
@@ -254,17 +256,17 @@ async fn ping(config: &Config) -> Finding {
                 Level::Fail,
                 "receiver",
                 format!("cannot set up the client: {e}"),
-                Some(format!("sudoedit {}", config.file.display())),
+                Some(Fix::safe(format!("sudoedit {}", config.file.display()))),
                 4,
             );
         }
     };
     let verdict = uploader.check(config, Duration::from_secs(5)).await;
     let line = verdict.to_string();
-    let recheck = format!(
+    let recheck = Fix::safe(format!(
         "sudo -u labship /opt/labship/bin/shipper --ping --config {}",
         config.file.display()
-    );
+    ));
     match verdict {
         PingVerdict::Ok { .. } => Finding::ok("receiver", line),
         PingVerdict::HostMismatch { .. }
@@ -279,10 +281,10 @@ async fn ping(config: &Config) -> Finding {
             Level::Fail,
             "receiver",
             line,
-            Some(format!(
+            Some(Fix::safe(format!(
                 "sudoedit {}   # receiver.url",
                 config.file.display()
-            )),
+            ))),
             17,
         ),
     }
@@ -297,7 +299,9 @@ fn disk(config: &Config) -> Vec<Finding> {
                 Level::Fail,
                 "disk",
                 format!("cannot stat {}: {e}", dir.display()),
-                Some("cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()),
+                Some(Fix::restart(
+                    "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
+                )),
                 9,
             )];
         }
@@ -306,10 +310,10 @@ fn disk(config: &Config) -> Vec<Finding> {
     let pct = st.f_bavail as f64 * 100.0 / total as f64;
     let free_gib = (st.f_bavail * st.f_frsize) as f64 / (1u64 << 30) as f64;
     let finding = format!("{:.1}% free on {} ({free_gib:.1} GiB)", pct, dir.display());
-    let fix = Some(format!(
+    let fix = Some(Fix::deletes(format!(
         "sudo find {} -mindepth 1 -maxdepth 1 -mtime +30 -exec rm -rf {{}} +   # delivered episodes older than 30 days",
         dir.join("shipped").display()
-    ));
+    )));
     vec![if pct < 2.0 {
         Finding::new(Level::Fail, "disk", finding, fix, 11)
     } else if pct < 10.0 {
@@ -439,7 +443,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 age(BACKLOG_AGE),
                 stale.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
             ),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             58,
         )
     });
@@ -491,7 +495,8 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 Level::Warn,
                 "quarantine",
                 format!("{total} quarantined ({counts}), {recent} in the last day"),
-                fix.map(|(_, r)| r),
+                // The receiver's words, kept in the reason file.
+                fix.map(|(_, r)| Fix::foreign(r)),
                 56,
             )
         } else if total > 0 {

@@ -5,7 +5,7 @@
 //! kills, restarts, failed starts) and to the shipper's plain start-up
 //! errors. Never a regex over free text where a field exists.
 
-use super::{Finding, Level, Options, UNIT};
+use super::{Finding, Fix, Level, Options, UNIT};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -248,6 +248,8 @@ pub struct Classified {
     watchdog: Tally,
     restarts: Tally,
     start_failures: Tally,
+    /// SIGHUPs whose config did not load, since the last one that did.
+    reload_failed: Tally,
     shipped: usize,
     entries: usize,
 }
@@ -288,6 +290,11 @@ pub fn classify(entries: &[Entry]) -> Classified {
                 c.local_io.add(e);
             }
             Some("shipped") => c.shipped += 1,
+            Some("reload_failed") => c.reload_failed.add(e),
+            // A later reload that loaded the file settles the failed ones.
+            Some("reloaded" | "bwlimit_changed" | "reload_needs_restart") => {
+                c.reload_failed = Tally::default();
+            }
             Some(_) => {}
             None => classify_plain(&mut c, e),
         }
@@ -338,9 +345,9 @@ pub fn check(opts: &Options, running: Option<bool>, data_dir: Option<&Path>) -> 
                     format!(" ({detail})")
                 }
             ),
-            Some(format!(
+            Some(Fix::safe(format!(
                 "sudo usermod -aG systemd-journal {user}   # then log in again"
-            )),
+            ))),
             45,
         )],
         Err(Unreadable::Failed(m)) => vec![Finding::new(
@@ -362,7 +369,7 @@ fn findings(
     let window = super::age(opts.since);
     let cfg = opts.config.display();
     let mut out = Vec::new();
-    let mut push = |level, tally: &Tally, finding: String, fix: Option<String>, rank| {
+    let mut push = |level, tally: &Tally, finding: String, fix: Option<Fix>, rank| {
         if tally.count > 0 {
             out.push(
                 Finding::new(level, "journal", finding, fix, rank).with_details(tally.details()),
@@ -378,7 +385,9 @@ fn findings(
             t.count,
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!("sudoedit {cfg} && sudo systemctl restart {UNIT}")),
+        Some(Fix::restart(format!(
+            "sudoedit {cfg} && sudo systemctl restart {UNIT}"
+        ))),
         5,
     );
     let t = &c.out_of_window;
@@ -390,7 +399,7 @@ fn findings(
             t.count,
             t.ids()
         ),
-        t.remediation.clone(),
+        t.remediation.clone().map(Fix::foreign),
         10,
     );
     let t = &c.watchdog;
@@ -401,9 +410,9 @@ fn findings(
             "systemd killed the shipper {} time(s) for missing its watchdog (it hung)",
             t.count
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "journalctl -u {UNIT} --since -{window} --no-pager | tail -50"
-        )),
+        ))),
         12,
     );
     let t = &c.auth;
@@ -416,9 +425,9 @@ fn findings(
             t.codes(),
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "sudo -u labship /opt/labship/bin/shipper --ping --config {cfg}"
-        )),
+        ))),
         15,
     );
     let t = &c.local_io;
@@ -438,14 +447,14 @@ fn findings(
             t.last_message.as_deref().unwrap_or("")
         ),
         denied.then(|| {
-            format!(
+            Fix::safe(format!(
                 "sudo chmod -R g+rwX {}   # and make producers write with umask 002",
                 t.ids
                     .iter()
                     .map(|id| data_dir.join("episodes").join(id).display().to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
-            )
+            ))
         }),
         18,
     );
@@ -459,9 +468,10 @@ fn findings(
             t.codes(),
             t.ids()
         ),
-        t.remediation.clone().or_else(|| {
-            Some("make the producer write code_version.commit (40 lowercase hex) into each episode's meta.json".into())
-        }),
+        Some(t.remediation.clone().map_or_else(
+            || Fix::safe("make the producer write code_version.commit (40 lowercase hex) into each episode's meta.json"),
+            Fix::foreign,
+        )),
         20,
     );
     let t = &c.rejected;
@@ -474,7 +484,7 @@ fn findings(
             t.codes(),
             t.ids()
         ),
-        t.remediation.clone(),
+        t.remediation.clone().map(Fix::foreign),
         25,
     );
     let t = &c.conflict;
@@ -522,9 +532,9 @@ fn findings(
             t.count,
             t.last_message.as_deref().unwrap_or("")
         ),
-        Some(format!(
+        Some(Fix::safe(format!(
             "sudo -u labship /opt/labship/bin/shipper --ping --config {cfg}"
-        )),
+        ))),
         40,
     );
     let t = &c.store_full;
@@ -537,6 +547,20 @@ fn findings(
         ),
         None,
         41,
+    );
+    let t = &c.reload_failed;
+    push(
+        Level::Warn,
+        t,
+        format!(
+            "the last reload (SIGHUP, systemctl reload) failed, the shipper runs on the config it had: {}",
+            t.last_message.as_deref().unwrap_or("")
+        ),
+        // A reload applies the cap alone: nothing in flight is cut.
+        Some(Fix::safe(format!(
+            "sudoedit {cfg} && sudo -u labship /opt/labship/bin/shipper --check-config --config {cfg} && sudo systemctl reload {UNIT}"
+        ))),
+        42,
     );
     let t = &c.restarts;
     push(
@@ -561,7 +585,7 @@ fn findings(
                 format!(
                     "no log lines from {UNIT} in the last {window}: the shipper is probably not running"
                 ),
-                Some(format!("sudo systemctl enable --now {UNIT}")),
+                Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
                 50,
             )),
         }
@@ -674,5 +698,51 @@ mod tests {
         assert_eq!(c.unstamped.count, 1);
         assert_eq!(c.auth.count, 1);
         assert_eq!(c.watchdog.count, 1);
+    }
+
+    /// A failed reload is reported until a later one loads the file.
+    #[test]
+    fn a_failed_reload_is_reported_until_one_succeeds() {
+        let ev = |event: &str, message: &str| {
+            entry(&[
+                ("EVENT", event.into()),
+                ("MESSAGE", message.into()),
+                ("_SYSTEMD_UNIT", UNIT.into()),
+            ])
+        };
+        let failed = ev(
+            "reload_failed",
+            "SIGHUP: the config does not load; the running config stays: /etc/labship/shipper.toml: limits.bwlimit: bad",
+        );
+        let opts = Options {
+            config: "/etc/labship/shipper.toml".into(),
+            since: std::time::Duration::from_secs(3600),
+            journal_file: Some("x".into()),
+            no_ping: true,
+            now: SystemTime::now(),
+        };
+        let rows = findings(&classify(std::slice::from_ref(&failed)), &opts, None, None);
+        let row = rows
+            .iter()
+            .find(|f| f.finding.contains("reload"))
+            .expect("a reload row");
+        assert_eq!(row.level, Level::Warn);
+        assert!(row.finding.contains("limits.bwlimit"), "{}", row.finding);
+        assert!(
+            row.fix
+                .as_deref()
+                .is_some_and(|f| f.contains("systemctl reload")),
+            "{row:?}"
+        );
+        assert!(!row.disruptive);
+        let settled = [
+            failed,
+            ev("bwlimit_changed", "SIGHUP: upload cap now 1 MiB/s"),
+        ];
+        let rows = findings(&classify(&settled), &opts, None, None);
+        assert!(
+            !rows.iter().any(|f| f.finding.contains("reload")),
+            "{rows:?}"
+        );
     }
 }

@@ -17,9 +17,11 @@
 //!   dated in the future), one row each;
 //! - [`render`]: aligned human rows (colored on a terminal) and `--json`.
 //!
-//! A fix that restarts the shipper or deletes files is `disruptive`
-//! ([`is_disruptive`], in `--json` on every finding); while an upload is
-//! moving none is offered ([`withhold_disruptive`]).
+//! A fix that restarts the shipper or deletes files is `disruptive` (in
+//! `--json` on every finding). Each check says so where it writes the fix
+//! ([`Fix`]): a command's words are never guessed at, and text doctor did not
+//! write (the receiver's remediation) counts as disruptive. While an upload
+//! is moving none is offered ([`withhold_disruptive`]).
 
 pub mod host;
 pub mod journal;
@@ -84,6 +86,50 @@ pub struct Finding {
     pub details: serde_json::Value,
 }
 
+/// A fix and what applying it does, stated by the check that writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fix {
+    pub cmd: String,
+    /// Restarts or stops the shipper (cutting an upload) or deletes files.
+    pub disruptive: bool,
+}
+
+impl Fix {
+    /// Reads, edits config, changes permissions, starts what is stopped:
+    /// nothing in flight is cut and nothing is deleted.
+    pub fn safe(cmd: impl Into<String>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            disruptive: false,
+        }
+    }
+
+    /// Restarts or stops the shipper, directly or through the installer.
+    pub fn restart(cmd: impl Into<String>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            disruptive: true,
+        }
+    }
+
+    /// Deletes files.
+    pub fn deletes(cmd: impl Into<String>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            disruptive: true,
+        }
+    }
+
+    /// Text doctor did not write (the receiver's remediation): what it does
+    /// is unknown here, so it is treated as disruptive.
+    pub fn foreign(cmd: impl Into<String>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            disruptive: true,
+        }
+    }
+}
+
 impl Finding {
     pub fn ok(check: &'static str, finding: impl Into<String>) -> Self {
         Self::new(Level::Ok, check, finding, None, 200)
@@ -93,15 +139,15 @@ impl Finding {
         level: Level,
         check: &'static str,
         finding: impl Into<String>,
-        fix: Option<String>,
+        fix: Option<Fix>,
         rank: u8,
     ) -> Self {
         Self {
             level,
             check,
             finding: one_line(&finding.into()),
-            disruptive: fix.as_deref().is_some_and(is_disruptive),
-            fix,
+            disruptive: fix.as_ref().is_some_and(|f| f.disruptive),
+            fix: fix.map(|f| f.cmd),
             rank,
             details: serde_json::Value::Null,
         }
@@ -111,27 +157,6 @@ impl Finding {
         self.details = details;
         self
     }
-}
-
-/// Whether a fix command restarts or stops the shipper (directly, or via
-/// the installer, which may restart it) or deletes files (`rm`, `find
-/// -delete`). Read by words, so every check's fixes are judged alike.
-pub fn is_disruptive(fix: &str) -> bool {
-    let words: Vec<&str> = fix
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.iter().enumerate().any(|(i, w)| {
-        matches!(*w, "rm" | "-delete" | "kill" | "pkill" | "shred")
-            || w.ends_with("install-lab-host.sh")
-            || (*w == "systemctl"
-                && words.get(i + 1).is_some_and(|v| {
-                    matches!(
-                        *v,
-                        "restart" | "stop" | "kill" | "try-restart" | "reload-or-restart"
-                    )
-                }))
-    })
 }
 
 /// While an upload moves (the `status` row says `moving`), no finding
@@ -267,12 +292,18 @@ mod tests {
         let r = Report::new(vec![
             Finding::ok("config", "fine"),
             Finding::new(Level::Warn, "disk", "9% free", None, 50),
-            Finding::new(Level::Fail, "journal", "2 unstamped", Some("b".into()), 20),
+            Finding::new(
+                Level::Fail,
+                "journal",
+                "2 unstamped",
+                Some(Fix::safe("b")),
+                20,
+            ),
             Finding::new(
                 Level::Fail,
                 "journal",
                 "3 out-of-window (412)",
-                Some("a".into()),
+                Some(Fix::foreign("a")),
                 10,
             ),
         ]);
@@ -287,34 +318,18 @@ mod tests {
     }
 
     #[test]
-    fn fixes_that_restart_or_delete_are_disruptive() {
-        for (fix, yes) in [
-            ("sudo systemctl restart labship-shipper.service", true),
-            ("sudoedit /etc/x && sudo systemctl restart u", true),
-            ("sudo find /d -mtime +30 -exec rm -rf {} +", true),
-            ("sudo find /d -mtime +30 -delete", true),
-            (
-                "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh",
-                true,
-            ),
-            ("sudo systemctl enable --now labship-shipper.service", false),
-            (
-                "journalctl -u labship-shipper.service -n 30 --no-pager",
-                false,
-            ),
-            ("sudo -u labship /opt/labship/bin/shipper --ping", false),
-            ("make the producer perform a confirm step", false),
-        ] {
-            assert_eq!(is_disruptive(fix), yes, "{fix}");
-        }
-        let f = Finding::new(
-            Level::Fail,
-            "x",
-            "y",
-            Some("sudo systemctl stop u".into()),
-            1,
+    fn a_fix_is_disruptive_when_its_check_says_so() {
+        let f = |fix| Finding::new(Level::Fail, "x", "y", Some(fix), 1);
+        assert!(f(Fix::restart("sudo systemctl stop u")).disruptive);
+        assert!(f(Fix::deletes("sudo find /d -delete")).disruptive);
+        // The receiver's words: doctor cannot tell what they do.
+        assert!(f(Fix::foreign("echo harmless")).disruptive);
+        assert!(!f(Fix::safe("sudo systemctl enable --now u")).disruptive);
+        assert_eq!(
+            f(Fix::safe("cmd")).fix.as_deref(),
+            Some("cmd"),
+            "the JSON carries the command as text"
         );
-        assert!(f.disruptive);
         assert!(!Finding::ok("x", "y").disruptive);
     }
 
@@ -325,7 +340,7 @@ mod tests {
                 Level::Fail,
                 "outbox",
                 "old",
-                Some("sudo systemctl restart u".into()),
+                Some(Fix::restart("sudo systemctl restart u")),
                 1,
             )
         };

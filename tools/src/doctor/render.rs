@@ -37,14 +37,20 @@ pub fn json(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Finding, Level, Report};
+    use super::super::{Finding, Fix, Level, Report};
     use super::*;
 
     #[test]
     fn rows_align_and_color_only_when_asked() {
         let r = Report::new(vec![
             Finding::ok("config", "fine"),
-            Finding::new(Level::Warn, "disk", "9% free", Some("prune".into()), 50),
+            Finding::new(
+                Level::Warn,
+                "disk",
+                "9% free",
+                Some(Fix::deletes("prune")),
+                50,
+            ),
         ]);
         assert_eq!(
             human(&r, false),
@@ -54,7 +60,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
         assert_eq!(v["exit_code"], 1);
         assert_eq!(v["findings"][0]["fix"], "prune");
-        assert_eq!(v["findings"][0]["disruptive"], false);
+        assert_eq!(v["findings"][0]["disruptive"], true);
         assert_eq!(v["findings"][1]["disruptive"], false);
         assert_eq!(v["status"], "warn");
     }

@@ -1,31 +1,42 @@
 //! `state/status.json`: is the loop alive, what is it uploading, when did it
 //! last ship (CONTRACT §10).
 //!
-//! The shipper rewrites the file after every pass (`time`) and, while bytes
-//! move, every few seconds (`updated_at`, `uploading`). So:
-//! - uploads listed and `updated_at` fresh: data is moving. An OK row says
-//!   what, how far, how fast and the ETA, however long ago the last pass
-//!   ended, and `moving` in its details makes [`super::run`] withhold every
-//!   disruptive fix;
-//! - uploads listed and `updated_at` older than `receiver.stall_timeout_s`
-//!   plus [`SLACK`]: no byte moved for that long (the shipper aborts a stalled
-//!   upload itself, so it is hung): FAIL, restart;
-//! - nothing uploading: the last completed pass must be recent, or bytes
-//!   must have moved recently (a long pass through a large backlog).
+//! The shipper rewrites the file after every pass (`time`) and, every few
+//! seconds while anything changes, `updated_at`, `uploading` (each with its
+//! `phase`) and `alive_at`: the work loop's last sign of life, stamped where
+//! the watchdog is fed (scan, pack, HEAD, bytes moving). So:
+//! - `alive_at` (older files: `updated_at`) within the loop's window: it is
+//!   alive. The window is what the shipper itself allows before giving up:
+//!   `receiver.stall_timeout_s` while a body is going out, plus
+//!   `upload::ANSWER_GRACE` when every listed upload has sent its body and
+//!   awaits the answer (and when none is listed: a pass packing or asking
+//!   HEAD), plus [`REWRITE_EVERY`] and [`SLACK`];
+//! - uploads listed and alive: an OK row says what, how far, how fast and
+//!   the ETA, however long ago the last pass ended, and `moving` in its
+//!   details makes [`super::run`] withhold every disruptive fix;
+//! - uploads listed and not alive: the shipper would have given up on the
+//!   upload itself, so it is hung: FAIL, restart;
+//! - nothing uploading: the last completed pass must be recent, or the loop
+//!   alive (a long pass through a large backlog, episodes completing).
 //!
-//! Test hook: `LABSHIP_DOCTOR_STALE_S` replaces the window after which a
-//! pass is overdue (default: three scan intervals, at least 5 minutes).
+//! Test hook (debug builds only): `LABSHIP_DOCTOR_STALE_S` replaces the
+//! window after which a pass is overdue (default: three scan intervals, at
+//! least 5 minutes).
 
 use super::host::BACKLOG_AGE;
-use super::{Finding, Level, UNIT, age};
+use super::{Finding, Fix, Level, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
 use labship_shipper::progress::REWRITE_EVERY;
+use labship_shipper::upload::ANSWER_GRACE;
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
 
 /// Beyond the stall timeout and the rewrite interval: scheduling, fsync.
 const SLACK: Duration = Duration::from_secs(5);
+/// A stamp at most this far ahead of doctor's clock is "now"; further ahead
+/// it says nothing about freshness (a clock stepped back, a file copied).
+const AHEAD_OK: Duration = Duration::from_secs(5);
 
 /// The `status` row.
 pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: usize) -> Finding {
@@ -37,38 +48,67 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         status[k]
             .as_str()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .map(|t| now.duration_since(t).unwrap_or_default())
+            .and_then(|t| match now.duration_since(t) {
+                Ok(age) => Some(age),
+                Err(e) if e.duration() <= AHEAD_OK => Some(Duration::ZERO),
+                Err(_) => None,
+            })
     };
     let (pass, success, updated) = (at("time"), at("last_success"), at("updated_at"));
-    let moving_window = config.stall_timeout + REWRITE_EVERY + SLACK;
-    let fresh = updated.is_some_and(|u| u <= moving_window);
     let uploading = status["uploading"].as_array().cloned().unwrap_or_default();
+    let awaiting = uploading
+        .iter()
+        .all(|u| u["phase"].as_str() == Some("awaiting_answer"));
+    // What the shipper allows before it gives up (upload.rs): a body moving
+    // no byte for stall_timeout_s; an answer not come stall_timeout_s +
+    // ANSWER_GRACE after the body ended. A pass without uploads (packing,
+    // HEAD) is held to the longer one.
+    let window = config.stall_timeout
+        + if awaiting {
+            ANSWER_GRACE
+        } else {
+            Duration::ZERO
+        }
+        + REWRITE_EVERY
+        + SLACK;
+    // The work loop's last sign of life (files from before `alive_at`:
+    // the last rewrite).
+    let beat = at("alive_at").or(updated);
+    let fresh = beat.is_some_and(|a| a <= window);
     let mut details = json!({
         "last_pass_s": pass.map(|a| a.as_secs()),
         "last_success_s": success.map(|a| a.as_secs()),
         "updated_s": updated.map(|a| a.as_secs()),
+        "alive_s": beat.map(|a| a.as_secs()),
+        "window_s": window.as_secs(),
         "last_error": status["last_error"],
         "hold_s": status["hold_s"],
         "bwlimit": status["bwlimit"],
         "uploading": uploading,
-        "moving": !uploading.is_empty() && fresh,
+        // A dead process moves nothing: its restart is not held back.
+        "moving": running != Some(false) && !uploading.is_empty() && fresh,
     });
     if !uploading.is_empty() && running != Some(false) {
         let cap = status["bwlimit"].as_u64();
         let finding = if fresh {
             moving(&uploading, cap, &mut details)
         } else {
-            let idle = updated.or(pass).unwrap_or_default();
+            let idle = beat.or(pass).unwrap_or_default();
             Finding::new(
                 Level::Fail,
                 "status",
                 format!(
-                    "the upload of {} has moved no byte for {} (status.json not rewritten since; the shipper gives up on an upload after receiver.stall_timeout_s = {}s): the shipper is hung",
+                    "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
                     names(&uploading),
                     age(idle),
-                    config.stall_timeout.as_secs()
+                    if awaiting {
+                        "its whole body was sent and the answer is awaited"
+                    } else {
+                        "no byte moved"
+                    },
+                    window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
                 ),
-                Some(format!("sudo systemctl restart {UNIT}")),
+                Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
                 9,
             )
         };
@@ -80,9 +120,9 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         Some(a) if a > stale_after && fresh => Finding::ok(
             "status",
             format!(
-                "a long pass is under way (last completed {} ago; bytes moved {} ago); last successful ship {last}",
+                "a long pass is under way (last completed {} ago; the shipper was alive {} ago); last successful ship {last}",
                 age(a),
-                age(updated.unwrap_or_default())
+                age(beat.unwrap_or_default())
             ),
         ),
         Some(a) if a > stale_after && running != Some(false) => Finding::new(
@@ -93,7 +133,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 age(a),
                 age(config.scan_interval)
             ),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             9,
         ),
         _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
@@ -141,19 +181,25 @@ fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
                 "no {}: the shipper has not completed a pass",
                 path.display()
             ),
-            Some(format!("sudo systemctl restart {UNIT}")),
+            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
             57,
         )
     })
 }
 
 /// Three scan intervals, at least 5 minutes; or `LABSHIP_DOCTOR_STALE_S`.
+/// The hook exists in debug builds only (as `LABSHIP_TEST_CLOCK_OFFSET_S`):
+/// a release doctor on a lab host never reads it from a stray environment.
 fn stale_window(config: &Config) -> Duration {
-    std::env::var("LABSHIP_DOCTOR_STALE_S")
+    let default = (config.scan_interval * 3).max(Duration::from_secs(300));
+    #[cfg(debug_assertions)]
+    if let Some(s) = std::env::var("LABSHIP_DOCTOR_STALE_S")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or((config.scan_interval * 3).max(Duration::from_secs(300)))
+    {
+        return Duration::from_secs(s);
+    }
+    default
 }
 
 fn names(uploading: &[Value]) -> String {
@@ -177,6 +223,23 @@ fn moving(uploading: &[Value], cap: Option<u64>, details: &mut Value) -> Finding
         u["bytes_total"].as_u64().unwrap_or(0),
         u["bytes_per_s"].as_u64().unwrap_or(0),
     );
+    if uploading
+        .iter()
+        .all(|u| u["phase"].as_str() == Some("awaiting_answer"))
+    {
+        details["eta_s"] = 0.into();
+        return Finding::ok(
+            "status",
+            format!(
+                "uploading {}: all {} sent, awaiting the receiver's answer (it verifies the archive first)",
+                names(uploading),
+                mib(uploading
+                    .iter()
+                    .filter_map(|u| u["bytes_total"].as_u64())
+                    .sum())
+            ),
+        );
+    }
     let eta = (rate > 0).then(|| Duration::from_secs(total.saturating_sub(sent) / rate));
     details["eta_s"] = eta.map(|e| e.as_secs()).into();
     let percent = (sent.saturating_mul(100)).checked_div(total).unwrap_or(100);
@@ -214,5 +277,54 @@ mod tests {
             "uploading ep-1: 10.0 MiB of 30.0 MiB (33%) at 2 MiB/s, ETA 10s; cap 2 MiB/s"
         );
         assert_eq!(d["eta_s"], 10);
+    }
+
+    /// A data_dir with this status.json, and its config.
+    fn host(status: &Value) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lab/state")).unwrap();
+        std::fs::write(dir.path().join("lab/state/status.json"), status.to_string()).unwrap();
+        std::fs::write(dir.path().join("token"), "t\n").unwrap();
+        let cfg = dir.path().join("shipper.toml");
+        std::fs::write(
+            &cfg,
+            "host_id = \"lab-01\"\ndata_dir = \"lab\"\n[receiver]\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&cfg).unwrap();
+        (dir, config)
+    }
+
+    fn stamp(t: SystemTime) -> String {
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+
+    #[test]
+    fn a_dead_process_is_not_moving() {
+        let now = SystemTime::now();
+        let (_dir, config) = host(&json!({"time": stamp(now), "updated_at": stamp(now),
+            "alive_at": stamp(now), "uploading": [{"episode_id": "ep-1", "bytes_sent": 1,
+            "bytes_total": 9, "bytes_per_s": 1, "phase": "sending"}]}));
+        assert_eq!(check(&config, now, None, 0).details["moving"], true);
+        assert_eq!(check(&config, now, Some(false), 0).details["moving"], false);
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_is_not_fresh() {
+        let now = SystemTime::now();
+        let doc = |ahead: u64| {
+            let t = stamp(now + Duration::from_secs(ahead));
+            json!({"time": stamp(now - Duration::from_secs(3600)), "updated_at": t,
+                "alive_at": t, "uploading": [{"episode_id": "ep-1", "bytes_sent": 1,
+                "bytes_total": 9, "bytes_per_s": 1, "phase": "sending"}]})
+        };
+        let (_dir, config) = host(&doc(2));
+        assert_eq!(check(&config, now, None, 0).level, Level::Ok);
+        let (_dir, config) = host(&doc(3600));
+        let f = check(&config, now, None, 0);
+        assert_eq!(
+            (f.level, &f.details["moving"]),
+            (Level::Fail, &json!(false))
+        );
     }
 }

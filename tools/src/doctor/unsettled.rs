@@ -16,7 +16,7 @@
 //! mode bits, since doctor usually runs as root, who may read everything;
 //! ACLs are not consulted. Without a `labship` user, for doctor's own user.
 
-use super::{Finding, Level, age};
+use super::{Finding, Fix, Level, age};
 use labship_protocol::Id;
 use labship_protocol::stamp::META_FILE;
 use labship_shipper::scan::FUTURE_SKEW;
@@ -156,7 +156,7 @@ pub fn check_as(data_dir: &Path, now: SystemTime, reader: &Reader) -> Vec<Findin
                 more.iter().take(5).copied().collect::<Vec<_>>().join(", "),
                 if more.len() > 5 { ", …" } else { "" }
             ),
-            Some("sudo /opt/labship/bin/doctor --json   # details of each, after fixing the ones above".into()),
+            Some(Fix::safe("sudo /opt/labship/bin/doctor --json   # details of each, after fixing the ones above")),
             RANK,
         ).with_details(serde_json::json!({"more": more})));
     }
@@ -244,7 +244,8 @@ fn finding(dir: &Path, name: &str, cause: &Cause, reader: &Reader) -> Finding {
                 "ahead_s": ahead.as_secs(), "entries": count}),
         ),
     };
-    Finding::new(Level::Warn, "unsettled", text, Some(fix), RANK).with_details(details)
+    // Permissions and mtimes change; nothing is restarted or deleted.
+    Finding::new(Level::Warn, "unsettled", text, Some(Fix::safe(fix)), RANK).with_details(details)
 }
 
 /// A path as one shell word.
