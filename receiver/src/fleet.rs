@@ -174,11 +174,11 @@ impl FleetMetrics {
 
     /// `labship_build_info` at 1, and every handshake failure reason at 0.
     fn initialized(self) -> Self {
-        let (version, commit) = build_info();
+        let build = labship_sys::build_info();
         self.build_info
             .get_or_create(&VersionLabels {
-                version: version.to_owned(),
-                commit: commit.to_owned(),
+                version: build.version.to_owned(),
+                commit: build.commit.to_owned(),
             })
             .set(1);
         for reason in HANDSHAKE_FAILURE_REASONS {
@@ -201,15 +201,6 @@ impl FleetMetrics {
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
-}
-
-/// The receiver's version and the git commit it was built from (`unknown`
-/// when the build did not say: `LABSHIP_COMMIT` is set by the build script).
-pub fn build_info() -> (&'static str, &'static str) {
-    (
-        env!("CARGO_PKG_VERSION"),
-        option_env!("LABSHIP_COMMIT").unwrap_or("unknown"),
-    )
 }
 
 const UNKNOWN: &str = "unknown";
