@@ -80,13 +80,18 @@ pub struct FleetMetrics {
     pub gate_reload_failures: Counter,
     pub tls_reload_failures: Counter,
     pub tokens_reload_failures: Counter,
-    pub server_cert_expiry: Gauge,
+    /// Only with `[tls]`: a receiver serving plain HTTP (loopback behind a
+    /// proxy) has no certificate, and a 0 would make the expiry alert fire
+    /// forever.
+    pub server_cert_expiry: Option<Gauge>,
     /// Resumable uploads (CONTRACT §9) held open: 0 until they land.
     pub partial_uploads: Gauge,
 }
 
 impl FleetMetrics {
-    pub(crate) fn register(r: &mut Registry) -> Self {
+    /// `tls`: the receiver serves TLS (the server certificate's expiry is
+    /// exported only then).
+    pub(crate) fn register(r: &mut Registry, tls: bool) -> Self {
         Self {
             build_info: reg(
                 r,
@@ -156,12 +161,14 @@ impl FleetMetrics {
                 "SIGHUP reloads of auth.tokens_file rejected (the previous table is kept)",
                 Counter::default(),
             ),
-            server_cert_expiry: reg(
-                r,
-                "server_cert_expiry_timestamp_seconds",
-                "notAfter of the server certificate in force, Unix seconds",
-                Gauge::default(),
-            ),
+            server_cert_expiry: tls.then(|| {
+                reg(
+                    r,
+                    "server_cert_expiry_timestamp_seconds",
+                    "notAfter of the server certificate in force, Unix seconds (only with [tls])",
+                    Gauge::default(),
+                )
+            }),
             partial_uploads: reg(
                 r,
                 "partial_uploads",
@@ -356,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_new_version_replaces_the_hosts_info_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(true);
         let id = Identity {
             host_id: "lab-01".into(),
             method: "certificate",

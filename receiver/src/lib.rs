@@ -129,7 +129,7 @@ impl Receiver {
         for w in &warnings {
             tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
         }
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::new(tls.is_some()));
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
             Some(s3) => {
@@ -153,11 +153,8 @@ impl Receiver {
             )
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
-        if let Some(live) = &tls {
-            metrics
-                .fleet
-                .server_cert_expiry
-                .set(live.server_not_after());
+        if let (Some(live), Some(expiry)) = (&tls, &metrics.fleet.server_cert_expiry) {
+            expiry.set(live.server_not_after());
         }
         let state = Arc::new(AppState {
             gate: Arc::new(gate),
@@ -298,8 +295,9 @@ async fn reload_loop(
             let reloading = live.clone();
             match tokio::task::spawn_blocking(move || reloading.reload()).await {
                 Ok(Ok(warnings)) => {
-                    let expiry = &state.metrics.fleet.server_cert_expiry;
-                    expiry.set(live.server_not_after());
+                    if let Some(expiry) = &state.metrics.fleet.server_cert_expiry {
+                        expiry.set(live.server_not_after());
+                    }
                     tracing::info!("tls material reloaded");
                     for w in &warnings {
                         tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);

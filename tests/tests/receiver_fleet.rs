@@ -339,6 +339,27 @@ async fn every_contract_metric_is_exposed_with_its_value_after_real_traffic() {
     );
 }
 
+/// A receiver serving plain HTTP (loopback, behind a proxy) has no server
+/// certificate: it exports no expiry for one (a 0 would make the expiry
+/// alert fire forever).
+#[tokio::test]
+async fn a_receiver_without_tls_exports_no_server_certificate_expiry() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            tls: false,
+            ..Default::default()
+        },
+    );
+    let m = scrape(&r);
+    assert!(
+        !m.contains("labship_server_cert_expiry_timestamp_seconds"),
+        "{m}"
+    );
+    assert_eq!(value(&m, "labship_gate_commits"), 1.0);
+}
+
 /// A store the receiver cannot write (a read-only bind mount in its own
 /// mount namespace: root is refused too) makes `/readyz` 503 naming why;
 /// writable again, 200. `/healthz` stays ok.
