@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -34,18 +34,35 @@ const PROBE_TTL: Duration = Duration::from_secs(2);
 /// A store that does not answer within this is not ready (a hung disk).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The store probe's shared state. A probe runs as a detached task that
+/// writes its verdict here: a `/readyz` request that gives up waiting (or
+/// whose client goes away) does not throw the work away, and a hung store
+/// holds one blocking thread, not one more per poll.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The last verdict and when it was reached.
+    last: Option<(Instant, Result<(), String>)>,
+    /// When the probe now running started (`None`: none is running). While
+    /// it is set no other probe starts.
+    running_since: Option<Instant>,
+    /// The running probe was reported hung (logged once, not at every poll).
+    hung_logged: bool,
+}
+
 #[derive(Debug)]
 struct Ops {
     state: Arc<AppState>,
-    /// The last store probe: when, and its verdict.
-    probe: Mutex<Option<(Instant, Result<(), String>)>>,
+    probe: std::sync::Mutex<Probe>,
+    /// Ticks when a probe finishes, waking the requests waiting for it.
+    probed: watch::Sender<u64>,
 }
 
 /// The ops router.
 pub fn app(state: Arc<AppState>) -> Router {
     let ops = Arc::new(Ops {
         state,
-        probe: Mutex::new(None),
+        probe: std::sync::Mutex::new(Probe::default()),
+        probed: watch::channel(0).0,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -82,37 +99,74 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
 }
 
 impl Ops {
-    async fn ready(&self) -> Result<(), String> {
+    fn probe_state(&self) -> std::sync::MutexGuard<'_, Probe> {
+        // The state stays consistent across a panic (plain assignments).
+        self.probe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn ready(self: &Arc<Self>) -> Result<(), String> {
         if self.state.shutting_down.load(Ordering::SeqCst) {
             return Err("draining".into());
         }
         if self.state.gate.snapshot().is_empty() {
             return Err("gate not loaded (gate.allowed_commits_file)".into());
         }
-        let mut last = self.probe.lock().await;
-        if let Some((at, verdict)) = last.as_ref()
-            && at.elapsed() < PROBE_TTL
+        // Subscribed before looking, so a probe finishing in between wakes us.
+        let mut probed = self.probed.subscribe();
+        let since = {
+            let mut probe = self.probe_state();
+            if let Some((at, verdict)) = &probe.last
+                && at.elapsed() < PROBE_TTL
+            {
+                return verdict.clone();
+            }
+            match probe.running_since {
+                Some(since) => since,
+                None => {
+                    let now = Instant::now();
+                    probe.running_since = Some(now);
+                    probe.hung_logged = false;
+                    tokio::spawn(self.clone().probe());
+                    now
+                }
+            }
+        };
+        let left = PROBE_TIMEOUT.saturating_sub(since.elapsed());
+        if tokio::time::timeout(left, probed.changed()).await.is_ok()
+            && let Some((_, verdict)) = &self.probe_state().last
         {
             return verdict.clone();
         }
-        let verdict = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_store()).await {
-            Ok(v) => v,
-            Err(_) => Err(format!(
-                "store probe hung for {} s",
-                PROBE_TIMEOUT.as_secs()
-            )),
-        };
-        // Logged when the verdict changes, not at every poll.
-        let before = last.as_ref().map(|(_, v)| v);
-        if before != Some(&verdict) {
-            match &verdict {
-                Err(why) => tracing::warn!(why, "not ready"),
-                Ok(()) if before.is_some() => tracing::info!("ready again"),
-                Ok(()) => {}
-            }
+        let why = format!("store probe hung for {} s", since.elapsed().as_secs());
+        let mut probe = self.probe_state();
+        if probe.running_since == Some(since) && !probe.hung_logged {
+            probe.hung_logged = true;
+            tracing::warn!(why, "not ready");
         }
-        *last = Some((Instant::now(), verdict.clone()));
-        verdict
+        Err(why)
+    }
+
+    /// One probe, detached from the request that started it: its verdict
+    /// is recorded whenever it comes.
+    async fn probe(self: Arc<Self>) {
+        let verdict = self.probe_store().await;
+        {
+            let mut probe = self.probe_state();
+            // Logged when the verdict changes, not at every poll.
+            let before = probe.last.as_ref().map(|(_, v)| v);
+            if before != Some(&verdict) || probe.hung_logged {
+                match &verdict {
+                    Err(why) => tracing::warn!(why, "not ready"),
+                    Ok(()) if before.is_some() || probe.hung_logged => {
+                        tracing::info!("ready again")
+                    }
+                    Ok(()) => {}
+                }
+            }
+            probe.last = Some((Instant::now(), verdict));
+            probe.running_since = None;
+        }
+        self.probed.send_modify(|n| *n += 1);
     }
 
     /// A real write: a small file created, fsynced and removed in the

@@ -868,6 +868,65 @@ async fn readyz_on_s3_follows_the_object_store() {
 }
 
 /// The PEM of a self-signed CA that expired on 2021-01-01.
+/// An object store that accepts connections and never answers (a hung
+/// store): `/readyz` says so after the probe timeout, and while that probe
+/// hangs further polls answer at once, naming how long, without starting
+/// another probe (one connection, not one per poll).
+#[tokio::test]
+async fn readyz_on_a_hung_store_answers_without_piling_up_probes() {
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in black_hole.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let env = TestEnv::new();
+    let spool = env.path().join("spool");
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            storage: Some(format!(
+                "[storage]\nkind = \"s3\"\ndir = {spool:?}\nbucket = \"hung\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nallow_http = true\n"
+            )),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), "labship".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "labship-secret".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let (status, _, body) = ops_get(r.ops_addr, "/readyz", None);
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: store probe hung for 5 s\n")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(4900));
+    // Past the verdict cache: the probe still hangs, so no new one starts.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let asked = Instant::now();
+    let (status, _, body) = ops_get(r.ops_addr, "/readyz", None);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status, 503);
+    assert!(
+        body == "not ready: store probe hung for 7 s\n"
+            || body == "not ready: store probe hung for 8 s\n",
+        "{body}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let log = r.log_text();
+    assert_eq!(log.matches("store probe hung").count(), 1, "{log}");
+}
+
 fn expired_ca_pem() -> String {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
