@@ -483,6 +483,39 @@ async fn readyz_is_503_while_draining() {
     assert!(status.success(), "{status}");
 }
 
+/// A local client holding a half-sent request on the ops listener does not
+/// hold up the exit: the ops listener gets a short grace after the drain,
+/// then is closed (not the drain timeout again, which would run into
+/// systemd's TimeoutStopSec).
+#[tokio::test]
+async fn a_stuck_ops_client_does_not_hold_up_the_exit() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let mut stuck = TcpStream::connect(r.ops_addr).unwrap();
+    stuck
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    // The request has reached the listener before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    r.signal(15);
+    let status = r
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits within the ops grace");
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        r.log_text().contains("ops listener did not stop in time"),
+        "{}",
+        r.log_text()
+    );
+    drop(stuck);
+}
+
 /// The DER of the certificate the receiver at `addr` serves, as a real TLS
 /// client (presenting `id`) sees it.
 fn served_certificate(env: &TestEnv, addr: SocketAddr, id: &Issued) -> Vec<u8> {
