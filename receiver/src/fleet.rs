@@ -133,7 +133,7 @@ impl FleetMetrics {
             host_shipper_info: reg(
                 r,
                 "host_shipper_info",
-                "The shipper version and commit a host last sent in its User-Agent (1; unknown when absent)",
+                "The shipper version and commit a host last announced in its User-Agent (1; unknown until a labship shipper is seen from it)",
                 Family::default(),
             ),
             shipper_seen: Mutex::new(HashMap::new()),
@@ -212,11 +212,12 @@ impl FleetMetrics {
 
 const UNKNOWN: &str = "unknown";
 
-/// The shipper version and commit a `User-Agent` announces; `unknown` for
-/// what is absent or not a labship shipper's. Only short, plain tokens are
-/// taken: a label value is chosen by the client, and a long or odd one would
-/// end up in every scrape.
-pub fn shipper_version(user_agent: Option<&str>) -> VersionLabels {
+/// The shipper version and commit a `User-Agent` announces (`unknown` for
+/// a part that is absent or odd), or `None` when it is not a labship
+/// shipper's (curl, a browser, nothing). Only short, plain tokens are taken:
+/// a label value is chosen by the client, and a long or odd one would end up
+/// in every scrape.
+pub fn shipper_version(user_agent: Option<&str>) -> Option<VersionLabels> {
     let token = |s: &str| {
         (!s.is_empty()
             && s.len() <= 40
@@ -224,29 +225,32 @@ pub fn shipper_version(user_agent: Option<&str>) -> VersionLabels {
                 .all(|b| b.is_ascii_alphanumeric() || b".-+_~".contains(&b)))
         .then(|| s.to_owned())
     };
-    let parsed = user_agent
-        .and_then(|ua| ua.trim().strip_prefix("labship-shipper/"))
-        .map(|rest| match rest.split_once(' ') {
-            Some((version, tail)) => {
-                let commit = tail
-                    .trim()
-                    .strip_prefix('(')
-                    .and_then(|c| c.strip_suffix(')'))
-                    .and_then(token);
-                (token(version), commit)
-            }
-            None => (token(rest), None),
-        });
-    let (version, commit) = parsed.unwrap_or((None, None));
-    VersionLabels {
+    let rest = user_agent?.trim().strip_prefix("labship-shipper/")?;
+    let (version, commit) = match rest.split_once(' ') {
+        Some((version, tail)) => {
+            let commit = tail
+                .trim()
+                .strip_prefix('(')
+                .and_then(|c| c.strip_suffix(')'))
+                .and_then(token);
+            (token(version), commit)
+        }
+        None => (token(rest), None),
+    };
+    Some(VersionLabels {
         version: version.unwrap_or_else(|| UNKNOWN.to_owned()),
         commit: commit.unwrap_or_else(|| UNKNOWN.to_owned()),
-    }
+    })
 }
 
 /// An authenticated request from `identity`: records the shipper version its
 /// `User-Agent` names and, for a certificate login, that certificate's
 /// expiry.
+///
+/// Only a labship shipper's `User-Agent` replaces the host's info series: an
+/// operator's `curl --cert` with the host's certificate must not hide the
+/// version its shipper runs. Another client is recorded as `unknown` only
+/// for a host nothing was seen from yet.
 pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent: Option<&str>) {
     let host = &identity.host_id;
     let fleet = &metrics.fleet;
@@ -260,8 +264,16 @@ pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent:
             })
             .set(not_after);
     }
-    let now = shipper_version(user_agent);
+    let announced = shipper_version(user_agent);
     let mut seen = fleet.shipper_seen.lock().unwrap_or_else(|p| p.into_inner());
+    let now = match announced {
+        Some(version) => version,
+        None if seen.contains_key(host) => return,
+        None => VersionLabels {
+            version: UNKNOWN.to_owned(),
+            commit: UNKNOWN.to_owned(),
+        },
+    };
     let before = seen.insert(host.clone(), now.clone());
     if before.as_ref() == Some(&now) {
         return;
@@ -327,7 +339,10 @@ mod tests {
     use super::*;
 
     fn v(ua: Option<&str>) -> (String, String) {
-        let l = shipper_version(ua);
+        let l = shipper_version(ua).unwrap_or_else(|| VersionLabels {
+            version: "none".into(),
+            commit: "none".into(),
+        });
         (l.version, l.commit)
     }
 
@@ -343,8 +358,8 @@ mod tests {
             s("0.2.0", "unknown")
         );
         assert_eq!(v(Some("labship-shipper/0.1.0")), s("0.1.0", "unknown"));
-        assert_eq!(v(Some("curl/8.0")), s("unknown", "unknown"));
-        assert_eq!(v(None), s("unknown", "unknown"));
+        assert_eq!(v(Some("curl/8.0")), s("none", "none"));
+        assert_eq!(v(None), s("none", "none"));
         assert_eq!(
             v(Some("labship-shipper/0.2\"} 1 (x)")),
             s("unknown", "unknown")
@@ -362,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_version_replaces_the_hosts_info_series() {
+    fn only_a_shippers_user_agent_replaces_the_hosts_info_series() {
         let m = Metrics::new(true);
         let id = Identity {
             host_id: "lab-01".into(),
@@ -373,8 +388,18 @@ mod tests {
             cert_host: None,
             cert_not_after: Some(1_900_000_000),
         };
+        seen(&m, &id, &conn, Some("curl/8.0"));
+        assert_eq!(
+            info_series(&m),
+            [
+                "labship_host_shipper_info{host_id=\"lab-01\",version=\"unknown\",commit=\"unknown\"} 1"
+            ]
+        );
         seen(&m, &id, &conn, Some("labship-shipper/0.1.0 (aaaaaaaaaaaa)"));
         seen(&m, &id, &conn, Some("labship-shipper/0.2.0 (bbbbbbbbbbbb)"));
+        // An operator's curl with the host's certificate hides nothing.
+        seen(&m, &id, &conn, Some("curl/8.0"));
+        seen(&m, &id, &conn, None);
         assert_eq!(
             info_series(&m),
             [

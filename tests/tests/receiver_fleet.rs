@@ -302,13 +302,22 @@ async fn every_contract_metric_is_exposed_with_its_value_after_real_traffic() {
         "promtool check metrics refused the exposition: {out}\n{m}"
     );
 
-    // A new shipper version on lab-01 replaces its info series.
+    // A new shipper version on lab-01 replaces its info series; a curl
+    // does not.
     let newer = "labship-shipper/9.8.8 (unknown)";
     let c_ep = archive("ep-c", 10);
     assert_eq!(
         put(&c, &r, HOST, "ep-c", GOOD_COMMIT, &c_ep, newer).await,
         201
     );
+    // An operator's curl with lab-01's certificate hides nothing.
+    let pong = c
+        .post(&ping)
+        .header("User-Agent", "curl/8.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pong.status(), 200);
     let m = scrape(&r);
     let infos: Vec<&str> = m
         .lines()
