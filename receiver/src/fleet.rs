@@ -245,7 +245,7 @@ pub fn shipper_version(user_agent: Option<&str>) -> Option<VersionLabels> {
 
 /// An authenticated request from `identity`: records the shipper version its
 /// `User-Agent` names and, for a certificate login, that certificate's
-/// expiry.
+/// expiry (the latest seen; a token login removes it).
 ///
 /// Only a labship shipper's `User-Agent` replaces the host's info series: an
 /// operator's `curl --cert` with the host's certificate must not hide the
@@ -254,15 +254,21 @@ pub fn shipper_version(user_agent: Option<&str>) -> Option<VersionLabels> {
 pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent: Option<&str>) {
     let host = &identity.host_id;
     let fleet = &metrics.fleet;
-    if identity.method == "certificate"
-        && let Some(not_after) = conn.cert_not_after
-    {
+    let key = HostLabels {
+        host_id: host.clone(),
+    };
+    if identity.method != "certificate" {
+        // A host that logs in with a token has no client certificate to
+        // renew: a series left from an earlier one would alert forever.
+        fleet.host_cert_expiry.remove(&key);
+    } else if let Some(not_after) = conn.cert_not_after {
+        // The newest notAfter wins: a keep-alive connection opened with
+        // the old certificate must not set the expiry back after a renewal.
         fleet
             .host_cert_expiry
-            .get_or_create(&HostLabels {
-                host_id: host.clone(),
-            })
-            .set(not_after);
+            .get_or_create(&key)
+            .inner()
+            .fetch_max(not_after, std::sync::atomic::Ordering::Relaxed);
     }
     let announced = shipper_version(user_agent);
     let mut seen = fleet.shipper_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,6 +372,46 @@ mod tests {
         );
         let long = format!("labship-shipper/{} (ab)", "9".repeat(200));
         assert_eq!(v(Some(&long)), s("unknown", "ab"));
+    }
+
+    #[test]
+    fn the_client_cert_expiry_never_goes_back_and_a_token_login_removes_it() {
+        let m = Metrics::new(true);
+        let expiry = |m: &Metrics| {
+            m.render()
+                .lines()
+                .find(|l| l.starts_with("labship_host_client_cert_expiry_timestamp_seconds{"))
+                .map(str::to_owned)
+        };
+        let cert = Identity {
+            host_id: "lab-01".into(),
+            method: "certificate",
+        };
+        let conn = |not_after| ConnInfo {
+            peer: ([127, 0, 0, 1], 1).into(),
+            cert_host: None,
+            cert_not_after: Some(not_after),
+        };
+        seen(&m, &cert, &conn(1_900_000_000), None);
+        // Renewed, then a keep-alive connection with the old certificate.
+        seen(&m, &cert, &conn(1_950_000_000), None);
+        seen(&m, &cert, &conn(1_900_000_000), None);
+        let line = |v: &str| {
+            Some(format!(
+                "labship_host_client_cert_expiry_timestamp_seconds{{host_id=\"lab-01\"}} {v}"
+            ))
+        };
+        assert_eq!(expiry(&m), line("1950000000"));
+        let token = Identity {
+            host_id: "lab-01".into(),
+            method: "token",
+        };
+        let plain = ConnInfo {
+            cert_not_after: None,
+            ..conn(0)
+        };
+        seen(&m, &token, &plain, None);
+        assert_eq!(expiry(&m), None);
     }
 
     fn info_series(m: &Metrics) -> Vec<String> {
