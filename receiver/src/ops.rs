@@ -31,6 +31,8 @@ pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long a store probe's verdict is reused: a scraper or a load balancer
 /// polling `/readyz` must not turn into a stream of fsyncs.
 const PROBE_TTL: Duration = Duration::from_secs(2);
+/// The same on S3 (a PUT and a DELETE per probe).
+const PROBE_TTL_S3: Duration = Duration::from_secs(15);
 /// A store that does not answer within this is not ready (a hung disk).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,7 +118,7 @@ impl Ops {
         let since = {
             let mut probe = self.probe_state();
             if let Some((at, verdict)) = &probe.last
-                && at.elapsed() < PROBE_TTL
+                && at.elapsed() < self.probe_ttl()
             {
                 return verdict.clone();
             }
@@ -170,8 +172,8 @@ impl Ops {
     }
 
     /// A real write: a small file created, fsynced and removed in the
-    /// store's scratch dir (the S3 store's local spool), and for S3 a HEAD
-    /// of a key no upload uses.
+    /// store's scratch dir (the S3 store's local spool), and for S3 an
+    /// object written and deleted in the bucket.
     async fn probe_store(&self) -> Result<(), String> {
         let scratch = self.state.store.scratch_dir();
         let dir = scratch.clone();
@@ -179,14 +181,19 @@ impl Ops {
             .await
             .map_err(|e| format!("store probe task failed: {e}"))?
             .map_err(|e| format!("store not writable: {}: {e}", scratch.display()))?;
-        if let crate::store::Store::S3(_) = &self.state.store {
-            self.state
-                .store
-                .head("labship-readyz", "probe")
-                .await
-                .map_err(|e| format!("object store unavailable: {e}"))?;
+        if let crate::store::Store::S3(s3) = &self.state.store {
+            s3.probe_writable().await?;
         }
         Ok(())
+    }
+
+    /// How long a verdict is reused: longer on S3, where every probe is
+    /// two billed requests.
+    fn probe_ttl(&self) -> Duration {
+        match &self.state.store {
+            crate::store::Store::Fs(_) => PROBE_TTL,
+            crate::store::Store::S3(_) => PROBE_TTL_S3,
+        }
     }
 }
 

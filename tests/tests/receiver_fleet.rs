@@ -883,6 +883,20 @@ async fn readyz_on_s3_follows_the_object_store() {
         ops_get(r.ops_addr, "/readyz", None).0 == 200
     })
     .await;
+    // The probe wrote and deleted its object, under the prefix, and fed
+    // none of the store operation metrics (those are the uploads').
+    use object_store::ObjectStoreExt as _;
+    let probe_key = object_store::path::Path::from("fleet.labship-readyz/probe");
+    assert!(matches!(
+        weed.client().head(&probe_key).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+    let m = scrape(&r);
+    assert!(
+        !m.contains("labship_store_operation_duration_seconds_count{"),
+        "{m}"
+    );
+    assert!(!m.contains("labship_store_operation_errors_total{"), "{m}");
     weed.stop();
     let mut last = String::new();
     wait_until(
@@ -896,7 +910,7 @@ async fn readyz_on_s3_follows_the_object_store() {
     )
     .await;
     assert!(
-        last.starts_with("not ready: object store unavailable: ")
+        last.starts_with("not ready: object store not writable: PUT fleet.labship-readyz/probe: ")
             || last.starts_with("not ready: store probe hung"),
         "{last}"
     );
@@ -949,7 +963,7 @@ async fn readyz_on_a_hung_store_answers_without_piling_up_probes() {
         (503, "not ready: store probe hung for 5 s\n")
     );
     assert!(started.elapsed() >= Duration::from_millis(4900));
-    // Past the verdict cache: the probe still hangs, so no new one starts.
+    // Later: the probe still hangs, so no new one starts.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let asked = Instant::now();
     let (status, _, body) = ops_get(r.ops_addr, "/readyz", None);
