@@ -1,7 +1,8 @@
 //! The ops listener (plain HTTP, loopback by default; CONTRACT §4, §11):
 //! `/healthz` (the process is alive), `/readyz` (it can take uploads: the
-//! store is writable, the gate is loaded, it is not draining; else 503
-//! naming why) and `/metrics`.
+//! store is writable and it is not draining; else 503 naming why) and
+//! `/metrics`. The gate needs no check: the receiver does not start without
+//! one, and a reload keeps the last good set.
 //!
 //! `/metrics` answers in the format the scraper asks for: OpenMetrics text
 //! (what prometheus_client writes) when the `Accept` header names
@@ -109,9 +110,6 @@ impl Ops {
     async fn ready(self: &Arc<Self>) -> Result<(), String> {
         if self.state.shutting_down.load(Ordering::SeqCst) {
             return Err("draining".into());
-        }
-        if self.state.gate.snapshot().is_empty() {
-            return Err("gate not loaded (gate.allowed_commits_file)".into());
         }
         // Subscribed before looking, so a probe finishing in between wakes us.
         let mut probed = self.probed.subscribe();
