@@ -55,6 +55,8 @@ pub const HANDSHAKE_FAILURE_REASONS: &[&str] = &[
     "bad_certificate",
     "expired",
     "revoked",
+    "crl",
+    "server_cert_rejected",
     "protocol",
     "timeout",
     "other",

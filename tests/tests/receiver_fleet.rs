@@ -264,6 +264,8 @@ async fn every_contract_metric_is_exposed_with_its_value_after_real_traffic() {
         "bad_certificate",
         "expired",
         "revoked",
+        "crl",
+        "server_cert_rejected",
         "protocol",
         "timeout",
         "other",
@@ -1093,6 +1095,20 @@ async fn handshake_failures_are_counted_by_bounded_reason() {
     let expired = env.pki.client_variant(HOST, Variant::Expired);
     let ping = format!("{}/v1/ping", r.url);
     assert!(env.client(Some(&expired)).post(&ping).send().await.is_err());
+    // A client whose trust anchor is not the receiver's CA (a server
+    // certificate rotated to a CA the fleet does not know): it sends an
+    // unknown_ca alert, the receiver's view of a failed rotation.
+    let id = env.pki.client(HOST);
+    let elsewhere = env.pki.rogue_client("lab-09");
+    let distrustful = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(elsewhere.cert_pem.as_bytes()).unwrap()])
+        .identity(
+            reqwest::Identity::from_pem(format!("{}{}", id.cert_pem, id.key_pem).as_bytes())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(distrustful.post(&ping).send().await.is_err());
     let reason = |m: &str, reason: &str| {
         value(
             m,
@@ -1113,6 +1129,14 @@ async fn handshake_failures_are_counted_by_bounded_reason() {
     assert_eq!(reason(&m, "timeout"), 1.0, "{m}");
     assert_eq!(reason(&m, "protocol"), 1.0, "{m}");
     assert_eq!(reason(&m, "expired"), 1.0, "{m}");
+    assert_eq!(reason(&m, "server_cert_rejected"), 1.0, "{m}");
+    assert_eq!(reason(&m, "bad_certificate"), 0.0, "{m}");
+    assert!(
+        r.log_text()
+            .contains("a client refused the server certificate"),
+        "{}",
+        r.log_text()
+    );
     assert_eq!(
         reason(&m, "other"),
         0.0,
