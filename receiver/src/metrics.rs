@@ -143,9 +143,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (what prometheus_client writes).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        labship_sys::metrics::encode(&self.registry)
+    }
+
+    /// The exposition a request's `Accept` header asks for, with its
+    /// Content-Type ([`labship_sys::metrics::encode_for`]).
+    pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, String) {
+        labship_sys::metrics::encode_for(&self.registry, accept)
     }
 }

@@ -4,11 +4,8 @@
 //! `/metrics`. The gate needs no check: the receiver does not start without
 //! one, and a reload keeps the last good set.
 //!
-//! `/metrics` answers in the format the scraper asks for: OpenMetrics text
-//! (what prometheus_client writes) when the `Accept` header names
-//! `application/openmetrics-text`, as Prometheus itself does; otherwise the
-//! classic text format 0.0.4 that older tools and `promtool check metrics`
-//! read. Each with its own Content-Type.
+//! `/metrics` answers in the format the scraper asks for, with its
+//! Content-Type (`labship_sys::metrics`, shared with the shipper).
 //!
 //! The listener serves on through the drain (so `/readyz` can say
 //! `draining`) and stops when the caller's `stop` turns true.
@@ -19,15 +16,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long a store probe's verdict is reused: a scraper or a load balancer
 /// polling `/readyz` must not turn into a stream of fsyncs.
@@ -206,79 +199,12 @@ fn write_probe(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> impl IntoResponse {
-    let openmetrics = headers
+    let accept: Vec<&str> = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    let text = ops.state.metrics.render();
-    if openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], text)
-    } else {
-        ([(header::CONTENT_TYPE, CLASSIC_TEXT)], classic(&text))
-    }
-}
-
-/// OpenMetrics text as the classic Prometheus text format 0.0.4: counters
-/// are named with their `_total` in HELP and TYPE, `_created` samples,
-/// `# UNIT` and `# EOF` go, `info` becomes a gauge named `_info` and
-/// `unknown` is `untyped`.
-pub fn classic(openmetrics: &str) -> String {
-    let kinds: HashMap<&str, &str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
         .collect();
-    let renamed = |name: &str| match kinds.get(name) {
-        Some(&"counter") => format!("{name}_total"),
-        Some(&"info") => format!("{name}_info"),
-        _ => name.to_owned(),
-    };
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let kind = match kind {
-                "info" => "gauge",
-                "unknown" => "untyped",
-                other => other,
-            };
-            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
-        } else if line.starts_with('#') {
-            // # UNIT, # EOF: not in the classic format.
-        } else {
-            let name = line.split(['{', ' ']).next().unwrap_or_default();
-            let created = name
-                .strip_suffix("_created")
-                .is_some_and(|base| kinds.get(base) == Some(&"counter"));
-            // (No exemplars are recorded, so none need stripping.)
-            if !created {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_text_names_counters_with_total_and_drops_what_it_lacks() {
-        let om = "# HELP labship_uploads PUT answers.\n# TYPE labship_uploads counter\n\
-                  labship_uploads_total{status=\"201\",error=\"\"} 2\n\
-                  labship_uploads_created{status=\"201\",error=\"\"} 1.5\n\
-                  # HELP labship_up Up.\n# TYPE labship_up gauge\n# UNIT labship_up seconds\nlabship_up 1\n# EOF\n";
-        assert_eq!(
-            classic(om),
-            "# HELP labship_uploads_total PUT answers.\n# TYPE labship_uploads_total counter\n\
-             labship_uploads_total{status=\"201\",error=\"\"} 2\n\
-             # HELP labship_up Up.\n# TYPE labship_up gauge\nlabship_up 1\n"
-        );
-    }
+    let accept = accept.join(",");
+    let (content_type, body) = ops.state.metrics.negotiate(Some(&accept));
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
