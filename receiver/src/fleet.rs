@@ -117,7 +117,7 @@ impl FleetMetrics {
                 r,
                 "archive_size_bytes",
                 "Sizes of archives stored (201)",
-                // 4 KiB .. 128 GiB.
+                // 4 KiB .. 64 GiB (4096 * 4^12).
                 Histogram::new(exponential_buckets(4096.0, 4.0, 13)),
             ),
             host_last_stored: reg(

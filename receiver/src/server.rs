@@ -254,10 +254,14 @@ impl Connection {
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first());
+                    let (cert_host, cert_not_after) = match cert.map(tls::peer_identity) {
+                        Some((host, not_after)) => (Some(host), not_after),
+                        None => (None, None),
+                    };
                     let info = ConnInfo {
                         peer,
-                        cert_host: cert.map(tls::host_from_certificate),
-                        cert_not_after: cert.and_then(crate::expiry::not_after),
+                        cert_host,
+                        cert_not_after,
                     };
                     self.http(stream, info).await;
                 }

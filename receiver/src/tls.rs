@@ -475,9 +475,20 @@ pub fn classify(e: &std::io::Error) -> Failure {
 /// ([`labship_protocol::identity::host_id`]). `Err` carries why none could be
 /// read.
 pub fn host_from_certificate(der: &CertificateDer<'_>) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("unparsable client certificate: {e}"))?;
-    labship_protocol::identity::host_id(&cert)
+    peer_identity(der).0
+}
+
+/// What a verified client certificate tells about its connection, parsed
+/// once: the host id it names (`Err`: why none) and its notAfter (Unix
+/// seconds).
+pub fn peer_identity(der: &CertificateDer<'_>) -> (Result<String, String>, Option<i64>) {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => (
+            labship_protocol::identity::host_id(&cert),
+            Some(cert.validity().not_after.timestamp()),
+        ),
+        Err(e) => (Err(format!("unparsable client certificate: {e}")), None),
+    }
 }
 
 #[cfg(test)]
