@@ -11,6 +11,7 @@
 //! test executable; `scripts/test.sh` builds them first.
 
 pub mod episode;
+pub mod fleet;
 pub mod fuzz;
 pub mod impostor;
 pub mod lab_host;
