@@ -55,6 +55,8 @@ pub const HANDSHAKE_FAILURE_REASONS: &[&str] = &[
     "bad_certificate",
     "expired",
     "revoked",
+    "crl",
+    "server_cert_rejected",
     "protocol",
     "timeout",
     "other",
@@ -80,13 +82,18 @@ pub struct FleetMetrics {
     pub gate_reload_failures: Counter,
     pub tls_reload_failures: Counter,
     pub tokens_reload_failures: Counter,
-    pub server_cert_expiry: Gauge,
+    /// Only with `[tls]`: a receiver serving plain HTTP (loopback behind a
+    /// proxy) has no certificate, and a 0 would make the expiry alert fire
+    /// forever.
+    pub server_cert_expiry: Option<Gauge>,
     /// Resumable uploads (CONTRACT §9) held open: 0 until they land.
     pub partial_uploads: Gauge,
 }
 
 impl FleetMetrics {
-    pub(crate) fn register(r: &mut Registry) -> Self {
+    /// `tls`: the receiver serves TLS (the server certificate's expiry is
+    /// exported only then).
+    pub(crate) fn register(r: &mut Registry, tls: bool) -> Self {
         Self {
             build_info: reg(
                 r,
@@ -110,7 +117,7 @@ impl FleetMetrics {
                 r,
                 "archive_size_bytes",
                 "Sizes of archives stored (201)",
-                // 4 KiB .. 128 GiB.
+                // 4 KiB .. 64 GiB (4096 * 4^12).
                 Histogram::new(exponential_buckets(4096.0, 4.0, 13)),
             ),
             host_last_stored: reg(
@@ -128,7 +135,7 @@ impl FleetMetrics {
             host_shipper_info: reg(
                 r,
                 "host_shipper_info",
-                "The shipper version and commit a host last sent in its User-Agent (1; unknown when absent)",
+                "The shipper version and commit a host last announced in its User-Agent (1; unknown until a labship shipper is seen from it)",
                 Family::default(),
             ),
             shipper_seen: Mutex::new(HashMap::new()),
@@ -156,12 +163,14 @@ impl FleetMetrics {
                 "SIGHUP reloads of auth.tokens_file rejected (the previous table is kept)",
                 Counter::default(),
             ),
-            server_cert_expiry: reg(
-                r,
-                "server_cert_expiry_timestamp_seconds",
-                "notAfter of the server certificate in force, Unix seconds",
-                Gauge::default(),
-            ),
+            server_cert_expiry: tls.then(|| {
+                reg(
+                    r,
+                    "server_cert_expiry_timestamp_seconds",
+                    "notAfter of the server certificate in force, Unix seconds (only with [tls])",
+                    Gauge::default(),
+                )
+            }),
             partial_uploads: reg(
                 r,
                 "partial_uploads",
@@ -174,11 +183,11 @@ impl FleetMetrics {
 
     /// `labship_build_info` at 1, and every handshake failure reason at 0.
     fn initialized(self) -> Self {
-        let (version, commit) = build_info();
+        let build = labship_sys::build_info();
         self.build_info
             .get_or_create(&VersionLabels {
-                version: version.to_owned(),
-                commit: commit.to_owned(),
+                version: build.version.to_owned(),
+                commit: build.commit.to_owned(),
             })
             .set(1);
         for reason in HANDSHAKE_FAILURE_REASONS {
@@ -203,22 +212,14 @@ impl FleetMetrics {
     }
 }
 
-/// The receiver's version and the git commit it was built from (`unknown`
-/// when the build did not say: `LABSHIP_COMMIT` is set by the build script).
-pub fn build_info() -> (&'static str, &'static str) {
-    (
-        env!("CARGO_PKG_VERSION"),
-        option_env!("LABSHIP_COMMIT").unwrap_or("unknown"),
-    )
-}
-
 const UNKNOWN: &str = "unknown";
 
-/// The shipper version and commit a `User-Agent` announces; `unknown` for
-/// what is absent or not a labship shipper's. Only short, plain tokens are
-/// taken: a label value is chosen by the client, and a long or odd one would
-/// end up in every scrape.
-pub fn shipper_version(user_agent: Option<&str>) -> VersionLabels {
+/// The shipper version and commit a `User-Agent` announces (`unknown` for
+/// a part that is absent or odd), or `None` when it is not a labship
+/// shipper's (curl, a browser, nothing). Only short, plain tokens are taken:
+/// a label value is chosen by the client, and a long or odd one would end up
+/// in every scrape.
+pub fn shipper_version(user_agent: Option<&str>) -> Option<VersionLabels> {
     let token = |s: &str| {
         (!s.is_empty()
             && s.len() <= 40
@@ -226,44 +227,61 @@ pub fn shipper_version(user_agent: Option<&str>) -> VersionLabels {
                 .all(|b| b.is_ascii_alphanumeric() || b".-+_~".contains(&b)))
         .then(|| s.to_owned())
     };
-    let parsed = user_agent
-        .and_then(|ua| ua.trim().strip_prefix("labship-shipper/"))
-        .map(|rest| match rest.split_once(' ') {
-            Some((version, tail)) => {
-                let commit = tail
-                    .trim()
-                    .strip_prefix('(')
-                    .and_then(|c| c.strip_suffix(')'))
-                    .and_then(token);
-                (token(version), commit)
-            }
-            None => (token(rest), None),
-        });
-    let (version, commit) = parsed.unwrap_or((None, None));
-    VersionLabels {
+    let rest = user_agent?.trim().strip_prefix("labship-shipper/")?;
+    let (version, commit) = match rest.split_once(' ') {
+        Some((version, tail)) => {
+            let commit = tail
+                .trim()
+                .strip_prefix('(')
+                .and_then(|c| c.strip_suffix(')'))
+                .and_then(token);
+            (token(version), commit)
+        }
+        None => (token(rest), None),
+    };
+    Some(VersionLabels {
         version: version.unwrap_or_else(|| UNKNOWN.to_owned()),
         commit: commit.unwrap_or_else(|| UNKNOWN.to_owned()),
-    }
+    })
 }
 
 /// An authenticated request from `identity`: records the shipper version its
 /// `User-Agent` names and, for a certificate login, that certificate's
-/// expiry.
+/// expiry (the latest seen; a token login removes it).
+///
+/// Only a labship shipper's `User-Agent` replaces the host's info series: an
+/// operator's `curl --cert` with the host's certificate must not hide the
+/// version its shipper runs. Another client is recorded as `unknown` only
+/// for a host nothing was seen from yet.
 pub fn seen(metrics: &Metrics, identity: &Identity, conn: &ConnInfo, user_agent: Option<&str>) {
     let host = &identity.host_id;
     let fleet = &metrics.fleet;
-    if identity.method == "certificate"
-        && let Some(not_after) = conn.cert_not_after
-    {
+    let key = HostLabels {
+        host_id: host.clone(),
+    };
+    if identity.method != "certificate" {
+        // A host that logs in with a token has no client certificate to
+        // renew: a series left from an earlier one would alert forever.
+        fleet.host_cert_expiry.remove(&key);
+    } else if let Some(not_after) = conn.cert_not_after {
+        // The newest notAfter wins: a keep-alive connection opened with
+        // the old certificate must not set the expiry back after a renewal.
         fleet
             .host_cert_expiry
-            .get_or_create(&HostLabels {
-                host_id: host.clone(),
-            })
-            .set(not_after);
+            .get_or_create(&key)
+            .inner()
+            .fetch_max(not_after, std::sync::atomic::Ordering::Relaxed);
     }
-    let now = shipper_version(user_agent);
+    let announced = shipper_version(user_agent);
     let mut seen = fleet.shipper_seen.lock().unwrap_or_else(|p| p.into_inner());
+    let now = match announced {
+        Some(version) => version,
+        None if seen.contains_key(host) => return,
+        None => VersionLabels {
+            version: UNKNOWN.to_owned(),
+            commit: UNKNOWN.to_owned(),
+        },
+    };
     let before = seen.insert(host.clone(), now.clone());
     if before.as_ref() == Some(&now) {
         return;
@@ -329,7 +347,10 @@ mod tests {
     use super::*;
 
     fn v(ua: Option<&str>) -> (String, String) {
-        let l = shipper_version(ua);
+        let l = shipper_version(ua).unwrap_or_else(|| VersionLabels {
+            version: "none".into(),
+            commit: "none".into(),
+        });
         (l.version, l.commit)
     }
 
@@ -345,14 +366,54 @@ mod tests {
             s("0.2.0", "unknown")
         );
         assert_eq!(v(Some("labship-shipper/0.1.0")), s("0.1.0", "unknown"));
-        assert_eq!(v(Some("curl/8.0")), s("unknown", "unknown"));
-        assert_eq!(v(None), s("unknown", "unknown"));
+        assert_eq!(v(Some("curl/8.0")), s("none", "none"));
+        assert_eq!(v(None), s("none", "none"));
         assert_eq!(
             v(Some("labship-shipper/0.2\"} 1 (x)")),
             s("unknown", "unknown")
         );
         let long = format!("labship-shipper/{} (ab)", "9".repeat(200));
         assert_eq!(v(Some(&long)), s("unknown", "ab"));
+    }
+
+    #[test]
+    fn the_client_cert_expiry_never_goes_back_and_a_token_login_removes_it() {
+        let m = Metrics::new(true);
+        let expiry = |m: &Metrics| {
+            m.render()
+                .lines()
+                .find(|l| l.starts_with("labship_host_client_cert_expiry_timestamp_seconds{"))
+                .map(str::to_owned)
+        };
+        let cert = Identity {
+            host_id: "lab-01".into(),
+            method: "certificate",
+        };
+        let conn = |not_after| ConnInfo {
+            peer: ([127, 0, 0, 1], 1).into(),
+            cert_host: None,
+            cert_not_after: Some(not_after),
+        };
+        seen(&m, &cert, &conn(1_900_000_000), None);
+        // Renewed, then a keep-alive connection with the old certificate.
+        seen(&m, &cert, &conn(1_950_000_000), None);
+        seen(&m, &cert, &conn(1_900_000_000), None);
+        let line = |v: &str| {
+            Some(format!(
+                "labship_host_client_cert_expiry_timestamp_seconds{{host_id=\"lab-01\"}} {v}"
+            ))
+        };
+        assert_eq!(expiry(&m), line("1950000000"));
+        let token = Identity {
+            host_id: "lab-01".into(),
+            method: "token",
+        };
+        let plain = ConnInfo {
+            cert_not_after: None,
+            ..conn(0)
+        };
+        seen(&m, &token, &plain, None);
+        assert_eq!(expiry(&m), None);
     }
 
     fn info_series(m: &Metrics) -> Vec<String> {
@@ -364,8 +425,8 @@ mod tests {
     }
 
     #[test]
-    fn a_new_version_replaces_the_hosts_info_series() {
-        let m = Metrics::new();
+    fn only_a_shippers_user_agent_replaces_the_hosts_info_series() {
+        let m = Metrics::new(true);
         let id = Identity {
             host_id: "lab-01".into(),
             method: "certificate",
@@ -375,8 +436,18 @@ mod tests {
             cert_host: None,
             cert_not_after: Some(1_900_000_000),
         };
+        seen(&m, &id, &conn, Some("curl/8.0"));
+        assert_eq!(
+            info_series(&m),
+            [
+                "labship_host_shipper_info{host_id=\"lab-01\",version=\"unknown\",commit=\"unknown\"} 1"
+            ]
+        );
         seen(&m, &id, &conn, Some("labship-shipper/0.1.0 (aaaaaaaaaaaa)"));
         seen(&m, &id, &conn, Some("labship-shipper/0.2.0 (bbbbbbbbbbbb)"));
+        // An operator's curl with the host's certificate hides nothing.
+        seen(&m, &id, &conn, Some("curl/8.0"));
+        seen(&m, &id, &conn, None);
         assert_eq!(
             info_series(&m),
             [

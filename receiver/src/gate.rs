@@ -64,6 +64,9 @@ pub struct GateSet {
     /// The version these commits were parsed from, or after a rejected
     /// version, that one (so it is reported once, not every poll).
     version: Version,
+    /// `version` was rejected: a SIGHUP finding the same bytes does not
+    /// report (log, count) them again.
+    rejected: bool,
 }
 
 impl GateSet {
@@ -129,6 +132,7 @@ pub fn load(path: &Path) -> Result<GateSet, GateError> {
         commits: parse(path, &text?)?,
         loaded_at: SystemTime::now(),
         version,
+        rejected: false,
     })
 }
 
@@ -164,11 +168,13 @@ impl Gate {
     }
 
     /// Reads the file and loads it if its bytes changed (or in any case when
-    /// `force`). Returns the new size on a reload, `Ok(None)` when nothing
-    /// changed.
+    /// `force`, unless these bytes were already rejected: a bad version is
+    /// reported once, whether the poll or a SIGHUP found it first). Returns
+    /// the new size on a reload, `Ok(None)` when nothing changed.
     pub fn reload(&self, force: bool) -> Result<Option<usize>, GateError> {
         let (version, text) = read(&self.path);
-        if !force && version == self.snapshot().version {
+        let current = self.snapshot();
+        if version == current.version && (!force || current.rejected) {
             return Ok(None);
         }
         let commits = text.and_then(|t| parse(&self.path, &t));
@@ -180,6 +186,7 @@ impl Gate {
                     commits,
                     loaded_at: SystemTime::now(),
                     version,
+                    rejected: false,
                 });
                 Ok(Some(n))
             }
@@ -190,6 +197,7 @@ impl Gate {
                     commits: current.commits.clone(),
                     loaded_at: current.loaded_at,
                     version,
+                    rejected: true,
                 });
                 Err(e)
             }

@@ -59,6 +59,9 @@ use tokio::sync::{Semaphore, watch};
 
 /// How long shutdown waits for multipart uploads to abort after the drain.
 const STOP_UPLOADS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the ops listener may take to finish its requests once the drain
+/// is over: scrapes and probes answer in milliseconds.
+const OPS_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A receiver ready to serve.
 #[derive(Debug)]
@@ -129,7 +132,7 @@ impl Receiver {
         for w in &warnings {
             tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);
         }
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::new(tls.is_some()));
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
             Some(s3) => {
@@ -153,11 +156,8 @@ impl Receiver {
             )
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
-        if let Some(live) = &tls {
-            metrics
-                .fleet
-                .server_cert_expiry
-                .set(live.server_not_after());
+        if let (Some(live), Some(expiry)) = (&tls, &metrics.fleet.server_cert_expiry) {
+            expiry.set(live.server_not_after());
         }
         let state = Arc::new(AppState {
             gate: Arc::new(gate),
@@ -239,13 +239,16 @@ impl Receiver {
         // abort their multipart uploads rather than leave parts in the bucket.
         state.store.stop_uploads(STOP_UPLOADS_WAIT).await;
         let _ = ops_stop.send(true);
-        // The ops listener has no header timeout; do not let a stuck local
-        // client hold up the exit.
-        if tokio::time::timeout(server::DRAIN_TIMEOUT, ops)
-            .await
-            .is_err()
-        {
-            tracing::warn!("ops listener did not stop in time");
+        // The ops listener has no header timeout; a stuck local client
+        // (a half-sent request, a slow scrape) must not hold up the exit
+        // after the drain has already used most of TimeoutStopSec.
+        let mut ops = ops;
+        if tokio::time::timeout(OPS_GRACE, &mut ops).await.is_err() {
+            tracing::warn!(
+                grace_s = OPS_GRACE.as_secs(),
+                "ops listener did not stop in time; closing it"
+            );
+            ops.abort();
         }
         reload.abort();
         watchdog.abort();
@@ -298,8 +301,9 @@ async fn reload_loop(
             let reloading = live.clone();
             match tokio::task::spawn_blocking(move || reloading.reload()).await {
                 Ok(Ok(warnings)) => {
-                    let expiry = &state.metrics.fleet.server_cert_expiry;
-                    expiry.set(live.server_not_after());
+                    if let Some(expiry) = &state.metrics.fleet.server_cert_expiry {
+                        expiry.set(live.server_not_after());
+                    }
                     tracing::info!("tls material reloaded");
                     for w in &warnings {
                         tracing::warn!(key = %w.key, file = %w.file.display(), "{}", w.why);

@@ -55,49 +55,6 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Logs go to the journal as native fields (tracing fields uppercased, no
-/// prefix; `PRIORITY` from the level) when stderr is the journal (a systemd
-/// service) or when `LABSHIP_JOURNAL=1`, as the shipper's; otherwise
-/// readable lines on stderr.
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let journal = (stderr_is_journal()
-        || std::env::var_os("LABSHIP_JOURNAL").is_some_and(|v| v == "1"))
-    .then(|| tracing_journald::layer().ok())
-    .flatten()
-    .map(|l| {
-        l.with_field_prefix(None)
-            .with_syslog_identifier("receiver".into())
-    });
-    let registry = tracing_subscriber::registry().with(filter);
-    match journal {
-        Some(layer) => registry.with(layer).init(),
-        None => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .init(),
-    }
-}
-
-/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service whose stderr is
-/// the journal; it only counts when it matches our actual stderr.
-fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    rustix::fs::fstat(std::io::stderr())
-        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
-}
-
 async fn bind(
     file: &std::path::Path,
     key: &str,
@@ -113,7 +70,7 @@ fn main() -> ExitCode {
     if let Some(kind) = args.generate {
         return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
     }
-    init_logging();
+    labship_sys::init_logging("receiver");
     // One crypto provider for the whole process (see RECIPES: two would panic).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if args.check_config {

@@ -67,7 +67,9 @@ where
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `tls`: the receiver serves TLS (see
+    /// [`FleetMetrics::server_cert_expiry`]).
+    pub fn new(tls: bool) -> Self {
         let mut r = Registry::with_prefix("labship");
         let r = &mut r;
         let store_seconds: HistogramFamily<StoreOpLabels> =
@@ -133,7 +135,7 @@ impl Metrics {
                 "Connections closed at once because limits.max_connections was reached",
                 Counter::default(),
             ),
-            fleet: FleetMetrics::register(r),
+            fleet: FleetMetrics::register(r, tls),
             // The prefix is applied when encoding: keep it with the metrics.
             registry: std::mem::replace(r, Registry::with_prefix("labship")),
         }
@@ -141,15 +143,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (what prometheus_client writes).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        labship_sys::metrics::encode(&self.registry)
     }
-}
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+    /// The exposition a request's `Accept` header asks for, with its
+    /// Content-Type ([`labship_sys::metrics::encode_for`]).
+    pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, String) {
+        labship_sys::metrics::encode_for(&self.registry, accept)
     }
 }

@@ -1,13 +1,11 @@
 //! The ops listener (plain HTTP, loopback by default; CONTRACT §4, §11):
 //! `/healthz` (the process is alive), `/readyz` (it can take uploads: the
-//! store is writable, the gate is loaded, it is not draining; else 503
-//! naming why) and `/metrics`.
+//! store is writable and it is not draining; else 503 naming why) and
+//! `/metrics`. The gate needs no check: the receiver does not start without
+//! one, and a reload keeps the last good set.
 //!
-//! `/metrics` answers in the format the scraper asks for: OpenMetrics text
-//! (what prometheus_client writes) when the `Accept` header names
-//! `application/openmetrics-text`, as Prometheus itself does; otherwise the
-//! classic text format 0.0.4 that older tools and `promtool check metrics`
-//! read. Each with its own Content-Type.
+//! `/metrics` answers in the format the scraper asks for, with its
+//! Content-Type (`labship_sys::metrics`, shared with the shipper).
 //!
 //! The listener serves on through the drain (so `/readyz` can say
 //! `draining`) and stops when the caller's `stop` turns true.
@@ -18,34 +16,49 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, watch};
-
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-pub const CLASSIC_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use tokio::sync::watch;
 
 /// How long a store probe's verdict is reused: a scraper or a load balancer
 /// polling `/readyz` must not turn into a stream of fsyncs.
 const PROBE_TTL: Duration = Duration::from_secs(2);
+/// The same on S3 (a PUT and a DELETE per probe).
+const PROBE_TTL_S3: Duration = Duration::from_secs(15);
 /// A store that does not answer within this is not ready (a hung disk).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The store probe's shared state. A probe runs as a detached task that
+/// writes its verdict here: a `/readyz` request that gives up waiting (or
+/// whose client goes away) does not throw the work away, and a hung store
+/// holds one blocking thread, not one more per poll.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The last verdict and when it was reached.
+    last: Option<(Instant, Result<(), String>)>,
+    /// When the probe now running started (`None`: none is running). While
+    /// it is set no other probe starts.
+    running_since: Option<Instant>,
+    /// The running probe was reported hung (logged once, not at every poll).
+    hung_logged: bool,
+}
 
 #[derive(Debug)]
 struct Ops {
     state: Arc<AppState>,
-    /// The last store probe: when, and its verdict.
-    probe: Mutex<Option<(Instant, Result<(), String>)>>,
+    probe: std::sync::Mutex<Probe>,
+    /// Ticks when a probe finishes, waking the requests waiting for it.
+    probed: watch::Sender<u64>,
 }
 
 /// The ops router.
 pub fn app(state: Arc<AppState>) -> Router {
     let ops = Arc::new(Ops {
         state,
-        probe: Mutex::new(None),
+        probe: std::sync::Mutex::new(Probe::default()),
+        probed: watch::channel(0).0,
     });
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -82,42 +95,76 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
 }
 
 impl Ops {
-    async fn ready(&self) -> Result<(), String> {
+    fn probe_state(&self) -> std::sync::MutexGuard<'_, Probe> {
+        // The state stays consistent across a panic (plain assignments).
+        self.probe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn ready(self: &Arc<Self>) -> Result<(), String> {
         if self.state.shutting_down.load(Ordering::SeqCst) {
             return Err("draining".into());
         }
-        if self.state.gate.snapshot().is_empty() {
-            return Err("gate not loaded (gate.allowed_commits_file)".into());
-        }
-        let mut last = self.probe.lock().await;
-        if let Some((at, verdict)) = last.as_ref()
-            && at.elapsed() < PROBE_TTL
+        // Subscribed before looking, so a probe finishing in between wakes us.
+        let mut probed = self.probed.subscribe();
+        let since = {
+            let mut probe = self.probe_state();
+            if let Some((at, verdict)) = &probe.last
+                && at.elapsed() < self.probe_ttl()
+            {
+                return verdict.clone();
+            }
+            match probe.running_since {
+                Some(since) => since,
+                None => {
+                    let now = Instant::now();
+                    probe.running_since = Some(now);
+                    probe.hung_logged = false;
+                    tokio::spawn(self.clone().probe());
+                    now
+                }
+            }
+        };
+        let left = PROBE_TIMEOUT.saturating_sub(since.elapsed());
+        if tokio::time::timeout(left, probed.changed()).await.is_ok()
+            && let Some((_, verdict)) = &self.probe_state().last
         {
             return verdict.clone();
         }
-        let verdict = match tokio::time::timeout(PROBE_TIMEOUT, self.probe_store()).await {
-            Ok(v) => v,
-            Err(_) => Err(format!(
-                "store probe hung for {} s",
-                PROBE_TIMEOUT.as_secs()
-            )),
-        };
-        // Logged when the verdict changes, not at every poll.
-        let before = last.as_ref().map(|(_, v)| v);
-        if before != Some(&verdict) {
-            match &verdict {
-                Err(why) => tracing::warn!(why, "not ready"),
-                Ok(()) if before.is_some() => tracing::info!("ready again"),
-                Ok(()) => {}
-            }
+        let why = format!("store probe hung for {} s", since.elapsed().as_secs());
+        let mut probe = self.probe_state();
+        if probe.running_since == Some(since) && !probe.hung_logged {
+            probe.hung_logged = true;
+            tracing::warn!(why, "not ready");
         }
-        *last = Some((Instant::now(), verdict.clone()));
-        verdict
+        Err(why)
+    }
+
+    /// One probe, detached from the request that started it: its verdict
+    /// is recorded whenever it comes.
+    async fn probe(self: Arc<Self>) {
+        let verdict = self.probe_store().await;
+        {
+            let mut probe = self.probe_state();
+            // Logged when the verdict changes, not at every poll.
+            let before = probe.last.as_ref().map(|(_, v)| v);
+            if before != Some(&verdict) || probe.hung_logged {
+                match &verdict {
+                    Err(why) => tracing::warn!(why, "not ready"),
+                    Ok(()) if before.is_some() || probe.hung_logged => {
+                        tracing::info!("ready again")
+                    }
+                    Ok(()) => {}
+                }
+            }
+            probe.last = Some((Instant::now(), verdict));
+            probe.running_since = None;
+        }
+        self.probed.send_modify(|n| *n += 1);
     }
 
     /// A real write: a small file created, fsynced and removed in the
-    /// store's scratch dir (the S3 store's local spool), and for S3 a HEAD
-    /// of a key no upload uses.
+    /// store's scratch dir (the S3 store's local spool), and for S3 an
+    /// object written and deleted in the bucket.
     async fn probe_store(&self) -> Result<(), String> {
         let scratch = self.state.store.scratch_dir();
         let dir = scratch.clone();
@@ -125,14 +172,19 @@ impl Ops {
             .await
             .map_err(|e| format!("store probe task failed: {e}"))?
             .map_err(|e| format!("store not writable: {}: {e}", scratch.display()))?;
-        if let crate::store::Store::S3(_) = &self.state.store {
-            self.state
-                .store
-                .head("labship-readyz", "probe")
-                .await
-                .map_err(|e| format!("object store unavailable: {e}"))?;
+        if let crate::store::Store::S3(s3) = &self.state.store {
+            s3.probe_writable().await?;
         }
         Ok(())
+    }
+
+    /// How long a verdict is reused: longer on S3, where every probe is
+    /// two billed requests.
+    fn probe_ttl(&self) -> Duration {
+        match &self.state.store {
+            crate::store::Store::Fs(_) => PROBE_TTL,
+            crate::store::Store::S3(_) => PROBE_TTL_S3,
+        }
     }
 }
 
@@ -147,79 +199,12 @@ fn write_probe(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> impl IntoResponse {
-    let openmetrics = headers
+    let accept: Vec<&str> = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    let text = ops.state.metrics.render();
-    if openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], text)
-    } else {
-        ([(header::CONTENT_TYPE, CLASSIC_TEXT)], classic(&text))
-    }
-}
-
-/// OpenMetrics text as the classic Prometheus text format 0.0.4: counters
-/// are named with their `_total` in HELP and TYPE, `_created` samples,
-/// `# UNIT` and `# EOF` go, `info` becomes a gauge named `_info` and
-/// `unknown` is `untyped`.
-pub fn classic(openmetrics: &str) -> String {
-    let kinds: HashMap<&str, &str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
         .collect();
-    let renamed = |name: &str| match kinds.get(name) {
-        Some(&"counter") => format!("{name}_total"),
-        Some(&"info") => format!("{name}_info"),
-        _ => name.to_owned(),
-    };
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let kind = match kind {
-                "info" => "gauge",
-                "unknown" => "untyped",
-                other => other,
-            };
-            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
-        } else if line.starts_with('#') {
-            // # UNIT, # EOF: not in the classic format.
-        } else {
-            let name = line.split(['{', ' ']).next().unwrap_or_default();
-            let created = name
-                .strip_suffix("_created")
-                .is_some_and(|base| kinds.get(base) == Some(&"counter"));
-            // (No exemplars are recorded, so none need stripping.)
-            if !created {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_text_names_counters_with_total_and_drops_what_it_lacks() {
-        let om = "# HELP labship_uploads PUT answers.\n# TYPE labship_uploads counter\n\
-                  labship_uploads_total{status=\"201\",error=\"\"} 2\n\
-                  labship_uploads_created{status=\"201\",error=\"\"} 1.5\n\
-                  # HELP labship_up Up.\n# TYPE labship_up gauge\n# UNIT labship_up seconds\nlabship_up 1\n# EOF\n";
-        assert_eq!(
-            classic(om),
-            "# HELP labship_uploads_total PUT answers.\n# TYPE labship_uploads_total counter\n\
-             labship_uploads_total{status=\"201\",error=\"\"} 2\n\
-             # HELP labship_up Up.\n# TYPE labship_up gauge\nlabship_up 1\n"
-        );
-    }
+    let accept = accept.join(",");
+    let (content_type, body) = ops.state.metrics.negotiate(Some(&accept));
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

@@ -61,6 +61,9 @@ const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The key (after `storage.prefix`) the `/readyz` probe writes and deletes.
+pub const READYZ_KEY: &str = ".labship-readyz/probe";
+
 /// The only `AWS_*` environment variables the receiver reads: credentials
 /// and where to get them (instance, task or web-identity roles). Endpoint,
 /// region, bucket, HTTP and conditional-put settings come from
@@ -405,6 +408,25 @@ impl S3Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The `/readyz` probe: a tiny object written, then deleted, under a
+    /// reserved key no episode uses ([`READYZ_KEY`] after the prefix; host
+    /// ids cannot start with a dot), so a bucket that reads but refuses
+    /// writes (a read-only key, a full or frozen store) is not ready. Not
+    /// timed into the store operation metrics: polls every few seconds would
+    /// swamp the uploads' histograms and count their failures as the uploads'.
+    pub async fn probe_writable(&self) -> Result<(), String> {
+        let key = ObjectPath::from(format!("{}{READYZ_KEY}", self.prefix));
+        self.store
+            .put(&key, PutPayload::from_static(b"ready\n"))
+            .await
+            .map_err(|e| format!("object store not writable: PUT {key}: {e}"))?;
+        self.store
+            .delete(&key)
+            .await
+            .map_err(|e| format!("object store not writable: DELETE {key}: {e}"))?;
+        Ok(())
     }
 
     /// Aborts the multipart uploads still running (their parts would

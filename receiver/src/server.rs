@@ -254,10 +254,14 @@ impl Connection {
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first());
+                    let (cert_host, cert_not_after) = match cert.map(tls::peer_identity) {
+                        Some((host, not_after)) => (Some(host), not_after),
+                        None => (None, None),
+                    };
                     let info = ConnInfo {
                         peer,
-                        cert_host: cert.map(tls::host_from_certificate),
-                        cert_not_after: cert.and_then(crate::expiry::not_after),
+                        cert_host,
+                        cert_not_after,
                     };
                     self.http(stream, info).await;
                 }
@@ -286,7 +290,7 @@ impl Connection {
             Ok(Err(e)) => {
                 // A bare connect-and-close (a port probe) is no handshake.
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    metrics.fleet.handshake_failed(tls::failure_reason(&e));
+                    metrics.fleet.handshake_failed(tls::classify(&e).reason);
                 }
                 tracing::debug!(%peer, error = %e, "no usable tls client hello");
                 return None;
@@ -302,9 +306,13 @@ impl Connection {
         match result {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
-                metrics.fleet.handshake_failed(tls::failure_reason(&e));
-                match tls::refusal_reason(&e) {
-                    Some(reason) => tracing::warn!(
+                let failure = tls::classify(&e);
+                metrics.fleet.handshake_failed(failure.reason);
+                match failure {
+                    tls::Failure {
+                        refusal: Some(reason),
+                        ..
+                    } => tracing::warn!(
                         %peer,
                         reason,
                         host = cert.as_ref().map(|c| c.host.as_str()),
@@ -312,7 +320,15 @@ impl Connection {
                         error = %e,
                         "tls handshake refused a client certificate"
                     ),
-                    None => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                    tls::Failure {
+                        reason: "server_cert_rejected",
+                        ..
+                    } => tracing::warn!(
+                        %peer,
+                        error = %e,
+                        "a client refused the server certificate (check the rotation: its CA, its names, its dates)"
+                    ),
+                    _ => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                 }
                 None
             }

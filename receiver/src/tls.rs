@@ -402,59 +402,72 @@ impl ClientCertVerifier for Noting {
     }
 }
 
-/// A short, stable name for why a handshake failed, for logs: `revoked`,
-/// `expired`, `unknown_issuer`, … for refused client certificates; `None`
-/// when the error is not a certificate refusal (a reset, a protocol error).
-pub fn refusal_reason(e: &std::io::Error) -> Option<&'static str> {
-    use rustls::CertificateError as C;
-    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
-    Some(match tls {
-        rustls::Error::NoCertificatesPresented => "no_certificate",
-        rustls::Error::InvalidCertRevocationList(_) => "crl_unusable",
-        rustls::Error::InvalidCertificate(c) => match c {
-            C::Revoked => "revoked",
-            C::UnknownRevocationStatus => "unknown_revocation_status",
-            C::Expired | C::ExpiredContext { .. } => "expired",
-            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
-            C::UnknownIssuer => "unknown_issuer",
-            C::BadSignature => "bad_signature",
-            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong_purpose",
-            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
-                "expired_revocation_list"
-            }
-            C::BadEncoding => "bad_encoding",
-            _ => "invalid_certificate",
-        },
-        _ => return None,
-    })
+/// Why a handshake failed, from one table ([`classify`]): the bounded
+/// `reason` of `labship_tls_handshake_failures_total{reason}` (one of
+/// [`crate::fleet::HANDSHAKE_FAILURE_REASONS`]) and, when the receiver
+/// refused a client certificate, the finer name logged with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    /// `revoked`, `unknown_issuer`, `crl_unusable`, … for a refused client
+    /// certificate; `None` for anything else.
+    pub refusal: Option<&'static str>,
 }
 
-/// The bounded reason of a failed handshake for
-/// `labship_tls_handshake_failures_total{reason}` (see
-/// [`crate::metrics::HANDSHAKE_FAILURE_REASONS`]).
-pub fn failure_reason(e: &std::io::Error) -> &'static str {
+/// Classifies a failed handshake. A client's certificate alert
+/// (`unknown_ca`, `bad_certificate`, `certificate_expired`, …) is
+/// `server_cert_rejected`: the fleet refuses the server certificate, as
+/// after a rotation to a certificate its CA file does not cover. The
+/// receiver's own CRLs failing (unusable, expired, no status for the
+/// issuer) is `crl`, not the client's `bad_certificate`.
+pub fn classify(e: &std::io::Error) -> Failure {
+    use rustls::AlertDescription as A;
     use rustls::CertificateError as C;
+    let failure = |reason, refusal| Failure { reason, refusal };
     let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return match e.kind() {
-            std::io::ErrorKind::InvalidData => "protocol",
-            _ => "other",
+            std::io::ErrorKind::InvalidData => failure("protocol", None),
+            _ => failure("other", None),
         };
     };
+    let refused = |reason, name| failure(reason, Some(name));
     match tls {
-        rustls::Error::NoCertificatesPresented => "no_client_cert",
-        rustls::Error::InvalidCertificate(C::Revoked) => "revoked",
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
-        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
-            "bad_certificate"
-        }
+        rustls::Error::NoCertificatesPresented => refused("no_client_cert", "no_certificate"),
+        rustls::Error::InvalidCertRevocationList(_) => refused("crl", "crl_unusable"),
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => refused("revoked", "revoked"),
+            C::Expired | C::ExpiredContext { .. } => refused("expired", "expired"),
+            C::UnknownRevocationStatus => refused("crl", "unknown_revocation_status"),
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                refused("crl", "expired_revocation_list")
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                refused("bad_certificate", "not_yet_valid")
+            }
+            C::UnknownIssuer => refused("bad_certificate", "unknown_issuer"),
+            C::BadSignature => refused("bad_certificate", "bad_signature"),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                refused("bad_certificate", "wrong_purpose")
+            }
+            C::BadEncoding => refused("bad_certificate", "bad_encoding"),
+            _ => refused("bad_certificate", "invalid_certificate"),
+        },
+        rustls::Error::AlertReceived(
+            A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate,
+        ) => failure("server_cert_rejected", None),
         rustls::Error::InappropriateMessage { .. }
         | rustls::Error::InappropriateHandshakeMessage { .. }
         | rustls::Error::InvalidMessage(_)
         | rustls::Error::PeerIncompatible(_)
         | rustls::Error::PeerMisbehaved(_)
         | rustls::Error::NoApplicationProtocol
-        | rustls::Error::AlertReceived(_) => "protocol",
-        _ => "other",
+        | rustls::Error::AlertReceived(_) => failure("protocol", None),
+        _ => failure("other", None),
     }
 }
 
@@ -462,7 +475,78 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
 /// ([`labship_protocol::identity::host_id`]). `Err` carries why none could be
 /// read.
 pub fn host_from_certificate(der: &CertificateDer<'_>) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("unparsable client certificate: {e}"))?;
-    labship_protocol::identity::host_id(&cert)
+    peer_identity(der).0
+}
+
+/// What a verified client certificate tells about its connection, parsed
+/// once: the host id it names (`Err`: why none) and its notAfter (Unix
+/// seconds).
+pub fn peer_identity(der: &CertificateDer<'_>) -> (Result<String, String>, Option<i64>) {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => (
+            labship_protocol::identity::host_id(&cert),
+            Some(cert.validity().not_after.timestamp()),
+        ),
+        Err(e) => (Err(format!("unparsable client certificate: {e}")), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_gives_the_metric_reason_and_the_logged_refusal() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let of = |e: E| {
+            let f = classify(&std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            (f.reason, f.refusal)
+        };
+        assert_eq!(
+            of(E::AlertReceived(A::UnknownCA)),
+            ("server_cert_rejected", None)
+        );
+        assert_eq!(
+            of(E::AlertReceived(A::CertificateExpired)),
+            ("server_cert_rejected", None)
+        );
+        assert_eq!(
+            of(E::AlertReceived(A::BadCertificate)),
+            ("server_cert_rejected", None)
+        );
+        assert_eq!(
+            of(E::AlertReceived(A::HandshakeFailure)),
+            ("protocol", None)
+        );
+        assert_eq!(
+            of(E::InvalidCertificate(C::ExpiredRevocationList)),
+            ("crl", Some("expired_revocation_list"))
+        );
+        assert_eq!(
+            of(E::InvalidCertificate(C::UnknownRevocationStatus)),
+            ("crl", Some("unknown_revocation_status"))
+        );
+        assert_eq!(
+            of(E::InvalidCertRevocationList(
+                rustls::CertRevocationListError::BadSignature
+            )),
+            ("crl", Some("crl_unusable"))
+        );
+        assert_eq!(
+            of(E::InvalidCertificate(C::UnknownIssuer)),
+            ("bad_certificate", Some("unknown_issuer"))
+        );
+        assert_eq!(
+            of(E::NoCertificatesPresented),
+            ("no_client_cert", Some("no_certificate"))
+        );
+        assert_eq!(
+            of(E::InvalidCertificate(C::Revoked)),
+            ("revoked", Some("revoked"))
+        );
+        assert_eq!(
+            classify(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)).reason,
+            "other"
+        );
+    }
 }

@@ -16,10 +16,9 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// A certificate that expires sooner than this is a warning.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+use labship_protocol::identity::{self, Verdict};
 
 /// One finding, named by the config key it is about (`""`: the file itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +142,7 @@ impl Report {
     }
 }
 
-fn epoch_s(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn rfc3339(s: i64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64))
-        .to_string()
-}
+use identity::{rfc3339, unix_seconds as epoch_s};
 
 /// Checks the config at `path` as the daemon would load it, at time `now`.
 pub fn check(path: &Path, now: SystemTime) -> Report {
@@ -293,24 +284,22 @@ impl Report {
         } else {
             None
         };
-        let not_after = cert.validity().not_after.timestamp();
-        let subject = cert.subject().to_string();
-        let left = not_after - epoch_s(now);
-        let until = rfc3339(not_after);
-        if left <= 0 {
-            self.error(
+        let expiry = identity::expiry(&cert, now);
+        let (subject, until, not_after) = (&expiry.subject, expiry.until(), expiry.not_after);
+        match expiry.verdict {
+            Verdict::Expired => self.error(
                 key,
                 format!("{} ({subject}) expired at {until}", path.display()),
-            );
-        } else if (left as u64) < EXPIRY_WARNING.as_secs() {
-            self.warning(
+            ),
+            Verdict::ExpiresSoon { left } => self.warning(
                 key,
                 format!(
                     "{} ({subject}) expires in {} ({until})",
                     path.display(),
-                    humantime::format_duration(Duration::from_secs(left as u64))
+                    humantime::format_duration(left)
                 ),
-            );
+            ),
+            Verdict::Valid => {}
         }
         self.certificates.push(Certificate {
             key,

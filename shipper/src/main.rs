@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     if args.check_config {
         return check_config(&args);
     }
-    init_logging();
+    labship_sys::init_logging("shipper");
     let json = args.json;
     if json {
         json_on_panic();
@@ -151,49 +151,6 @@ fn main() -> ExitCode {
     // systemd's TimeoutStopSec.
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
-}
-
-/// Logs go to the journal as native fields (`EVENT`, `EPISODE_ID`,
-/// `HTTP_STATUS`, `ERROR_CODE`, `REMEDIATION`, …: tracing fields uppercased, no
-/// prefix) when stderr is the journal, or when `LABSHIP_JOURNAL=1`; otherwise
-/// readable lines on stderr.
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LABSHIP_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let journal = (stderr_is_journal()
-        || std::env::var_os("LABSHIP_JOURNAL").is_some_and(|v| v == "1"))
-    .then(|| tracing_journald::layer().ok())
-    .flatten()
-    .map(|l| {
-        l.with_field_prefix(None)
-            .with_syslog_identifier("shipper".into())
-    });
-    let registry = tracing_subscriber::registry().with(filter);
-    match journal {
-        Some(layer) => registry.with(layer).init(),
-        None => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .init(),
-    }
-}
-
-/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service whose stderr is the
-/// journal; it only counts when it matches our actual stderr.
-fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    rustix::fs::fstat(std::io::stderr())
-        .is_ok_and(|st| dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino))
 }
 
 /// `--check-config`: the report on stdout (human, `--json`, or one `--print`ed

@@ -21,14 +21,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-/// The Content-Type of [`Metrics::render`]'s format (OpenMetrics text 1.0),
-/// served to a scraper that asks for it (Prometheus does).
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The Content-Type of [`Metrics::render_classic`]'s format (the classic
-/// Prometheus text format 0.0.4), served otherwise: `promtool check
-/// metrics` (2.42) and older scrapers read only this one.
-pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use labship_sys::metrics::{CLASSIC, OPENMETRICS};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -378,25 +371,18 @@ impl Metrics {
 
     /// The OpenMetrics text exposition ([`OPENMETRICS`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        labship_sys::metrics::encode(&self.registry)
     }
 
     /// The classic text exposition ([`CLASSIC`]).
     pub fn render_classic(&self) -> String {
-        classic(&self.render())
+        labship_sys::metrics::classic(&self.render())
     }
 
     /// The exposition a request's `Accept` header asks for, with its
-    /// Content-Type.
+    /// Content-Type ([`labship_sys::metrics::encode_for`]).
     pub fn negotiate(&self, accept: Option<&str>) -> (&'static str, String) {
-        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-            (OPENMETRICS, self.render())
-        } else {
-            (CLASSIC, self.render_classic())
-        }
+        labship_sys::metrics::encode_for(&self.registry, accept)
     }
 }
 
@@ -420,42 +406,6 @@ impl Drop for UploadTimer {
             .upload_seconds
             .observe(self.started.elapsed().as_secs_f64());
     }
-}
-
-/// OpenMetrics text as the classic format: a counter family is named with
-/// its `_total` in `# HELP`/`# TYPE` (its samples already are), `# UNIT`
-/// and `# EOF` go.
-fn classic(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) {
-                    "_total"
-                } else {
-                    ""
-                };
-                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
 }
 
 /// The directories directly in `dir` whose names do not start with `.`.

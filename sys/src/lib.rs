@@ -4,7 +4,14 @@
 //! `rg --generate` does), so the `.deb`s ship documentation that cannot drift
 //! from the flags (scripts/build-debs.sh); and what a binary says about its
 //! own build (`--version`, the shipper's `User-Agent`, `labship_build_info`):
-//! the version and the git commit embedded by `build.rs`.
+//! the version and the git commit embedded by `build.rs`; and the
+//! `/metrics` exposition in the format a scraper asks for ([`metrics`]);
+//! where the log goes, the journal or stderr ([`logging`]).
+
+pub mod logging;
+pub mod metrics;
+
+pub use logging::init_logging;
 
 use std::io::{self, Write};
 

@@ -11,6 +11,7 @@
 //! test executable; `scripts/test.sh` builds them first.
 
 pub mod episode;
+pub mod fleet;
 pub mod fuzz;
 pub mod impostor;
 pub mod lab_host;
@@ -29,6 +30,20 @@ pub const GOOD_COMMIT: &str = "1111111111111111111111111111111111111111";
 pub const OLD_COMMIT: &str = "2222222222222222222222222222222222222222";
 /// The remediation the test receivers put in 412 bodies.
 pub const REMEDIATION: &str = "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh";
+
+/// The commit the binaries must name (`--version`, `User-Agent`,
+/// `labship_build_info`): `git rev-parse --short=12 HEAD` of this checkout,
+/// or `unknown` outside git.
+pub fn expected_commit() -> String {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(nspawn::repo_root())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}
 
 /// One test's world: a temp dir, a CA with server and client certificates.
 #[derive(Debug)]

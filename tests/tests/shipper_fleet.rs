@@ -15,7 +15,7 @@
 use labship_tests::episode::{noise, write_episode};
 use labship_tests::pki::Issued;
 use labship_tests::process::{Daemon, Receiver, ReceiverOpts, free_port, http_get, run};
-use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv, shipper_toml};
+use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv, expected_commit, shipper_toml};
 use serde_json::Value;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,19 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const HOST: &str = "lab-01";
-
-/// The commit the binaries must name: `git rev-parse --short=12 HEAD` of
-/// this checkout, or `unknown` outside git.
-fn expected_commit() -> String {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(labship_tests::nspawn::repo_root())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
-        _ => "unknown".to_owned(),
-    }
-}
 
 #[test]
 fn every_binary_names_the_commit_it_was_built_from() {
