@@ -393,6 +393,28 @@ async fn over_the_upload_limit_is_busy_with_retry_after() {
     );
 }
 
+/// Issue 19: `receiver --check-config` beside the running daemon, on the
+/// same config, is side-effect free: the upload in flight (its scratch file)
+/// survives the check and completes, and the check itself exits 0.
+#[tokio::test]
+async fn a_check_config_beside_the_running_receiver_leaves_its_upload_alone() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let (full, tx, task) = upload_in_flight(&r, &c, "ep", 1_000_000, 500_000).await;
+    let scratch = r.scratch();
+    let (code, out, err) = run(
+        "receiver",
+        &["--config", r.config.to_str().unwrap(), "--check-config"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(r.scratch(), scratch, "the check touched the scratch");
+    tx.send(full[500_000..].to_vec()).await.unwrap();
+    drop(tx);
+    assert_eq!(task.await.unwrap(), Ok(201));
+    assert_eq!(r.stored(HOST), ["ep.json", "ep.tar.zst"]);
+}
+
 #[tokio::test]
 async fn sigterm_lets_the_upload_in_flight_finish_then_exits_0() {
     let env = TestEnv::new();
