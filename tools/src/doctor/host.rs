@@ -211,8 +211,10 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
         SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
     );
     let left = not_after - now_s;
-    let renew = Fix::restart(format!(
-        "install a renewed certificate at {} (same key path {}), then: sudo systemctl restart {UNIT}",
+    // The running shipper re-reads its certificate and key (shipper/src/client.rs):
+    // renewing needs no restart.
+    let renew = Fix::safe(format!(
+        "install a renewed certificate at {} (same key path {}; a new key first, then the certificate), check it: sudo -u labship /opt/labship/bin/shipper --check-config; the running shipper picks it up within seconds by itself",
         cert.display(),
         config
             .auth
