@@ -189,14 +189,15 @@ fn rate(text: &str) -> Result<Option<u64>, String> {
 /// seconds added to the clock the timetable reads).
 fn local_second() -> u32 {
     use chrono::Timelike as _;
-    let mut now = chrono::Local::now();
+    let now = chrono::Local::now();
     #[cfg(debug_assertions)]
-    if let Some(off) = std::env::var("LABSHIP_TEST_CLOCK_OFFSET_S")
+    let now = match std::env::var("LABSHIP_TEST_CLOCK_OFFSET_S")
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
     {
-        now += chrono::TimeDelta::seconds(off);
-    }
+        Some(off) => now + chrono::TimeDelta::seconds(off),
+        None => now,
+    };
     now.num_seconds_from_midnight()
 }
 
