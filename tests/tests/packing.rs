@@ -3,7 +3,7 @@
 //! it when it is out of range; with `zstd_workers = 1` a `shipper --once`
 //! packing a large compressible episode uses about one core (its CPU time,
 //! utime + stime from /proc/PID/stat, against the wall time, over its
-//! busiest 2 s).
+//! busiest 4 s).
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
@@ -131,7 +131,7 @@ fn one_zstd_worker_keeps_packing_near_one_core() {
         Some(GOOD_COMMIT),
         &files,
     );
-    // LABSHIP_TEST_ZSTD_WORKERS=2 shows the check failing (about 1.7 cores
+    // LABSHIP_TEST_ZSTD_WORKERS=2 shows the check failing (about 2.0 cores
     // here on two), i.e. that it can.
     let workers = std::env::var("LABSHIP_TEST_ZSTD_WORKERS").unwrap_or("1".into());
     let cfg = config(&env, &r.url, &format!("zstd_workers = {workers}\n"));
@@ -159,9 +159,12 @@ fn one_zstd_worker_keeps_packing_near_one_core() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Sampled every 100 ms while it runs; judged over every 2 s window, so
+    // Sampled every 100 ms while it runs; judged over every 4 s window, so
     // the busiest stretch (packing) counts, not the average with the
-    // receiver's verification and the waits of the upload.
+    // receiver's verification and the waits of the upload. One zstd worker
+    // still runs beside the thread that reads and hashes the files, so the
+    // bound is 1.6 cores, not 1.0: 4 s windows on an idle 2-core machine
+    // measured 1.34 cores with one worker and 1.96 with two.
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let t0 = Instant::now();
     while child.try_wait().unwrap().is_none() {
@@ -176,7 +179,7 @@ fn one_zstd_worker_keeps_packing_near_one_core() {
     }
     assert!(child.wait().unwrap().success(), "shipper --once failed");
     assert!(r.stored(HOST).contains(&"big.tar.zst".to_owned()));
-    let window = Duration::from_secs(2);
+    let window = Duration::from_secs(4);
     let mut busiest = 0.0f64;
     for (i, &(t1, c1)) in samples.iter().enumerate() {
         let Some(&(t2, c2)) = samples[i..].iter().find(|(t, _)| *t - t1 >= window) else {
@@ -188,14 +191,14 @@ fn one_zstd_worker_keeps_packing_near_one_core() {
     let cpu = (last.1 - first.1) as f64 / tick;
     let wall = (last.0 - first.0).as_secs_f64();
     eprintln!(
-        "zstd_workers = {workers}: {cpu:.2} s CPU in {wall:.2} s wall; busiest 2 s: {busiest:.2} cores"
+        "zstd_workers = {workers}: {cpu:.2} s CPU in {wall:.2} s wall; busiest 4 s: {busiest:.2} cores"
     );
     assert!(
         cpu >= 2.0,
         "the shipper used only {cpu:.2} s CPU: too little to judge"
     );
     assert!(
-        busiest <= 1.3,
-        "zstd_workers = {workers} used {busiest:.2} cores over 2 s ({cpu:.2} s CPU in {wall:.2} s in all)"
+        busiest <= 1.6,
+        "zstd_workers = {workers} used {busiest:.2} cores over 4 s ({cpu:.2} s CPU in {wall:.2} s in all)"
     );
 }
