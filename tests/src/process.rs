@@ -45,20 +45,30 @@ pub struct ReceiverOpts {
 }
 
 impl ReceiverOpts {
-    /// The receiver in its own mount namespace (`unshare -m`, needs root)
-    /// with a tmpfs of `size` (e.g. `"4m"`) mounted as its store at `store`.
-    pub fn on_tmpfs_store(store: &Path, size: &str) -> Self {
-        let script = format!("mount -t tmpfs -o size={size} tmpfs {store:?} && exec \"$0\" \"$@\"");
+    /// The receiver in its own private mount namespace (`unshare -m`, needs
+    /// root), started by `sh -c script`, which ends with
+    /// `exec "$0" "$@"` (the receiver's command line).
+    pub fn in_mount_namespace(script: String) -> Self {
         Self {
-            wrapper: Some(vec![
-                "unshare".into(),
-                "-m".into(),
-                "sh".into(),
-                "-c".into(),
-                script,
-            ]),
-            store: Some(store.to_path_buf()),
+            wrapper: Some(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+                    .map(String::from)
+                    .into_iter()
+                    .chain([script])
+                    .collect(),
+            ),
             ..Default::default()
+        }
+    }
+
+    /// [`ReceiverOpts::in_mount_namespace`] with a tmpfs of `size` (e.g.
+    /// `"4m"`) mounted as its store at `store`.
+    pub fn on_tmpfs_store(store: &Path, size: &str) -> Self {
+        Self {
+            store: Some(store.to_path_buf()),
+            ..Self::in_mount_namespace(format!(
+                "mount -t tmpfs -o size={size} tmpfs {store:?} && exec \"$0\" \"$@\""
+            ))
         }
     }
 }

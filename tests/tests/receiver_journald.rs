@@ -49,21 +49,8 @@ async fn the_journal_gets_native_fields_and_priorities() {
     let r = Receiver::start_with(
         &env,
         ReceiverOpts {
-            wrapper: Some(
-                [
-                    "unshare",
-                    "-m",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    &script,
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
             env: vec![("LABSHIP_JOURNAL".into(), "1".into())],
-            ..Default::default()
+            ..ReceiverOpts::in_mount_namespace(script)
         },
     );
     let c = env.client(Some(&env.pki.client(HOST)));

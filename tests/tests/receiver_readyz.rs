@@ -35,21 +35,8 @@ async fn readyz_is_503_while_the_store_is_read_only() {
     let r = Receiver::start_with(
         &env,
         ReceiverOpts {
-            wrapper: Some(
-                [
-                    "unshare",
-                    "-m",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    &script,
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
             store: Some(store.clone()),
-            ..Default::default()
+            ..ReceiverOpts::in_mount_namespace(script)
         },
     );
     assert_eq!(
