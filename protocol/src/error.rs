@@ -21,6 +21,9 @@ pub enum ErrorCode {
     DigestMissing,
     DigestMismatch,
     ArchiveInvalid,
+    /// An append would pass the declared `Upload-Length`, or the upload was
+    /// completed short of it (CONTRACT §9).
+    UploadLengthMismatch,
     // 401 / 403: identity problems (transient for the shipper, but loud).
     Unauthenticated,
     HostMismatch,
@@ -28,12 +31,18 @@ pub enum ErrorCode {
     NotFound,
     // 409 / 412 / 413.
     Conflict,
+    /// A `PATCH` whose `Upload-Offset` is not the offset the receiver holds;
+    /// the answer carries the right one. Not fatal: the client continues there.
+    OffsetMismatch,
     CommitOutOfWindow,
     TooLarge,
     // 500 / 503 / 507.
     Internal,
     Busy,
     ShuttingDown,
+    /// Another upload of this very episode is in progress: defer this episode
+    /// only, never the host's queue (CONTRACT §9).
+    EpisodeBusy,
     InsufficientStorage,
     // Local reasons, never sent by the receiver.
     MetaMissing,
@@ -52,15 +61,18 @@ impl ErrorCode {
             Self::DigestMissing => "digest_missing",
             Self::DigestMismatch => "digest_mismatch",
             Self::ArchiveInvalid => "archive_invalid",
+            Self::UploadLengthMismatch => "upload_length_mismatch",
             Self::Unauthenticated => "unauthenticated",
             Self::HostMismatch => "host_mismatch",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::OffsetMismatch => "offset_mismatch",
             Self::CommitOutOfWindow => "commit_out_of_window",
             Self::TooLarge => "too_large",
             Self::Internal => "internal",
             Self::Busy => "busy",
             Self::ShuttingDown => "shutting_down",
+            Self::EpisodeBusy => "episode_busy",
             Self::InsufficientStorage => "insufficient_storage",
             Self::MetaMissing => "meta_missing",
             Self::MetaInvalid => "meta_invalid",
@@ -77,15 +89,16 @@ impl ErrorCode {
             | Self::StampMismatch
             | Self::DigestMissing
             | Self::DigestMismatch
-            | Self::ArchiveInvalid => 400,
+            | Self::ArchiveInvalid
+            | Self::UploadLengthMismatch => 400,
             Self::Unauthenticated => 401,
             Self::HostMismatch => 403,
             Self::NotFound => 404,
-            Self::Conflict => 409,
+            Self::Conflict | Self::OffsetMismatch => 409,
             Self::CommitOutOfWindow => 412,
             Self::TooLarge => 413,
             Self::Internal => 500,
-            Self::Busy | Self::ShuttingDown => 503,
+            Self::Busy | Self::ShuttingDown | Self::EpisodeBusy => 503,
             Self::InsufficientStorage => 507,
             Self::MetaMissing | Self::MetaInvalid | Self::ArchiveFailed => return None,
         })

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod id;
 pub mod identity;
 pub mod stamp;
+pub mod upload;
 
 pub use answer::{NotConfirmed, StoredBody};
 pub use archive::{EntryKind, EntryRole, EntryRuleError, check_entry};
