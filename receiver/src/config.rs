@@ -18,25 +18,7 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
 
-/// A configuration problem: the binary exits 2 with this message.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// Dotted key, or empty when the whole file is at fault.
-    pub key: String,
-    pub why: String,
-}
-
-impl ConfigError {
-    pub fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            why: why.into(),
-        }
-    }
-}
+pub use labship_sys::config::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -314,24 +296,15 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        let text = labship_sys::config::read(path)?;
         Self::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path` (relative paths resolve against
     /// `path`'s directory).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let raw: Raw = labship_sys::config::parse_toml(path, text)?;
+        let resolve = |p: &Path| labship_sys::config::resolve(path, p);
         let err = |key: &str, why: String| ConfigError::new(path, key, why);
         let addr = |key: &str, s: &str| {
             s.parse::<SocketAddr>().map_err(|_| {

@@ -19,36 +19,10 @@ pub mod routes;
 pub mod s3;
 pub mod server;
 pub mod store;
-pub mod systemd;
 pub mod tls;
 
-/// A named crash point for the crash tests (as the shipper's): in debug
-/// builds, when `LABSHIP_CRASH_AT` names this point, the process sends itself
-/// SIGKILL here, as `kill -9` or a power cut would stop it. Compiled out of
-/// release builds.
-#[inline]
-pub fn crash_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
-
-/// Test hook, debug builds only: `LABSHIP_PAUSE_AT=<name>` makes the task
-/// that reaches `name` log "paused at test pause point <name>" and wait
-/// until it is cancelled (e.g. by shutdown), so a test can act at that point.
-pub async fn pause_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_PAUSE_AT").is_some_and(|v| v == name) {
-        tracing::warn!("paused at test pause point {name}");
-        std::future::pending::<()>().await;
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
+pub use labship_sys::hooks::{crash_point, pause_point};
+pub use labship_sys::systemd;
 
 use config::{Config, ConfigError};
 use routes::AppState;

@@ -21,7 +21,6 @@
 
 use labship_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,9 +190,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io("fsync directory", path))
+    labship_sys::fs::fsync_dir(path).map_err(StoreError::io("fsync directory", path))
 }
 
 impl FsStore {

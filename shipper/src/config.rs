@@ -23,23 +23,7 @@ pub const MAX_ZSTD_LEVEL: i32 = 19;
 /// ceiling (`ZSTDMT_NBWORKERS_MAX` on 64-bit).
 pub const MAX_ZSTD_WORKERS: u32 = 256;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub key: String,
-    pub why: String,
-}
-
-impl ConfigError {
-    fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            why: why.into(),
-        }
-    }
-}
+pub use labship_sys::config::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,15 +184,7 @@ struct RawReceiverPaths {
     token_file: PathBuf,
 }
 
-/// A path from `file` as the shipper uses it: relative ones resolve against
-/// the file's directory.
-fn resolve(file: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        file.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
+use labship_sys::config::resolve;
 
 /// [`resolve`] for an optional key: `None` when it is empty (unset).
 fn optional(file: &Path, p: &Path) -> Option<PathBuf> {
@@ -219,8 +195,7 @@ impl Paths {
     /// The paths in `text` (read from `path`); an error only when it is not
     /// TOML or a path key has the wrong type.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawPaths = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let raw: RawPaths = labship_sys::config::parse_toml(path, text)?;
         let r = &raw.receiver;
         Ok(Self {
             data_dir: resolve(path, &raw.data_dir),
@@ -281,16 +256,14 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        let text = labship_sys::config::read(path)?;
         Self::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path`; also checks that the configured
     /// certificate, key, CA and token files are readable.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let raw: Raw = labship_sys::config::parse_toml(path, text)?;
         let err = |key: &str, why: String| ConfigError::new(path, key, why);
         let optional = |p: &Path| optional(path, p);
         let readable = |key: &str, p: &Path| {

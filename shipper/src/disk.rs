@@ -116,9 +116,7 @@ pub struct ReasonFile {
     pub quarantined_at: String,
 }
 
-pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
+pub use labship_sys::fs::fsync_dir;
 
 /// Mode of the small files labship writes (reason files, sidecars,
 /// status.json): readable by the group, so `doctor` run by an operator in the
