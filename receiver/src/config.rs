@@ -19,6 +19,10 @@ use std::time::Duration;
 pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
 
 pub use labship_sys::config::ConfigError;
+pub use storage::S3Config;
+use storage::{RawStorage, s3_config};
+
+mod storage;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,40 +58,6 @@ struct RawTls {
 struct RawAuth {
     #[serde(default)]
     tokens_file: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    #[serde(default = "d_kind")]
-    kind: String,
-    #[serde(default = "d_storage_dir")]
-    dir: PathBuf,
-    // kind = "s3" (CONTRACT §8); `dir` then holds only the local scratch spool.
-    #[serde(default)]
-    bucket: String,
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    endpoint: String,
-    #[serde(default = "d_region")]
-    region: String,
-    #[serde(default)]
-    allow_http: bool,
-}
-
-impl Default for RawStorage {
-    fn default() -> Self {
-        Self {
-            kind: d_kind(),
-            dir: d_storage_dir(),
-            bucket: String::new(),
-            prefix: String::new(),
-            endpoint: String::new(),
-            region: d_region(),
-            allow_http: false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,15 +146,6 @@ impl Default for RawOps {
 fn d_listen() -> String {
     "0.0.0.0:8443".into()
 }
-fn d_kind() -> String {
-    "fs".into()
-}
-fn d_storage_dir() -> PathBuf {
-    "/var/lib/labship-receiver/episodes".into()
-}
-fn d_region() -> String {
-    "us-east-1".into()
-}
 fn d_allowed_commits() -> PathBuf {
     "/etc/labship/allowed-commits".into()
 }
@@ -272,7 +233,7 @@ pub struct Config {
     /// The fs store's directory; with `s3`, the local scratch spool's parent.
     pub storage_dir: PathBuf,
     /// `Some` when `storage.kind = "s3"`.
-    pub s3: Option<crate::s3::S3Config>,
+    pub s3: Option<S3Config>,
     pub allowed_commits_file: PathBuf,
     pub remediation: Option<String>,
     pub max_episode_bytes: u64,
@@ -480,68 +441,6 @@ impl Config {
         }
         out
     }
-}
-
-/// Validates the `[storage]` keys of `kind = "s3"`.
-fn s3_config(
-    raw: &RawStorage,
-    err: &impl Fn(&str, String) -> ConfigError,
-) -> Result<crate::s3::S3Config, ConfigError> {
-    let bucket = raw.bucket.trim();
-    if bucket.is_empty() {
-        return Err(err(
-            "storage.bucket",
-            "is required when storage.kind = \"s3\"".into(),
-        ));
-    }
-    if bucket.contains('/') {
-        return Err(err(
-            "storage.bucket",
-            format!(
-                "{bucket:?} is a bucket name, not a path (use storage.prefix for a key prefix)"
-            ),
-        ));
-    }
-    if raw.prefix.starts_with('/') || raw.prefix.contains("//") {
-        return Err(err(
-            "storage.prefix",
-            format!(
-                "{:?}: keys must not start with \"/\" nor contain \"//\" (e.g. \"labship/\")",
-                raw.prefix
-            ),
-        ));
-    }
-    let endpoint = raw.endpoint.trim();
-    let endpoint = if endpoint.is_empty() {
-        None
-    } else if endpoint.starts_with("http://") {
-        if !raw.allow_http {
-            return Err(err(
-                "storage.endpoint",
-                format!(
-                    "{endpoint:?} is plain HTTP; set storage.allow_http = true to allow it (credentials and archives then cross the network unencrypted)"
-                ),
-            ));
-        }
-        Some(endpoint.to_owned())
-    } else if endpoint.starts_with("https://") {
-        Some(endpoint.to_owned())
-    } else {
-        return Err(err(
-            "storage.endpoint",
-            format!("{endpoint:?} is not an http:// or https:// URL"),
-        ));
-    };
-    if raw.region.trim().is_empty() {
-        return Err(err("storage.region", "must not be empty".into()));
-    }
-    Ok(crate::s3::S3Config {
-        bucket: bucket.to_owned(),
-        prefix: raw.prefix.clone(),
-        endpoint,
-        region: raw.region.trim().to_owned(),
-        allow_http: raw.allow_http,
-    })
 }
 
 #[cfg(test)]

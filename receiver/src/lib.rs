@@ -16,7 +16,6 @@ pub mod metrics;
 pub mod ops;
 mod pace;
 pub mod routes;
-pub mod s3;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -109,9 +108,8 @@ impl Receiver {
         let metrics = Arc::new(metrics::Metrics::new(tls.is_some()));
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
-            Some(s3) => {
-                s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
-            }
+            Some(s3) => store::s3::S3Store::open(s3, &config.storage_dir, metrics.clone())
+                .map(store::Store::S3),
         }
         .map_err(|e| {
             // The S3 client's own settings, or the local dir (the spool).
