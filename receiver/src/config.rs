@@ -19,8 +19,8 @@ use std::time::Duration;
 pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
 
 pub use labship_sys::config::ConfigError;
+use storage::RawStorage;
 pub use storage::S3Config;
-use storage::{RawStorage, s3_config};
 
 mod storage;
 
@@ -279,52 +279,8 @@ impl Config {
         let listen = addr("listen", &raw.listen)?;
         let tokens_file =
             (!raw.auth.tokens_file.as_os_str().is_empty()).then(|| resolve(&raw.auth.tokens_file));
-        let tls = match raw.tls {
-            None => {
-                if !listen.ip().is_loopback() {
-                    return Err(err(
-                        "listen",
-                        format!(
-                            "{listen} is not a loopback address, and plain HTTP (no [tls] table) is only allowed on loopback; add a [tls] table or listen on 127.0.0.1"
-                        ),
-                    ));
-                }
-                None
-            }
-            Some(t) => {
-                let client_ca_file =
-                    (!t.client_ca_file.as_os_str().is_empty()).then(|| resolve(&t.client_ca_file));
-                if client_ca_file.is_none() && tokens_file.is_none() {
-                    return Err(err(
-                        "tls.client_ca_file",
-                        "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
-                    ));
-                }
-                let crl_file = (!t.crl_file.as_os_str().is_empty()).then(|| resolve(&t.crl_file));
-                if crl_file.is_some() && client_ca_file.is_none() {
-                    return Err(err(
-                        "tls.crl_file",
-                        "needs tls.client_ca_file: CRLs revoke client certificates, and none are verified without a client CA".into(),
-                    ));
-                }
-                Some(TlsFiles {
-                    cert_file: resolve(&t.cert_file),
-                    key_file: resolve(&t.key_file),
-                    client_ca_file,
-                    crl_file,
-                })
-            }
-        };
-        let s3 = match raw.storage.kind.as_str() {
-            "fs" => None,
-            "s3" => Some(s3_config(&raw.storage, &err)?),
-            other => {
-                return Err(err(
-                    "storage.kind",
-                    format!("{other:?} is not one of \"fs\", \"s3\""),
-                ));
-            }
-        };
+        let tls = tls_files(raw.tls, listen, tokens_file.is_some(), &resolve, &err)?;
+        let s3 = storage::s3_if_chosen(&raw.storage, &err)?;
         let l = &raw.limits;
         let positive = |key: &str, v: u64| {
             if v == 0 {
@@ -441,6 +397,54 @@ impl Config {
         }
         out
     }
+}
+
+/// The `[tls]` table, paths resolved: none is plain HTTP, allowed on loopback
+/// only; hosts authenticate by client certificate unless bearer tokens are
+/// configured.
+fn tls_files(
+    raw: Option<RawTls>,
+    listen: SocketAddr,
+    has_tokens: bool,
+    resolve: &impl Fn(&Path) -> PathBuf,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    Ok(match raw {
+        None => {
+            if !listen.ip().is_loopback() {
+                return Err(err(
+                    "listen",
+                    format!(
+                        "{listen} is not a loopback address, and plain HTTP (no [tls] table) is only allowed on loopback; add a [tls] table or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+            None
+        }
+        Some(t) => {
+            let client_ca_file =
+                (!t.client_ca_file.as_os_str().is_empty()).then(|| resolve(&t.client_ca_file));
+            if client_ca_file.is_none() && !has_tokens {
+                return Err(err(
+                    "tls.client_ca_file",
+                    "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
+                ));
+            }
+            let crl_file = (!t.crl_file.as_os_str().is_empty()).then(|| resolve(&t.crl_file));
+            if crl_file.is_some() && client_ca_file.is_none() {
+                return Err(err(
+                    "tls.crl_file",
+                    "needs tls.client_ca_file: CRLs revoke client certificates, and none are verified without a client CA".into(),
+                ));
+            }
+            Some(TlsFiles {
+                cert_file: resolve(&t.cert_file),
+                key_file: resolve(&t.key_file),
+                client_ca_file,
+                crl_file,
+            })
+        }
+    })
 }
 
 #[cfg(test)]

@@ -60,8 +60,23 @@ fn d_region() -> String {
     "us-east-1".into()
 }
 
+/// `storage.kind`: `None` for `fs`, the validated S3 keys for `s3`.
+pub(super) fn s3_if_chosen(
+    raw: &RawStorage,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<S3Config>, ConfigError> {
+    match raw.kind.as_str() {
+        "fs" => Ok(None),
+        "s3" => s3_config(raw, err).map(Some),
+        other => Err(err(
+            "storage.kind",
+            format!("{other:?} is not one of \"fs\", \"s3\""),
+        )),
+    }
+}
+
 /// Validates the `[storage]` keys of `kind = "s3"`.
-pub(super) fn s3_config(
+fn s3_config(
     raw: &RawStorage,
     err: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<S3Config, ConfigError> {
