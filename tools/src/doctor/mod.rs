@@ -360,6 +360,112 @@ mod tests {
         );
     }
 
+    /// Every row doctor can write, in the order its checks run (service,
+    /// journal, host, unsettled), with its level and rank: the report puts
+    /// them in this order. Pinned before the ranks became [`Rank`].
+    #[test]
+    fn the_headline_order_is_pinned() {
+        use Level::{Fail, Warn};
+        let rows: Vec<(Level, &'static str, u8)> = vec![
+            (Fail, "service not installed", 3),
+            (Warn, "service active, not enabled", 54),
+            (Fail, "service failed", 6),
+            (Fail, "service restart loop", 7),
+            (Warn, "service activating", 70),
+            (Fail, "service stopped", 8),
+            (Fail, "journal start failures", 5),
+            (Fail, "journal out of window", 10),
+            (Fail, "journal watchdog", 12),
+            (Fail, "journal auth", 15),
+            (Fail, "journal local io", 18),
+            (Fail, "journal unstamped", 20),
+            (Fail, "journal rejected", 25),
+            (Fail, "journal conflict", 30),
+            (Fail, "journal too large", 35),
+            (Fail, "journal archive failed", 38),
+            (Warn, "journal unreachable", 40),
+            (Warn, "journal store full", 41),
+            (Warn, "journal reload failed", 42),
+            (Warn, "journal restarts", 60),
+            (Warn, "journal no lines", 50),
+            (Warn, "journal denied", 45),
+            (Warn, "journal unreadable", 46),
+            (Warn, "no journalctl", 90),
+            (Fail, "config invalid", 4),
+            (Fail, "cert unreadable", 14),
+            (Fail, "cert expired", 13),
+            (Warn, "cert expires soon", 55),
+            (Fail, "client setup", 4),
+            (Fail, "ping refused", 16),
+            (Fail, "ping unreachable", 17),
+            (Fail, "disk unstatable", 9),
+            (Fail, "disk full", 11),
+            (Warn, "disk low", 52),
+            (Warn, "backlog", 45),
+            (Warn, "unfinished", 65),
+            (Warn, "outbox stale", 58),
+            (Warn, "quarantine recent", 56),
+            (Warn, "status missing", 57),
+            (Fail, "status hung", 9),
+            (Warn, "status no success", 44),
+            (Warn, "unsettled", 43),
+        ];
+        let findings = rows
+            .iter()
+            .map(|&(level, label, rank)| Finding::new(level, "x", label, None, rank))
+            .collect();
+        let order: Vec<String> = Report::new(findings)
+            .findings
+            .into_iter()
+            .map(|f| f.finding)
+            .collect();
+        let want = [
+            "service not installed",
+            "config invalid",
+            "client setup",
+            "journal start failures",
+            "service failed",
+            "service restart loop",
+            "service stopped",
+            "disk unstatable",
+            "status hung",
+            "journal out of window",
+            "disk full",
+            "journal watchdog",
+            "cert expired",
+            "cert unreadable",
+            "journal auth",
+            "ping refused",
+            "ping unreachable",
+            "journal local io",
+            "journal unstamped",
+            "journal rejected",
+            "journal conflict",
+            "journal too large",
+            "journal archive failed",
+            "journal unreachable",
+            "journal store full",
+            "journal reload failed",
+            "unsettled",
+            "status no success",
+            "journal denied",
+            "backlog",
+            "journal unreadable",
+            "journal no lines",
+            "disk low",
+            "service active, not enabled",
+            "cert expires soon",
+            "quarantine recent",
+            "status missing",
+            "outbox stale",
+            "journal restarts",
+            "unfinished",
+            "service activating",
+            "no journalctl",
+        ];
+        assert_eq!(order, want);
+    }
+
     #[test]
     fn ages_read_naturally() {
         assert_eq!(age(Duration::from_secs(40)), "40s");
