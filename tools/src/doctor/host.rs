@@ -3,7 +3,7 @@
 //! ping of the receiver (the shipper's own), free space on `data_dir`, the
 //! queue's directories and `state/status.json`.
 
-use super::{Finding, Fix, Level, Options, UNIT, age};
+use super::{Finding, Fix, Level, Options, Rank, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};
 use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
@@ -70,28 +70,28 @@ pub fn service() -> Option<Service> {
             Some(Fix::restart(
                 "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
             )),
-            3,
+            Rank::ServiceMissing,
         ),
         (_, "active") if enabled != "enabled" && enabled != "static" => s(
             Some(true),
             Level::Warn,
             format!("{UNIT} {state} but {enabled}: it will not start after a reboot"),
             Some(Fix::safe(format!("sudo systemctl enable {UNIT}"))),
-            54,
+            Rank::NotEnabled,
         ),
         (_, "active") => s(
             Some(true),
             Level::Ok,
             format!("{UNIT} {state}, {restarts} restart(s), {enabled}"),
             None,
-            200,
+            Rank::Ok,
         ),
         (_, "failed") => s(
             Some(false),
             Level::Fail,
             format!("{UNIT} has failed (result: {result}); see the journal findings for why"),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            6,
+            Rank::ServiceFailed,
         ),
         (_, "activating") if sub == "auto-restart" => s(
             Some(false),
@@ -100,21 +100,21 @@ pub fn service() -> Option<Service> {
                 "{UNIT} keeps failing and restarting ({restarts} restart(s), result: {result})"
             ),
             Some(Fix::safe(format!("journalctl -u {UNIT} -n 30 --no-pager"))),
-            7,
+            Rank::RestartLoop,
         ),
         (_, "activating" | "reloading" | "deactivating") => s(
             Some(true),
             Level::Warn,
             format!("{UNIT} is {state}"),
             None,
-            70,
+            Rank::Transitioning,
         ),
         _ => s(
             Some(false),
             Level::Fail,
             format!("{UNIT} is not running ({state}, {enabled})"),
             Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
-            8,
+            Rank::ServiceStopped,
         ),
     })
 }
@@ -141,7 +141,7 @@ pub async fn check(
                 "config",
                 format!("invalid configuration: {e}"),
                 Some(fix),
-                4,
+                Rank::ConfigInvalid,
             )];
         }
     };
@@ -184,7 +184,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
                     cert.display(),
                     cert.display()
                 ))),
-                14,
+                Rank::CertUnreadable,
             )];
         }
     };
@@ -201,7 +201,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
             "certificate",
             format!("{} is not a PEM certificate", cert.display()),
             None,
-            14,
+            Rank::CertUnreadable,
         )];
     };
     let now_s = now
@@ -228,7 +228,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
             "certificate",
             format!("client certificate {} expired at {until}", cert.display()),
             Some(renew.clone()),
-            13,
+            Rank::CertExpired,
         )
     } else if (left as u64) < CERT_WARN.as_secs() {
         Finding::new(
@@ -240,7 +240,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
                 age(Duration::from_secs(left as u64))
             ),
             Some(renew),
-            55,
+            Rank::CertExpiring,
         )
     } else {
         Finding::ok(
@@ -259,7 +259,7 @@ async fn ping(config: &Config) -> Finding {
                 "receiver",
                 format!("cannot set up the client: {e}"),
                 Some(Fix::safe(format!("sudoedit {}", config.file.display()))),
-                4,
+                Rank::ClientSetup,
             );
         }
     };
@@ -273,12 +273,20 @@ async fn ping(config: &Config) -> Finding {
         PingVerdict::Ok { .. } => Finding::ok("receiver", line),
         PingVerdict::HostMismatch { .. }
         | PingVerdict::Refused { .. }
-        | PingVerdict::TlsRefused { .. } => {
-            Finding::new(Level::Fail, "receiver", line, Some(recheck), 16)
-        }
-        PingVerdict::Unreachable { .. } => {
-            Finding::new(Level::Fail, "receiver", line, Some(recheck), 17)
-        }
+        | PingVerdict::TlsRefused { .. } => Finding::new(
+            Level::Fail,
+            "receiver",
+            line,
+            Some(recheck),
+            Rank::PingRefused,
+        ),
+        PingVerdict::Unreachable { .. } => Finding::new(
+            Level::Fail,
+            "receiver",
+            line,
+            Some(recheck),
+            Rank::PingFailed,
+        ),
         PingVerdict::Unexpected { .. } => Finding::new(
             Level::Fail,
             "receiver",
@@ -287,7 +295,7 @@ async fn ping(config: &Config) -> Finding {
                 "sudoedit {}   # receiver.url",
                 config.file.display()
             ))),
-            17,
+            Rank::PingFailed,
         ),
     }
 }
@@ -304,7 +312,7 @@ fn disk(config: &Config) -> Vec<Finding> {
                 Some(Fix::restart(
                     "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
                 )),
-                9,
+                Rank::DataDirMissing,
             )];
         }
     };
@@ -317,9 +325,9 @@ fn disk(config: &Config) -> Vec<Finding> {
         dir.join("shipped").display()
     )));
     vec![if pct < 2.0 {
-        Finding::new(Level::Fail, "disk", finding, fix, 11)
+        Finding::new(Level::Fail, "disk", finding, fix, Rank::DiskFull)
     } else if pct < 10.0 {
-        Finding::new(Level::Warn, "disk", finding, fix, 52)
+        Finding::new(Level::Warn, "disk", finding, fix, Rank::DiskLow)
     } else {
         Finding::ok("disk", finding)
     }]
@@ -383,7 +391,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                     age(a)
                 ),
                 None,
-                45,
+                Rank::Backlog,
             ),
             Some(a) => Finding::ok(
                 "backlog",
@@ -412,7 +420,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 if unfinished.len() > names.len() { ", …" } else { "" }
             ),
             None,
-            65,
+            Rank::Unfinished,
         ));
     }
 
@@ -446,7 +454,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 stale.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
             ),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            58,
+            Rank::OutboxStale,
         )
     });
 
@@ -499,7 +507,7 @@ fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding
                 format!("{total} quarantined ({counts}), {recent} in the last day"),
                 // The receiver's words, kept in the reason file.
                 fix.map(|(_, r)| Fix::foreign(r)),
-                56,
+                Rank::QuarantineRecent,
             )
         } else if total > 0 {
             Finding::ok(

@@ -24,7 +24,7 @@
 //! least 5 minutes).
 
 use super::host::BACKLOG_AGE;
-use super::{Finding, Fix, Level, UNIT, age};
+use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
 use labship_shipper::progress::REWRITE_EVERY;
@@ -109,7 +109,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                     window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
                 ),
                 Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-                9,
+                Rank::Stalled,
             )
         };
         return finding.with_details(details);
@@ -134,7 +134,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 age(config.scan_interval)
             ),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            9,
+            Rank::Stalled,
         ),
         _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
             Level::Warn,
@@ -144,7 +144,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 status["last_error"]["message"].as_str().unwrap_or("none")
             ),
             None,
-            44,
+            Rank::NoRecentShip,
         ),
         _ => Finding::ok(
             "status",
@@ -182,7 +182,7 @@ fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
                 path.display()
             ),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            57,
+            Rank::StatusMissing,
         )
     })
 }
