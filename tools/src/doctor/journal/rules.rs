@@ -306,7 +306,7 @@ pub(super) const RULES: &[Rule] = &[
         },
         fix: |_, c| {
             Some(Fix::safe(format!(
-                "journalctl -u {UNIT} --since -{} --no-pager -o verbose | grep -B 30 -A 5 'EVENT=upload_task_failed'",
+                "journalctl _SYSTEMD_UNIT={UNIT} EVENT=upload_task_failed --since -{} --no-pager -o verbose",
                 c.window
             )))
         },
