@@ -1,7 +1,7 @@
 //! The host checks: the unit's state (when a systemd manager runs), the
 //! shipper's config (its own loader), the client certificate's expiry, a
-//! ping of the receiver (the shipper's own), free space on `data_dir`, the
-//! queue's directories and `state/status.json`.
+//! ping of the receiver (the shipper's own) and free space on `data_dir`;
+//! then, with the config loaded, the queue's directories ([`super::queue`]).
 
 use super::{Finding, Fix, Level, Options, Rank, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};
@@ -9,10 +9,6 @@ use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// Episodes waiting longer than this are a backlog worth a warning.
-pub(super) const BACKLOG_AGE: Duration = Duration::from_secs(3600);
-/// A directory without `meta.json` idle this long was probably abandoned.
-const UNFINISHED_AGE: Duration = Duration::from_secs(86_400);
 /// Client certificates expiring sooner than this are a warning.
 const CERT_WARN: Duration = Duration::from_secs(14 * 86_400);
 
@@ -161,7 +157,7 @@ pub async fn check(
         out.push(ping(config).await);
     }
     out.extend(disk(config));
-    out.extend(queue(config, opts.now, running));
+    out.extend(super::queue::check(config, opts.now, running));
     out
 }
 
@@ -331,197 +327,4 @@ fn disk(config: &Config) -> Vec<Finding> {
     } else {
         Finding::ok("disk", finding)
     }]
-}
-
-/// Age of `path`'s mtime.
-fn age_of(path: &Path, now: SystemTime) -> Option<Duration> {
-    let t = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(now.duration_since(t).unwrap_or_default())
-}
-
-/// The newest mtime in a tree (shallow enough for doctor: the top two levels).
-fn newest(dir: &Path) -> Option<SystemTime> {
-    let mut newest = std::fs::metadata(dir).ok()?.modified().ok()?;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(t);
-        }
-    }
-    Some(newest)
-}
-
-fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding> {
-    let data = &config.data_dir;
-    let mut out = Vec::new();
-
-    // Backlog and unfinished directories.
-    let mut ready = Vec::new();
-    let mut unfinished = Vec::new();
-    for e in std::fs::read_dir(data.join("episodes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let path = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !path.is_dir() || labship_protocol::Id::parse(&name).is_err() {
-            continue;
-        }
-        let meta = path.join(labship_protocol::stamp::META_FILE);
-        if meta.is_file() {
-            ready.push((name, age_of(&meta, now).unwrap_or_default()));
-        } else {
-            let idle = newest(&path).map_or(Duration::ZERO, |t| {
-                now.duration_since(t).unwrap_or_default()
-            });
-            if idle >= UNFINISHED_AGE {
-                unfinished.push((name, idle));
-            }
-        }
-    }
-    let oldest = ready.iter().map(|(_, a)| *a).max();
-    out.push(
-        match oldest {
-            Some(a) if a >= BACKLOG_AGE => Finding::new(
-                Level::Warn,
-                "backlog",
-                format!(
-                    "{} episode(s) waiting, the oldest for {}",
-                    ready.len(),
-                    age(a)
-                ),
-                None,
-                Rank::Backlog,
-            ),
-            Some(a) => Finding::ok(
-                "backlog",
-                format!(
-                    "{} episode(s) waiting, the oldest for {}",
-                    ready.len(),
-                    age(a)
-                ),
-            ),
-            None => Finding::ok("backlog", "no episode waiting"),
-        }
-        .with_details(
-            serde_json::json!({"waiting": ready.len(), "oldest_s": oldest.map(|a| a.as_secs())}),
-        ),
-    );
-    if !unfinished.is_empty() {
-        unfinished.sort();
-        let names: Vec<&str> = unfinished.iter().take(5).map(|(n, _)| n.as_str()).collect();
-        out.push(Finding::new(
-            Level::Warn,
-            "unfinished",
-            format!(
-                "{} director(ies) in episodes/ without meta.json, idle for over a day: {}{} (never shipped until the producer writes meta.json)",
-                unfinished.len(),
-                names.join(", "),
-                if unfinished.len() > names.len() { ", …" } else { "" }
-            ),
-            None,
-            Rank::Unfinished,
-        ));
-    }
-
-    // Outbox leftovers: archives waiting long, temp files a crash left.
-    let mut archives = 0;
-    let mut stale = Vec::new();
-    for e in std::fs::read_dir(data.join("outbox"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let a = age_of(&e.path(), now).unwrap_or_default();
-        if name.ends_with(".tar.zst") && !name.starts_with('.') {
-            archives += 1;
-        }
-        if a >= BACKLOG_AGE {
-            stale.push(name);
-        }
-    }
-    out.push(if stale.is_empty() {
-        Finding::ok("outbox", format!("{archives} archive(s) in flight"))
-    } else {
-        Finding::new(
-            Level::Warn,
-            "outbox",
-            format!(
-                "{} file(s) in outbox/ older than {}: {} (a restart clears crash leftovers; archives wait for the receiver)",
-                stale.len(),
-                age(BACKLOG_AGE),
-                stale.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
-            ),
-            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            Rank::OutboxStale,
-        )
-    });
-
-    // Quarantine by reason; recent ones are news.
-    let mut by_reason = std::collections::BTreeMap::<String, usize>::new();
-    let mut recent = 0;
-    let mut total = 0;
-    let mut fix: Option<(Duration, String)> = None;
-    for e in std::fs::read_dir(data.join("quarantine"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        total += 1;
-        let reason: Option<serde_json::Value> =
-            std::fs::read(e.path().join(labship_shipper::disk::REASON_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-        let code = reason
-            .as_ref()
-            .and_then(|r| r["reason"].as_str())
-            .unwrap_or("no reason file")
-            .to_owned();
-        *by_reason.entry(code).or_default() += 1;
-        let a = age_of(&e.path(), now);
-        if a.is_some_and(|a| a < UNFINISHED_AGE) {
-            recent += 1;
-            // The newest recent remediation (a shell command, or null).
-            let remediation = reason
-                .as_ref()
-                .and_then(|r| r["remediation"].as_str())
-                .map(str::to_owned);
-            if let (Some(r), Some(a)) = (remediation, a)
-                && fix.as_ref().is_none_or(|(age, _)| a < *age)
-            {
-                fix = Some((a, r));
-            }
-        }
-    }
-    let counts = by_reason
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    out.push(
-        if recent > 0 {
-            Finding::new(
-                Level::Warn,
-                "quarantine",
-                format!("{total} quarantined ({counts}), {recent} in the last day"),
-                // The receiver's words, kept in the reason file.
-                fix.map(|(_, r)| Fix::foreign(r)),
-                Rank::QuarantineRecent,
-            )
-        } else if total > 0 {
-            Finding::ok(
-                "quarantine",
-                format!("{total} quarantined ({counts}), none in the last day"),
-            )
-        } else {
-            Finding::ok("quarantine", "empty")
-        }
-        .with_details(
-            serde_json::json!({"total": total, "recent": recent, "by_reason": by_reason}),
-        ),
-    );
-
-    out.push(super::status::check(config, now, running, ready.len()));
-    out
 }

@@ -3,15 +3,16 @@
 //!
 //! Every check produces [`Finding`]s (`OK`, `WARN`, `FAIL`, a check name, what
 //! was found, the fix when one exists). The headline is the worst finding
-//! (level first, then [`Rank`], declared once in `rank.rs`: 412 outranks 400, and so on), so an
-//! agent acts on the first line alone. Checks never crash the report: a
+//! (level first, then [`Rank`], which declares the order once: 412 outranks
+//! 400, and so on), so an agent acts on the first line alone. Checks never crash the report: a
 //! journal it may not read, a missing config or a receiver that does not
 //! answer are findings like any other.
 //!
 //! - [`journal`]: the shipper's own structured events and systemd's messages
 //!   about the unit, over `--since`;
-//! - [`host`]: service state, config, certificate, receiver ping, disk, the
-//!   queue's directories and `state/status.json`;
+//! - [`host`]: service state, config, certificate, receiver ping, disk;
+//! - `queue`: the backlog in `episodes/`, unfinished directories, `outbox/`,
+//!   `quarantine/`;
 //! - [`status`]: `state/status.json`: uploads moving, passes completing;
 //! - [`unsettled`]: finished episodes that can never settle (unreadable,
 //!   dated in the future), one row each;
@@ -25,6 +26,7 @@
 
 pub mod host;
 pub mod journal;
+mod queue;
 mod rank;
 pub mod render;
 pub mod status;
@@ -365,7 +367,8 @@ mod tests {
 
     /// Every row doctor can write, in the order its checks run (service,
     /// journal, host, unsettled), with its level and rank: the report puts
-    /// them in this order. Pinned with the bare numbers that were the ranks before [`Rank`] (3 to 90, OK 200): the same order.
+    /// them in this order. Pinned with the bare numbers that were the ranks
+    /// before [`Rank`] (3 to 90, OK 200): the same order.
     #[test]
     fn the_headline_order_is_pinned() {
         use Level::{Fail, Warn};

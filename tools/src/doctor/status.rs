@@ -23,7 +23,7 @@
 //! window after which a pass is overdue (default: three scan intervals, at
 //! least 5 minutes).
 
-use super::host::BACKLOG_AGE;
+use super::queue::BACKLOG_AGE;
 use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
