@@ -59,18 +59,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
     let awaiting = uploading
         .iter()
         .all(|u| u["phase"].as_str() == Some("awaiting_answer"));
-    // What the shipper allows before it gives up (upload.rs): a body moving
-    // no byte for stall_timeout_s; an answer not come stall_timeout_s +
-    // ANSWER_GRACE after the body ended. A pass without uploads (packing,
-    // HEAD) is held to the longer one.
-    let window = config.stall_timeout
-        + if awaiting {
-            ANSWER_GRACE
-        } else {
-            Duration::ZERO
-        }
-        + REWRITE_EVERY
-        + SLACK;
+    let window = alive_window(config, awaiting);
     // The work loop's last sign of life (files from before `alive_at`:
     // the last rewrite).
     let beat = at("alive_at").or(updated);
@@ -93,23 +82,11 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         let finding = if fresh {
             moving(&uploading, cap, &mut details)
         } else {
-            let idle = beat.or(pass).unwrap_or_default();
-            Finding::new(
-                Level::Fail,
-                "status",
-                format!(
-                    "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
-                    names(&uploading),
-                    age(idle),
-                    if awaiting {
-                        "its whole body was sent and the answer is awaited"
-                    } else {
-                        "no byte moved"
-                    },
-                    window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
-                ),
-                Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-                Rank::Stalled,
+            hung(
+                &uploading,
+                beat.or(pass).unwrap_or_default(),
+                awaiting,
+                window,
             )
         };
         return finding.with_details(details);
@@ -157,6 +134,42 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         ),
     }
     .with_details(details)
+}
+
+/// How long the work loop may go without a sign of life: what the shipper
+/// allows before it gives up (upload.rs): a body moving no byte for
+/// `stall_timeout_s`; an answer not come `stall_timeout_s` +
+/// [`ANSWER_GRACE`] after the body ended. A pass without uploads (packing,
+/// HEAD) is held to the longer one.
+fn alive_window(config: &Config, awaiting: bool) -> Duration {
+    let grace = if awaiting {
+        ANSWER_GRACE
+    } else {
+        Duration::ZERO
+    };
+    config.stall_timeout + grace + REWRITE_EVERY + SLACK
+}
+
+/// Uploads listed, no sign of life for `idle`, beyond what the shipper
+/// itself allows.
+fn hung(uploading: &[Value], idle: Duration, awaiting: bool, window: Duration) -> Finding {
+    Finding::new(
+        Level::Fail,
+        "status",
+        format!(
+            "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
+            names(uploading),
+            age(idle),
+            if awaiting {
+                "its whole body was sent and the answer is awaited"
+            } else {
+                "no byte moved"
+            },
+            window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
+        ),
+        Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
+        Rank::Stalled,
+    )
 }
 
 /// The file, or the finding that says why there is none.
