@@ -348,3 +348,78 @@ fn local_io_fix(t: &Tally, c: &Context<'_>) -> Option<Fix> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Matching goes in table order: the table must be in rank order, one
+    /// rule per rank.
+    #[test]
+    fn rules_are_in_rank_order_one_per_rank() {
+        for pair in RULES.windows(2) {
+            assert!(
+                pair[0].rank < pair[1].rank,
+                "{:?} before {:?}",
+                pair[0].rank,
+                pair[1].rank
+            );
+        }
+    }
+
+    /// The shipper's events that are no row of their own, and why
+    /// (docs/doctor.md, "Journal rules").
+    const NOT_ROWS: &[(&str, &str)] = &[
+        ("shipped", "the activity row counts it"),
+        ("upload_progress", "healthy news"),
+        ("left_queue", "healthy news"),
+        ("quarantine_removed", "healthy news"),
+        ("client_tls_reloaded", "healthy news"),
+        ("episode_unreadable", "the unsettled check finds it on disk"),
+        (
+            "episode_mtime_future",
+            "the unsettled check finds it on disk",
+        ),
+        (
+            "client_tls_reload_failed",
+            "the certificate row reads the files",
+        ),
+        ("ops_listen_failed", "not classified yet"),
+        ("ops_listener_failed", "not classified yet"),
+        ("quarantine_cleanup_failed", "not classified yet"),
+    ];
+
+    /// Every `event = "…"` the shipper logs is a rule's, or deliberately
+    /// not a row: a new event fails here until doctor knows what it means.
+    #[test]
+    fn every_event_the_shipper_logs_is_classified_or_listed() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shipper/src");
+        let mut logged = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for (i, _) in text.match_indices("event = \"") {
+                if let Some((name, _)) = text[i + 9..].split_once('"') {
+                    logged.insert(name.to_owned());
+                }
+            }
+        }
+        assert!(logged.contains("quarantined"), "{logged:?}");
+        let ruled = |name: &str| {
+            RULES.iter().any(|r| {
+                r.settled_by.contains(&name)
+                    || r.matches.iter().any(|m| match m {
+                        Match::Events(events) => events.contains(&name),
+                        Match::Quarantined(_) => name == "quarantined",
+                        Match::Retry { .. } => name == "retry",
+                        Match::Systemd(_) | Match::StartupError => false,
+                    })
+            })
+        };
+        for name in &logged {
+            assert!(
+                ruled(name) || NOT_ROWS.iter().any(|(n, _)| n == name),
+                "the shipper logs event {name:?}: add a rule to RULES or list it in NOT_ROWS (and docs/doctor.md)"
+            );
+        }
+    }
+}
