@@ -10,7 +10,7 @@
 //!   `receiver.stall_timeout_s` while a body is going out, plus
 //!   `upload::ANSWER_GRACE` when every listed upload has sent its body and
 //!   awaits the answer (and when none is listed: a pass packing or asking
-//!   HEAD), plus [`REWRITE_EVERY`] and [`SLACK`];
+//!   HEAD), plus [`REWRITE_EVERY`] and `SLACK`;
 //! - uploads listed and alive: an OK row says what, how far, how fast and
 //!   the ETA, however long ago the last pass ended, and `moving` in its
 //!   details makes [`super::run`] withhold every disruptive fix;

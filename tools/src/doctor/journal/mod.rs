@@ -1,7 +1,7 @@
 //! The journal check: what the shipper and systemd said about the unit over
-//! `--since` (or in a captured file), as rows. Reading is [`read`]; each
-//! kind of trouble is a rule in [`rules::RULES`] (which entries, level,
-//! rank, row, fix), counted by [`classify`]; [`findings`] writes one row per
+//! `--since` (or in a captured file), as rows. Reading is `read`; each
+//! kind of trouble is a rule in `rules::RULES` (which entries, level,
+//! rank, row, fix), counted by `classify`; `findings` writes one row per
 //! rule that counted anything, then the quiet and activity rows. Entries
 //! are told apart by the shipper's structured fields, never by a regex over
 //! free text where a field exists.
