@@ -35,7 +35,11 @@ pub fn service() -> Option<Service> {
         ])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Some(verdict(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The unit's state, from `systemctl show`'s `Key=value` lines.
+fn verdict(text: &str) -> Service {
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
@@ -58,7 +62,7 @@ pub fn service() -> Option<Service> {
                 "restarts": restarts, "enabled": enabled}),
         ),
     };
-    Some(match (load.as_str(), active.as_str()) {
+    match (load.as_str(), active.as_str()) {
         ("not-found", _) => s(
             Some(false),
             Level::Fail,
@@ -112,7 +116,7 @@ pub fn service() -> Option<Service> {
             Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
             Rank::ServiceStopped,
         ),
-    })
+    }
 }
 
 /// Every check that needs the config (loaded once by the caller).
@@ -327,4 +331,82 @@ fn disk(config: &Config) -> Vec<Finding> {
     } else {
         Finding::ok("disk", finding)
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn show(load: &str, active: &str, sub: &str, enabled: &str) -> Service {
+        verdict(&format!(
+            "LoadState={load}\nActiveState={active}\nSubState={sub}\nResult=exit-code\nNRestarts=2\nUnitFileState={enabled}\n"
+        ))
+    }
+
+    /// `systemctl show`'s states, as each becomes a row.
+    #[test]
+    fn each_unit_state_reads_as_its_row() {
+        let cases = [
+            (
+                show("not-found", "inactive", "dead", ""),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceMissing,
+            ),
+            (
+                show("loaded", "active", "running", "disabled"),
+                Some(true),
+                Level::Warn,
+                Rank::NotEnabled,
+            ),
+            (
+                show("loaded", "active", "running", "enabled"),
+                Some(true),
+                Level::Ok,
+                Rank::Ok,
+            ),
+            (
+                show("loaded", "active", "running", "static"),
+                Some(true),
+                Level::Ok,
+                Rank::Ok,
+            ),
+            (
+                show("loaded", "failed", "failed", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceFailed,
+            ),
+            (
+                show("loaded", "activating", "auto-restart", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::RestartLoop,
+            ),
+            (
+                show("loaded", "reloading", "running", "enabled"),
+                Some(true),
+                Level::Warn,
+                Rank::Transitioning,
+            ),
+            (
+                show("loaded", "inactive", "dead", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceStopped,
+            ),
+        ];
+        for (s, running, level, rank) in cases {
+            assert_eq!(
+                (s.running, s.finding.level, s.finding.rank),
+                (running, level, rank),
+                "{:?}",
+                s.finding
+            );
+        }
+        let failed = show("loaded", "failed", "failed", "enabled").finding;
+        assert!(failed.finding.contains("result: exit-code"), "{failed:?}");
+        assert!(failed.disruptive, "a restart: {failed:?}");
+        assert_eq!(failed.details["restarts"], "2");
+    }
 }
