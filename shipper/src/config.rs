@@ -24,6 +24,9 @@ pub const MAX_ZSTD_LEVEL: i32 = 19;
 pub const MAX_ZSTD_WORKERS: u32 = 256;
 
 pub use labship_sys::config::ConfigError;
+pub use paths::Paths;
+
+mod paths;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,61 +153,11 @@ fn d_cleanup() -> u64 {
     3600
 }
 
-/// The paths a config names, resolved against its directory as [`Config`]
-/// resolves them: the same keys and defaults, other keys ignored and no file
-/// checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    pub data_dir: PathBuf,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-}
-
-/// Just the path keys of [`Raw`], without `deny_unknown_fields` (which serde
-/// cannot combine with `flatten`, hence the second list of the same keys).
-#[derive(Debug, Deserialize)]
-struct RawPaths {
-    #[serde(default = "d_data_dir")]
-    data_dir: PathBuf,
-    #[serde(default)]
-    receiver: RawReceiverPaths,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawReceiverPaths {
-    #[serde(default)]
-    ca_file: PathBuf,
-    #[serde(default)]
-    cert_file: PathBuf,
-    #[serde(default)]
-    key_file: PathBuf,
-    #[serde(default)]
-    token_file: PathBuf,
-}
-
 use labship_sys::config::resolve;
 
 /// [`resolve`] for an optional key: `None` when it is empty (unset).
 fn optional(file: &Path, p: &Path) -> Option<PathBuf> {
     (!p.as_os_str().is_empty()).then(|| resolve(file, p))
-}
-
-impl Paths {
-    /// The paths in `text` (read from `path`); an error only when it is not
-    /// TOML or a path key has the wrong type.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawPaths = labship_sys::config::parse_toml(path, text)?;
-        let r = &raw.receiver;
-        Ok(Self {
-            data_dir: resolve(path, &raw.data_dir),
-            ca_file: optional(path, &r.ca_file),
-            cert_file: optional(path, &r.cert_file),
-            key_file: optional(path, &r.key_file),
-            token_file: optional(path, &r.token_file),
-        })
-    }
 }
 
 /// How the shipper proves who it is.
