@@ -712,3 +712,41 @@ async fn receiver_killed_at_each_upload_crash_point_stores_once_never_incomplete
         assert!(created <= 1, "{point}: {created} completions answered 201");
     }
 }
+
+#[tokio::test]
+async fn shutdown_stops_an_append_at_once_and_keeps_every_byte_that_arrived() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 4 << 20, 9);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let sent = 3usize << 20;
+    let (tx, request) = patch_streamed(&c, &r.url, &loc, 0, true);
+    for chunk in bytes[..sent].chunks(256 << 10) {
+        tx.send(chunk.to_vec()).await.unwrap();
+    }
+    // Let the bytes land, well inside one checkpoint interval.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stopping = Instant::now();
+    r.signal(15);
+    let got = answer(request.await.unwrap().unwrap()).await;
+    assert_error(&got, 503, "shutting_down");
+    assert_eq!(offset_of(&got), sent as u64, "{got:?}");
+    let status = r.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the append held the drain for {:?}",
+        stopping.elapsed()
+    );
+    drop(tx);
+    r.restart();
+    let c = env.client(Some(&env.pki.client(HOST)));
+    assert_eq!(offset_of(&head(&c, &r.url, &loc).await), sent as u64);
+    let got = patch(&c, &r.url, &loc, sent as u64, true, bytes[sent..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(
+        std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        bytes
+    );
+}
