@@ -79,9 +79,15 @@ async fn patch_decided(
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let (started, mut facts) = (Instant::now(), PutFacts::default());
     let result = append(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
-    if !facts.body_started {
-        // An answer from the headers: read (and discard) a bounded amount so
-        // that an HTTP/1 client still writing can read it.
+    // An answer from the headers: read (and discard) a bounded amount so
+    // that an HTTP/1 client still writing can read it; not for a client that
+    // waits for `100 Continue` (polling the body would invite it).
+    let expects_continue = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Nor for a stranger (401): reading would only hand out free bandwidth.
+    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
+    if !facts.body_started && !expects_continue && !stranger {
         let _ = crate::ingest::drain(&mut body, EARLY_ANSWER_DRAIN, state.limits).await;
     }
     Decision {
