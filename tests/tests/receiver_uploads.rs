@@ -12,6 +12,8 @@ use labship_tests::process::{Receiver, ReceiverOpts};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const HOST: &str = "lab-01";
@@ -491,10 +493,12 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
     for chunk in bytes[..sent].chunks(1 << 20) {
         tx.send(chunk.to_vec()).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first checkpoint (2 s or 16 MiB in); slow on a loaded machine, as
+    // the debug receiver hashes and decompresses every byte.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {
         let at = offset_of(&head(&c, &r.url, &loc).await);
-        if at >= 16 << 20 {
+        if at > 0 {
             break at;
         }
         assert!(
@@ -550,7 +554,7 @@ async fn a_newer_append_takes_over_from_a_silent_one() {
     // whose connection still looks alive to the receiver).
     let (tx, old) = patch_streamed(&c, &r.url, &loc, 0, true);
     tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // The restarted shipper asks HEAD (0: no checkpoint yet) and appends.
     let started = Instant::now();
     let at = offset_of(&head(&c, &r.url, &loc).await);
@@ -563,7 +567,11 @@ async fn a_newer_append_takes_over_from_a_silent_one() {
         }
         _ => panic!("{got:?}"),
     };
-    assert_eq!(at, 1 << 20, "the older append's bytes are kept");
+    // All of the MiB unless the receiver had not read it all off the socket.
+    assert!(
+        at > 0 && at <= 1 << 20,
+        "the older append's bytes are kept: {at}"
+    );
     let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
     assert_eq!(got.0, 201, "{got:?}");
     assert!(
@@ -593,8 +601,9 @@ async fn upload_through_crashes(
     let (n, mut deaths, mut location) = (bytes.len() as u64, 0, None::<String>);
     let archive = r.store.join(HOST).join(format!("{episode}.tar.zst"));
     let mut c = env.client(Some(&env.pki.client(HOST)));
+    let sent = AtomicU64::new(0);
     for _ in 0..50 {
-        let step = upload_step(r, &c, episode, bytes, chunk, &mut location).await;
+        let step = upload_step(&r.url, &c, episode, bytes, chunk, &mut location, &sent).await;
         match step {
             Ok(true) => return deaths,
             Ok(false) => continue,
@@ -619,19 +628,22 @@ async fn upload_through_crashes(
     panic!("not stored after 50 steps ({n} bytes)");
 }
 
-/// One request of [`upload_through_crashes`]: Ok(true) when stored.
+/// One request of [`upload_through_crashes`]: Ok(true) when stored. `sent`
+/// keeps the most bytes ever handed to a request; every `HEAD` must report
+/// no more than that.
 async fn upload_step(
-    r: &Receiver,
+    url: &str,
     c: &reqwest::Client,
     episode: &str,
     bytes: &[u8],
     chunk: usize,
     location: &mut Option<String>,
+    sent: &AtomicU64,
 ) -> reqwest::Result<bool> {
     let n = bytes.len() as u64;
     let Some(loc) = location.clone() else {
         let resp = c
-            .post(format!("{}/v1/uploads/{HOST}/{episode}", r.url))
+            .post(format!("{url}/v1/uploads/{HOST}/{episode}"))
             .header("Content-Digest", digest_header(bytes))
             .header("X-Labship-Commit", GOOD_COMMIT)
             .header("Upload-Length", n.to_string())
@@ -645,15 +657,21 @@ async fn upload_step(
         }
         return Ok(false);
     };
-    let got = answer(c.head(format!("{}{loc}", r.url)).send().await?).await;
+    let got = answer(c.head(format!("{url}{loc}")).send().await?).await;
     if got.0 == 404 {
         *location = None;
         return Ok(false);
     }
     let at = offset_of(&got);
+    let most = sent.load(Ordering::SeqCst);
+    assert!(
+        at <= most,
+        "HEAD reports {at} bytes; at most {most} were sent"
+    );
     let end = (at as usize + chunk).min(bytes.len());
+    sent.fetch_max(end as u64, Ordering::SeqCst);
     let resp = c
-        .patch(format!("{}{loc}", r.url))
+        .patch(format!("{url}{loc}"))
         .header("Content-Type", "application/partial-upload")
         .header("Upload-Offset", at.to_string())
         .header(
@@ -725,8 +743,8 @@ async fn shutdown_stops_an_append_at_once_and_keeps_every_byte_that_arrived() {
     for chunk in bytes[..sent].chunks(256 << 10) {
         tx.send(chunk.to_vec()).await.unwrap();
     }
-    // Let the bytes land, well inside one checkpoint interval.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Let the bytes land (the stop keeps them, checkpoint or not).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let stopping = Instant::now();
     r.signal(15);
     let got = answer(request.await.unwrap().unwrap()).await;
@@ -748,5 +766,122 @@ async fn shutdown_stops_an_append_at_once_and_keeps_every_byte_that_arrived() {
     assert_eq!(
         std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
         bytes
+    );
+}
+
+/// The resumable side of the receiver kill campaign
+/// (`LABSHIP_UPLOAD_TRIALS`, default 5; `LABSHIP_CRASH_SEED`): a client
+/// uploads a 16 MiB archive in 2 MiB appends, following the protocol through
+/// dead receivers (retrying, HEAD, PATCH from the offset); the receiver is
+/// SIGKILLed once a random share (10-90 %) of the archive has been sent, then
+/// restarted. Every HEAD reports no more than was sent; after each kill a
+/// visible archive is complete; in the end it is stored once,
+/// byte-identical, with spool and scratch empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_at_random_moments_of_resumable_uploads() {
+    let trials: u64 = std::env::var("LABSHIP_UPLOAD_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("LABSHIP_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(17);
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let id = env.pki.client(HOST);
+    let (ca, pem) = (
+        env.pki.ca_pem.clone(),
+        format!("{}{}", id.cert_pem, id.key_pem),
+    );
+    let client = move || {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let mut mid_upload = 0;
+    for (t, d) in noise(trials as usize, seed).iter().enumerate() {
+        let episode = format!("ep-{t}");
+        let bytes = Arc::new(archive(&env, &episode, 16 << 20, seed + t as u64));
+        let share = 10 + u64::from(*d) % 81;
+        let threshold = bytes.len() as u64 * share / 100;
+        let sent = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (url, bytes, sent, episode, client) = (
+                r.url.clone(),
+                bytes.clone(),
+                sent.clone(),
+                episode.clone(),
+                client.clone(),
+            );
+            async move {
+                let (mut c, mut location) = (client(), None);
+                for _ in 0..200 {
+                    match upload_step(&url, &c, &episode, &bytes, 2 << 20, &mut location, &sent)
+                        .await
+                    {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            c = client();
+                        }
+                    }
+                }
+                panic!("{episode}: not stored after 200 requests");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.load(Ordering::SeqCst) < threshold && !task.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "trial {t}: the upload does not move"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        mid_upload += usize::from(!task.is_finished());
+        r.kill9();
+        let archive_path = r.store.join(HOST).join(format!("{episode}.tar.zst"));
+        if let Ok(stored) = std::fs::read(&archive_path) {
+            assert!(
+                stored == *bytes,
+                "trial {t}: a visible archive is incomplete"
+            );
+        }
+        r.restart();
+        tokio::time::timeout(Duration::from_secs(90), task)
+            .await
+            .expect("upload finished")
+            .expect("upload task");
+        let ctx = format!("trial {t} (seed {seed}, kill at {share} %)");
+        assert!(
+            std::fs::read(&archive_path).unwrap() == *bytes,
+            "{ctx}: stored bytes differ"
+        );
+        assert!(spool(&r).is_empty(), "{ctx}: spool left {:?}", spool(&r));
+        assert!(
+            r.scratch().is_empty(),
+            "{ctx}: scratch left {:?}",
+            r.scratch()
+        );
+    }
+    let created = r
+        .audit_records()
+        .iter()
+        .filter(|a| a["op"] == "upload_append" && a["status"] == 201)
+        .count();
+    assert!(
+        created as u64 <= trials,
+        "{created} completions answered 201"
+    );
+    assert!(
+        mid_upload * 2 >= trials as usize,
+        "only {mid_upload} of {trials} kills landed mid-upload"
+    );
+    eprintln!(
+        "MEASURED resumable kill campaign: {trials} trials (seed {seed}), {mid_upload} kills mid-upload, every HEAD within the bytes sent, all stored once and byte-identical"
     );
 }
