@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 /// Checkpoint after this many appended bytes...
 const CHECKPOINT_BYTES: u64 = 16 << 20;
-/// ...or this long, whichever comes first.
+/// ...or this long after the last one when bytes are pending (whether more
+/// arrive or the client has gone quiet), whichever comes first.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// How an append's body ended.
@@ -307,7 +308,17 @@ async fn receive(
         let frame = tokio::select! {
             frame = pace.frame(body) => frame,
             _ = takeover.changed() => break End::TakenOver,
-            _ = stopping.wait_for(|s| *s) => break End::Stopping,
+            // (The guard `wait_for` returns is not Send: drop it inside.)
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => break End::Stopping,
+            // A client gone quiet: what arrived is made durable without
+            // waiting for the idle timeout (a kill -9 meanwhile keeps it).
+            _ = tokio::time::sleep_until((last + CHECKPOINT_EVERY).into()), if pending > 0 => {
+                if let Err(end) = checkpoint(state, slot, record, live).await {
+                    break end;
+                }
+                (pending, last) = (0, Instant::now());
+                continue;
+            }
         };
         let data = match frame {
             Err(cut) => break End::Cut(cut.to_string()),
