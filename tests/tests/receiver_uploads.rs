@@ -530,6 +530,12 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
     );
     assert!(r.stored(HOST).is_empty(), "visible before completion");
 
+    // An empty append at the held offset (how a client probes for it) is
+    // answered without waiting for the prefix to be re-validated.
+    let probed = Instant::now();
+    let got = patch(&c, &r.url, &loc, at, false, vec![]).await;
+    let probed = probed.elapsed();
+    assert_eq!((got.0, offset_of(&got)), (204, at), "{got:?}");
     // The rest from there: the validator is rebuilt from the spooled prefix.
     let resumed = Instant::now();
     let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
@@ -543,7 +549,7 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
     );
     assert!(spool(&r).is_empty(), "{:?}", spool(&r));
     eprintln!(
-        "MEASURED receiver kill -9 mid-upload: {n} bytes, {sent} sent, HEAD after restart {at} (last seen before the kill {before}); the rest (prefix re-validated, debug build) answered 201 in {resumed:.1?}; stored byte-identical"
+        "MEASURED receiver kill -9 mid-upload: {n} bytes, {sent} sent, HEAD after restart {at} (last seen before the kill {before}); an empty probe answered in {probed:.1?}, the rest (prefix re-validated, debug build) 201 in {resumed:.1?}; stored byte-identical"
     );
 }
 
