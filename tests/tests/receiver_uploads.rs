@@ -565,6 +565,19 @@ async fn a_newer_append_takes_over_from_a_silent_one() {
     let (tx, old) = patch_streamed(&c, &r.url, &loc, 0, true);
     tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // A new upload of the episode while an append to one is in progress:
+    // this episode is busy (the shipper defers it alone).
+    let got = post(
+        &c,
+        &r.url,
+        &format!("{HOST}/ep"),
+        &bytes,
+        GOOD_COMMIT,
+        Some(bytes.len() as u64),
+    )
+    .await;
+    assert_error(&got, 503, "episode_busy");
+    assert!(got.2.contains_key("retry-after"), "{got:?}");
     // The restarted shipper asks HEAD (0 unless the quiet client's
     // checkpoint, 2 s in, has passed) and appends from there.
     let started = Instant::now();
