@@ -908,3 +908,50 @@ async fn receiver_killed_at_random_moments_of_resumable_uploads() {
         "MEASURED resumable kill campaign: {trials} trials (seed {seed}), {mid_upload} kills mid-upload, every HEAD within the bytes sent, all stored once and byte-identical"
     );
 }
+
+/// A full disk mid-append: 507, the upload kept at its last durable offset;
+/// once there is room the client continues from there and the archive is
+/// stored intact. Needs root (a tmpfs store in a private mount namespace).
+#[tokio::test]
+async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "a_full_spool_is_507_and_the_upload_continues_when_space_returns",
+            "needs root for a tmpfs mount",
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let store = env.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
+    // The tmpfs exists only in the receiver's namespace: look through its root.
+    let view = std::path::PathBuf::from(format!("/proc/{}/root", r.child.id()))
+        .join(store.strip_prefix("/").unwrap());
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 3 << 20, 10);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let filler = view.join("filler");
+    labship_tests::episode::write_file(&filler, &vec![0u8; 2_500_000]);
+    let got = patch(&c, &r.url, &loc, 0, true, bytes.clone()).await;
+    assert_error(&got, 507, "insufficient_storage");
+    assert!(
+        !view.join(HOST).join("ep.tar.zst").exists(),
+        "nothing visible"
+    );
+    let got = head(&c, &r.url, &loc).await;
+    assert_eq!(got.0, 204, "the upload is kept: {got:?}");
+    let at = offset_of(&got);
+    assert!(at < bytes.len() as u64, "{at}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert!(std::fs::read(view.join(HOST).join("ep.tar.zst")).unwrap() == bytes);
+    assert!(
+        std::fs::read_dir(view.join(".uploads").join(HOST))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
