@@ -206,6 +206,8 @@ fn d_min_rate_window() -> u64 {
 fn d_upload_expiry() -> u64 {
     86_400
 }
+/// The most `limits.max_concurrent_uploads` may be (see its check).
+const MAX_CONCURRENT_UPLOADS: usize = 128;
 fn d_max_partial_uploads() -> usize {
     256
 }
@@ -314,6 +316,18 @@ impl Config {
             "limits.max_concurrent_uploads",
             l.max_concurrent_uploads as u64,
         )?;
+        // Each upload in flight holds a blocking thread (its validator) and
+        // may leave one idle behind it (a resumable upload's session, kept
+        // for its next append): both must fit well under tokio's pool of 512.
+        if l.max_concurrent_uploads > MAX_CONCURRENT_UPLOADS {
+            return Err(err(
+                "limits.max_concurrent_uploads",
+                format!(
+                    "{} is more than {MAX_CONCURRENT_UPLOADS} (each upload holds a validator thread and may keep one for its next append); lower it",
+                    l.max_concurrent_uploads
+                ),
+            ));
+        }
         positive("limits.max_connections", l.max_connections as u64)?;
         // An explicit value must fit under its enclosing limit; the default
         // shrinks to fit a small one; 0 turns the per-source cap off.
@@ -516,6 +530,13 @@ mod tests {
             .to_string();
         assert!(
             e.contains("limits.max_concurrent_uploads: must be greater than 0"),
+            "{e}"
+        );
+        let e = parse(&format!("{TLS}[limits]\nmax_concurrent_uploads = 300\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_concurrent_uploads: 300 is more than 128"),
             "{e}"
         );
     }

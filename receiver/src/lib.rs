@@ -136,6 +136,7 @@ impl Receiver {
                     spool,
                     config.upload_expiry_s,
                     config.max_partial_uploads,
+                    config.max_concurrent_uploads,
                     metrics.fleet.partial_uploads.clone(),
                 )
             })

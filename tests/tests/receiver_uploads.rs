@@ -955,3 +955,57 @@ async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
             .is_none()
     );
 }
+
+/// Idle validator sessions are bounded by `limits.max_concurrent_uploads`:
+/// an append to a second upload drops the first one's idle session (least
+/// recently used), so the first upload's completion rebuilds it from the
+/// spooled prefix; a byte flipped in that prefix on disk is then caught
+/// (had the session stayed in memory, the flip would go unseen and the
+/// completion would answer 201).
+#[tokio::test]
+async fn idle_sessions_beyond_the_upload_limit_are_dropped_and_rebuilt_from_the_spool() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_concurrent_uploads = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let a = archive(&env, "ep-a", 200_000, 11);
+    let b = archive(&env, "ep-b", 200_000, 12);
+    let half = a.len() / 2;
+    let loc_a = create(&c, &r.url, "ep-a", &a).await;
+    let got = patch(&c, &r.url, &loc_a, 0, false, a[..half].to_vec()).await;
+    assert_eq!((got.0, offset_of(&got)), (204, half as u64), "{got:?}");
+    let data = data_file(&r, &loc_a);
+    let mut on_disk = std::fs::read(&data).unwrap();
+    assert_eq!(on_disk, a[..half]);
+    on_disk[half / 2] ^= 0x55;
+    std::fs::write(&data, &on_disk).unwrap();
+    // Another upload's append: only one idle session is kept, and A's is older.
+    let loc_b = create(&c, &r.url, "ep-b", &b).await;
+    assert_eq!(
+        patch(&c, &r.url, &loc_b, 0, false, b[..100].to_vec())
+            .await
+            .0,
+        204
+    );
+    let got = patch(&c, &r.url, &loc_a, half as u64, true, a[half..].to_vec()).await;
+    assert_eq!(got.0, 400, "{got:?}");
+    let code = got.1["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        code == "archive_invalid" || code == "digest_mismatch",
+        "{got:?}"
+    );
+    assert!(
+        r.stored(HOST).iter().all(|e| !e.contains("ep-a")),
+        "{:?}",
+        r.stored(HOST)
+    );
+    assert_eq!(head(&c, &r.url, &loc_a).await.0, 404);
+    // B, whose session is the one kept, completes.
+    let got = patch(&c, &r.url, &loc_b, 100, true, b[100..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+}

@@ -87,6 +87,10 @@ pub(crate) struct Table {
     pub(crate) expiry_s: u64,
     /// `limits.max_partial_uploads`.
     pub(crate) max: usize,
+    /// How many idle validator sessions are kept (`limits.max_concurrent_uploads`):
+    /// each holds a blocking thread, a zstd window (up to 16 MiB) and its
+    /// buffers, so one per upload held would escape every bound.
+    keep_sessions: usize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     gauge: Gauge,
     /// Turned true when shutdown starts: appends in progress checkpoint and
@@ -100,6 +104,7 @@ impl Table {
         spool: Spool,
         expiry_s: u64,
         max: usize,
+        keep_sessions: usize,
         gauge: Gauge,
     ) -> std::io::Result<Self> {
         let (live, removed) = spool.load(expiry_s)?;
@@ -131,6 +136,7 @@ impl Table {
             spool,
             expiry_s,
             max,
+            keep_sessions,
             slots: Mutex::new(slots),
             gauge,
             stopping: watch::Sender::new(false),
@@ -216,6 +222,28 @@ impl Table {
                 if let Some(session) = state.session.take() {
                     session.close().await;
                 }
+            }
+        }
+    }
+
+    /// Keeps at most `keep_sessions` idle validator sessions, dropping the
+    /// least recently used beyond them (a dropped one is rebuilt from the
+    /// spooled prefix if its upload continues). Runs after every append, so
+    /// idle sessions never outnumber it by more than the appends running.
+    pub(crate) async fn trim_sessions(&self) {
+        let all: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        let mut idle: Vec<OwnedMutexGuard<SlotState>> = all
+            .iter()
+            .filter_map(|slot| slot.state.clone().try_lock_owned().ok())
+            .filter(|state| state.session.is_some())
+            .collect();
+        if idle.len() <= self.keep_sessions {
+            return;
+        }
+        idle.sort_by_key(|state| std::cmp::Reverse(state.idle_since));
+        for mut state in idle.drain(..).skip(self.keep_sessions) {
+            if let Some(session) = state.session.take() {
+                session.close().await;
             }
         }
     }
