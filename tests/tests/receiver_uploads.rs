@@ -650,11 +650,18 @@ async fn upload_through_crashes(
                     r.log_text()
                 );
                 deaths += 1;
-                if let Ok(stored) = std::fs::read(&archive) {
+                let stored = std::fs::read(&archive).ok();
+                if let Some(stored) = &stored {
                     assert!(stored == bytes, "a visible archive is incomplete or wrong");
                 }
                 r.restart();
                 c = env.client(Some(&env.pki.client(HOST)));
+                // Committed before the crash: start-up removed the upload.
+                if let (Some(_), Some(loc)) = (&stored, &location) {
+                    let got = answer(c.head(format!("{}{loc}", r.url)).send().await.unwrap()).await;
+                    assert_eq!(got.0, 404, "the committed upload is still live: {got:?}");
+                    assert!(spool(r).is_empty(), "spool left {:?}", spool(r));
+                }
             }
         }
     }

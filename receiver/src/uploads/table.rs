@@ -165,6 +165,10 @@ impl Table {
         self.stopping.subscribe()
     }
 
+    pub(crate) fn all(&self) -> Vec<Arc<Slot>> {
+        self.inner().slots.values().cloned().collect()
+    }
+
     pub(crate) fn get(&self, token: &str) -> Option<Arc<Slot>> {
         self.inner().slots.get(token).cloned()
     }
