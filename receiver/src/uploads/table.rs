@@ -74,7 +74,11 @@ impl Slot {
     }
 
     pub(crate) fn expired(&self, expiry_s: u64) -> bool {
-        unix_now() >= self.last_append_at.load(Ordering::Relaxed) + expiry_s
+        unix_now()
+            >= self
+                .last_append_at
+                .load(Ordering::Relaxed)
+                .saturating_add(expiry_s)
     }
 
     /// Mirrors a new durable record.
