@@ -182,7 +182,13 @@ async fn create_append_complete_and_the_same_answers_as_put() {
     );
     assert!(spool(&r).is_empty(), "spool left: {:?}", spool(&r));
     assert!(r.scratch().is_empty(), "scratch left: {:?}", r.scratch());
-    assert!(r.ops_get("/metrics").contains("labship_partial_uploads 0"));
+    let metrics = r.ops_get("/metrics");
+    assert!(metrics.contains("labship_partial_uploads 0"));
+    // The stored archive's size, not the last append's.
+    assert!(
+        metrics.contains(&format!("labship_upload_bytes_total {n}")),
+        "{metrics}"
+    );
 
     // Completed: the location is gone; a new POST is the PUT's 200.
     assert_eq!(head(&c, &r.url, &location).await.0, 404);

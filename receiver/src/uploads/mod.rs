@@ -169,7 +169,11 @@ impl Decision<'_> {
         };
         if verdict {
             let code = error.map(|e| e.code.as_str());
-            let stored = (status == StatusCode::CREATED).then_some(self.facts.bytes);
+            // The archive's size, not this request's body (the last append).
+            let stored = match result {
+                Ok(Answer::Stored(StatusCode::CREATED, body)) => Some(body.bytes),
+                _ => None,
+            };
             crate::fleet::put_answered(&state.metrics, host, status.as_u16(), code, stored);
         }
         match error {
