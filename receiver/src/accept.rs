@@ -173,12 +173,12 @@ fn declared_length(headers: &HeaderMap, which: LengthHeader) -> Result<Option<u6
         },
         LengthHeader::UploadLength => match header_str(headers, UPLOAD_LENGTH) {
             None => Err(ApiError::new(
-                ErrorCode::UploadLengthMismatch,
+                ErrorCode::HeaderInvalid,
                 "Upload-Length (the archive's total size in bytes) is required to create an upload",
             )),
             Some(v) => parse_offset(v).map(Some).ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Length {v:?} is not a non-negative integer"),
                 )
             }),

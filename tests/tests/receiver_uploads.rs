@@ -261,7 +261,7 @@ async fn creation_makes_every_header_decision_before_any_byte() {
     assert_error(
         &post(&c, &r.url, &p, &bytes, GOOD_COMMIT, None).await,
         400,
-        "upload_length_mismatch",
+        "header_invalid",
     );
     assert_error(
         &post(&c, &r.url, &p, &bytes, GOOD_COMMIT, Some(1_000_001)).await,
@@ -344,6 +344,36 @@ async fn hostile_appends_get_their_answers_and_leave_nothing_visible() {
     let moved = loc.replace("/ep/", "/ep-x/");
     assert_eq!(head(&c, &r.url, &moved).await.0, 404);
     assert_eq!(offset_of(&head(&c, &r.url, &loc).await), 1000, "untouched");
+
+    // Malformed or missing upload headers: 400 header_invalid, naming the
+    // header; the upload is kept.
+    let bad = |offset: Option<&str>, complete: &str| {
+        let mut req = c
+            .patch(format!("{}{loc}", r.url))
+            .header("Content-Type", "application/partial-upload")
+            .header("Upload-Complete", complete)
+            .body(b"x".to_vec());
+        if let Some(o) = offset {
+            req = req.header("Upload-Offset", o);
+        }
+        req.send()
+    };
+    let got = answer(bad(Some("1000"), "yes").await.unwrap()).await;
+    assert_error(&got, 400, "header_invalid");
+    assert!(
+        got.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("Upload-Complete"),
+        "{got:?}"
+    );
+    let got = answer(bad(None, "?0").await.unwrap()).await;
+    assert_error(&got, 400, "header_invalid");
+    assert!(
+        got.1["message"].as_str().unwrap().contains("Upload-Offset"),
+        "{got:?}"
+    );
+    assert_eq!(offset_of(&head(&c, &r.url, &loc).await), 1000, "kept");
 
     // Past Upload-Length: 400 upload_length_mismatch, the upload discarded.
     let mut long = bytes[1000..].to_vec();

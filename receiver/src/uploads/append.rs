@@ -212,7 +212,7 @@ impl AppendHeaders {
             .and_then(parse_offset)
             .ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::OffsetMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Offset (an integer) is required; the receiver holds {held} bytes of this upload"),
                 )
                 .with_upload_offset(held)
@@ -221,7 +221,7 @@ impl AppendHeaders {
             None => false,
             Some(v) => parse_complete(v).ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Complete is {v:?}; it must be ?1 (the last append) or ?0"),
                 )
             })?,
@@ -230,8 +230,8 @@ impl AppendHeaders {
             None => None,
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
-                    "Content-Length is not a number",
+                    ErrorCode::HeaderInvalid,
+                    format!("Content-Length {v:?} is not a number"),
                 )
             })?),
         };
