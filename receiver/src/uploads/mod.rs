@@ -428,7 +428,7 @@ async fn discard(
     let result = async {
         let (identity, slot) = locate(&state, conn.as_ref(), &headers, path)?;
         facts.identity = Some(identity);
-        let Some(mut held) = take_over(&slot, TAKEOVER_WAIT).await else {
+        let Some((mut held, _)) = take_over(&slot, TAKEOVER_WAIT).await else {
             return Err(episode_busy("an append to this upload does not stop"));
         };
         if slot.gone.load(Ordering::Relaxed) {

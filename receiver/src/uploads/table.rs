@@ -348,12 +348,24 @@ impl Drop for Reservation<'_> {
 
 /// Takes an upload's lock for a new request. When an append holds it, asks
 /// that append to stop (it checkpoints and lets go) and waits up to `wait`.
-pub(crate) async fn take_over(slot: &Slot, wait: Duration) -> Option<OwnedMutexGuard<SlotState>> {
+/// Also returns the takeover generation this request holds the lock at: it
+/// is read before the lock is tried, so a takeover asked for by a request
+/// arriving while this one takes the lock is never mistaken as seen.
+pub(crate) async fn take_over(
+    slot: &Slot,
+    wait: Duration,
+) -> Option<(OwnedMutexGuard<SlotState>, u64)> {
+    let seen = *slot.takeover.borrow();
     if let Ok(guard) = slot.state.clone().try_lock_owned() {
-        return Some(guard);
+        return Some((guard, seen));
     }
-    slot.takeover.send_modify(|g| *g += 1);
+    let mut mine = seen;
+    slot.takeover.send_modify(|g| {
+        *g += 1;
+        mine = *g;
+    });
     tokio::time::timeout(wait, slot.state.clone().lock_owned())
         .await
         .ok()
+        .map(|guard| (guard, mine))
 }
