@@ -127,7 +127,7 @@ impl Table {
                     tracing::info!(dir = %dir.display(), "removed a partial upload completed before a restart")
                 }
                 Removed::Broken => {
-                    tracing::warn!(dir = %dir.display(), "removed a broken partial upload (no record, or fewer bytes than recorded)")
+                    tracing::warn!(dir = %dir.display(), "removed a broken partial upload (no record, an unusable one: offset past its length, a bad digest, commit or id; or fewer bytes than recorded)")
                 }
             }
         }
