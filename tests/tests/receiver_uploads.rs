@@ -1168,3 +1168,30 @@ async fn concurrent_posts_create_one_upload_per_episode_within_the_limit() {
     }
     assert!(spool(&r).len() <= 3, "{:?}", spool(&r));
 }
+
+/// A DELETE while an append is streaming: the append stops (taken over),
+/// the upload goes, and neither the append nor a later one stores anything.
+#[tokio::test]
+async fn delete_racing_an_append_removes_the_upload_and_stores_nothing() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 3 << 20, 31);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let (tx, request) = patch_streamed(&c, &r.url, &loc, 0, true);
+    tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deleted = c.delete(format!("{}{loc}", r.url)).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    // The rest of the body: whatever the append answers, it is not stored.
+    let _ = tx.send(bytes[1 << 20..].to_vec()).await;
+    drop(tx);
+    if let Ok(Ok(resp)) = request.await {
+        let got = answer(resp).await;
+        assert!(got.0 != 200 && got.0 != 201, "{got:?}");
+    }
+    assert_eq!(head(&c, &r.url, &loc).await.0, 404);
+    assert!(spool(&r).is_empty(), "{:?}", spool(&r));
+    assert!(r.stored(HOST).is_empty(), "{:?}", r.stored(HOST));
+    assert!(r.scratch().is_empty(), "{:?}", r.scratch());
+}
