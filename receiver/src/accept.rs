@@ -403,7 +403,7 @@ pub(crate) fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
         }
         IngestError::Store(io) => {
             state.metrics.storage_errors.inc();
-            ApiError::internal(format!("scratch write: {io}"))
+            ApiError::internal(format!("storage write: {io}"))
         }
         IngestError::ClientGone(m) => {
             ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))
