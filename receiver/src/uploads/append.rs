@@ -105,7 +105,7 @@ async fn patch_decided(
 }
 
 /// What is read of a body answered from its headers alone.
-const EARLY_ANSWER_DRAIN: u64 = 4 << 20;
+pub(super) const EARLY_ANSWER_DRAIN: u64 = 4 << 20;
 
 async fn append(
     state: &AppState,

@@ -9,6 +9,7 @@ use crate::accept::{PutPlan, check_digest, commit_archive, ingest_error, storage
 use crate::auth::ConnInfo;
 use crate::error::ApiError;
 use crate::routes::AppState;
+use std::sync::atomic::Ordering;
 use tokio::sync::OwnedMutexGuard;
 
 /// The last append arrived: the verdict over the whole archive, the digest,
@@ -114,4 +115,38 @@ pub(super) async fn discard(
     );
     state.resumable.remove(slot, held).await;
     Err(e)
+}
+
+/// Removes an idle upload whose archive is stored (with its digest).
+pub(super) async fn drop_stored_upload(state: &AppState, slot: &Slot) {
+    let Ok(mut held) = slot.state.clone().try_lock_owned() else {
+        return;
+    };
+    if slot.gone.load(Ordering::Relaxed) {
+        return;
+    }
+    tracing::info!(
+        host = slot.host_id,
+        episode = slot.episode_id,
+        "removed a partial upload whose archive is stored (committed just before a restart)"
+    );
+    state.resumable.remove(slot, &mut held).await;
+}
+
+/// Start-up: a crash after the commit and before the spool entry went
+/// leaves a complete upload behind (with S3, nothing on the local disk
+/// says it was committed); one whose episode the store holds with its
+/// digest is removed (`HEAD` 404; the shipper's `POST` answers 200).
+pub(super) async fn drop_committed(state: &AppState) {
+    for slot in state.resumable.all() {
+        if slot.offset.load(Ordering::Relaxed) != slot.length {
+            continue;
+        }
+        let stored = state.store.head(&slot.host_id, &slot.episode_id).await;
+        let same = matches!(&stored, Ok(Some(m))
+            if m.digest().is_some_and(|d| d.header_value() == slot.digest));
+        if same {
+            drop_stored_upload(state, &slot).await;
+        }
+    }
 }

@@ -223,11 +223,22 @@ async fn create(
     conn: Option<axum::Extension<ConnInfo>>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
+    mut body: axum::body::Body,
 ) -> Response {
     let conn = conn.map(|c| c.0);
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let (started, mut facts) = (Instant::now(), PutFacts::default());
     let result = create_inner(&state, conn.as_ref(), &headers, path, &mut facts).await;
+    // A POST carries no archive bytes; one that does anyway has a bounded
+    // amount read (and discarded) so that the client sees the answer rather
+    // than a reset; not for a stranger (401): free bandwidth.
+    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !stranger && !expects_continue {
+        let _ = crate::ingest::drain(&mut body, append::EARLY_ANSWER_DRAIN, state.limits).await;
+    }
     Decision {
         op: "upload_create",
         conn: conn.as_ref(),
@@ -266,7 +277,7 @@ async fn create_inner(
                         && s.digest == digest
                 });
                 for slot in stale.collect::<Vec<_>>() {
-                    drop_stored_upload(state, &slot).await;
+                    complete::drop_stored_upload(state, &slot).await;
                 }
             }
             return Ok(Answer::Stored(StatusCode::OK, body));
@@ -449,43 +460,9 @@ async fn discard(
     result.into_response()
 }
 
-/// Removes an idle upload whose archive is stored (with its digest).
-async fn drop_stored_upload(state: &AppState, slot: &Slot) {
-    let Ok(mut held) = slot.state.clone().try_lock_owned() else {
-        return;
-    };
-    if slot.gone.load(Ordering::Relaxed) {
-        return;
-    }
-    tracing::info!(
-        host = slot.host_id,
-        episode = slot.episode_id,
-        "removed a partial upload whose archive is stored (committed just before a restart)"
-    );
-    state.resumable.remove(slot, &mut held).await;
-}
-
-/// Start-up: a crash after the commit and before the spool entry went
-/// leaves a complete upload behind (with S3, nothing on the local disk
-/// says it was committed); one whose episode the store holds with its
-/// digest is removed (`HEAD` 404; the shipper's `POST` answers 200).
-async fn drop_committed(state: &AppState) {
-    for slot in state.resumable.all() {
-        if slot.offset.load(Ordering::Relaxed) != slot.length {
-            continue;
-        }
-        let stored = state.store.head(&slot.host_id, &slot.episode_id).await;
-        let same = matches!(&stored, Ok(Some(m))
-            if m.digest().is_some_and(|d| d.header_value() == slot.digest));
-        if same {
-            drop_stored_upload(state, &slot).await;
-        }
-    }
-}
-
 /// Sweeps expired partial uploads and idle validator sessions until shutdown.
 pub async fn sweep_loop(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    drop_committed(&state).await;
+    complete::drop_committed(&state).await;
     let mut tick = tokio::time::interval(state.resumable.sweep_every());
     loop {
         tokio::select! {
