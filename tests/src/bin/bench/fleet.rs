@@ -12,6 +12,10 @@
 //! took after them, and the receiver's CPU per archive byte against the
 //! floor of its work (`zstd -dc` and `openssl dgst -sha256` over the same
 //! archives).
+//!
+//! `LABSHIP_BENCH_FLEET_TOML` is appended to every host's shipper config in
+//! this scenario (after its top-level keys), for experiments such as
+//! `[limits]` / `zstd_workers = 1` (docs/performance.md).
 
 use crate::report::{Report, Row};
 use crate::{Bench, assert_stored, data, measure};
@@ -49,7 +53,10 @@ fn ship(b: &mut Bench, r: &Receiver, gen_dir: &Path, groups: &[&[String]], what:
     let mut staged = vec![];
     for ids in groups {
         let (host, id) = b.host(what);
-        let (cfg, data) = b.shipper_config(&host, &id, &r.url, "settle_s = 0");
+        // An experiment's shipper settings (e.g. `[limits]\nzstd_workers = 1`).
+        let extra = std::env::var("LABSHIP_BENCH_FLEET_TOML").unwrap_or_default();
+        let top = format!("settle_s = 0\n{extra}");
+        let (cfg, data) = b.shipper_config(&host, &id, &r.url, &top);
         data::link_episodes(gen_dir, &data.join("episodes"), ids);
         staged.push((host, cfg, data, ids.len()));
     }
