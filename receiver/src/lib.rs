@@ -4,6 +4,7 @@
 //! problem an operator must fix; [`Receiver::run`] serves on listeners and a
 //! shutdown signal that the caller (the binary, or a test) owns.
 
+mod accept;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -16,39 +17,13 @@ pub mod metrics;
 pub mod ops;
 mod pace;
 pub mod routes;
-pub mod s3;
 pub mod server;
 pub mod store;
-pub mod systemd;
 pub mod tls;
+pub mod uploads;
 
-/// A named crash point for the crash tests (as the shipper's): in debug
-/// builds, when `LABSHIP_CRASH_AT` names this point, the process sends itself
-/// SIGKILL here, as `kill -9` or a power cut would stop it. Compiled out of
-/// release builds.
-#[inline]
-pub fn crash_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
-
-/// Test hook, debug builds only: `LABSHIP_PAUSE_AT=<name>` makes the task
-/// that reaches `name` log "paused at test pause point <name>" and wait
-/// until it is cancelled (e.g. by shutdown), so a test can act at that point.
-pub async fn pause_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_PAUSE_AT").is_some_and(|v| v == name) {
-        tracing::warn!("paused at test pause point {name}");
-        std::future::pending::<()>().await;
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
+pub use labship_sys::hooks::{crash_point, pause_point};
+pub use labship_sys::systemd;
 
 use config::{Config, ConfigError};
 use routes::AppState;
@@ -135,9 +110,8 @@ impl Receiver {
         let metrics = Arc::new(metrics::Metrics::new(tls.is_some()));
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
-            Some(s3) => {
-                s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
-            }
+            Some(s3) => store::s3::S3Store::open(s3, &config.storage_dir, metrics.clone())
+                .map(store::Store::S3),
         }
         .map_err(|e| {
             // The S3 client's own settings, or the local dir (the spool).
@@ -156,6 +130,28 @@ impl Receiver {
             )
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
+        let resumable = uploads::spool::Spool::open(&config.storage_dir)
+            .and_then(|spool| {
+                uploads::Table::open(
+                    spool,
+                    config.upload_expiry_s,
+                    config.max_partial_uploads,
+                    metrics.fleet.partial_uploads.clone(),
+                )
+            })
+            .map_err(|e| {
+                ConfigError::new(
+                    &file,
+                    "storage.dir",
+                    format!(
+                        "cannot open the partial upload spool {}: {e}",
+                        config
+                            .storage_dir
+                            .join(uploads::spool::UPLOADS_DIR)
+                            .display()
+                    ),
+                )
+            })?;
         if let (Some(live), Some(expiry)) = (&tls, &metrics.fleet.server_cert_expiry) {
             expiry.set(live.server_not_after());
         }
@@ -174,6 +170,7 @@ impl Receiver {
                 body_idle: config.body_idle_timeout,
                 min_rate: config.min_upload_rate,
             },
+            resumable,
         });
         Ok(Self {
             config,
@@ -200,6 +197,7 @@ impl Receiver {
             shutdown.clone(),
         ));
         let watchdog = tokio::spawn(server::watchdog_loop(state.clone(), shutdown.clone()));
+        let sweeper = tokio::spawn(uploads::sweep_loop(state.clone(), shutdown.clone()));
         // The ops listener outlives the drain, so /readyz can say so.
         let (ops_stop, ops_stopped) = watch::channel(false);
         let ops = tokio::spawn(ops::serve(ops, state.clone(), ops_stopped));
@@ -252,6 +250,7 @@ impl Receiver {
         }
         reload.abort();
         watchdog.abort();
+        sweeper.abort();
         tracing::info!("receiver stopped");
     }
 }

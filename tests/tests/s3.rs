@@ -204,7 +204,7 @@ async fn racing_receivers_store_exactly_one_archive() {
     let mut busy = 0;
     for round in 0..5u64 {
         // The same bytes through both, twice each: one 201, the others 200,
-        // or 503 `busy` when they found the winner's claim before its archive
+        // or 503 `episode_busy` when they found the winner's claim before its archive
         // (another receiver is uploading it); retried, those are 200.
         let id = format!("same-{round}");
         let bytes = archive(&env, &id, 300_000, 10 + round);
@@ -219,7 +219,10 @@ async fn racing_receivers_store_exactly_one_archive() {
             match answer.0 {
                 200 | 201 => {}
                 503 => {
-                    assert_eq!(answer.1["error"], "busy", "round {round}: {answer:?}");
+                    assert_eq!(
+                        answer.1["error"], "episode_busy",
+                        "round {round}: {answer:?}"
+                    );
                     busy += 1;
                     let url = if i % 2 == 0 { &a.url } else { &b.url };
                     let again = put(&c, url, &id, bytes.clone()).await;
@@ -440,7 +443,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     assert_eq!(claim, [format!("{HOST}/ep-c.json")]);
     assert_eq!(head(&c, &b.url, "ep-c").await.0, 404, "claimed, not stored");
     // A fresh claim is an upload in progress as far as b can tell: the same
-    // bytes through b get 503 `busy`, not a second upload to the same key.
+    // bytes through b get 503 `episode_busy`, not a second upload to the same key.
     let resp = put_episode(&c, &b.url, HOST, "ep-c", GOOD_COMMIT, bytes.clone()).await;
     let retry_after: u64 = resp
         .headers()
@@ -449,7 +452,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
         .expect("Retry-After");
     assert_eq!(resp.status().as_u16(), 503);
     let busy: Value = resp.json().await.unwrap();
-    assert_eq!(busy["error"], "busy", "{busy}");
+    assert_eq!(busy["error"], "episode_busy", "{busy}");
     assert!(
         busy["message"]
             .as_str()
@@ -631,5 +634,83 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CONTRACT §9 with several receivers: a partial upload lives in the local
+/// spool of the receiver that created it. Another answers 404 to its
+/// location and the client starts over there; the first one, completed
+/// later, answers 200 (the same digest is stored) and keeps nothing.
+#[tokio::test]
+async fn a_partial_upload_belongs_to_its_receiver_another_answers_404() {
+    let env = TestEnv::new();
+    let weed = Weed::start().await;
+    let a = receiver(&env, &weed, "ra", "", &[]);
+    let b = receiver(&env, &weed, "rb", "", &[]);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep-r", 2_000_000, 21);
+    let half = bytes.len() / 2;
+    let create = |url: String| {
+        c.post(format!("{url}/v1/uploads/{HOST}/ep-r"))
+            .header("Content-Digest", digest_header(&bytes))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header("Upload-Length", bytes.len().to_string())
+            .send()
+    };
+    let append = |url: String, offset: usize, end: usize| {
+        c.patch(url)
+            .header("Content-Type", "application/partial-upload")
+            .header("Upload-Offset", offset.to_string())
+            .header(
+                "Upload-Complete",
+                if end == bytes.len() { "?1" } else { "?0" },
+            )
+            .body(bytes[offset..end].to_vec())
+            .send()
+    };
+    let resp = create(a.url.clone()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let loc_a = resp.headers()["location"].to_str().unwrap().to_owned();
+    let resp = append(format!("{}{loc_a}", a.url), 0, half).await.unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // Through the other receiver the upload does not exist.
+    let resp = c.head(format!("{}{loc_a}", b.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = append(format!("{}{loc_a}", b.url), half, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(weed.get(&format!("{HOST}/ep-r.json")).await.is_none());
+
+    // Started over through b: stored.
+    let resp = create(b.url.clone()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let loc_b = resp.headers()["location"].to_str().unwrap().to_owned();
+    let resp = append(format!("{}{loc_b}", b.url), 0, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        weed.get(&format!("{HOST}/ep-r.tar.zst")).await.as_deref(),
+        Some(&bytes[..])
+    );
+
+    // a's upload, completed later: the same digest is stored, 200.
+    let resp = append(format!("{}{loc_a}", a.url), half, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["digest"], digest_header(&bytes).as_str());
+    for name in ["ra", "rb"] {
+        let spool = env
+            .path()
+            .join(name)
+            .join("spool")
+            .join(".uploads")
+            .join(HOST);
+        let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
     }
 }
