@@ -195,11 +195,13 @@ pub(crate) async fn receive_and_commit(
     body: &mut Body,
     facts: &mut PutFacts,
 ) -> Result<(StatusCode, StoredBody), ApiError> {
-    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
-        return Err(ApiError::new(
+    let Some(_permit) = crate::pace::admit(&state.uploads).await else {
+        let mut e = ApiError::new(
             ErrorCode::Busy,
             "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
-        ));
+        );
+        e.retry_after = Some(crate::pace::RETRY_AFTER_ADMISSION);
+        return Err(e);
     };
     let scratch = state
         .store

@@ -99,6 +99,34 @@ impl Pace {
     }
 }
 
+/// How long a PUT waits for an upload slot (`limits.max_concurrent_uploads`)
+/// before it is answered 503 `busy`. A fleet shipping at once holds more
+/// uploads than there are slots, and a small upload frees its slot within
+/// milliseconds: waiting that out here costs the client nothing, while a
+/// 503 costs it a whole `Retry-After` (docs/performance.md, "A fleet at
+/// once"). Bounded well below any client's stall timeout (the shipper's is
+/// 60 s by default), and FIFO: the semaphore serves waiters in order.
+pub(crate) const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// The `Retry-After` of a 503 `busy` after [`ADMISSION_WAIT`]: no slot
+/// freed in that wait, and the next is as likely to free in a second as
+/// later; the shortest wait the header can say.
+pub(crate) const RETRY_AFTER_ADMISSION: u32 = 1;
+
+/// An upload slot, waiting up to [`ADMISSION_WAIT`] for one to free;
+/// `None` when none did (or the semaphore was closed).
+pub(crate) async fn admit(
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout(ADMISSION_WAIT, slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,59 +95,60 @@ impl Scanner {
         now: SystemTime,
     ) -> std::io::Result<Pass> {
         let mut pass = Pass::default();
-        let mut seen = HashSet::new();
         let mut names: Vec<_> = std::fs::read_dir(episodes)?
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let seen_names: HashSet<String> = names.iter().cloned().collect();
-        for name in names {
-            let Ok(id) = Id::parse(&name) else {
+        // First looks stat relative to the queue's directory: no path from `/`
+        // resolved three times per episode.
+        let root = Root::open(episodes);
+        // Not settled while `t` (a lower bound of the tree's newest mtime)
+        // is within `settle`; a `t` in the future is walked, since it cannot
+        // settle, and the walk is where that is noticed and said.
+        let fresh = |t: SystemTime| now < t + settle && t <= now + FUTURE_SKEW;
+        for name in &names {
+            let Ok(id) = Id::parse(name) else {
                 if self.warned.insert(name.clone()) {
                     tracing::warn!(name = %name, dir = %episodes.display(), "skipping a directory whose name is not a valid episode id; it will never be shipped");
                 }
                 continue;
             };
-            seen.insert(name.clone());
             // Before any syscall: an episode known to be still changing costs
-            // a map lookup. (One whose quarantine a crash interrupted was
-            // settled when it was decided, so it is never in this map for
-            // long: its reason file is found once the deadline passes.)
-            if self.not_before.get(&name).is_some_and(|t| now < *t) {
+            // a map lookup.
+            if self.not_before.get(name).is_some_and(|t| now < *t) {
                 pass.pending += 1;
                 continue;
             }
-            let dir = episodes.join(&name);
-            if dir.join(crate::disk::REASON_FILE).is_file() {
+            // The tree's newest mtime is at least its top directory's: when
+            // that is too recent, the episode is not settled and nothing else
+            // is looked at (one `lstat` per episode on a first pass over a
+            // queue being written). The deadline is a lower bound of the real
+            // one. An episode whose quarantine a crash interrupted (its reason
+            // file renamed in just now) waits for it too: its reason file is
+            // found once the deadline passes.
+            let top = root.mtime(name, "", now);
+            if fresh(top) {
+                self.not_before.insert(name.clone(), top + settle);
+                pass.pending += 1;
+                continue;
+            }
+            if root.is_file(name, crate::disk::REASON_FILE) {
                 pass.found.push((id, Found::QuarantinePending));
                 continue;
             }
-            let meta = dir.join(META_FILE);
-            let Some(meta_mtime) = std::fs::metadata(&meta)
-                .ok()
-                .filter(std::fs::Metadata::is_file)
-                .map(|m| m.modified().unwrap_or(now))
-            else {
+            let Some(meta_mtime) = root.file_mtime(name, META_FILE) else {
                 pass.pending += 1;
                 continue;
             };
-            // The tree's newest mtime is at least its top directory's and
-            // meta.json's: when either is too recent, the episode is not
-            // settled and the walk is skipped. The deadline is a lower bound
-            // of the real one; the tree is walked when it passes.
-            let top = std::fs::symlink_metadata(&dir)
-                .and_then(|m| m.modified())
-                .unwrap_or(now)
-                .max(meta_mtime);
-            // A top dated in the future is walked: it cannot settle, and
-            // the walk is where that is noticed and said.
-            if now < top + settle && top <= now + FUTURE_SKEW {
-                self.not_before.insert(name, top + settle);
+            // meta.json's mtime is a lower bound too.
+            if fresh(meta_mtime) {
+                self.not_before.insert(name.clone(), meta_mtime + settle);
                 pass.pending += 1;
                 continue;
             }
+            let dir = episodes.join(name);
             self.walks += 1;
             let tree = walk_tree(&dir);
             let ready_at = tree.newest + settle;
@@ -158,12 +159,13 @@ impl Scanner {
                 // again after `settle`, so a fixed mtime (`touch -m`) counts
                 // without a restart.
                 let again = if future { now + settle } else { ready_at };
-                self.not_before.insert(name, again);
+                self.not_before.insert(name.clone(), again);
                 pass.pending += 1;
                 continue;
             }
-            self.stuck.remove(&name);
-            self.not_before.remove(&name);
+            self.stuck.remove(name);
+            self.not_before.remove(name);
+            let meta = dir.join(META_FILE);
             let found = match read_stamp(&meta) {
                 Ok(Ok(commit)) => Found::Ready(commit),
                 Ok(Err(e)) => Found::Unstamped(e),
@@ -177,7 +179,7 @@ impl Scanner {
                     continue;
                 }
             };
-            self.unreadable.remove(&name);
+            self.unreadable.remove(name);
             pass.settled.insert(
                 id.clone(),
                 Settled {
@@ -187,11 +189,13 @@ impl Scanner {
             );
             pass.found.push((id, found));
         }
-        // Forget episodes that left the queue.
-        self.not_before.retain(|k, _| seen.contains(k));
-        self.warned.retain(|k| seen_names.contains(k));
-        self.unreadable.retain(|k| seen.contains(k));
-        self.stuck.retain(|k| seen.contains(k));
+        // Forget episodes that left the queue. Every key is a name listed
+        // above or gone: invalid names are only in `warned`.
+        let seen: HashSet<&str> = names.iter().map(String::as_str).collect();
+        self.not_before.retain(|k, _| seen.contains(k.as_str()));
+        self.warned.retain(|k| seen.contains(k.as_str()));
+        self.unreadable.retain(|k| seen.contains(k.as_str()));
+        self.stuck.retain(|k| seen.contains(k.as_str()));
         Ok(pass)
     }
 
@@ -210,6 +214,65 @@ impl Scanner {
                 .as_secs();
             tracing::warn!(episode_id = %id, event = "episode_mtime_future", path = %tree.newest_path.display(), ahead_s, "a file's mtime is in the future; the episode waits until then (fix: touch -m the file; doctor names the command)");
         }
+    }
+}
+
+/// The queue's directory, open for stats relative to it. When it cannot be
+/// opened (it was just listed, so hardly ever), stats go by full path.
+struct Root<'a> {
+    path: &'a Path,
+    fd: Option<rustix::fd::OwnedFd>,
+}
+
+impl<'a> Root<'a> {
+    fn open(path: &'a Path) -> Self {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).ok();
+        Self { path, fd }
+    }
+
+    /// `stat` of `<name>/<file>`, following a symlink as `std::fs::metadata`
+    /// does; `lstat` of the directory `<name>` itself when `file` is empty.
+    fn stat(&self, name: &str, file: &str) -> Option<rustix::fs::Stat> {
+        use rustix::fs::AtFlags;
+        let (rel, flags) = if file.is_empty() {
+            (PathBuf::from(name), AtFlags::SYMLINK_NOFOLLOW)
+        } else {
+            (Path::new(name).join(file), AtFlags::empty())
+        };
+        match &self.fd {
+            Some(fd) => rustix::fs::statat(fd, &rel, flags).ok(),
+            None if file.is_empty() => rustix::fs::lstat(self.path.join(rel)).ok(),
+            None => rustix::fs::stat(self.path.join(rel)).ok(),
+        }
+    }
+
+    /// The mtime of `<name>/<file>`; `now` when it cannot be read (it counts
+    /// as just changed, as in [`walk_tree`]).
+    fn mtime(&self, name: &str, file: &str, now: SystemTime) -> SystemTime {
+        self.stat(name, file).map_or(now, |st| mtime_of(&st))
+    }
+
+    fn is_file(&self, name: &str, file: &str) -> bool {
+        self.stat(name, file).is_some_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        })
+    }
+
+    /// The mtime of a regular file `<name>/<file>`; `None` when there is none.
+    fn file_mtime(&self, name: &str, file: &str) -> Option<SystemTime> {
+        let st = self.stat(name, file)?;
+        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+            .then(|| mtime_of(&st))
+    }
+}
+
+fn mtime_of(st: &rustix::fs::Stat) -> SystemTime {
+    let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+    match u64::try_from(st.st_mtime) {
+        Ok(secs) => SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+        Err(_) => SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -410,6 +473,41 @@ mod tests {
             "ready after the fix, before the old date"
         );
         assert!(!s.stuck.contains("ahead"));
+    }
+
+    /// A first look decides from the top directory alone when it is fresh:
+    /// a reason file renamed in just now (a quarantine a crash interrupted)
+    /// is found once the directory settles, and at once when it is old; a
+    /// fresh `meta.json` under an old directory still makes it wait.
+    #[test]
+    fn a_fresh_top_directory_waits_before_anything_else_is_looked_at() {
+        let root = tempfile::tempdir().unwrap();
+        let settle = Duration::from_secs(30);
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for name in ["q-fresh", "q-old", "m-fresh"] {
+            let d = root.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("meta.json"), "{}").unwrap();
+            set_mtime(&d.join("meta.json"), old);
+            if name.starts_with('q') {
+                std::fs::write(d.join(crate::disk::REASON_FILE), "{}").unwrap();
+            }
+            if name != "q-fresh" {
+                set_mtime(&d, old);
+            }
+        }
+        set_mtime(&root.path().join("m-fresh/meta.json"), SystemTime::now());
+        let mut s = Scanner::new();
+        let pass = s.scan(root.path(), settle, SystemTime::now()).unwrap();
+        let found: Vec<_> = pass.found.iter().map(|(id, f)| (id.as_str(), f)).collect();
+        assert_eq!(found, vec![("q-old", &Found::QuarantinePending)]);
+        assert_eq!(pass.pending, 2);
+        assert_eq!(s.walks, 0);
+        let later = SystemTime::now() + settle + Duration::from_secs(1);
+        let pass = s.scan(root.path(), settle, later).unwrap();
+        let found: Vec<_> = pass.found.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(found, vec!["m-fresh", "q-fresh", "q-old"]);
+        assert_eq!(pass.found[1].1, Found::QuarantinePending);
     }
 
     /// The requirement: a pass over 10,000 episodes still being

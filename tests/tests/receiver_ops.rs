@@ -363,6 +363,9 @@ async fn over_the_upload_limit_is_busy_with_retry_after() {
     let r = with_limits(&env, "max_concurrent_uploads = 1");
     let c = env.client(Some(&env.pki.client(HOST)));
     let (full, tx, task) = upload_in_flight(&r, &c, "slow", 500_000, 100_000).await;
+    // No slot frees: the PUT waits the receiver's bounded admission wait
+    // (2 s), then is told to come back in a second.
+    let asked = std::time::Instant::now();
     let resp = put_episode(
         &c,
         &r.url,
@@ -373,7 +376,12 @@ async fn over_the_upload_limit_is_busy_with_retry_after() {
     )
     .await;
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["retry-after"], "5");
+    let waited = asked.elapsed();
+    assert!(
+        (Duration::from_millis(1_900)..Duration::from_secs(10)).contains(&waited),
+        "answered after {waited:?}"
+    );
+    assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(resp.json::<Value>().await.unwrap()["error"], "busy");
     tx.send(full[100_000..].to_vec()).await.unwrap();
     drop(tx);

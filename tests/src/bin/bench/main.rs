@@ -4,7 +4,7 @@
 //! the same receiver, are not.
 //!
 //! ```text
-//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle] [--check]
+//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet] [--check]
 //!       [--wrap 'strace -f -tt -o /tmp/shipper.strace'] [--before DIR]
 //! ```
 //!
@@ -23,6 +23,7 @@
 //! broken run, and with `--check` also when a target is missed.
 
 mod data;
+mod fleet;
 mod measure;
 mod memory;
 mod report;
@@ -49,6 +50,9 @@ pub(crate) struct Scale {
     idle_episodes: usize,
     idle_shipped: usize,
     idle_passes: u32,
+    fleet_hosts: usize,
+    fleet_per_host: usize,
+    fleet_bytes: u64,
     rounds: usize,
 }
 
@@ -64,6 +68,9 @@ const FULL: Scale = Scale {
     idle_episodes: 10_000,
     idle_shipped: 100_000,
     idle_passes: 10,
+    fleet_hosts: 24,
+    fleet_per_host: 8,
+    fleet_bytes: 1_500_000,
     rounds: 2,
 };
 
@@ -80,6 +87,9 @@ const TINY: Scale = Scale {
     idle_episodes: 200,
     idle_shipped: 1_000,
     idle_passes: 2,
+    fleet_hosts: 3,
+    fleet_per_host: 2,
+    fleet_bytes: 200_000,
     rounds: 1,
 };
 
@@ -131,7 +141,7 @@ fn args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
+                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
                 );
                 std::process::exit(0);
             }
@@ -594,6 +604,9 @@ fn main() {
     }
     if want("idle") {
         idle(&mut b, &mut rep);
+    }
+    if want("fleet") {
+        fleet::fleet(&mut b, &mut rep);
     }
     rep.elapsed(started.elapsed());
     rep.print();
