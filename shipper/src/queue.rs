@@ -8,7 +8,9 @@
 //! at least any `Retry-After`), so a failing episode never blocks the others.
 //! Failures that belong to the receiver or the link (no answer, 401, 403, 429,
 //! 503, 507) put the whole host on hold instead and end the pass: hammering a
-//! receiver that is down or full once per episode helps nobody.
+//! receiver that is down or full once per episode helps nobody. A 503
+//! `episode_busy` (another upload of that episode in progress) is the
+//! episode's own.
 //!
 //! While one episode uploads, the next ready ones are packed on a blocking
 //! thread, one pack at a time ([`LOOK_AHEAD`] archives waiting at most); a
@@ -179,6 +181,12 @@ fn host_wide(event: &Event) -> bool {
         // Something other than the receiver answers at its URL: so it will
         // for every episode.
         Event::NoAnswer { .. } | Event::NotReceiver { .. } => true,
+        // Another upload of this episode is in progress (CONTRACT §9):
+        // this episode waits, the others go on.
+        Event::Answer {
+            error: Some(ErrorCode::EpisodeBusy),
+            ..
+        } => false,
         Event::Answer { status, .. } => matches!(status, 401 | 403 | 429 | 503 | 507),
         _ => false,
     }
@@ -641,9 +649,11 @@ impl Shipper {
                             // The pack's thread seals the archive meanwhile,
                             // and the next packs go on as each one is done.
                             let path = self.layout.archive_path(&id);
-                            let uploader = self.uploader.clone();
+                            let (uploader, layout) = (self.uploader.clone(), self.layout.clone());
                             let answer = {
-                                let put = uploader.put(&id, &path, archive, progress);
+                                let put = crate::resumable::send(
+                                    &uploader, &layout, &id, &path, archive, progress,
+                                );
                                 tokio::pin!(put);
                                 loop {
                                     let Some(p) =

@@ -1,0 +1,347 @@
+//! The shipper's side of resumable uploads (CONTRACT §9): `POST` to create,
+//! `HEAD` to learn the receiver's offset, one `PATCH` with the rest.
+//!
+//! Archives in `outbox/` of `[limits] resumable_min_bytes` and more go this
+//! way ([`send`]); smaller ones (and those held in memory, at most 1 MiB) go
+//! by one `PUT`. The creation request carries every header the receiver
+//! judges (digest, commit, `Upload-Length`), so a refused episode (412, 409,
+//! 413, 400) costs no archive byte. Its `Location` is checked
+//! ([`outbox_upload::ours`]: this receiver's upload path for this host and
+//! episode, nothing else is ever followed) and saved beside the archive
+//! before the first append, so a shipper restarted after `kill -9` resumes.
+//!
+//! The happy path is `POST` then one `PATCH` with the whole archive and
+//! `Upload-Complete: ?1`: one extra round trip, the same stream (bwlimit,
+//! stall cut, progress and metrics: [`Uploader::send_body`]). A cut append
+//! asks `HEAD` and, when the receiver's offset moved, goes on at once from
+//! there; when it did not, the failure goes to the queue's backoff and the
+//! next attempt asks `HEAD` again. `404` (expired, or another receiver in S3
+//! mode) starts a new upload; `409 offset_mismatch` follows the receiver's
+//! `Upload-Offset`. Only the completion answer retires an episode, and only
+//! when it is the receiver's own word (a `PUT`'s [`Uploader::confirm`]).
+
+use crate::disk::Layout;
+use crate::outbox_upload;
+use crate::state::{Archive, Event};
+use crate::upload::{
+    Body, NoAnswer, Uploader, answer, classify, no_answer, not_receiver, redirect_text,
+};
+use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
+use labship_protocol::upload::{
+    PARTIAL_UPLOAD_CONTENT_TYPE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET, creation_path,
+    format_complete, parse_offset,
+};
+use labship_protocol::{ErrorCode, Id};
+use std::path::Path;
+use std::time::Duration;
+
+/// An answer for the state machine, with any `Retry-After`.
+type Answer = (Event, Option<Duration>);
+
+/// New uploads one attempt may create: the receiver may lose one (expired,
+/// or another receiver behind the same name in S3 mode), not every one.
+const CREATE_MAX: u32 = 2;
+
+/// `409 offset_mismatch` answers in a row one attempt follows.
+const MISMATCH_MAX: u32 = 3;
+
+/// Uploads `archive` (in `outbox/` at `path`): by the upload API when it is
+/// at least `resumable_min_bytes` and not held in memory, else by `PUT`.
+pub async fn send(
+    up: &Uploader,
+    layout: &Layout,
+    id: &Id,
+    path: &Path,
+    archive: &Archive,
+    progress: &(dyn Fn() + Sync),
+) -> Answer {
+    if archive.inline.is_some() || archive.bytes < up.resumable_min_bytes {
+        return up.put(id, path, archive, progress).await;
+    }
+    upload(up, layout, id, path, archive, progress).await
+}
+
+/// The receiver's offset for an upload.
+enum Probe {
+    At(u64),
+    /// Unknown or expired (`404`), or not this archive's: start over.
+    Gone,
+    Failed(Answer),
+}
+
+enum Created {
+    At(String),
+    Failed(Answer),
+}
+
+enum Appended {
+    /// The receiver's final word, or a failure for the queue.
+    Done(Answer),
+    Mismatch(u64),
+    Gone,
+    /// No answer: cut, reset, stalled.
+    Cut(Event),
+}
+
+async fn upload(
+    up: &Uploader,
+    layout: &Layout,
+    id: &Id,
+    path: &Path,
+    archive: &Archive,
+    progress: &(dyn Fn() + Sync),
+) -> Answer {
+    let mut saved = outbox_upload::load(layout, &up.host, id, archive);
+    let mut known: Option<u64> = None;
+    let (mut created, mut mismatches) = (0, 0);
+    loop {
+        let location = match &saved {
+            Some(l) => l.clone(),
+            None if created == CREATE_MAX => {
+                return unreachable(format!(
+                    "the receiver lost {id}'s upload {created} times in one attempt (expired, or another receiver answers); retrying later"
+                ));
+            }
+            None => {
+                created += 1;
+                let loc = match create(up, id, archive).await {
+                    Created::At(loc) => loc,
+                    Created::Failed(answer) => return answer,
+                };
+                crate::crash_point("upload:created");
+                if let Err(e) = outbox_upload::save(layout, id, archive, &loc) {
+                    // The upload goes on; only a shipper restart would
+                    // start it again from 0.
+                    tracing::warn!(episode_id = %id, error = %e, event = "io_error", "cannot save the upload location in outbox/; a shipper restart would upload from byte 0");
+                }
+                saved = Some(loc.clone());
+                known = Some(0);
+                loc
+            }
+        };
+        let offset = match known.take() {
+            Some(o) => o,
+            None => match probe(up, &location, archive).await {
+                Probe::At(o) => o,
+                Probe::Gone => {
+                    forget(layout, id);
+                    saved = None;
+                    continue;
+                }
+                Probe::Failed(answer) => return answer,
+            },
+        };
+        match append(up, id, &location, path, archive, offset, progress).await {
+            Appended::Done(answer) => return answer,
+            Appended::Gone => {
+                forget(layout, id);
+                saved = None;
+            }
+            Appended::Mismatch(o) if mismatches < MISMATCH_MAX && o <= archive.bytes => {
+                mismatches += 1;
+                tracing::info!(episode_id = %id, offset = o, sent_at = offset, event = "upload_offset_mismatch", "the receiver holds {o} bytes of {id}, not {offset}: going on from there");
+                known = Some(o);
+            }
+            Appended::Mismatch(o) => {
+                return unreachable(format!(
+                    "the receiver keeps answering offset_mismatch for {id} (last: it holds {o} of {} bytes); retrying later",
+                    archive.bytes
+                ));
+            }
+            Appended::Cut(event) => match probe(up, &location, archive).await {
+                // The receiver kept what arrived: go on from there at once.
+                Probe::At(o) if o > offset => {
+                    tracing::info!(episode_id = %id, offset = o, bytes_total = archive.bytes, event = "upload_resumed", "the append of {id} was cut; resuming at byte {o}");
+                    mismatches = 0;
+                    known = Some(o);
+                }
+                Probe::Gone => {
+                    forget(layout, id);
+                    saved = None;
+                }
+                // No byte moved, or the receiver is not there: the queue's
+                // backoff, then HEAD again.
+                Probe::At(_) | Probe::Failed(_) => return (event, None),
+            },
+        }
+    }
+}
+
+fn unreachable(message: String) -> Answer {
+    (no_answer(NoAnswer::Unreachable(message)), None)
+}
+
+/// Drops a location the receiver no longer knows; the next step creates a
+/// new upload.
+fn forget(layout: &Layout, id: &Id) {
+    tracing::info!(episode_id = %id, event = "upload_restarted", "the receiver does not know {id}'s upload (expired, restarted without it, or another receiver); starting a new upload");
+    if let Err(e) = outbox_upload::remove(layout, id) {
+        tracing::warn!(episode_id = %id, error = %e, event = "io_error", "cannot remove the old upload location from outbox/");
+    }
+}
+
+/// `POST /v1/uploads/{host}/{episode}`: the receiver's admission, before
+/// any archive byte.
+async fn create(up: &Uploader, id: &Id, archive: &Archive) -> Created {
+    let url = up.url(creation_path(up.host.as_str(), id.as_str()).trim_start_matches('/'));
+    let req = up
+        .authorize(up.client().post(url))
+        .header(CONTENT_DIGEST, archive.digest.header_value())
+        .header(LABSHIP_COMMIT, archive.commit.as_str())
+        .header(UPLOAD_LENGTH, archive.bytes)
+        .header(reqwest::header::CONTENT_LENGTH, 0)
+        .timeout(up.stall);
+    let r = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Created::Failed((no_answer(classify(&e)), None)),
+    };
+    let status = r.status().as_u16();
+    if status == 200 {
+        // Already stored: the receiver's body says so, or it is not it.
+        return Created::Failed((up.confirm(r, id, archive).await, None));
+    }
+    if r.status().is_redirection() {
+        let why = redirect_text(&r);
+        return Created::Failed((not_receiver("POST", &r, why), None));
+    }
+    if !r.status().is_success() {
+        return Created::Failed(answer(r).await);
+    }
+    let location = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match location {
+        Some(loc) if status == 201 && outbox_upload::ours(&loc, &up.host, id) => Created::At(loc),
+        other => {
+            let why = format!(
+                "a {status} whose Location ({other:?}) is not this receiver's upload path for host {}, episode {id}; it is not followed",
+                up.host
+            );
+            Created::Failed((not_receiver("POST", &r, why), None))
+        }
+    }
+}
+
+/// `HEAD {location}`: how many bytes the receiver durably holds.
+async fn probe(up: &Uploader, location: &str, archive: &Archive) -> Probe {
+    let req = up
+        .authorize(up.client().head(up.url(location.trim_start_matches('/'))))
+        .timeout(up.stall);
+    let r = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Probe::Failed((no_answer(classify(&e)), None)),
+    };
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_offset)
+    };
+    match r.status().as_u16() {
+        404 => Probe::Gone,
+        204 => match (header(UPLOAD_OFFSET), header(UPLOAD_LENGTH)) {
+            (Some(o), Some(len)) if len == archive.bytes && o <= len => Probe::At(o),
+            // Another length: not this archive's upload.
+            (Some(_), Some(_)) => Probe::Gone,
+            _ => Probe::Failed((
+                not_receiver(
+                    "HEAD",
+                    &r,
+                    "a 204 without a valid Upload-Offset and Upload-Length".into(),
+                ),
+                None,
+            )),
+        },
+        _ if r.status().is_redirection() => {
+            let why = redirect_text(&r);
+            Probe::Failed((not_receiver("HEAD", &r, why), None))
+        }
+        _ if r.status().is_success() => Probe::Failed((
+            not_receiver(
+                "HEAD",
+                &r,
+                "a success the receiver never gives to an upload's HEAD (204)".into(),
+            ),
+            None,
+        )),
+        _ => Probe::Failed(answer(r).await),
+    }
+}
+
+/// `PATCH {location}` with the archive from `offset` to its end and
+/// `Upload-Complete: ?1`.
+async fn append(
+    up: &Uploader,
+    id: &Id,
+    location: &str,
+    path: &Path,
+    archive: &Archive,
+    offset: u64,
+    progress: &(dyn Fn() + Sync),
+) -> Appended {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => return Appended::Done(unreachable(format!("{}: {e}", path.display()))),
+    };
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
+        return Appended::Done(unreachable(format!("{}: {e}", path.display())));
+    }
+    let len = archive.bytes - offset;
+    let req = up
+        .authorize(up.client().patch(up.url(location.trim_start_matches('/'))))
+        .header(reqwest::header::CONTENT_TYPE, PARTIAL_UPLOAD_CONTENT_TYPE)
+        .header(UPLOAD_OFFSET, offset)
+        .header(UPLOAD_COMPLETE, format_complete(true));
+    let body = Body {
+        reader: Box::new(file.take(len)),
+        len,
+        offset,
+        total: archive.bytes,
+    };
+    let r = match up.send_body(id, req, body, progress).await {
+        Ok(r) => r,
+        Err(event) => return Appended::Cut(event),
+    };
+    match r.status().as_u16() {
+        200 | 201 => Appended::Done((up.confirm(r, id, archive).await, None)),
+        404 => Appended::Gone,
+        409 => {
+            let held = r
+                .headers()
+                .get(UPLOAD_OFFSET)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_offset);
+            match (answer(r).await, held) {
+                // Read by its code first: a 409 is otherwise fatal.
+                (
+                    (
+                        Event::Answer {
+                            error: Some(ErrorCode::OffsetMismatch),
+                            ..
+                        },
+                        _,
+                    ),
+                    Some(held),
+                ) => Appended::Mismatch(held),
+                (answer, _) => Appended::Done(answer),
+            }
+        }
+        _ if r.status().is_redirection() => {
+            let why = redirect_text(&r);
+            Appended::Done((not_receiver("PATCH", &r, why), None))
+        }
+        _ if r.status().is_success() => Appended::Done((
+            not_receiver(
+                "PATCH",
+                &r,
+                "a success other than the stored archive's (200, 201) to the append that ends it"
+                    .into(),
+            ),
+            None,
+        )),
+        _ => Appended::Done(answer(r).await),
+    }
+}
