@@ -1,4 +1,5 @@
-//! The audit log: one JSON line per PUT decision, appended to `ops.audit_log`.
+//! The audit log: one JSON line per PUT decision, and per decision of the
+//! resumable upload API (each with its `op`), appended to `ops.audit_log`.
 //!
 //! Each line is written with a single `write` on an `O_APPEND` file, so lines
 //! from concurrent requests never interleave. The log is evidence, not state:
@@ -23,6 +24,11 @@ pub struct AuditRecord<'a> {
     pub duration_ms: u64,
     pub peer: String,
     pub auth: Option<&'a str>,
+    /// Absent for a PUT; for the resumable upload API (CONTRACT §9):
+    /// `upload_create` (POST), `upload_append` (PATCH: an append, or the
+    /// completion's answer), `upload_delete`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'a str>,
 }
 
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 //! `limits.max_connections_per_address`, `limits.client_hello_timeout_s`,
 //! `limits.handshake_timeout_s`, `limits.header_timeout_s`,
 //! `limits.body_idle_timeout_s`, `limits.min_upload_rate_bytes_per_s`,
-//! `limits.min_upload_rate_window_s`.
+//! `limits.min_upload_rate_window_s`, `limits.upload_expiry_s`,
+//! `limits.max_partial_uploads`.
 //!
 //! [`Config::warnings`] lists what is valid but risky (said at start and by
 //! `receiver --check-config`).
@@ -153,6 +154,10 @@ struct RawLimits {
     min_upload_rate_bytes_per_s: u64,
     #[serde(default = "d_min_rate_window")]
     min_upload_rate_window_s: u64,
+    #[serde(default = "d_upload_expiry")]
+    upload_expiry_s: u64,
+    #[serde(default = "d_max_partial_uploads")]
+    max_partial_uploads: usize,
 }
 
 impl Default for RawLimits {
@@ -169,6 +174,8 @@ impl Default for RawLimits {
             body_idle_timeout_s: d_body_idle(),
             min_upload_rate_bytes_per_s: d_min_rate(),
             min_upload_rate_window_s: d_min_rate_window(),
+            upload_expiry_s: d_upload_expiry(),
+            max_partial_uploads: d_max_partial_uploads(),
         }
     }
 }
@@ -252,6 +259,13 @@ fn d_min_rate() -> u64 {
 fn d_min_rate_window() -> u64 {
     60
 }
+/// A day: a lab link down overnight still resumes in the morning.
+fn d_upload_expiry() -> u64 {
+    86_400
+}
+fn d_max_partial_uploads() -> usize {
+    256
+}
 fn d_ops_listen() -> String {
     "127.0.0.1:9464".into()
 }
@@ -307,6 +321,11 @@ pub struct Config {
     pub body_idle_timeout: Duration,
     /// `None` when `limits.min_upload_rate_bytes_per_s = 0`.
     pub min_upload_rate: Option<RateFloor>,
+    /// `limits.upload_expiry_s`: a partial upload is removed this long after
+    /// its last append (CONTRACT §9).
+    pub upload_expiry_s: u64,
+    /// `limits.max_partial_uploads`: more get 503 `busy`.
+    pub max_partial_uploads: usize,
     pub ops_listen: SocketAddr,
     pub audit_log: PathBuf,
 }
@@ -484,6 +503,11 @@ impl Config {
                 l.body_idle_timeout_s,
             )?),
             min_upload_rate,
+            upload_expiry_s: positive("limits.upload_expiry_s", l.upload_expiry_s)?,
+            max_partial_uploads: positive(
+                "limits.max_partial_uploads",
+                l.max_partial_uploads as u64,
+            )? as usize,
             ops_listen,
             audit_log: resolve(&raw.ops.audit_log),
         })

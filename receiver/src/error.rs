@@ -20,12 +20,17 @@ pub struct ApiError {
     pub message: String,
     pub remediation: Option<String>,
     pub retry_after: Option<u32>,
+    /// `Upload-Offset` to send with the error (a resumable upload's
+    /// `offset_mismatch`, or an interrupted append): where to continue.
+    pub upload_offset: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let retry_after = match code {
-            ErrorCode::Busy | ErrorCode::ShuttingDown => Some(RETRY_AFTER_BUSY),
+            ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::EpisodeBusy => {
+                Some(RETRY_AFTER_BUSY)
+            }
             ErrorCode::InsufficientStorage => Some(RETRY_AFTER_FULL),
             _ => None,
         };
@@ -34,11 +39,17 @@ impl ApiError {
             message: message.into(),
             remediation: None,
             retry_after,
+            upload_offset: None,
         }
     }
 
     pub fn with_remediation(mut self, remediation: Option<String>) -> Self {
         self.remediation = remediation;
+        self
+    }
+
+    pub fn with_upload_offset(mut self, offset: u64) -> Self {
+        self.upload_offset = Some(offset);
         self
     }
 
@@ -63,6 +74,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = self.retry_after;
+        let upload_offset = self.upload_offset;
         let body = ErrorBody {
             error: self.code,
             message: self.message,
@@ -73,6 +85,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(offset) = upload_offset {
+            response.headers_mut().insert(
+                labship_protocol::upload::UPLOAD_OFFSET,
+                HeaderValue::from(offset),
+            );
         }
         response
     }

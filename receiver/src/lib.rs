@@ -4,6 +4,7 @@
 //! problem an operator must fix; [`Receiver::run`] serves on listeners and a
 //! shutdown signal that the caller (the binary, or a test) owns.
 
+mod accept;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod tls;
+pub mod uploads;
 
 /// A named crash point for the crash tests (as the shipper's): in debug
 /// builds, when `LABSHIP_CRASH_AT` names this point, the process sends itself
@@ -156,6 +158,28 @@ impl Receiver {
             )
         })?;
         metrics.gate_commits.set(gate.snapshot().len() as i64);
+        let resumable = uploads::spool::Spool::open(&config.storage_dir)
+            .and_then(|spool| {
+                uploads::Table::open(
+                    spool,
+                    config.upload_expiry_s,
+                    config.max_partial_uploads,
+                    metrics.fleet.partial_uploads.clone(),
+                )
+            })
+            .map_err(|e| {
+                ConfigError::new(
+                    &file,
+                    "storage.dir",
+                    format!(
+                        "cannot open the partial upload spool {}: {e}",
+                        config
+                            .storage_dir
+                            .join(uploads::spool::UPLOADS_DIR)
+                            .display()
+                    ),
+                )
+            })?;
         if let (Some(live), Some(expiry)) = (&tls, &metrics.fleet.server_cert_expiry) {
             expiry.set(live.server_not_after());
         }
@@ -174,6 +198,7 @@ impl Receiver {
                 body_idle: config.body_idle_timeout,
                 min_rate: config.min_upload_rate,
             },
+            resumable,
         });
         Ok(Self {
             config,
@@ -200,6 +225,7 @@ impl Receiver {
             shutdown.clone(),
         ));
         let watchdog = tokio::spawn(server::watchdog_loop(state.clone(), shutdown.clone()));
+        let sweeper = tokio::spawn(uploads::sweep_loop(state.clone(), shutdown.clone()));
         // The ops listener outlives the drain, so /readyz can say so.
         let (ops_stop, ops_stopped) = watch::channel(false);
         let ops = tokio::spawn(ops::serve(ops, state.clone(), ops_stopped));
@@ -252,6 +278,7 @@ impl Receiver {
         }
         reload.abort();
         watchdog.abort();
+        sweeper.abort();
         tracing::info!("receiver stopped");
     }
 }

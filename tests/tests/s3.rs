@@ -204,7 +204,7 @@ async fn racing_receivers_store_exactly_one_archive() {
     let mut busy = 0;
     for round in 0..5u64 {
         // The same bytes through both, twice each: one 201, the others 200,
-        // or 503 `busy` when they found the winner's claim before its archive
+        // or 503 `episode_busy` when they found the winner's claim before its archive
         // (another receiver is uploading it); retried, those are 200.
         let id = format!("same-{round}");
         let bytes = archive(&env, &id, 300_000, 10 + round);
@@ -219,7 +219,10 @@ async fn racing_receivers_store_exactly_one_archive() {
             match answer.0 {
                 200 | 201 => {}
                 503 => {
-                    assert_eq!(answer.1["error"], "busy", "round {round}: {answer:?}");
+                    assert_eq!(
+                        answer.1["error"], "episode_busy",
+                        "round {round}: {answer:?}"
+                    );
                     busy += 1;
                     let url = if i % 2 == 0 { &a.url } else { &b.url };
                     let again = put(&c, url, &id, bytes.clone()).await;
@@ -440,7 +443,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
     assert_eq!(claim, [format!("{HOST}/ep-c.json")]);
     assert_eq!(head(&c, &b.url, "ep-c").await.0, 404, "claimed, not stored");
     // A fresh claim is an upload in progress as far as b can tell: the same
-    // bytes through b get 503 `busy`, not a second upload to the same key.
+    // bytes through b get 503 `episode_busy`, not a second upload to the same key.
     let resp = put_episode(&c, &b.url, HOST, "ep-c", GOOD_COMMIT, bytes.clone()).await;
     let retry_after: u64 = resp
         .headers()
@@ -449,7 +452,7 @@ async fn kill_9_mid_upload_leaves_nothing_and_the_other_receiver_accepts() {
         .expect("Retry-After");
     assert_eq!(resp.status().as_u16(), 503);
     let busy: Value = resp.json().await.unwrap();
-    assert_eq!(busy["error"], "busy", "{busy}");
+    assert_eq!(busy["error"], "episode_busy", "{busy}");
     assert!(
         busy["message"]
             .as_str()

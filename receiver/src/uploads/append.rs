@@ -1,0 +1,496 @@
+//! `PATCH {location}`: one append to a partial upload, and its completion.
+//!
+//! The append holds the upload's lock and an upload permit
+//! (`limits.max_concurrent_uploads`, as a PUT does). Every frame goes to the
+//! upload's validator session, which writes it to the spool; every
+//! [`CHECKPOINT_BYTES`] or [`CHECKPOINT_EVERY`], and when the body ends or is
+//! cut (idle timeout, rate floor, reset, another append taking over), the
+//! session fsyncs the data and the new offset is recorded. The append that
+//! ends the archive (`Upload-Complete: ?1`) waits for the validator's verdict
+//! over the whole archive, checks the digest and commits through the store
+//! as a PUT does. An answer that ends the episode's upload for good (400,
+//! 413, 409 `conflict`) discards it; a transient one (503, 507, 500) keeps
+//! it for the client to continue.
+
+use super::session::{Rules, Session, Stopped};
+use super::spool::{Record, unix_now};
+use super::table::{Slot, SlotState, take_over};
+use super::{Answer, Decision, TAKEOVER_WAIT, episode_busy, locate, not_found};
+use crate::accept::{
+    PutFacts, PutPlan, check_digest, commit_archive, header_str, ingest_error, storage_io_error,
+};
+use crate::auth::{ConnInfo, Identity};
+use crate::error::ApiError;
+use crate::routes::AppState;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use labship_protocol::upload::{UPLOAD_COMPLETE, UPLOAD_OFFSET, parse_complete, parse_offset};
+use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedMutexGuard;
+
+/// Checkpoint after this many appended bytes...
+const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// ...or this long, whichever comes first.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// How an append's body ended.
+enum End {
+    /// The body is complete.
+    Done,
+    /// The client stopped sending (idle, too slow, reset): what arrived is kept.
+    Cut(String),
+    /// A newer request for this upload asked for the lock.
+    TakenOver,
+    /// More bytes than `Upload-Length`.
+    TooLong,
+    /// The validator refused the archive, or the spool failed.
+    Failed(ApiError),
+    /// The validator stopped early; its verdict is the answer.
+    Stopped,
+}
+
+pub(super) async fn patch(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Body,
+) -> Response {
+    // As a PUT: in its own task, so a client going away never drops an
+    // append halfway through a checkpoint or a commit.
+    let conn = conn.map(|c| c.0);
+    let task = tokio::spawn(patch_decided(state, conn, headers, path, body));
+    task.await
+        .unwrap_or_else(|e| ApiError::internal(format!("patch task: {e}")).into_response())
+}
+
+async fn patch_decided(
+    state: Arc<AppState>,
+    conn: Option<ConnInfo>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    mut body: Body,
+) -> Response {
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let (started, mut facts) = (Instant::now(), PutFacts::default());
+    let result = append(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
+    if !facts.body_started {
+        // An answer from the headers: read (and discard) a bounded amount so
+        // that an HTTP/1 client still writing can read it.
+        let _ = crate::ingest::drain(&mut body, EARLY_ANSWER_DRAIN, state.limits).await;
+    }
+    Decision {
+        op: "upload_append",
+        conn: conn.as_ref(),
+        facts: &facts,
+        episode: &episode,
+        started,
+    }
+    .record(&state, &result);
+    result.into_response()
+}
+
+/// What is read of a body answered from its headers alone.
+const EARLY_ANSWER_DRAIN: u64 = 4 << 20;
+
+async fn append(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: &mut Body,
+    facts: &mut PutFacts,
+) -> Result<Answer, ApiError> {
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "receiver is shutting down; retry shortly",
+        ));
+    }
+    let (identity, slot) = locate(state, conn, headers, path)?;
+    facts.identity = Some(identity.clone());
+    let request = AppendHeaders::parse(headers, &slot)?;
+    let Some(mut held) = take_over(&slot, TAKEOVER_WAIT).await else {
+        return Err(episode_busy(
+            "an earlier append to this upload does not stop",
+        ));
+    };
+    if slot.gone.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(not_found());
+    }
+    let plan = plan_of(&identity, &held)?;
+    facts.digest = Some(plan.digest);
+    let at = held.record.offset;
+    if request.offset != at {
+        return Err(ApiError::new(
+            ErrorCode::OffsetMismatch,
+            format!(
+                "Upload-Offset is {} but the receiver holds {at} bytes of this upload; continue from {at}",
+                request.offset
+            ),
+        )
+        .with_upload_offset(at));
+    }
+    if let Some(n) = request.content_length {
+        let end = at.saturating_add(n);
+        if end > slot.length || (request.complete && end != slot.length) {
+            let e = length_mismatch(&slot, end, request.complete);
+            return discard(state, &slot, &mut held, e).await;
+        }
+    }
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
+        )
+        .with_upload_offset(at));
+    };
+    ensure_session(state, &mut held, &plan).await?;
+    facts.body_started = true;
+    state.metrics.uploads_in_flight.inc();
+    let end = receive(state, &slot, &mut held, body, facts).await;
+    state.metrics.uploads_in_flight.dec();
+    held.idle_since = Instant::now();
+    let now_at = held.record.offset;
+    match end {
+        End::Done if request.complete => complete(state, conn, &slot, held, &plan).await,
+        End::Done => Ok(Answer::Appended(now_at)),
+        End::Cut(why) => Err(ApiError::new(
+            ErrorCode::Busy,
+            format!("append interrupted ({why}); {now_at} bytes are held: continue from there"),
+        )
+        .with_upload_offset(now_at)),
+        End::TakenOver => Err(ApiError::new(
+            ErrorCode::OffsetMismatch,
+            format!("another append to this upload took over; {now_at} bytes are held"),
+        )
+        .with_upload_offset(now_at)),
+        End::TooLong => {
+            let e = length_mismatch(&slot, slot.length + 1, false);
+            discard(state, &slot, &mut held, e).await
+        }
+        End::Failed(e) => settle(state, &slot, &mut held, e).await,
+        End::Stopped => Err(ApiError::internal("validator stopped without a verdict")),
+    }
+}
+
+/// The headers of an append.
+struct AppendHeaders {
+    offset: u64,
+    complete: bool,
+    content_length: Option<u64>,
+}
+
+impl AppendHeaders {
+    fn parse(headers: &HeaderMap, slot: &Slot) -> Result<Self, ApiError> {
+        let held = slot.offset.load(std::sync::atomic::Ordering::Relaxed);
+        let offset = header_str(headers, UPLOAD_OFFSET)
+            .and_then(parse_offset)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::OffsetMismatch,
+                    format!("Upload-Offset (an integer) is required; the receiver holds {held} bytes of this upload"),
+                )
+                .with_upload_offset(held)
+            })?;
+        let complete = match header_str(headers, UPLOAD_COMPLETE) {
+            None => false,
+            Some(v) => parse_complete(v).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UploadLengthMismatch,
+                    format!("Upload-Complete is {v:?}; it must be ?1 (the last append) or ?0"),
+                )
+            })?,
+        };
+        let content_length = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::UploadLengthMismatch,
+                    "Content-Length is not a number",
+                )
+            })?),
+        };
+        Ok(Self {
+            offset,
+            complete,
+            content_length,
+        })
+    }
+}
+
+fn length_mismatch(slot: &Slot, end: u64, complete: bool) -> ApiError {
+    let why = if complete && end < slot.length {
+        format!("the append completing the upload ends at byte {end}")
+    } else {
+        format!("the append runs past byte {}", slot.length)
+    };
+    ApiError::new(
+        ErrorCode::UploadLengthMismatch,
+        format!(
+            "{why}, but Upload-Length was {} when upload {}/{} was created; the upload is discarded",
+            slot.length, slot.host_id, slot.episode_id
+        ),
+    )
+}
+
+/// The plan the upload was created with, for the validator and the commit.
+fn plan_of(identity: &Identity, held: &SlotState) -> Result<PutPlan, ApiError> {
+    let r = &held.record;
+    let broken = |what: &str| ApiError::internal(format!("upload record {}: {what}", r.token));
+    Ok(PutPlan {
+        identity: identity.clone(),
+        episode: Id::parse(&r.episode_id).map_err(|_| broken("episode id"))?,
+        commit: Commit::parse(&r.commit).map_err(|_| broken("commit"))?,
+        digest: Sha256Digest::parse_header(&r.digest).map_err(|_| broken("digest"))?,
+        length: Some(r.length),
+    })
+}
+
+/// A session whose input is exactly the durable prefix: the one in memory
+/// when it is, else a new one reading the prefix back from the spool.
+async fn ensure_session(
+    state: &AppState,
+    held: &mut SlotState,
+    plan: &PutPlan,
+) -> Result<(), ApiError> {
+    if held
+        .session
+        .as_ref()
+        .is_some_and(|s| s.synced == held.record.offset)
+    {
+        return Ok(());
+    }
+    if let Some(old) = held.session.take() {
+        old.close().await;
+    }
+    let (spool, record) = (state.resumable.spool.clone(), held.record.clone());
+    let data = spool.data_path(&record.host_id, &record.token);
+    let cut = tokio::task::spawn_blocking(move || spool.truncate_to(&record)).await;
+    cut.map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| storage_io_error(state, "cut a partial upload back to its offset", e))?;
+    let rules = Rules {
+        episode: plan.episode.to_string(),
+        commit: plan.commit.clone(),
+        max_unpacked: state.limits.max_unpacked,
+    };
+    held.session = Some(Session::start(data, held.record.offset, rules));
+    Ok(())
+}
+
+/// Streams the body into the session, checkpointing as it goes and at the end.
+async fn receive(
+    state: &AppState,
+    slot: &Slot,
+    held: &mut SlotState,
+    body: &mut Body,
+    facts: &mut PutFacts,
+) -> End {
+    let SlotState {
+        record, session, ..
+    } = held;
+    let Some(live) = session.as_mut() else {
+        return End::Failed(ApiError::internal("append without a validator session"));
+    };
+    let mut pace = crate::pace::Pace::new(state.limits);
+    let mut takeover = slot.takeover.subscribe();
+    let (mut at, mut pending, mut last) = (record.offset, 0u64, Instant::now());
+    let end = loop {
+        let frame = tokio::select! {
+            frame = pace.frame(body) => frame,
+            _ = takeover.changed() => break End::TakenOver,
+        };
+        let data = match frame {
+            Err(cut) => break End::Cut(cut.to_string()),
+            Ok(None) => break End::Done,
+            Ok(Some(Err(e))) => break End::Cut(e.to_string()),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        let n = data.len() as u64;
+        if at + n > slot.length {
+            break End::TooLong;
+        }
+        (at, pending, facts.bytes) = (at + n, pending + n, facts.bytes + n);
+        state.metrics.received_bytes.inc_by(n);
+        if live.send(data).await.is_err() {
+            break End::Stopped;
+        }
+        if pending >= CHECKPOINT_BYTES || last.elapsed() >= CHECKPOINT_EVERY {
+            if let Err(end) = checkpoint(state, slot, record, live).await {
+                break end;
+            }
+            (pending, last) = (0, Instant::now());
+        }
+    };
+    // What arrived is kept, however the body ended (unless the upload goes).
+    let end = match end {
+        End::Failed(_) | End::TooLong | End::Stopped => end,
+        _ => checkpoint(state, slot, record, live)
+            .await
+            .err()
+            .unwrap_or(end),
+    };
+    match end {
+        End::Stopped => match session.take() {
+            Some(stopped) => match stopped.finish().await {
+                Err(e) => End::Failed(ingest_error(state, e)),
+                Ok(_) => End::Failed(ApiError::internal("validator ended before its input")),
+            },
+            None => End::Failed(ApiError::internal("validator session vanished")),
+        },
+        end => end,
+    }
+}
+
+/// fsync what was sent, then record the new durable offset.
+async fn checkpoint(
+    state: &AppState,
+    slot: &Slot,
+    record: &mut Record,
+    session: &mut Session,
+) -> Result<(), End> {
+    let synced = match session.sync().await {
+        Err(Stopped) => return Err(End::Stopped),
+        Ok(Err(e)) => {
+            return Err(End::Failed(storage_io_error(
+                state,
+                "fsync a partial upload",
+                e,
+            )));
+        }
+        Ok(Ok(n)) => n,
+    };
+    crate::crash_point("upload:data-synced");
+    if synced == record.offset {
+        return Ok(());
+    }
+    let mut next = record.clone();
+    (next.offset, next.last_append_at) = (synced, unix_now());
+    let (spool, staged) = (state.resumable.spool.clone(), next.clone());
+    let written = tokio::task::spawn_blocking(move || spool.write_record(&staged)).await;
+    written
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| {
+            End::Failed(storage_io_error(
+                state,
+                "record a partial upload's offset",
+                e,
+            ))
+        })?;
+    crate::crash_point("upload:offset-recorded");
+    slot.recorded(&next);
+    *record = next;
+    Ok(())
+}
+
+/// The last append arrived: the verdict over the whole archive, the digest,
+/// the commit.
+async fn complete(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    slot: &Slot,
+    mut held: OwnedMutexGuard<SlotState>,
+    plan: &PutPlan,
+) -> Result<Answer, ApiError> {
+    if held.record.offset != slot.length {
+        let e = length_mismatch(slot, held.record.offset, true);
+        return discard(state, slot, &mut held, e).await;
+    }
+    let Some(session) = held.session.take() else {
+        return Err(ApiError::internal("completion without a validator session"));
+    };
+    let verdict = match session.finish().await {
+        Ok(v) => v,
+        Err(e) => {
+            let e = ingest_error(state, e);
+            return settle(state, slot, &mut held, e).await;
+        }
+    };
+    if let Err(e) = check_digest(&verdict.digest, &plan.digest) {
+        return discard(state, slot, &mut held, e).await;
+    }
+    let scratch = link_scratch(state, slot)?;
+    match commit_archive(state, conn, plan, scratch, verdict.bytes).await {
+        Ok((status, body)) => {
+            crate::crash_point("upload:committed");
+            state.resumable.remove(slot, &mut held).await;
+            Ok(Answer::Stored(status, body))
+        }
+        Err(e) => settle(state, slot, &mut held, e).await,
+    }
+}
+
+/// A second name for the spooled archive in the store's scratch directory,
+/// handed to the store's commit (which renames or uploads it and removes it
+/// on failure): the spool keeps its own name until the commit succeeded, so
+/// a failed commit (503, 507) can be retried by completing again.
+fn link_scratch(state: &AppState, slot: &Slot) -> Result<tempfile::NamedTempFile, ApiError> {
+    let data = state.resumable.spool.data_path(&slot.host_id, &slot.token);
+    let scratch = state
+        .store
+        .scratch_dir()
+        .join(format!("upload-{}.part", slot.token));
+    let linked = match std::fs::hard_link(&data, &scratch) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&scratch).and_then(|()| std::fs::hard_link(&data, &scratch))
+        }
+        other => other,
+    };
+    linked
+        .and_then(|()| {
+            let path = tempfile::TempPath::try_from_path(&scratch)?;
+            Ok(tempfile::NamedTempFile::from_parts(
+                std::fs::File::open(&scratch)?,
+                path,
+            ))
+        })
+        .map_err(|e| storage_io_error(state, "link a completed upload into scratch", e))
+}
+
+/// An error ends the upload when the client cannot fix it by continuing
+/// (the archive or its length is wrong, another digest is stored); a
+/// transient one (503, 507, 500) keeps it.
+async fn settle(
+    state: &AppState,
+    slot: &Slot,
+    held: &mut SlotState,
+    e: ApiError,
+) -> Result<Answer, ApiError> {
+    let fatal = matches!(e.status().as_u16(), 400 | 409 | 412 | 413);
+    if fatal {
+        return discard(state, slot, held, e).await;
+    }
+    if let Some(session) = held.session.take() {
+        session.close().await;
+    }
+    Err(e.with_upload_offset(held.record.offset))
+}
+
+async fn discard(
+    state: &AppState,
+    slot: &Slot,
+    held: &mut SlotState,
+    e: ApiError,
+) -> Result<Answer, ApiError> {
+    tracing::info!(
+        host = slot.host_id,
+        episode = slot.episode_id,
+        error_code = e.code.as_str(),
+        "partial upload discarded"
+    );
+    state.resumable.remove(slot, held).await;
+    Err(e)
+}

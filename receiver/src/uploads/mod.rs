@@ -1,0 +1,394 @@
+//! The resumable upload API of CONTRACT §9 (draft-ietf-httpbis-resumable-upload-12
+//! without its 104; docs/protocol.md, "Resumable uploads"):
+//! `POST /v1/uploads/{host_id}/{episode_id}` creates an upload after every
+//! header decision of a PUT (`accept::check_headers`, with `Upload-Length`);
+//! `HEAD`, `PATCH` and `DELETE` on its `Location` report the durable offset,
+//! append (and complete), and discard it.
+//!
+//! The pieces: `spool` (the durable state on disk), `session` (the validator
+//! across appends and restarts), `table` (the uploads in memory, one append
+//! at a time, expiry) and `append` (the PATCH). A completed archive is
+//! committed by `accept::commit_archive`, the PUT's own commit, so it becomes
+//! visible exactly as a PUT's does (fs and S3).
+
+mod append;
+pub(crate) mod session;
+pub(crate) mod spool;
+pub(crate) mod table;
+
+use crate::accept::{Checked, LengthHeader, PutFacts, check_headers, storage_io_error};
+use crate::audit::AuditRecord;
+use crate::auth::{ConnInfo, Identity};
+use crate::error::ApiError;
+use crate::routes::{AppState, authenticate};
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{head, post};
+use labship_protocol::upload::{
+    self, Token, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_LIMIT, UPLOAD_OFFSET, UploadLimit,
+    format_complete,
+};
+use labship_protocol::{ErrorCode, StoredBody};
+use spool::{Record, unix_now};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+use table::{Slot, take_over};
+
+pub(crate) use table::Table;
+
+/// How long a request waits for an append of the same upload to stop and
+/// let go ([`table::take_over`]) before answering 503 `episode_busy`.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// The upload API's routes (merged into `routes::app`).
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/uploads/{host_id}/{episode_id}", post(create))
+        .route(
+            "/v1/uploads/{host_id}/{episode_id}/{token}",
+            head(offset).patch(append::patch).delete(discard),
+        )
+}
+
+/// A successful answer of the upload API.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// 200 or 201 with the PUT's body: the archive is stored.
+    Stored(StatusCode, StoredBody),
+    /// 201 from `POST`.
+    Created {
+        location: String,
+        limit: UploadLimit,
+    },
+    /// 204 from `HEAD`.
+    Offset { offset: u64, length: u64 },
+    /// 204 after an append that does not complete the upload.
+    Appended(u64),
+    /// 204 from `DELETE`.
+    Deleted,
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Stored(status, _) => *status,
+            Self::Created { .. } => StatusCode::CREATED,
+            Self::Offset { .. } | Self::Appended(_) | Self::Deleted => StatusCode::NO_CONTENT,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = match &self {
+            Self::Stored(_, body) => (status, axum::Json(body.clone())).into_response(),
+            _ => status.into_response(),
+        };
+        let h = response.headers_mut();
+        match self {
+            Self::Created { location, limit } => {
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    h.insert(header::LOCATION, v);
+                }
+                h.insert(UPLOAD_OFFSET, HeaderValue::from(0u64));
+                if let Ok(v) = HeaderValue::from_str(&limit.to_string()) {
+                    h.insert(UPLOAD_LIMIT, v);
+                }
+            }
+            Self::Offset { offset, length } => {
+                h.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+                h.insert(UPLOAD_LENGTH, HeaderValue::from(length));
+                h.insert(
+                    UPLOAD_COMPLETE,
+                    HeaderValue::from_static(format_complete(false)),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            Self::Appended(offset) => {
+                h.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+            }
+            Self::Stored(..) | Self::Deleted => {}
+        }
+        response
+    }
+}
+
+/// What one request of the upload API leaves in the audit log and metrics.
+struct Decision<'a> {
+    op: &'static str,
+    conn: Option<&'a ConnInfo>,
+    facts: &'a PutFacts,
+    episode: &'a str,
+    started: Instant,
+}
+
+impl Decision<'_> {
+    /// Audits the answer, counts it in `labship_uploads_total` when it is
+    /// the episode's verdict (what a PUT would have answered), and logs
+    /// refusals.
+    fn record(&self, state: &AppState, result: &Result<Answer, ApiError>) {
+        let (status, error) = match result {
+            Ok(a) => (a.status(), None),
+            Err(e) => (e.status(), Some(e)),
+        };
+        let host = self.facts.identity.as_ref().map(|i| i.host_id.as_str());
+        let peer = self.conn.map(|c| c.peer.to_string()).unwrap_or_default();
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        state.audit.record(&AuditRecord {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            host_id: host,
+            episode_id: self.episode,
+            status: status.as_u16(),
+            error: error.map(|e| e.code.as_str()),
+            bytes: self.facts.bytes,
+            digest: self.facts.digest.map(|d| d.header_value()),
+            duration_ms,
+            peer: peer.clone(),
+            auth: self.facts.identity.as_ref().map(|i| i.method),
+            op: Some(self.op),
+        });
+        let verdict = match (result, error) {
+            (Ok(Answer::Stored(..)), _) => true,
+            (_, Some(e)) => {
+                matches!(e.status().as_u16(), 400 | 409 | 412 | 413 | 507)
+                    && e.code != ErrorCode::OffsetMismatch
+            }
+            _ => false,
+        };
+        if verdict {
+            let code = error.map(|e| e.code.as_str());
+            let stored = (status == StatusCode::CREATED).then_some(self.facts.bytes);
+            crate::fleet::put_answered(&state.metrics, host, status.as_u16(), code, stored);
+        }
+        match error {
+            None => {
+                tracing::info!(op = self.op, host, episode = %self.episode, status = status.as_u16(), bytes = self.facts.bytes, duration_ms, "upload")
+            }
+            Some(e) if e.code == ErrorCode::Internal => {}
+            Some(e) => tracing::warn!(
+                op = self.op, host, episode = %self.episode, status = status.as_u16(),
+                error_code = e.code.as_str(), peer, "upload request refused: {}", e.message
+            ),
+        }
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such upload: unknown, expired, completed or discarded, or held by another receiver; start again with POST",
+    )
+}
+
+pub(crate) fn episode_busy(what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::EpisodeBusy,
+        format!("{what}; retry this episode shortly"),
+    )
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let conn = conn.map(|c| c.0);
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let (started, mut facts) = (Instant::now(), PutFacts::default());
+    let result = create_inner(&state, conn.as_ref(), &headers, path, &mut facts).await;
+    Decision {
+        op: "upload_create",
+        conn: conn.as_ref(),
+        facts: &facts,
+        episode: &episode,
+        started,
+    }
+    .record(&state, &result);
+    result.into_response()
+}
+
+async fn create_inner(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    facts: &mut PutFacts,
+) -> Result<Answer, ApiError> {
+    let plan = match check_headers(
+        state,
+        conn,
+        headers,
+        path,
+        LengthHeader::UploadLength,
+        facts,
+    )
+    .await?
+    {
+        Checked::Stored(body) => return Ok(Answer::Stored(StatusCode::OK, body)),
+        Checked::Plan(plan) => plan,
+    };
+    let table = &state.resumable;
+    let (host, episode) = (plan.identity.host_id.as_str(), plan.episode.as_str());
+    // A new POST for an episode means its client lost the older upload's
+    // location (a host runs one shipper): an idle older upload is replaced;
+    // one still receiving an append is this episode being busy.
+    for older in table.of_episode(host, episode) {
+        let Ok(mut held) = older.state.clone().try_lock_owned() else {
+            return Err(episode_busy(&format!(
+                "an append to another upload of episode {host}/{episode} is in progress"
+            )));
+        };
+        if !older.gone.load(Ordering::Relaxed) {
+            tracing::info!(
+                host,
+                episode,
+                offset = older.offset.load(Ordering::Relaxed),
+                "a new upload replaces an idle one of the same episode"
+            );
+            table.remove(&older, &mut held).await;
+        }
+    }
+    if table.len() >= table.max {
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            format!(
+                "the receiver holds {} partial uploads (limits.max_partial_uploads); retry shortly",
+                table.max
+            ),
+        ));
+    }
+    let token = new_token()?;
+    let now = unix_now();
+    let record = Record {
+        host_id: host.to_owned(),
+        episode_id: episode.to_owned(),
+        token: token.to_string(),
+        digest: plan.digest.header_value(),
+        commit: plan.commit.to_string(),
+        length: plan.length.unwrap_or(0),
+        offset: 0,
+        created_at: now,
+        last_append_at: now,
+    };
+    let (spool, staged) = (table.spool.clone(), record.clone());
+    let created = tokio::task::spawn_blocking(move || {
+        let made = spool.create(&staged);
+        if made.is_err() {
+            let _ = spool.remove(&staged.host_id, &staged.token);
+        }
+        made
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    created.map_err(|e| storage_io_error(state, "create a partial upload", e))?;
+    table.insert(record);
+    Ok(Answer::Created {
+        location: upload::location(host, episode, &token),
+        limit: UploadLimit {
+            max_size: state.limits.max_bytes,
+            expires_s: table.expiry_s,
+        },
+    })
+}
+
+/// 128 bits from the operating system's CSPRNG.
+fn new_token() -> Result<Token, ApiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(format!("getrandom: {e}")))?;
+    Ok(Token::from_random(bytes))
+}
+
+/// The upload a request names, for its own host only: another host's path
+/// is 403 (as a PUT's); an unknown, expired or removed token, or one issued
+/// for another episode, is 404.
+pub(crate) fn locate(
+    state: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<(Identity, Arc<Slot>), ApiError> {
+    let identity = authenticate(state, conn, headers)?;
+    let Ok(Path((host, episode, token))) = path else {
+        return Err(not_found());
+    };
+    if host != identity.host_id {
+        return Err(ApiError::new(
+            ErrorCode::HostMismatch,
+            format!(
+                "authenticated as host {:?} but the path names host {host:?}",
+                identity.host_id
+            ),
+        ));
+    }
+    let table = &state.resumable;
+    let slot = Token::parse(&token)
+        .and_then(|t| table.get(t.as_str()))
+        .filter(|s| s.host_id == host && s.episode_id == episode)
+        .filter(|s| !s.gone.load(Ordering::Relaxed) && !s.expired(table.expiry_s))
+        .ok_or_else(not_found)?;
+    Ok((identity, slot))
+}
+
+async fn offset(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Answer, ApiError> {
+    let (_, slot) = locate(&state, conn.as_deref(), &headers, path)?;
+    Ok(Answer::Offset {
+        offset: slot.offset.load(Ordering::Relaxed),
+        length: slot.length,
+    })
+}
+
+async fn discard(
+    State(state): State<Arc<AppState>>,
+    conn: Option<axum::Extension<ConnInfo>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Response {
+    let conn = conn.map(|c| c.0);
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let (started, mut facts) = (Instant::now(), PutFacts::default());
+    let result = async {
+        let (identity, slot) = locate(&state, conn.as_ref(), &headers, path)?;
+        facts.identity = Some(identity);
+        let Some(mut held) = take_over(&slot, TAKEOVER_WAIT).await else {
+            return Err(episode_busy("an append to this upload does not stop"));
+        };
+        if slot.gone.load(Ordering::Relaxed) {
+            return Err(not_found());
+        }
+        state.resumable.remove(&slot, &mut held).await;
+        Ok(Answer::Deleted)
+    }
+    .await;
+    Decision {
+        op: "upload_delete",
+        conn: conn.as_ref(),
+        facts: &facts,
+        episode: &episode,
+        started,
+    }
+    .record(&state, &result);
+    result.into_response()
+}
+
+/// Sweeps expired partial uploads and idle validator sessions until shutdown.
+pub async fn sweep_loop(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.resumable.sweep_every());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.resumable.sweep().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}

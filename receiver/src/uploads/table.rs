@@ -1,0 +1,227 @@
+//! The partial uploads this receiver holds, in memory: one [`Slot`] per
+//! upload token, mirroring its spooled [`Record`], with the lock that lets one
+//! append at a time write it and the signal a newer append uses to take over
+//! from an older one whose client may be gone (a shipper killed with -9 and
+//! restarted must not wait for `limits.body_idle_timeout_s`). Expiry and the
+//! `labship_partial_uploads` gauge are kept here too.
+
+use super::session::Session;
+use super::spool::{Record, Removed, Spool, unix_now};
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedMutexGuard, watch};
+
+/// How long a validator session waits in memory for the next append of its
+/// upload before it is dropped (and rebuilt from the spooled prefix if that
+/// append ever comes): a cut connection usually resumes within seconds.
+const SESSION_KEEP: Duration = Duration::from_secs(120);
+
+/// One partial upload.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) host_id: String,
+    pub(crate) episode_id: String,
+    pub(crate) token: String,
+    pub(crate) length: u64,
+    /// The durable offset (mirrors the record, for `HEAD` without the lock).
+    pub(crate) offset: AtomicU64,
+    pub(crate) last_append_at: AtomicU64,
+    /// Set once the upload is removed: a request that waited for the lock
+    /// answers 404.
+    pub(crate) gone: AtomicBool,
+    /// Held by the append (or completion, or delete) in progress.
+    pub(crate) state: Arc<tokio::sync::Mutex<SlotState>>,
+    /// Bumped by a request that wants the lock: the append holding it stops
+    /// at its next frame, checkpoints and lets go.
+    pub(crate) takeover: watch::Sender<u64>,
+}
+
+/// What only the lock holder touches.
+#[derive(Debug)]
+pub(crate) struct SlotState {
+    pub(crate) record: Record,
+    pub(crate) session: Option<Session>,
+    /// When the session last finished an append.
+    pub(crate) idle_since: Instant,
+}
+
+impl Slot {
+    fn new(record: Record) -> Self {
+        Self {
+            host_id: record.host_id.clone(),
+            episode_id: record.episode_id.clone(),
+            token: record.token.clone(),
+            length: record.length,
+            offset: AtomicU64::new(record.offset),
+            last_append_at: AtomicU64::new(record.last_append_at),
+            gone: AtomicBool::new(false),
+            state: Arc::new(tokio::sync::Mutex::new(SlotState {
+                record,
+                session: None,
+                idle_since: Instant::now(),
+            })),
+            takeover: watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn expired(&self, expiry_s: u64) -> bool {
+        unix_now() >= self.last_append_at.load(Ordering::Relaxed) + expiry_s
+    }
+
+    /// Mirrors a new durable record.
+    pub(crate) fn recorded(&self, record: &Record) {
+        self.offset.store(record.offset, Ordering::Relaxed);
+        self.last_append_at
+            .store(record.last_append_at, Ordering::Relaxed);
+    }
+}
+
+/// The table of partial uploads.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) spool: Spool,
+    /// `limits.upload_expiry_s`.
+    pub(crate) expiry_s: u64,
+    /// `limits.max_partial_uploads`.
+    pub(crate) max: usize,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    gauge: Gauge,
+}
+
+impl Table {
+    /// Loads the spool (start-up): live uploads are kept, the rest removed.
+    pub(crate) fn open(
+        spool: Spool,
+        expiry_s: u64,
+        max: usize,
+        gauge: Gauge,
+    ) -> std::io::Result<Self> {
+        let (live, removed) = spool.load(expiry_s)?;
+        for (dir, why) in &removed {
+            match why {
+                Removed::Expired => {
+                    tracing::info!(dir = %dir.display(), "removed an expired partial upload")
+                }
+                Removed::Finished => {
+                    tracing::info!(dir = %dir.display(), "removed a partial upload completed before a restart")
+                }
+                Removed::Broken => {
+                    tracing::warn!(dir = %dir.display(), "removed a broken partial upload (no record, or fewer bytes than recorded)")
+                }
+            }
+        }
+        if !live.is_empty() {
+            tracing::info!(
+                uploads = live.len(),
+                "partial uploads resumed from the spool"
+            );
+        }
+        let slots = live
+            .into_iter()
+            .map(|r| (r.token.clone(), Arc::new(Slot::new(r))))
+            .collect::<HashMap<_, _>>();
+        gauge.set(slots.len() as i64);
+        Ok(Self {
+            spool,
+            expiry_s,
+            max,
+            slots: Mutex::new(slots),
+            gauge,
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<Slot>> {
+        self.slots().get(token).cloned()
+    }
+
+    /// The uploads of one episode (a new `POST` replaces idle ones).
+    pub(crate) fn of_episode(&self, host: &str, episode: &str) -> Vec<Arc<Slot>> {
+        self.slots()
+            .values()
+            .filter(|s| s.host_id == host && s.episode_id == episode)
+            .cloned()
+            .collect()
+    }
+
+    /// Registers an upload whose spool entry exists.
+    pub(crate) fn insert(&self, record: Record) -> Arc<Slot> {
+        let slot = Arc::new(Slot::new(record));
+        let mut slots = self.slots();
+        slots.insert(slot.token.clone(), slot.clone());
+        self.gauge.set(slots.len() as i64);
+        slot
+    }
+
+    /// Removes an upload whose lock the caller holds: its session stops, its
+    /// spool entry goes, later requests get 404.
+    pub(crate) async fn remove(&self, slot: &Slot, state: &mut SlotState) {
+        slot.gone.store(true, Ordering::Relaxed);
+        if let Some(session) = state.session.take() {
+            session.close().await;
+        }
+        {
+            let mut slots = self.slots();
+            slots.remove(&slot.token);
+            self.gauge.set(slots.len() as i64);
+        }
+        let (spool, host, token) = (self.spool.clone(), slot.host_id.clone(), slot.token.clone());
+        let removed = tokio::task::spawn_blocking(move || spool.remove(&host, &token)).await;
+        if let Err(e) = removed.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::error!(host = slot.host_id, token = slot.token, error = %e, "cannot remove a partial upload's spool directory");
+        }
+    }
+
+    /// The periodic sweep: expired uploads removed, idle sessions dropped.
+    /// Uploads busy with an append are left for the next sweep.
+    pub(crate) async fn sweep(&self) {
+        let all: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        for slot in all {
+            let Ok(mut state) = slot.state.clone().try_lock_owned() else {
+                continue;
+            };
+            if slot.expired(self.expiry_s) {
+                tracing::info!(
+                    host = slot.host_id,
+                    episode = slot.episode_id,
+                    offset = slot.offset.load(Ordering::Relaxed),
+                    length = slot.length,
+                    "partial upload expired (limits.upload_expiry_s); removed"
+                );
+                self.remove(&slot, &mut state).await;
+            } else if state.session.is_some() && state.idle_since.elapsed() >= SESSION_KEEP {
+                if let Some(session) = state.session.take() {
+                    session.close().await;
+                }
+            }
+        }
+    }
+
+    /// How often [`Table::sweep`] runs: a quarter of the expiry, between 1 s
+    /// and a minute.
+    pub(crate) fn sweep_every(&self) -> Duration {
+        Duration::from_secs((self.expiry_s / 4).clamp(1, 60))
+    }
+}
+
+/// Takes an upload's lock for a new request. When an append holds it, asks
+/// that append to stop (it checkpoints and lets go) and waits up to `wait`.
+pub(crate) async fn take_over(slot: &Slot, wait: Duration) -> Option<OwnedMutexGuard<SlotState>> {
+    if let Ok(guard) = slot.state.clone().try_lock_owned() {
+        return Some(guard);
+    }
+    slot.takeover.send_modify(|g| *g += 1);
+    tokio::time::timeout(wait, slot.state.clone().lock_owned())
+        .await
+        .ok()
+}
