@@ -13,9 +13,9 @@
 //! The happy path is `POST` then one `PATCH` with the whole archive and
 //! `Upload-Complete: ?1`: one extra round trip, the same stream (bwlimit,
 //! stall cut, progress and metrics: [`Uploader::send_body`]). A cut append
-//! asks `HEAD` and, when the receiver's offset moved, goes on at once from
-//! there; when it did not, the failure goes to the queue's backoff and the
-//! next attempt asks `HEAD` again. `404` (expired, or another receiver in S3
+//! asks the receiver's offset with an empty append ([`settle`]) and, when it
+//! moved, goes on at once from there; when it did not, the failure goes to
+//! the queue's backoff and the next attempt asks `HEAD`, then [`settle`]s. `404` (expired, or another receiver in S3
 //! mode) starts a new upload; `409 offset_mismatch` follows the receiver's
 //! `Upload-Offset`. Only the completion answer retires an episode, and only
 //! when it is the receiver's own word (a `PUT`'s [`Uploader::confirm`]).
@@ -121,8 +121,18 @@ async fn upload(
         };
         let offset = match known.take() {
             Some(o) => o,
+            // A saved location: the receiver's offset, once any earlier
+            // append to it has stopped.
             None => match probe(up, &location, archive).await {
-                Probe::At(o) => o,
+                Probe::At(o) => match settle(up, &location, archive, o).await {
+                    Probe::At(o) => o,
+                    Probe::Gone => {
+                        forget(layout, id);
+                        saved = None;
+                        continue;
+                    }
+                    Probe::Failed(answer) => return answer,
+                },
                 Probe::Gone => {
                     forget(layout, id);
                     saved = None;
@@ -148,7 +158,7 @@ async fn upload(
                     archive.bytes
                 ));
             }
-            Appended::Cut(event) => match probe(up, &location, archive).await {
+            Appended::Cut(event) => match settle(up, &location, archive, offset).await {
                 // The receiver kept what arrived: go on from there at once.
                 Probe::At(o) if o > offset => {
                     tracing::info!(episode_id = %id, offset = o, bytes_total = archive.bytes, event = "upload_resumed", "the append of {id} was cut; resuming at byte {o}");
@@ -161,7 +171,14 @@ async fn upload(
                 }
                 // No byte moved, or the receiver is not there: the queue's
                 // backoff, then HEAD again.
-                Probe::At(_) | Probe::Failed(_) => return (event, None),
+                Probe::At(o) => {
+                    tracing::info!(episode_id = %id, offset = o, event = "upload_cut", "the append of {id} was cut and the receiver holds no more than before ({o} bytes)");
+                    return (event, None);
+                }
+                Probe::Failed((after, _)) => {
+                    tracing::info!(episode_id = %id, event = "upload_cut", "the append of {id} was cut, and asking the receiver's offset failed too: {after:?}");
+                    return (event, None);
+                }
             },
         }
     }
@@ -263,6 +280,63 @@ async fn probe(up: &Uploader, location: &str, archive: &Archive) -> Probe {
                 "HEAD",
                 &r,
                 "a success the receiver never gives to an upload's HEAD (204)".into(),
+            ),
+            None,
+        )),
+        _ => Probe::Failed(answer(r).await),
+    }
+}
+
+/// How long the receiver may take to stop an earlier append to the upload
+/// before it answers an empty one (its takeover wait is 10 s).
+const TAKEOVER: Duration = Duration::from_secs(15);
+
+/// An empty, non-final `PATCH` at `offset`: the receiver first makes any
+/// earlier append to the upload stop and keep what it took (one cut a moment
+/// ago, which the receiver may not have noticed yet), then answers with the
+/// offset it holds (`204`, or `409 offset_mismatch`). A `HEAD` alone can
+/// answer before that last checkpoint, and an append sent at such an offset
+/// would be refused after its first megabytes went for nothing.
+async fn settle(up: &Uploader, location: &str, archive: &Archive, offset: u64) -> Probe {
+    let req = up
+        .authorize(up.client().patch(up.url(location.trim_start_matches('/'))))
+        .header(reqwest::header::CONTENT_TYPE, PARTIAL_UPLOAD_CONTENT_TYPE)
+        .header(UPLOAD_OFFSET, offset)
+        .header(UPLOAD_COMPLETE, format_complete(false))
+        .header(reqwest::header::CONTENT_LENGTH, 0)
+        .timeout(up.stall + TAKEOVER);
+    let r = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Probe::Failed((no_answer(classify(&e)), None)),
+    };
+    let held = r
+        .headers()
+        .get(UPLOAD_OFFSET)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_offset);
+    match (r.status().as_u16(), held) {
+        (404, _) => Probe::Gone,
+        (_, Some(o)) if o > archive.bytes => Probe::Gone,
+        (204, Some(o)) => Probe::At(o),
+        (409, Some(o)) => match answer(r).await {
+            (
+                Event::Answer {
+                    error: Some(ErrorCode::OffsetMismatch),
+                    ..
+                },
+                _,
+            ) => Probe::At(o),
+            other => Probe::Failed(other),
+        },
+        _ if r.status().is_redirection() => {
+            let why = redirect_text(&r);
+            Probe::Failed((not_receiver("PATCH", &r, why), None))
+        }
+        _ if r.status().is_success() => Probe::Failed((
+            not_receiver(
+                "PATCH",
+                &r,
+                "a success other than 204 with Upload-Offset to an empty append".into(),
             ),
             None,
         )),
