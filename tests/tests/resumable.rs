@@ -402,3 +402,83 @@ async fn episode_busy_defers_that_episode_only() {
     }
     assert_eq!(names(&lab.data.join("shipped")), ["a-held", "b-free"]);
 }
+
+/// `shipper --once` with `LABSHIP_CRASH_AT=point`: it must die there.
+fn crash_at(lab: &Lab, point: &str) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = Command::new(labship_tests::bin("shipper"))
+        .args(["--config", lab.cfg.to_str().unwrap(), "--once"])
+        .env("LABSHIP_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: never reached\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every upload crash point (docs/transport.md), then a plain restart:
+/// the good episode shipped and stored once, byte for byte; the late one
+/// quarantined; nothing left in `episodes/` or `outbox/`. The location
+/// saved before the crash is resumed (one creation); one lost or dropped
+/// is replaced by a new upload (two).
+#[test]
+fn kill_9_at_each_upload_crash_point_then_restart_converges() {
+    for (point, creations) in [
+        ("upload:created", 2),
+        ("upload:location-saved", 1),
+        ("upload:location-removed", 2),
+    ] {
+        let lab = Lab::new(Fault::PassThrough, "resumable_min_bytes = 0");
+        lab.episode("good", 2, GOOD_COMMIT);
+        lab.episode("late", 2, OLD_COMMIT);
+        if point == "upload:location-removed" {
+            // The receiver forgets the saved upload (DELETE, as the
+            // contract allows): the restart's HEAD meets 404.
+            crash_at(&lab, "upload:location-saved");
+            let saved: Value = serde_json::from_slice(
+                &std::fs::read(lab.data.join("outbox/good.upload")).unwrap(),
+            )
+            .unwrap();
+            let url = format!("{}{}", lab.r.url, saved["location"].as_str().unwrap());
+            let c = lab.env.client(Some(&lab.env.pki.client(HOST)));
+            let status = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async { c.delete(url).send().await.unwrap().status() });
+            assert_eq!(status, 204);
+        }
+        crash_at(&lab, point);
+        let upload = lab.data.join("outbox/good.upload");
+        assert_eq!(
+            upload.exists(),
+            point == "upload:location-saved",
+            "{point}: the saved location"
+        );
+        let (code, out, err) = run(
+            "shipper",
+            &["--config", lab.cfg.to_str().unwrap(), "--once"],
+        );
+        assert_eq!(code, 0, "{point}: restart\n{out}\n{err}");
+        assert_eq!(names(&lab.data.join("shipped")), ["good"], "{point}");
+        assert_eq!(names(&lab.data.join("quarantine")), ["late"], "{point}");
+        for dir in ["episodes", "outbox"] {
+            assert!(names(&lab.data.join(dir)).is_empty(), "{point}: {dir}/");
+        }
+        let audit = lab.r.audit_records();
+        let count = |op: &str, status: u64| {
+            audit
+                .iter()
+                .filter(|a| a["episode_id"] == "good" && a["op"] == op && a["status"] == status)
+                .count()
+        };
+        assert_eq!(count("upload_create", 201), creations, "{point}: {audit:?}");
+        assert_eq!(count("upload_append", 201), 1, "{point}: stored once");
+        let stored = std::fs::read(lab.r.store.join(HOST).join("good.tar.zst")).unwrap();
+        let out_dir = lab.env.path().join("unpacked");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        unpack(&stored, &out_dir);
+        assert_same_tree(&lab.copies.join("good"), &out_dir.join("good"));
+    }
+}
