@@ -747,6 +747,33 @@ mod tests {
     }
 
     #[test]
+    fn resumable_upload_limits() {
+        let c = parse(TLS).unwrap();
+        assert_eq!((c.upload_expiry_s, c.max_partial_uploads), (86_400, 256));
+        let c = parse(&format!(
+            "{TLS}[limits]\nupload_expiry_s = 60\nmax_partial_uploads = 3\n"
+        ))
+        .unwrap();
+        assert_eq!((c.upload_expiry_s, c.max_partial_uploads), (60, 3));
+        for (limits, key) in [
+            (
+                "upload_expiry_s = 0",
+                "limits.upload_expiry_s: must be greater than 0",
+            ),
+            (
+                "max_partial_uploads = 0",
+                "limits.max_partial_uploads: must be greater than 0",
+            ),
+            ("upload_expiry = 5", "unknown field `upload_expiry`"),
+        ] {
+            let e = parse(&format!("{TLS}[limits]\n{limits}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{limits}: {e}");
+        }
+    }
+
+    #[test]
     fn crl_file_resolves_and_needs_a_client_ca() {
         let c = parse(&format!("{TLS}crl_file = \"crl.pem\"\n")).unwrap();
         assert_eq!(

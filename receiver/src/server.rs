@@ -207,6 +207,7 @@ pub(crate) async fn accept_loop(
         tokio::spawn(conn.serve(tcp, peer));
     }
     state.shutting_down.store(true, Ordering::SeqCst);
+    state.resumable.stop_appends();
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await

@@ -12,6 +12,8 @@ use labship_tests::process::{Receiver, ReceiverOpts};
 use labship_tests::{GOOD_COMMIT, OLD_COMMIT, TestEnv};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const HOST: &str = "lab-01";
@@ -435,4 +437,455 @@ async fn idle_uploads_expire_and_their_files_go() {
     assert!(r.stored(HOST).is_empty());
     assert!(r.ops_get("/metrics").contains("labship_partial_uploads 0"));
     assert!(r.log_text().contains("partial upload expired"));
+}
+
+/// A request body the test feeds chunk by chunk; it ends when the sender drops.
+fn streamed() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
+
+/// Starts an append whose body the test feeds.
+fn patch_streamed(
+    c: &reqwest::Client,
+    url: &str,
+    location: &str,
+    offset: u64,
+    complete: bool,
+) -> (
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, body) = streamed();
+    let req = c
+        .patch(format!("{url}{location}"))
+        .header("Content-Type", "application/partial-upload")
+        .header("Upload-Offset", offset.to_string())
+        .header("Upload-Complete", if complete { "?1" } else { "?0" })
+        .body(body);
+    (tx, tokio::spawn(req.send()))
+}
+
+fn data_file(r: &Receiver, location: &str) -> std::path::PathBuf {
+    let (host, _, token) = labship_protocol::upload::parse_location(location).unwrap();
+    r.store
+        .join(".uploads")
+        .join(host)
+        .join(token.as_str())
+        .join("data")
+}
+
+#[tokio::test]
+async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "big", 40 << 20, 6);
+    let n = bytes.len() as u64;
+    let loc = create(&c, &r.url, "big", &bytes).await;
+
+    // 24 MiB sent, then the client goes quiet with the request still open.
+    let sent = 24usize << 20;
+    let (tx, _request) = patch_streamed(&c, &r.url, &loc, 0, true);
+    for chunk in bytes[..sent].chunks(1 << 20) {
+        tx.send(chunk.to_vec()).await.unwrap();
+    }
+    // Checkpoints pass (every 16 MiB, and 2 s after the client goes quiet:
+    // then all it sent is durable); slow on a loaded machine, as the debug
+    // receiver hashes and decompresses every byte.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let at = offset_of(&head(&c, &r.url, &loc).await);
+        if at == sent as u64 {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint passed: offset {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    r.kill9();
+    r.restart();
+    // A new client: the old one's pooled connections died with the receiver.
+    let c = env.client(Some(&env.pki.client(HOST)));
+
+    let got = head(&c, &r.url, &loc).await;
+    assert_eq!(got.0, 204, "{got:?}");
+    let at = offset_of(&got);
+    assert!(
+        at >= before && at <= sent as u64,
+        "HEAD says {at}: the last checkpoint seen was {before}, {sent} were sent"
+    );
+    assert_eq!(at, sent as u64, "a quiet client's bytes are all durable");
+    let on_disk = std::fs::read(data_file(&r, &loc)).unwrap();
+    assert_eq!(on_disk.len() as u64, at, "the data file holds the offset");
+    assert_eq!(
+        on_disk,
+        bytes[..at as usize],
+        "the bytes on disk are the sent ones"
+    );
+    assert!(r.stored(HOST).is_empty(), "visible before completion");
+
+    // The rest from there: the validator is rebuilt from the spooled prefix.
+    let resumed = Instant::now();
+    let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
+    let resumed = resumed.elapsed();
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(got.1["bytes"], n);
+    let stored = std::fs::read(r.store.join(HOST).join("big.tar.zst")).unwrap();
+    assert!(
+        stored == bytes,
+        "the stored archive differs from the original"
+    );
+    assert!(spool(&r).is_empty(), "{:?}", spool(&r));
+    eprintln!(
+        "MEASURED receiver kill -9 mid-upload: {n} bytes, {sent} sent, HEAD after restart {at} (last seen before the kill {before}); the rest (prefix re-validated, debug build) answered 201 in {resumed:.1?}; stored byte-identical"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_append_takes_over_from_a_silent_one() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 3 << 20, 7);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    // An append that sends 1 MiB and then nothing (a shipper killed -9
+    // whose connection still looks alive to the receiver).
+    let (tx, old) = patch_streamed(&c, &r.url, &loc, 0, true);
+    tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The restarted shipper asks HEAD (0 unless the quiet client's
+    // checkpoint, 2 s in, has passed) and appends from there.
+    let started = Instant::now();
+    let at = offset_of(&head(&c, &r.url, &loc).await);
+    let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
+    let got = if got.0 == 409 {
+        // The older append stopped and kept what it had: continue there.
+        assert_error(&got, 409, "offset_mismatch");
+        let at = offset_of(&got);
+        // All of the MiB unless the receiver had not read it all off the socket.
+        assert!(
+            at > 0 && at <= 1 << 20,
+            "the older append's bytes are kept: {at}"
+        );
+        patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await
+    } else {
+        got
+    };
+    assert_eq!(got.0, 201, "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?}: the takeover must not wait for limits.body_idle_timeout_s",
+        started.elapsed()
+    );
+    assert_eq!(
+        std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        bytes
+    );
+    drop(tx);
+    let _ = old.await;
+}
+
+/// A client that follows the protocol through receiver crashes: POST, then
+/// HEAD and PATCH from the receiver's offset, in `chunk`-sized appends; on
+/// a dead receiver it checks that nothing incomplete is visible and
+/// restarts it. Returns how many times the receiver died.
+async fn upload_through_crashes(
+    r: &mut Receiver,
+    env: &TestEnv,
+    episode: &str,
+    bytes: &[u8],
+    chunk: usize,
+) -> usize {
+    let (n, mut deaths, mut location) = (bytes.len() as u64, 0, None::<String>);
+    let archive = r.store.join(HOST).join(format!("{episode}.tar.zst"));
+    let mut c = env.client(Some(&env.pki.client(HOST)));
+    let sent = AtomicU64::new(0);
+    for _ in 0..50 {
+        let step = upload_step(&r.url, &c, episode, bytes, chunk, &mut location, &sent).await;
+        match step {
+            Ok(true) => return deaths,
+            Ok(false) => continue,
+            Err(e) => {
+                let status = r.wait_exit(Duration::from_secs(10));
+                use std::os::unix::process::ExitStatusExt as _;
+                assert_eq!(
+                    status.and_then(|s| s.signal()),
+                    Some(9),
+                    "request failed ({e}) but the receiver did not die:\n{}",
+                    r.log_text()
+                );
+                deaths += 1;
+                if let Ok(stored) = std::fs::read(&archive) {
+                    assert!(stored == bytes, "a visible archive is incomplete or wrong");
+                }
+                r.restart();
+                c = env.client(Some(&env.pki.client(HOST)));
+            }
+        }
+    }
+    panic!("not stored after 50 steps ({n} bytes)");
+}
+
+/// One request of [`upload_through_crashes`]: Ok(true) when stored. `sent`
+/// keeps the most bytes ever handed to a request; every `HEAD` must report
+/// no more than that.
+async fn upload_step(
+    url: &str,
+    c: &reqwest::Client,
+    episode: &str,
+    bytes: &[u8],
+    chunk: usize,
+    location: &mut Option<String>,
+    sent: &AtomicU64,
+) -> reqwest::Result<bool> {
+    let n = bytes.len() as u64;
+    let Some(loc) = location.clone() else {
+        let resp = c
+            .post(format!("{url}/v1/uploads/{HOST}/{episode}"))
+            .header("Content-Digest", digest_header(bytes))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header("Upload-Length", n.to_string())
+            .send()
+            .await?;
+        let got = answer(resp).await;
+        match got.0 {
+            200 => return Ok(true),
+            201 => *location = Some(got.2["location"].to_str().unwrap().to_owned()),
+            _ => panic!("POST: {got:?}"),
+        }
+        return Ok(false);
+    };
+    let got = answer(c.head(format!("{url}{loc}")).send().await?).await;
+    if got.0 == 404 {
+        *location = None;
+        return Ok(false);
+    }
+    let at = offset_of(&got);
+    let most = sent.load(Ordering::SeqCst);
+    assert!(
+        at <= most,
+        "HEAD reports {at} bytes; at most {most} were sent"
+    );
+    let end = (at as usize + chunk).min(bytes.len());
+    sent.fetch_max(end as u64, Ordering::SeqCst);
+    let resp = c
+        .patch(format!("{url}{loc}"))
+        .header("Content-Type", "application/partial-upload")
+        .header("Upload-Offset", at.to_string())
+        .header(
+            "Upload-Complete",
+            if end == bytes.len() { "?1" } else { "?0" },
+        )
+        .body(bytes[at as usize..end].to_vec())
+        .send()
+        .await?;
+    let got = answer(resp).await;
+    match got.0 {
+        200 | 201 => Ok(true),
+        204 => Ok(false),
+        _ => panic!("PATCH at {at}: {got:?}"),
+    }
+}
+
+#[tokio::test]
+async fn receiver_killed_at_each_upload_crash_point_stores_once_never_incomplete() {
+    for point in [
+        "upload:created",
+        "upload:data-synced",
+        "upload:offset-recorded",
+        "store:scratch-synced",
+        "store:manifest-renamed",
+        "store:archive-renamed",
+        "upload:committed",
+    ] {
+        let env = TestEnv::new();
+        let mut r = Receiver::start_with(
+            &env,
+            ReceiverOpts {
+                env: vec![("LABSHIP_CRASH_AT".into(), point.into())],
+                ..Default::default()
+            },
+        );
+        let bytes = archive(&env, "ep", 6 << 20, 8);
+        let deaths = upload_through_crashes(&mut r, &env, "ep", &bytes, 4 << 20).await;
+        assert_eq!(deaths, 1, "{point}: the receiver died {deaths} times");
+        assert_eq!(r.stored(HOST), ["ep.json", "ep.tar.zst"], "{point}");
+        assert!(
+            std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap() == bytes,
+            "{point}: stored bytes differ"
+        );
+        assert!(spool(&r).is_empty(), "{point}: spool left {:?}", spool(&r));
+        assert!(
+            r.scratch().is_empty(),
+            "{point}: scratch left {:?}",
+            r.scratch()
+        );
+        let created = r
+            .audit_records()
+            .iter()
+            .filter(|a| a["op"] == "upload_append" && a["status"] == 201)
+            .count();
+        assert!(created <= 1, "{point}: {created} completions answered 201");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_an_append_at_once_and_keeps_every_byte_that_arrived() {
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 4 << 20, 9);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let sent = 3usize << 20;
+    let (tx, request) = patch_streamed(&c, &r.url, &loc, 0, true);
+    for chunk in bytes[..sent].chunks(256 << 10) {
+        tx.send(chunk.to_vec()).await.unwrap();
+    }
+    // Let the bytes land (the stop keeps them, checkpoint or not).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let stopping = Instant::now();
+    r.signal(15);
+    let got = answer(request.await.unwrap().unwrap()).await;
+    assert_error(&got, 503, "shutting_down");
+    assert_eq!(offset_of(&got), sent as u64, "{got:?}");
+    let status = r.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the append held the drain for {:?}",
+        stopping.elapsed()
+    );
+    drop(tx);
+    r.restart();
+    let c = env.client(Some(&env.pki.client(HOST)));
+    assert_eq!(offset_of(&head(&c, &r.url, &loc).await), sent as u64);
+    let got = patch(&c, &r.url, &loc, sent as u64, true, bytes[sent..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(
+        std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        bytes
+    );
+}
+
+/// The resumable side of the receiver kill campaign
+/// (`LABSHIP_UPLOAD_TRIALS`, default 5; `LABSHIP_CRASH_SEED`): a client
+/// uploads a 16 MiB archive in 2 MiB appends, following the protocol through
+/// dead receivers (retrying, HEAD, PATCH from the offset); the receiver is
+/// SIGKILLed once a random share (10-90 %) of the archive has been sent, then
+/// restarted. Every HEAD reports no more than was sent; after each kill a
+/// visible archive is complete; in the end it is stored once,
+/// byte-identical, with spool and scratch empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_at_random_moments_of_resumable_uploads() {
+    let trials: u64 = std::env::var("LABSHIP_UPLOAD_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("LABSHIP_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(17);
+    let env = TestEnv::new();
+    let mut r = Receiver::start(&env);
+    let id = env.pki.client(HOST);
+    let (ca, pem) = (
+        env.pki.ca_pem.clone(),
+        format!("{}{}", id.cert_pem, id.key_pem),
+    );
+    let client = move || {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let mut mid_upload = 0;
+    for (t, d) in noise(trials as usize, seed).iter().enumerate() {
+        let episode = format!("ep-{t}");
+        let bytes = Arc::new(archive(&env, &episode, 16 << 20, seed + t as u64));
+        let share = 10 + u64::from(*d) % 81;
+        let threshold = bytes.len() as u64 * share / 100;
+        let sent = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (url, bytes, sent, episode, client) = (
+                r.url.clone(),
+                bytes.clone(),
+                sent.clone(),
+                episode.clone(),
+                client.clone(),
+            );
+            async move {
+                let (mut c, mut location) = (client(), None);
+                for _ in 0..200 {
+                    match upload_step(&url, &c, &episode, &bytes, 2 << 20, &mut location, &sent)
+                        .await
+                    {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            c = client();
+                        }
+                    }
+                }
+                panic!("{episode}: not stored after 200 requests");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.load(Ordering::SeqCst) < threshold && !task.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "trial {t}: the upload does not move"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        mid_upload += usize::from(!task.is_finished());
+        r.kill9();
+        let archive_path = r.store.join(HOST).join(format!("{episode}.tar.zst"));
+        if let Ok(stored) = std::fs::read(&archive_path) {
+            assert!(
+                stored == *bytes,
+                "trial {t}: a visible archive is incomplete"
+            );
+        }
+        r.restart();
+        tokio::time::timeout(Duration::from_secs(90), task)
+            .await
+            .expect("upload finished")
+            .expect("upload task");
+        let ctx = format!("trial {t} (seed {seed}, kill at {share} %)");
+        assert!(
+            std::fs::read(&archive_path).unwrap() == *bytes,
+            "{ctx}: stored bytes differ"
+        );
+        assert!(spool(&r).is_empty(), "{ctx}: spool left {:?}", spool(&r));
+        assert!(
+            r.scratch().is_empty(),
+            "{ctx}: scratch left {:?}",
+            r.scratch()
+        );
+    }
+    let created = r
+        .audit_records()
+        .iter()
+        .filter(|a| a["op"] == "upload_append" && a["status"] == 201)
+        .count();
+    assert!(
+        created as u64 <= trials,
+        "{created} completions answered 201"
+    );
+    assert!(
+        mid_upload * 2 >= trials as usize,
+        "only {mid_upload} of {trials} kills landed mid-upload"
+    );
+    eprintln!(
+        "MEASURED resumable kill campaign: {trials} trials (seed {seed}), {mid_upload} kills mid-upload, every HEAD within the bytes sent, all stored once and byte-identical"
+    );
 }

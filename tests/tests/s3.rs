@@ -636,3 +636,81 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// CONTRACT §9 with several receivers: a partial upload lives in the local
+/// spool of the receiver that created it. Another answers 404 to its
+/// location and the client starts over there; the first one, completed
+/// later, answers 200 (the same digest is stored) and keeps nothing.
+#[tokio::test]
+async fn a_partial_upload_belongs_to_its_receiver_another_answers_404() {
+    let env = TestEnv::new();
+    let weed = Weed::start().await;
+    let a = receiver(&env, &weed, "ra", "", &[]);
+    let b = receiver(&env, &weed, "rb", "", &[]);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep-r", 2_000_000, 21);
+    let half = bytes.len() / 2;
+    let create = |url: String| {
+        c.post(format!("{url}/v1/uploads/{HOST}/ep-r"))
+            .header("Content-Digest", digest_header(&bytes))
+            .header("X-Labship-Commit", GOOD_COMMIT)
+            .header("Upload-Length", bytes.len().to_string())
+            .send()
+    };
+    let append = |url: String, offset: usize, end: usize| {
+        c.patch(url)
+            .header("Content-Type", "application/partial-upload")
+            .header("Upload-Offset", offset.to_string())
+            .header(
+                "Upload-Complete",
+                if end == bytes.len() { "?1" } else { "?0" },
+            )
+            .body(bytes[offset..end].to_vec())
+            .send()
+    };
+    let resp = create(a.url.clone()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let loc_a = resp.headers()["location"].to_str().unwrap().to_owned();
+    let resp = append(format!("{}{loc_a}", a.url), 0, half).await.unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // Through the other receiver the upload does not exist.
+    let resp = c.head(format!("{}{loc_a}", b.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = append(format!("{}{loc_a}", b.url), half, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(weed.get(&format!("{HOST}/ep-r.json")).await.is_none());
+
+    // Started over through b: stored.
+    let resp = create(b.url.clone()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let loc_b = resp.headers()["location"].to_str().unwrap().to_owned();
+    let resp = append(format!("{}{loc_b}", b.url), 0, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        weed.get(&format!("{HOST}/ep-r.tar.zst")).await.as_deref(),
+        Some(&bytes[..])
+    );
+
+    // a's upload, completed later: the same digest is stored, 200.
+    let resp = append(format!("{}{loc_a}", a.url), half, bytes.len())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["digest"], digest_header(&bytes).as_str());
+    for name in ["ra", "rb"] {
+        let spool = env
+            .path()
+            .join(name)
+            .join("spool")
+            .join(".uploads")
+            .join(HOST);
+        let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+}

@@ -12,13 +12,12 @@
 //! 413, 409 `conflict`) discards it; a transient one (503, 507, 500) keeps
 //! it for the client to continue.
 
+use super::complete::{complete, discard, settle};
 use super::session::{Rules, Session, Stopped};
 use super::spool::{Record, unix_now};
 use super::table::{Slot, SlotState, take_over};
-use super::{Answer, Decision, TAKEOVER_WAIT, episode_busy, locate, not_found};
-use crate::accept::{
-    PutFacts, PutPlan, check_digest, commit_archive, header_str, ingest_error, storage_io_error,
-};
+use super::{Answer, Decision, TAKEOVER_WAIT, episode_busy, length_mismatch, locate, not_found};
+use crate::accept::{PutFacts, PutPlan, header_str, ingest_error, storage_io_error};
 use crate::auth::{ConnInfo, Identity};
 use crate::error::ApiError;
 use crate::routes::AppState;
@@ -31,11 +30,11 @@ use labship_protocol::upload::{UPLOAD_COMPLETE, UPLOAD_OFFSET, parse_complete, p
 use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedMutexGuard;
 
 /// Checkpoint after this many appended bytes...
 const CHECKPOINT_BYTES: u64 = 16 << 20;
-/// ...or this long, whichever comes first.
+/// ...or this long after the last one when bytes are pending (whether more
+/// arrive or the client has gone quiet), whichever comes first.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// How an append's body ended.
@@ -46,6 +45,8 @@ enum End {
     Cut(String),
     /// A newer request for this upload asked for the lock.
     TakenOver,
+    /// The receiver is shutting down.
+    Stopping,
     /// More bytes than `Upload-Length`.
     TooLong,
     /// The validator refused the archive, or the spool failed.
@@ -79,9 +80,15 @@ async fn patch_decided(
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let (started, mut facts) = (Instant::now(), PutFacts::default());
     let result = append(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
-    if !facts.body_started {
-        // An answer from the headers: read (and discard) a bounded amount so
-        // that an HTTP/1 client still writing can read it.
+    // An answer from the headers: read (and discard) a bounded amount so
+    // that an HTTP/1 client still writing can read it; not for a client that
+    // waits for `100 Continue` (polling the body would invite it).
+    let expects_continue = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Nor for a stranger (401): reading would only hand out free bandwidth.
+    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
+    if !facts.body_started && !expects_continue && !stranger {
         let _ = crate::ingest::drain(&mut body, EARLY_ANSWER_DRAIN, state.limits).await;
     }
     Decision {
@@ -173,6 +180,13 @@ async fn append(
             format!("another append to this upload took over; {now_at} bytes are held"),
         )
         .with_upload_offset(now_at)),
+        End::Stopping => Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            format!(
+                "receiver is shutting down; {now_at} bytes are held: continue from there shortly"
+            ),
+        )
+        .with_upload_offset(now_at)),
         End::TooLong => {
             let e = length_mismatch(&slot, slot.length + 1, false);
             discard(state, &slot, &mut held, e).await
@@ -225,21 +239,6 @@ impl AppendHeaders {
             content_length,
         })
     }
-}
-
-fn length_mismatch(slot: &Slot, end: u64, complete: bool) -> ApiError {
-    let why = if complete && end < slot.length {
-        format!("the append completing the upload ends at byte {end}")
-    } else {
-        format!("the append runs past byte {}", slot.length)
-    };
-    ApiError::new(
-        ErrorCode::UploadLengthMismatch,
-        format!(
-            "{why}, but Upload-Length was {} when upload {}/{} was created; the upload is discarded",
-            slot.length, slot.host_id, slot.episode_id
-        ),
-    )
 }
 
 /// The plan the upload was created with, for the validator and the commit.
@@ -303,11 +302,23 @@ async fn receive(
     };
     let mut pace = crate::pace::Pace::new(state.limits);
     let mut takeover = slot.takeover.subscribe();
+    let mut stopping = state.resumable.stopping();
     let (mut at, mut pending, mut last) = (record.offset, 0u64, Instant::now());
     let end = loop {
         let frame = tokio::select! {
             frame = pace.frame(body) => frame,
             _ = takeover.changed() => break End::TakenOver,
+            // (The guard `wait_for` returns is not Send: drop it inside.)
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => break End::Stopping,
+            // A client gone quiet: what arrived is made durable without
+            // waiting for the idle timeout (a kill -9 meanwhile keeps it).
+            _ = tokio::time::sleep_until((last + CHECKPOINT_EVERY).into()), if pending > 0 => {
+                if let Err(end) = checkpoint(state, slot, record, live).await {
+                    break end;
+                }
+                (pending, last) = (0, Instant::now());
+                continue;
+            }
         };
         let data = match frame {
             Err(cut) => break End::Cut(cut.to_string()),
@@ -394,103 +405,4 @@ async fn checkpoint(
     slot.recorded(&next);
     *record = next;
     Ok(())
-}
-
-/// The last append arrived: the verdict over the whole archive, the digest,
-/// the commit.
-async fn complete(
-    state: &AppState,
-    conn: Option<&ConnInfo>,
-    slot: &Slot,
-    mut held: OwnedMutexGuard<SlotState>,
-    plan: &PutPlan,
-) -> Result<Answer, ApiError> {
-    if held.record.offset != slot.length {
-        let e = length_mismatch(slot, held.record.offset, true);
-        return discard(state, slot, &mut held, e).await;
-    }
-    let Some(session) = held.session.take() else {
-        return Err(ApiError::internal("completion without a validator session"));
-    };
-    let verdict = match session.finish().await {
-        Ok(v) => v,
-        Err(e) => {
-            let e = ingest_error(state, e);
-            return settle(state, slot, &mut held, e).await;
-        }
-    };
-    if let Err(e) = check_digest(&verdict.digest, &plan.digest) {
-        return discard(state, slot, &mut held, e).await;
-    }
-    let scratch = link_scratch(state, slot)?;
-    match commit_archive(state, conn, plan, scratch, verdict.bytes).await {
-        Ok((status, body)) => {
-            crate::crash_point("upload:committed");
-            state.resumable.remove(slot, &mut held).await;
-            Ok(Answer::Stored(status, body))
-        }
-        Err(e) => settle(state, slot, &mut held, e).await,
-    }
-}
-
-/// A second name for the spooled archive in the store's scratch directory,
-/// handed to the store's commit (which renames or uploads it and removes it
-/// on failure): the spool keeps its own name until the commit succeeded, so
-/// a failed commit (503, 507) can be retried by completing again.
-fn link_scratch(state: &AppState, slot: &Slot) -> Result<tempfile::NamedTempFile, ApiError> {
-    let data = state.resumable.spool.data_path(&slot.host_id, &slot.token);
-    let scratch = state
-        .store
-        .scratch_dir()
-        .join(format!("upload-{}.part", slot.token));
-    let linked = match std::fs::hard_link(&data, &scratch) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(&scratch).and_then(|()| std::fs::hard_link(&data, &scratch))
-        }
-        other => other,
-    };
-    linked
-        .and_then(|()| {
-            let path = tempfile::TempPath::try_from_path(&scratch)?;
-            Ok(tempfile::NamedTempFile::from_parts(
-                std::fs::File::open(&scratch)?,
-                path,
-            ))
-        })
-        .map_err(|e| storage_io_error(state, "link a completed upload into scratch", e))
-}
-
-/// An error ends the upload when the client cannot fix it by continuing
-/// (the archive or its length is wrong, another digest is stored); a
-/// transient one (503, 507, 500) keeps it.
-async fn settle(
-    state: &AppState,
-    slot: &Slot,
-    held: &mut SlotState,
-    e: ApiError,
-) -> Result<Answer, ApiError> {
-    let fatal = matches!(e.status().as_u16(), 400 | 409 | 412 | 413);
-    if fatal {
-        return discard(state, slot, held, e).await;
-    }
-    if let Some(session) = held.session.take() {
-        session.close().await;
-    }
-    Err(e.with_upload_offset(held.record.offset))
-}
-
-async fn discard(
-    state: &AppState,
-    slot: &Slot,
-    held: &mut SlotState,
-    e: ApiError,
-) -> Result<Answer, ApiError> {
-    tracing::info!(
-        host = slot.host_id,
-        episode = slot.episode_id,
-        error_code = e.code.as_str(),
-        "partial upload discarded"
-    );
-    state.resumable.remove(slot, held).await;
-    Err(e)
 }

@@ -12,6 +12,7 @@
 //! visible exactly as a PUT's does (fs and S3).
 
 mod append;
+mod complete;
 pub(crate) mod session;
 pub(crate) mod spool;
 pub(crate) mod table;
@@ -176,6 +177,21 @@ impl Decision<'_> {
             ),
         }
     }
+}
+
+pub(crate) fn length_mismatch(slot: &Slot, end: u64, complete: bool) -> ApiError {
+    let why = if complete && end < slot.length {
+        format!("the append completing the upload ends at byte {end}")
+    } else {
+        format!("the append runs past byte {}", slot.length)
+    };
+    ApiError::new(
+        ErrorCode::UploadLengthMismatch,
+        format!(
+            "{why}, but Upload-Length was {} when upload {}/{} was created; the upload is discarded",
+            slot.length, slot.host_id, slot.episode_id
+        ),
+    )
 }
 
 fn not_found() -> ApiError {

@@ -70,7 +70,8 @@ pub(crate) struct Spool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Removed {
     Expired,
-    /// No data file: completed (moved into the store) just before a crash.
+    /// Completed just before a crash: its data file is gone, or is a second
+    /// name of the archive in the fs store.
     Finished,
     /// An unreadable record, a creation cut short, or a data file shorter
     /// than the recorded offset (the disk lost fsynced bytes).
@@ -208,6 +209,12 @@ impl Spool {
         match fs::symlink_metadata(dir.join(DATA)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Removed::Finished),
             Err(_) => return Err(Removed::Broken),
+            // A second name: the fs store's archive, committed (through a
+            // hard link, renamed into place) just before a crash. The store
+            // opened first and emptied `.scratch/`, so no other name exists.
+            Ok(meta) if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 => {
+                return Err(Removed::Finished);
+            }
             Ok(_) => {}
         }
         self.truncate_to(&record).map_err(|_| Removed::Broken)?;
@@ -258,6 +265,14 @@ mod tests {
         let done = record(&"3".repeat(32), 0, now);
         spool.create(&done).unwrap();
         fs::remove_file(spool.data_path("lab-01", &done.token)).unwrap();
+        // Committed into an fs store (a hard link renamed into place).
+        let linked = record(&"6".repeat(32), 0, now);
+        spool.create(&linked).unwrap();
+        fs::hard_link(
+            spool.data_path("lab-01", &linked.token),
+            tmp.path().join("stored.tar.zst"),
+        )
+        .unwrap();
         // Lost bytes it had recorded as durable.
         let lost = record(&"4".repeat(32), 9, now);
         spool.create(&lost).unwrap();
@@ -279,6 +294,7 @@ mod tests {
                 Removed::Broken,
                 Removed::Broken,
                 Removed::Expired,
+                Removed::Finished,
                 Removed::Finished
             ]
         );

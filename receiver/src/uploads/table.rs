@@ -89,6 +89,9 @@ pub(crate) struct Table {
     pub(crate) max: usize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     gauge: Gauge,
+    /// Turned true when shutdown starts: appends in progress checkpoint and
+    /// answer 503 `shutting_down` at once rather than hold the drain.
+    stopping: watch::Sender<bool>,
 }
 
 impl Table {
@@ -130,11 +133,21 @@ impl Table {
             max,
             slots: Mutex::new(slots),
             gauge,
+            stopping: watch::Sender::new(false),
         })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shutdown starts: every append in progress stops at once.
+    pub(crate) fn stop_appends(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub(crate) fn len(&self) -> usize {
