@@ -1171,3 +1171,25 @@ async fn await_pack(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, error: Option<ErrorCode>) -> Event {
+        Event::Answer {
+            status,
+            error,
+            message: String::new(),
+            remediation: None,
+        }
+    }
+
+    /// `episode_busy` is the episode's own; a plain 503 `busy` is the host's.
+    #[test]
+    fn episode_busy_holds_the_episode_not_the_host() {
+        assert!(!host_wide(&answer(503, Some(ErrorCode::EpisodeBusy))));
+        assert!(host_wide(&answer(503, Some(ErrorCode::Busy))));
+        assert!(host_wide(&answer(503, None)));
+    }
+}

@@ -333,6 +333,20 @@ mod tests {
         assert_eq!(step(&s, Event::Stored { status: 200 }).1, Action::Retire);
     }
 
+    /// A 409 `offset_mismatch` (a resumable upload's offset) is never the
+    /// episode's fault: a quiet retry, while a 409 `conflict` quarantines;
+    /// a 503 `episode_busy` is a quiet retry like any 503.
+    #[test]
+    fn offset_mismatch_retries_and_conflict_quarantines() {
+        let (s, a) = step(&packed(false), answer(409, Some(ErrorCode::OffsetMismatch)));
+        assert_eq!(s, packed(false));
+        assert!(matches!(a, Action::RetryLater { loud: false, .. }), "{a:?}");
+        let (_, a) = step(&packed(false), answer(409, Some(ErrorCode::Conflict)));
+        assert_eq!(a, Action::Quarantine);
+        let (_, a) = step(&packed(false), answer(503, Some(ErrorCode::EpisodeBusy)));
+        assert!(matches!(a, Action::RetryLater { loud: false, .. }), "{a:?}");
+    }
+
     /// A success the receiver did not confirm, or a redirect, retires
     /// nothing: it is loud and the episode stays packed.
     #[test]
