@@ -85,7 +85,7 @@ pub fn save(layout: &Layout, id: &Id, archive: &Archive, location: &str) -> io::
     };
     let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
     crate::disk::write_atomic(&path(layout, id), &json)?;
-    crate::crash_point("upload:location-saved");
+    crate::crash_point("resume:location-saved");
     Ok(())
 }
 
@@ -94,7 +94,7 @@ pub fn remove(layout: &Layout, id: &Id) -> io::Result<()> {
     match std::fs::remove_file(path(layout, id)) {
         Ok(()) => {
             crate::disk::fsync_dir(&layout.outbox)?;
-            crate::crash_point("upload:location-removed");
+            crate::crash_point("resume:location-removed");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -108,7 +108,7 @@ async fn upload(
                     Created::At(loc) => loc,
                     Created::Failed(answer) => return answer,
                 };
-                crate::crash_point("upload:created");
+                crate::crash_point("resume:created");
                 if let Err(e) = outbox_upload::save(layout, id, archive, &loc) {
                     // The upload goes on; only a shipper restart would
                     // start it again from 0.

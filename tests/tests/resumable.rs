@@ -427,17 +427,17 @@ fn crash_at(lab: &Lab, point: &str) {
 #[test]
 fn kill_9_at_each_upload_crash_point_then_restart_converges() {
     for (point, creations) in [
-        ("upload:created", 2),
-        ("upload:location-saved", 1),
-        ("upload:location-removed", 2),
+        ("resume:created", 2),
+        ("resume:location-saved", 1),
+        ("resume:location-removed", 2),
     ] {
         let lab = Lab::new(Fault::PassThrough, "resumable_min_bytes = 0");
         lab.episode("good", 2, GOOD_COMMIT);
         lab.episode("late", 2, OLD_COMMIT);
-        if point == "upload:location-removed" {
+        if point == "resume:location-removed" {
             // The receiver forgets the saved upload (DELETE, as the
             // contract allows): the restart's HEAD meets 404.
-            crash_at(&lab, "upload:location-saved");
+            crash_at(&lab, "resume:location-saved");
             let saved: Value = serde_json::from_slice(
                 &std::fs::read(lab.data.join("outbox/good.upload")).unwrap(),
             )
@@ -453,7 +453,7 @@ fn kill_9_at_each_upload_crash_point_then_restart_converges() {
         let upload = lab.data.join("outbox/good.upload");
         assert_eq!(
             upload.exists(),
-            point == "upload:location-saved",
+            point == "resume:location-saved",
             "{point}: the saved location"
         );
         let (code, out, err) = run(
