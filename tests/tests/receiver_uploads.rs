@@ -530,6 +530,12 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
     );
     assert!(r.stored(HOST).is_empty(), "visible before completion");
 
+    // An empty append at the held offset (how a client probes for it) is
+    // answered without waiting for the prefix to be re-validated.
+    let probed = Instant::now();
+    let got = patch(&c, &r.url, &loc, at, false, vec![]).await;
+    let probed = probed.elapsed();
+    assert_eq!((got.0, offset_of(&got)), (204, at), "{got:?}");
     // The rest from there: the validator is rebuilt from the spooled prefix.
     let resumed = Instant::now();
     let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
@@ -543,7 +549,7 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
     );
     assert!(spool(&r).is_empty(), "{:?}", spool(&r));
     eprintln!(
-        "MEASURED receiver kill -9 mid-upload: {n} bytes, {sent} sent, HEAD after restart {at} (last seen before the kill {before}); the rest (prefix re-validated, debug build) answered 201 in {resumed:.1?}; stored byte-identical"
+        "MEASURED receiver kill -9 mid-upload: {n} bytes, {sent} sent, HEAD after restart {at} (last seen before the kill {before}); an empty probe answered in {probed:.1?}, the rest (prefix re-validated, debug build) 201 in {resumed:.1?}; stored byte-identical"
     );
 }
 
@@ -559,6 +565,19 @@ async fn a_newer_append_takes_over_from_a_silent_one() {
     let (tx, old) = patch_streamed(&c, &r.url, &loc, 0, true);
     tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // A new upload of the episode while an append to one is in progress:
+    // this episode is busy (the shipper defers it alone).
+    let got = post(
+        &c,
+        &r.url,
+        &format!("{HOST}/ep"),
+        &bytes,
+        GOOD_COMMIT,
+        Some(bytes.len() as u64),
+    )
+    .await;
+    assert_error(&got, 503, "episode_busy");
+    assert!(got.2.contains_key("retry-after"), "{got:?}");
     // The restarted shipper asks HEAD (0 unless the quiet client's
     // checkpoint, 2 s in, has passed) and appends from there.
     let started = Instant::now();
@@ -887,5 +906,52 @@ async fn receiver_killed_at_random_moments_of_resumable_uploads() {
     );
     eprintln!(
         "MEASURED resumable kill campaign: {trials} trials (seed {seed}), {mid_upload} kills mid-upload, every HEAD within the bytes sent, all stored once and byte-identical"
+    );
+}
+
+/// A full disk mid-append: 507, the upload kept at its last durable offset;
+/// once there is room the client continues from there and the archive is
+/// stored intact. Needs root (a tmpfs store in a private mount namespace).
+#[tokio::test]
+async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "a_full_spool_is_507_and_the_upload_continues_when_space_returns",
+            "needs root for a tmpfs mount",
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let store = env.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
+    // The tmpfs exists only in the receiver's namespace: look through its root.
+    let view = std::path::PathBuf::from(format!("/proc/{}/root", r.child.id()))
+        .join(store.strip_prefix("/").unwrap());
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 3 << 20, 10);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let filler = view.join("filler");
+    labship_tests::episode::write_file(&filler, &vec![0u8; 2_500_000]);
+    let got = patch(&c, &r.url, &loc, 0, true, bytes.clone()).await;
+    assert_error(&got, 507, "insufficient_storage");
+    assert!(
+        !view.join(HOST).join("ep.tar.zst").exists(),
+        "nothing visible"
+    );
+    let got = head(&c, &r.url, &loc).await;
+    assert_eq!(got.0, 204, "the upload is kept: {got:?}");
+    let at = offset_of(&got);
+    assert!(at < bytes.len() as u64, "{at}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let got = patch(&c, &r.url, &loc, at, true, bytes[at as usize..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert!(std::fs::read(view.join(HOST).join("ep.tar.zst")).unwrap() == bytes);
+    assert!(
+        std::fs::read_dir(view.join(".uploads").join(HOST))
+            .unwrap()
+            .next()
+            .is_none()
     );
 }

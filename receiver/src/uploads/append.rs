@@ -346,8 +346,12 @@ async fn receive(
         }
     };
     // What arrived is kept, however the body ended (unless the upload goes).
+    // An append that brought nothing new (a client probing for the offset
+    // with an empty append) does not wait for a session still re-reading
+    // its prefix.
     let end = match end {
         End::Failed(_) | End::TooLong | End::Stopped => end,
+        _ if pending == 0 => end,
         _ => checkpoint(state, slot, record, live)
             .await
             .err()
