@@ -94,11 +94,12 @@ async fn upload(
     let mut saved = outbox_upload::load(layout, &up.host, id, archive);
     let mut known: Option<u64> = None;
     let (mut created, mut mismatches) = (0, 0);
-    loop {
+    let mut saving = None;
+    let result = loop {
         let location = match &saved {
             Some(l) => l.clone(),
             None if created == CREATE_MAX => {
-                return unreachable(format!(
+                break unreachable(format!(
                     "the receiver lost {id}'s upload {created} times in one attempt (expired, or another receiver answers); retrying later"
                 ));
             }
@@ -106,14 +107,19 @@ async fn upload(
                 created += 1;
                 let loc = match create(up, id, archive).await {
                     Created::At(loc) => loc,
-                    Created::Failed(answer) => return answer,
+                    Created::Failed(answer) => break answer,
                 };
                 crate::crash_point("resume:created");
-                if let Err(e) = outbox_upload::save(layout, id, archive, &loc) {
-                    // The upload goes on; only a shipper restart would
-                    // start it again from 0.
-                    tracing::warn!(episode_id = %id, error = %e, event = "io_error", "cannot save the upload location in outbox/; a shipper restart would upload from byte 0");
-                }
+                // Saved on a blocking thread beside the first append: its
+                // fsyncs can wait seconds behind the archive's own seal on
+                // the same filesystem, and nothing needs them first (a crash
+                // before they end costs a new upload, never an episode).
+                let (l, i, a, at) = (layout.clone(), id.clone(), archive.clone(), loc.clone());
+                saving = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = outbox_upload::save(&l, &i, &a, &at) {
+                        tracing::warn!(episode_id = %i, error = %e, event = "io_error", "cannot save the upload location in outbox/; a shipper restart would upload from byte 0");
+                    }
+                }));
                 saved = Some(loc.clone());
                 known = Some(0);
                 loc
@@ -131,18 +137,18 @@ async fn upload(
                         saved = None;
                         continue;
                     }
-                    Probe::Failed(answer) => return answer,
+                    Probe::Failed(answer) => break answer,
                 },
                 Probe::Gone => {
                     forget(layout, id);
                     saved = None;
                     continue;
                 }
-                Probe::Failed(answer) => return answer,
+                Probe::Failed(answer) => break answer,
             },
         };
         match append(up, id, &location, path, archive, offset, progress).await {
-            Appended::Done(answer) => return answer,
+            Appended::Done(answer) => break answer,
             Appended::Gone => {
                 forget(layout, id);
                 saved = None;
@@ -153,7 +159,7 @@ async fn upload(
                 known = Some(o);
             }
             Appended::Mismatch(o) => {
-                return unreachable(format!(
+                break unreachable(format!(
                     "the receiver keeps answering offset_mismatch for {id} (last: it holds {o} of {} bytes); retrying later",
                     archive.bytes
                 ));
@@ -173,15 +179,20 @@ async fn upload(
                 // backoff, then HEAD again.
                 Probe::At(o) => {
                     tracing::info!(episode_id = %id, offset = o, event = "upload_cut", "the append of {id} was cut and the receiver holds no more than before ({o} bytes)");
-                    return (event, None);
+                    break (event, None);
                 }
                 Probe::Failed((after, _)) => {
                     tracing::info!(episode_id = %id, event = "upload_cut", "the append of {id} was cut, and asking the receiver's offset failed too: {after:?}");
-                    return (event, None);
+                    break (event, None);
                 }
             },
         }
+    };
+    // Done before the caller retires or drops the outbox files.
+    if let Some(saving) = saving {
+        let _ = saving.await;
     }
+    result
 }
 
 fn unreachable(message: String) -> Answer {

@@ -431,7 +431,9 @@ fn kill_9_at_each_upload_crash_point_then_restart_converges() {
         ("resume:location-saved", 1),
         ("resume:location-removed", 2),
     ] {
-        let lab = Lab::new(Fault::PassThrough, "resumable_min_bytes = 0");
+        // The location is saved beside the first append: a slow link keeps
+        // that append from completing before the crash point is reached.
+        let lab = Lab::new(Fault::Throttle(1 << 20), "resumable_min_bytes = 0");
         lab.episode("good", 2, GOOD_COMMIT);
         lab.episode("late", 2, OLD_COMMIT);
         if point == "resume:location-removed" {
