@@ -55,14 +55,10 @@ impl Tokens {
             source,
         })?;
         let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
+        for (line_no, line) in labship_sys::config::entries(&text) {
             let syntax = || TokensError::Syntax {
                 path: path.to_owned(),
-                line: n + 1,
+                line: line_no,
             };
             let mut parts = line.split_whitespace();
             let (Some(host), Some(hex), None) = (parts.next(), parts.next(), parts.next()) else {

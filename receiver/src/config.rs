@@ -19,25 +19,11 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
 
-/// A configuration problem: the binary exits 2 with this message.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// Dotted key, or empty when the whole file is at fault.
-    pub key: String,
-    pub why: String,
-}
+pub use labship_sys::config::ConfigError;
+use storage::RawStorage;
+pub use storage::S3Config;
 
-impl ConfigError {
-    pub fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            why: why.into(),
-        }
-    }
-}
+mod storage;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,40 +59,6 @@ struct RawTls {
 struct RawAuth {
     #[serde(default)]
     tokens_file: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    #[serde(default = "d_kind")]
-    kind: String,
-    #[serde(default = "d_storage_dir")]
-    dir: PathBuf,
-    // kind = "s3" (CONTRACT §8); `dir` then holds only the local scratch spool.
-    #[serde(default)]
-    bucket: String,
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    endpoint: String,
-    #[serde(default = "d_region")]
-    region: String,
-    #[serde(default)]
-    allow_http: bool,
-}
-
-impl Default for RawStorage {
-    fn default() -> Self {
-        Self {
-            kind: d_kind(),
-            dir: d_storage_dir(),
-            bucket: String::new(),
-            prefix: String::new(),
-            endpoint: String::new(),
-            region: d_region(),
-            allow_http: false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,15 +153,6 @@ impl Default for RawOps {
 fn d_listen() -> String {
     "0.0.0.0:8443".into()
 }
-fn d_kind() -> String {
-    "fs".into()
-}
-fn d_storage_dir() -> PathBuf {
-    "/var/lib/labship-receiver/episodes".into()
-}
-fn d_region() -> String {
-    "us-east-1".into()
-}
 fn d_allowed_commits() -> PathBuf {
     "/etc/labship/allowed-commits".into()
 }
@@ -263,6 +206,8 @@ fn d_min_rate_window() -> u64 {
 fn d_upload_expiry() -> u64 {
     86_400
 }
+/// The most `limits.max_concurrent_uploads` may be (see its check).
+const MAX_CONCURRENT_UPLOADS: usize = 128;
 fn d_max_partial_uploads() -> usize {
     256
 }
@@ -304,7 +249,7 @@ pub struct Config {
     /// The fs store's directory; with `s3`, the local scratch spool's parent.
     pub storage_dir: PathBuf,
     /// `Some` when `storage.kind = "s3"`.
-    pub s3: Option<crate::s3::S3Config>,
+    pub s3: Option<S3Config>,
     pub allowed_commits_file: PathBuf,
     pub remediation: Option<String>,
     pub max_episode_bytes: u64,
@@ -333,24 +278,15 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        let text = labship_sys::config::read(path)?;
         Self::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path` (relative paths resolve against
     /// `path`'s directory).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let raw: Raw = labship_sys::config::parse_toml(path, text)?;
+        let resolve = |p: &Path| labship_sys::config::resolve(path, p);
         let err = |key: &str, why: String| ConfigError::new(path, key, why);
         let addr = |key: &str, s: &str| {
             s.parse::<SocketAddr>().map_err(|_| {
@@ -364,52 +300,8 @@ impl Config {
         let listen = addr("listen", &raw.listen)?;
         let tokens_file =
             (!raw.auth.tokens_file.as_os_str().is_empty()).then(|| resolve(&raw.auth.tokens_file));
-        let tls = match raw.tls {
-            None => {
-                if !listen.ip().is_loopback() {
-                    return Err(err(
-                        "listen",
-                        format!(
-                            "{listen} is not a loopback address, and plain HTTP (no [tls] table) is only allowed on loopback; add a [tls] table or listen on 127.0.0.1"
-                        ),
-                    ));
-                }
-                None
-            }
-            Some(t) => {
-                let client_ca_file =
-                    (!t.client_ca_file.as_os_str().is_empty()).then(|| resolve(&t.client_ca_file));
-                if client_ca_file.is_none() && tokens_file.is_none() {
-                    return Err(err(
-                        "tls.client_ca_file",
-                        "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
-                    ));
-                }
-                let crl_file = (!t.crl_file.as_os_str().is_empty()).then(|| resolve(&t.crl_file));
-                if crl_file.is_some() && client_ca_file.is_none() {
-                    return Err(err(
-                        "tls.crl_file",
-                        "needs tls.client_ca_file: CRLs revoke client certificates, and none are verified without a client CA".into(),
-                    ));
-                }
-                Some(TlsFiles {
-                    cert_file: resolve(&t.cert_file),
-                    key_file: resolve(&t.key_file),
-                    client_ca_file,
-                    crl_file,
-                })
-            }
-        };
-        let s3 = match raw.storage.kind.as_str() {
-            "fs" => None,
-            "s3" => Some(s3_config(&raw.storage, &err)?),
-            other => {
-                return Err(err(
-                    "storage.kind",
-                    format!("{other:?} is not one of \"fs\", \"s3\""),
-                ));
-            }
-        };
+        let tls = tls_files(raw.tls, listen, tokens_file.is_some(), &resolve, &err)?;
+        let s3 = storage::s3_if_chosen(&raw.storage, &err)?;
         let l = &raw.limits;
         let positive = |key: &str, v: u64| {
             if v == 0 {
@@ -424,6 +316,18 @@ impl Config {
             "limits.max_concurrent_uploads",
             l.max_concurrent_uploads as u64,
         )?;
+        // Each upload in flight holds a blocking thread (its validator) and
+        // may leave one idle behind it (a resumable upload's session, kept
+        // for its next append): both must fit well under tokio's pool of 512.
+        if l.max_concurrent_uploads > MAX_CONCURRENT_UPLOADS {
+            return Err(err(
+                "limits.max_concurrent_uploads",
+                format!(
+                    "{} is more than {MAX_CONCURRENT_UPLOADS} (each upload holds a validator thread and may keep one for its next append); lower it",
+                    l.max_concurrent_uploads
+                ),
+            ));
+        }
         positive("limits.max_connections", l.max_connections as u64)?;
         // An explicit value must fit under its enclosing limit; the default
         // shrinks to fit a small one; 0 turns the per-source cap off.
@@ -533,65 +437,51 @@ impl Config {
     }
 }
 
-/// Validates the `[storage]` keys of `kind = "s3"`.
-fn s3_config(
-    raw: &RawStorage,
+/// The `[tls]` table, paths resolved: none is plain HTTP, allowed on loopback
+/// only; hosts authenticate by client certificate unless bearer tokens are
+/// configured.
+fn tls_files(
+    raw: Option<RawTls>,
+    listen: SocketAddr,
+    has_tokens: bool,
+    resolve: &impl Fn(&Path) -> PathBuf,
     err: &impl Fn(&str, String) -> ConfigError,
-) -> Result<crate::s3::S3Config, ConfigError> {
-    let bucket = raw.bucket.trim();
-    if bucket.is_empty() {
-        return Err(err(
-            "storage.bucket",
-            "is required when storage.kind = \"s3\"".into(),
-        ));
-    }
-    if bucket.contains('/') {
-        return Err(err(
-            "storage.bucket",
-            format!(
-                "{bucket:?} is a bucket name, not a path (use storage.prefix for a key prefix)"
-            ),
-        ));
-    }
-    if raw.prefix.starts_with('/') || raw.prefix.contains("//") {
-        return Err(err(
-            "storage.prefix",
-            format!(
-                "{:?}: keys must not start with \"/\" nor contain \"//\" (e.g. \"labship/\")",
-                raw.prefix
-            ),
-        ));
-    }
-    let endpoint = raw.endpoint.trim();
-    let endpoint = if endpoint.is_empty() {
-        None
-    } else if endpoint.starts_with("http://") {
-        if !raw.allow_http {
-            return Err(err(
-                "storage.endpoint",
-                format!(
-                    "{endpoint:?} is plain HTTP; set storage.allow_http = true to allow it (credentials and archives then cross the network unencrypted)"
-                ),
-            ));
+) -> Result<Option<TlsFiles>, ConfigError> {
+    Ok(match raw {
+        None => {
+            if !listen.ip().is_loopback() {
+                return Err(err(
+                    "listen",
+                    format!(
+                        "{listen} is not a loopback address, and plain HTTP (no [tls] table) is only allowed on loopback; add a [tls] table or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+            None
         }
-        Some(endpoint.to_owned())
-    } else if endpoint.starts_with("https://") {
-        Some(endpoint.to_owned())
-    } else {
-        return Err(err(
-            "storage.endpoint",
-            format!("{endpoint:?} is not an http:// or https:// URL"),
-        ));
-    };
-    if raw.region.trim().is_empty() {
-        return Err(err("storage.region", "must not be empty".into()));
-    }
-    Ok(crate::s3::S3Config {
-        bucket: bucket.to_owned(),
-        prefix: raw.prefix.clone(),
-        endpoint,
-        region: raw.region.trim().to_owned(),
-        allow_http: raw.allow_http,
+        Some(t) => {
+            let client_ca_file =
+                (!t.client_ca_file.as_os_str().is_empty()).then(|| resolve(&t.client_ca_file));
+            if client_ca_file.is_none() && !has_tokens {
+                return Err(err(
+                    "tls.client_ca_file",
+                    "is required (hosts authenticate by client certificate) unless auth.tokens_file is set".into(),
+                ));
+            }
+            let crl_file = (!t.crl_file.as_os_str().is_empty()).then(|| resolve(&t.crl_file));
+            if crl_file.is_some() && client_ca_file.is_none() {
+                return Err(err(
+                    "tls.crl_file",
+                    "needs tls.client_ca_file: CRLs revoke client certificates, and none are verified without a client CA".into(),
+                ));
+            }
+            Some(TlsFiles {
+                cert_file: resolve(&t.cert_file),
+                key_file: resolve(&t.key_file),
+                client_ca_file,
+                crl_file,
+            })
+        }
     })
 }
 
@@ -640,6 +530,13 @@ mod tests {
             .to_string();
         assert!(
             e.contains("limits.max_concurrent_uploads: must be greater than 0"),
+            "{e}"
+        );
+        let e = parse(&format!("{TLS}[limits]\nmax_concurrent_uploads = 300\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_concurrent_uploads: 300 is more than 128"),
             "{e}"
         );
     }

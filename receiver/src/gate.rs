@@ -105,14 +105,10 @@ fn read(path: &Path) -> (Version, Result<String, GateError>) {
 
 fn parse(path: &Path, text: &str) -> Result<HashSet<String>, GateError> {
     let mut commits = HashSet::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (line_no, line) in labship_sys::config::entries(text) {
         let commit = Commit::parse(line).map_err(|_| GateError::Syntax {
             path: path.to_owned(),
-            line: n + 1,
+            line: line_no,
             found: line.chars().take(60).collect(),
         })?;
         commits.insert(commit.as_str().to_owned());

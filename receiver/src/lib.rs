@@ -17,40 +17,13 @@ pub mod metrics;
 pub mod ops;
 mod pace;
 pub mod routes;
-pub mod s3;
 pub mod server;
 pub mod store;
-pub mod systemd;
 pub mod tls;
 pub mod uploads;
 
-/// A named crash point for the crash tests (as the shipper's): in debug
-/// builds, when `LABSHIP_CRASH_AT` names this point, the process sends itself
-/// SIGKILL here, as `kill -9` or a power cut would stop it. Compiled out of
-/// release builds.
-#[inline]
-pub fn crash_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
-
-/// Test hook, debug builds only: `LABSHIP_PAUSE_AT=<name>` makes the task
-/// that reaches `name` log "paused at test pause point <name>" and wait
-/// until it is cancelled (e.g. by shutdown), so a test can act at that point.
-pub async fn pause_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_PAUSE_AT").is_some_and(|v| v == name) {
-        tracing::warn!("paused at test pause point {name}");
-        std::future::pending::<()>().await;
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
+pub use labship_sys::hooks::{crash_point, pause_point};
+pub use labship_sys::systemd;
 
 use config::{Config, ConfigError};
 use routes::AppState;
@@ -137,9 +110,8 @@ impl Receiver {
         let metrics = Arc::new(metrics::Metrics::new(tls.is_some()));
         let store = match &config.s3 {
             None => store::FsStore::open(&config.storage_dir).map(store::Store::Fs),
-            Some(s3) => {
-                s3::S3Store::open(s3, &config.storage_dir, metrics.clone()).map(store::Store::S3)
-            }
+            Some(s3) => store::s3::S3Store::open(s3, &config.storage_dir, metrics.clone())
+                .map(store::Store::S3),
         }
         .map_err(|e| {
             // The S3 client's own settings, or the local dir (the spool).
@@ -164,6 +136,7 @@ impl Receiver {
                     spool,
                     config.upload_expiry_s,
                     config.max_partial_uploads,
+                    config.max_concurrent_uploads,
                     metrics.fleet.partial_uploads.clone(),
                 )
             })

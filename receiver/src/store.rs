@@ -17,17 +17,18 @@
 //! crash are removed at start-up ([`FsStore::open`]).
 //!
 //! [`Store`] is what the routes hold: this filesystem store or the S3 store of
-//! `crate::s3` (several receivers on one bucket), chosen by `storage.kind`.
+//! `store::s3` (several receivers on one bucket), chosen by `storage.kind`.
 
 use labship_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Name of the scratch directory under the storage dir. Host ids cannot start
 /// with a dot, so it never collides with a host directory.
+pub mod s3;
+
 pub const SCRATCH: &str = ".scratch";
 
 /// Mode of stored archives and manifests: readable by the store's group (the
@@ -102,7 +103,7 @@ impl StoreError {
     /// True when the object store is throttling, failing (5xx) or unreachable:
     /// answered with 503 and `Retry-After`.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::S3 { source, .. } if crate::s3::is_transient(source))
+        matches!(self, Self::S3 { source, .. } if s3::is_transient(source))
     }
 
     pub(crate) fn is_not_found(&self) -> bool {
@@ -191,9 +192,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io("fsync directory", path))
+    labship_sys::fs::fsync_dir(path).map_err(StoreError::io("fsync directory", path))
 }
 
 impl FsStore {
@@ -359,7 +358,7 @@ impl FsStore {
 #[derive(Debug, Clone)]
 pub enum Store {
     Fs(FsStore),
-    S3(crate::s3::S3Store),
+    S3(s3::S3Store),
 }
 
 impl Store {

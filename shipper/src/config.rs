@@ -23,23 +23,10 @@ pub const MAX_ZSTD_LEVEL: i32 = 19;
 /// ceiling (`ZSTDMT_NBWORKERS_MAX` on 64-bit).
 pub const MAX_ZSTD_WORKERS: u32 = 256;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}{sep}{why}", sep = if key.is_empty() { "" } else { ": " })]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub key: String,
-    pub why: String,
-}
+pub use labship_sys::config::ConfigError;
+pub use paths::Paths;
 
-impl ConfigError {
-    fn new(file: &Path, key: &str, why: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            why: why.into(),
-        }
-    }
-}
+mod paths;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,70 +174,11 @@ fn d_cleanup() -> u64 {
     3600
 }
 
-/// The paths a config names, resolved against its directory as [`Config`]
-/// resolves them: the same keys and defaults, other keys ignored and no file
-/// checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    pub data_dir: PathBuf,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-}
-
-/// Just the path keys of [`Raw`], without `deny_unknown_fields` (which serde
-/// cannot combine with `flatten`, hence the second list of the same keys).
-#[derive(Debug, Deserialize)]
-struct RawPaths {
-    #[serde(default = "d_data_dir")]
-    data_dir: PathBuf,
-    #[serde(default)]
-    receiver: RawReceiverPaths,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawReceiverPaths {
-    #[serde(default)]
-    ca_file: PathBuf,
-    #[serde(default)]
-    cert_file: PathBuf,
-    #[serde(default)]
-    key_file: PathBuf,
-    #[serde(default)]
-    token_file: PathBuf,
-}
-
-/// A path from `file` as the shipper uses it: relative ones resolve against
-/// the file's directory.
-fn resolve(file: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        file.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
+use labship_sys::config::resolve;
 
 /// [`resolve`] for an optional key: `None` when it is empty (unset).
 fn optional(file: &Path, p: &Path) -> Option<PathBuf> {
     (!p.as_os_str().is_empty()).then(|| resolve(file, p))
-}
-
-impl Paths {
-    /// The paths in `text` (read from `path`); an error only when it is not
-    /// TOML or a path key has the wrong type.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawPaths = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
-        let r = &raw.receiver;
-        Ok(Self {
-            data_dir: resolve(path, &raw.data_dir),
-            ca_file: optional(path, &r.ca_file),
-            cert_file: optional(path, &r.cert_file),
-            key_file: optional(path, &r.key_file),
-            token_file: optional(path, &r.token_file),
-        })
-    }
 }
 
 /// How the shipper proves who it is.
@@ -306,16 +234,14 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read config: {e}")))?;
+        let text = labship_sys::config::read(path)?;
         Self::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path`; also checks that the configured
     /// certificate, key, CA and token files are readable.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| ConfigError::new(path, "", e.to_string().trim_end().replace('\n', " ")))?;
+        let raw: Raw = labship_sys::config::parse_toml(path, text)?;
         let err = |key: &str, why: String| ConfigError::new(path, key, why);
         let optional = |p: &Path| optional(path, p);
         let readable = |key: &str, p: &Path| {

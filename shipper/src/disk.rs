@@ -117,122 +117,13 @@ pub struct ReasonFile {
     pub quarantined_at: String,
 }
 
-pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
+pub use labship_sys::fs::fsync_dir;
 
-/// Mode of the small files labship writes (reason files, sidecars,
-/// status.json): readable by the group, so `doctor` run by an operator in the
-/// `labship` group sees them; tempfile's default is 0600.
-static READABLE: std::sync::LazyLock<std::fs::Permissions> =
-    std::sync::LazyLock::new(|| std::os::unix::fs::PermissionsExt::from_mode(0o640));
+mod atomic;
+mod pack;
 
-/// The prefix of the temp files this process stages (`.tmp-p<pid>-`), so a
-/// start can tell a dead writer's leftovers in `state/` (removed at once)
-/// from a live one's (quarantine-unstamped staging a reason file right now).
-fn tmp_prefix() -> String {
-    format!(".tmp-p{}-", std::process::id())
-}
-
-/// Whether the temp file `name` was staged by a process that no longer
-/// exists (another process under a reused pid reads as alive: its file
-/// waits for the minute rule).
-fn left_by_the_dead(name: &str) -> bool {
-    use rustix::process::{Pid, getpid, test_kill_process};
-    let Some(pid) = name
-        .strip_prefix(".tmp-p")
-        .and_then(|rest| rest.split_once('-'))
-        .and_then(|(pid, _)| pid.parse::<i32>().ok())
-        .and_then(Pid::from_raw)
-    else {
-        return false;
-    };
-    pid != getpid() && test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
-}
-
-/// Writes `bytes` to `path` atomically and durably: temp name, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&tmp_prefix())
-        .permissions(READABLE.clone())
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    fsync_dir(dir)
-}
-
-/// As [`write_atomic`] without the fsyncs: readers see the old document or
-/// the new one, never a torn one, but a crash may lose the latest. For
-/// documents rewritten every few seconds (status.json's progress), where
-/// durability buys nothing and an fsync each time costs the disk.
-pub fn write_atomic_nosync(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&tmp_prefix())
-        .permissions(READABLE.clone())
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// As [`write_atomic`], but the temp file lives in `scratch` (same
-/// filesystem), so a crash never leaves a stray file next to `path`: used for
-/// the reason file, which goes inside an episode that may yet be packed.
-pub fn write_atomic_via(scratch: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&tmp_prefix())
-        .permissions(READABLE.clone())
-        .tempfile_in(scratch)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    match tmp.persist(path) {
-        Ok(_) => fsync_dir(dir),
-        // EXDEV: `episodes/` on another filesystem than `state/`.
-        Err(e) if e.error.raw_os_error() == Some(18) => write_atomic(path, bytes),
-        Err(e) => Err(e.error),
-    }
-}
-
-/// A pack's destination: memory up to [`INLINE_MAX`], then a temp file in
-/// `outbox/` holding everything written so far and the rest.
-struct Spill<'a> {
-    outbox: &'a Path,
-    memory: Vec<u8>,
-    file: Option<io::BufWriter<tempfile::NamedTempFile>>,
-}
-
-impl io::Write for Spill<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.file.is_none() && self.memory.len() + buf.len() > INLINE_MAX {
-            let tmp = tempfile::Builder::new()
-                .prefix(".tmp-")
-                .tempfile_in(self.outbox)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.outbox.display())))?;
-            let mut file = io::BufWriter::with_capacity(1 << 20, tmp);
-            file.write_all(&std::mem::take(&mut self.memory))?;
-            self.file = Some(file);
-        }
-        match &mut self.file {
-            Some(file) => file.write(buf),
-            None => {
-                self.memory.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.file {
-            Some(file) => file.flush(),
-            None => Ok(()),
-        }
-    }
-}
+use atomic::{left_by_the_dead, rename_noclobber};
+pub use atomic::{write_atomic, write_atomic_nosync, write_atomic_via};
 
 /// An outbox archive renamed into place but not yet fsynced and without its
 /// sidecar: [`Layout::seal`] finishes it. Dropping it unsealed leaves an
@@ -242,18 +133,6 @@ pub struct Unsealed {
     id: Id,
     file: File,
     sidecar: Sidecar,
-}
-
-/// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing.
-fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        from,
-        rustix::fs::CWD,
-        to,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(io::Error::from)
 }
 
 impl Layout {
@@ -409,61 +288,6 @@ impl Layout {
                 why: "its sidecar does not say which directory it was packed from (written by an older shipper)".into(),
             },
         }
-    }
-
-    /// Packs episode `id`. An archive of at most [`INLINE_MAX`] stays in
-    /// memory and touches no disk. A larger one is renamed into the outbox
-    /// and returned at once, ready to upload, with the [`Unsealed`] rest of
-    /// its commit: the caller [`seal`](Self::seal)s it (fsync, then the
-    /// sidecar) while the upload runs, and before anything else touches the
-    /// episode's outbox files.
-    pub fn pack(
-        &self,
-        id: &Id,
-        commit: &Commit,
-        level: i32,
-        workers: u32,
-        written: &std::sync::atomic::AtomicU64,
-    ) -> Result<(Archive, Option<Unsealed>), ArchiveError> {
-        let io_at = |path: &Path| {
-            let path = path.to_owned();
-            move |source: io::Error| ArchiveError::Io { path, source }
-        };
-        let dir = self.episodes.join(id.as_str());
-        let origin = Origin::of(&dir).map_err(io_at(&dir))?;
-        let mut sink = Spill {
-            outbox: &self.outbox,
-            memory: Vec::new(),
-            file: None,
-        };
-        let packed = archive::pack(&dir, id, &mut sink, level, workers, written)?;
-        let tmp = match sink.file {
-            None => {
-                sink.memory.shrink_to_fit();
-                let archive = Archive {
-                    digest: packed.digest,
-                    bytes: packed.bytes,
-                    commit: commit.clone(),
-                    inline: Some(sink.memory.into()),
-                    origin,
-                };
-                return Ok((archive, None));
-            }
-            Some(file) => file
-                .into_inner()
-                .map_err(|e| io_at(&self.outbox)(e.into_error()))?,
-        };
-        let archive = Archive {
-            digest: packed.digest,
-            bytes: packed.bytes,
-            commit: commit.clone(),
-            inline: None,
-            origin,
-        };
-        let unsealed = self
-            .place(id, tmp, &archive)
-            .map_err(|(path, source)| ArchiveError::Io { path, source })?;
-        Ok((archive, Some(unsealed)))
     }
 
     /// Puts an archive held in memory into the outbox after all, as if it
@@ -632,6 +456,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use atomic::tmp_prefix;
     use std::sync::atomic::AtomicU64;
 
     fn episode(layout: &Layout, id: &str, data: &[u8]) -> Id {

@@ -28,20 +28,7 @@ pub mod reload;
 pub mod resumable;
 pub mod scan;
 pub mod state;
-pub mod systemd;
 pub mod upload;
 
-/// A named crash point for the crash tests: in debug builds, when
-/// `LABSHIP_CRASH_AT` names this point, the process sends itself SIGKILL
-/// here (no unwinding, no destructors, no flushing: as `kill -9` or a power
-/// cut would leave it). Compiled out of release builds.
-#[inline]
-pub fn crash_point(name: &'static str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("LABSHIP_CRASH_AT").is_some_and(|v| v == name) {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
+pub use labship_sys::hooks::crash_point;
+pub use labship_sys::systemd;

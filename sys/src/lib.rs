@@ -6,10 +6,17 @@
 //! own build (`--version`, the shipper's `User-Agent`, `labship_build_info`):
 //! the version and the git commit embedded by `build.rs`; and the
 //! `/metrics` exposition in the format a scraper asks for ([`metrics`]);
-//! where the log goes, the journal or stderr ([`logging`]).
+//! where the log goes, the journal or stderr ([`logging`]); and the few
+//! I/O helpers both daemons would otherwise write twice: systemd
+//! notifications ([`systemd`]), the config error and loader opening
+//! ([`config`]), `fsync_dir` ([`fs`]) and the test hooks ([`hooks`]).
 
+pub mod config;
+pub mod fs;
+pub mod hooks;
 pub mod logging;
 pub mod metrics;
+pub mod systemd;
 
 pub use logging::init_logging;
 

@@ -252,6 +252,96 @@ fn the_receivers_remediation_is_disruptive_whatever_it_says() {
     assert_eq!(row["disruptive"], true, "{row}");
 }
 
+/// `EVENT=upload_task_failed` (shipper/src/queue.rs: an upload task ended
+/// without an answer; its episode stays queued and the next pass uploads
+/// it again). No scenario makes the real shipper log it on demand, so the
+/// entry is a captured shipper line of `healthy.jsonl` (same journald
+/// fields, same transport) with the fields that event carries.
+#[test]
+fn an_upload_task_that_failed_is_named_with_what_to_do() {
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    let captured =
+        std::fs::read_to_string(fixtures().join("journal").join("healthy.jsonl")).unwrap();
+    let shipped: Value = captured
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["EVENT"] == "shipped")
+        .expect("healthy.jsonl has a shipped entry");
+    let failed = |error: &str| {
+        let mut e = shipped.clone();
+        let m = e.as_object_mut().unwrap();
+        m.retain(|k, _| k.starts_with('_') || k == "SYSLOG_IDENTIFIER");
+        for (k, v) in [
+            ("EVENT", "upload_task_failed"),
+            ("ERROR", error),
+            ("MESSAGE", "an upload task failed"),
+            ("PRIORITY", "3"),
+            ("CODE_FILE", "shipper/src/queue.rs"),
+            ("TARGET", "labship_shipper::queue"),
+        ] {
+            m.insert(k.into(), v.into());
+        }
+        e.to_string()
+    };
+    let journal = env.path().join("task_failed.jsonl");
+    std::fs::write(
+        &journal,
+        format!(
+            "{captured}{}\n{}\n",
+            failed("task 7 was cancelled"),
+            failed("task 9 panicked with message \"attempt to subtract with overflow\"")
+        ),
+    )
+    .unwrap();
+    let (code, json) = doctor(&cfg, &journal, true);
+    assert_eq!(code, 1, "a warning: nothing is lost\n{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let headline = v["headline"].as_str().unwrap();
+    assert!(
+        headline.starts_with(
+            "WARN 2 upload task(s) ended without the receiver's answer (task 9 panicked"
+        ),
+        "{headline}"
+    );
+    assert!(
+        headline.contains("the next pass uploads the episode again"),
+        "{headline}"
+    );
+    let row = &v["findings"][0];
+    assert_eq!(
+        (row["check"].as_str(), row["disruptive"].as_bool()),
+        (Some("journal"), Some(false)),
+        "{row}"
+    );
+    let fix = row["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(
+            "journalctl _SYSTEMD_UNIT=labship-shipper.service EVENT=upload_task_failed --since -10min"
+        ),
+        "{fix}"
+    );
+    assert!(!looks_disruptive(fix), "{fix}");
+    assert_eq!(row["details"]["count"], 2, "{row}");
+    // The ships around it still count.
+    let shipped_rows = captured
+        .lines()
+        .filter(|l| l.contains(r#""EVENT":"shipped""#))
+        .count();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "activity"
+                && f["finding"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{shipped_rows} episode(s) shipped"))),
+        "{json}"
+    );
+}
+
 /// 412 outranks 400 when both occur.
 #[test]
 fn out_of_window_outranks_unstamped() {

@@ -275,14 +275,20 @@ async fn creation_makes_every_header_decision_before_any_byte() {
     assert!(spool(&r).is_empty(), "a refusal left {:?}", spool(&r));
 
     // limits.max_partial_uploads = 2: a third is 503 busy.
-    create(&c, &r.url, "ep-a", &bytes).await;
+    let first = create(&c, &r.url, "ep-a", &bytes).await;
     create(&c, &r.url, "ep-b", &bytes).await;
     let got = post(&c, &r.url, &format!("{HOST}/ep-c"), &bytes, GOOD_COMMIT, n).await;
     assert_error(&got, 503, "busy");
     assert!(got.2.contains_key("retry-after"));
-    // A new POST for an episode replaces its idle upload (the client lost
-    // the location): still two.
-    let again = create(&c, &r.url, "ep-a", &bytes).await;
+    // A new POST of the same archive resumes its upload (the client lost
+    // the location); one of another archive replaces the idle upload:
+    // still two.
+    assert_eq!(create(&c, &r.url, "ep-a", &bytes).await, first);
+    let mut other = bytes.clone();
+    other.push(0);
+    let again = create(&c, &r.url, "ep-a", &other).await;
+    assert_ne!(again, first);
+    assert_eq!(head(&c, &r.url, &first).await.0, 404);
     assert_eq!(spool(&r).len(), 2, "{:?}", spool(&r));
     assert!(
         spool(&r)
@@ -565,19 +571,23 @@ async fn a_newer_append_takes_over_from_a_silent_one() {
     let (tx, old) = patch_streamed(&c, &r.url, &loc, 0, true);
     tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    // A new upload of the episode while an append to one is in progress:
-    // this episode is busy (the shipper defers it alone).
+    // A new upload of another archive of the episode while an append to
+    // one is in progress: this episode is busy (the shipper defers it alone).
+    let mut other = bytes.clone();
+    other.push(0);
     let got = post(
         &c,
         &r.url,
         &format!("{HOST}/ep"),
-        &bytes,
+        &other,
         GOOD_COMMIT,
-        Some(bytes.len() as u64),
+        Some(other.len() as u64),
     )
     .await;
     assert_error(&got, 503, "episode_busy");
     assert!(got.2.contains_key("retry-after"), "{got:?}");
+    // The same archive again: its upload's location, to take over.
+    assert_eq!(create(&c, &r.url, "ep", &bytes).await, loc);
     // The restarted shipper asks HEAD (0 unless the quiet client's
     // checkpoint, 2 s in, has passed) and appends from there.
     let started = Instant::now();
@@ -954,4 +964,154 @@ async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
             .next()
             .is_none()
     );
+}
+
+/// Idle validator sessions are bounded by `limits.max_concurrent_uploads`:
+/// an append to a second upload drops the first one's idle session (least
+/// recently used), so the first upload's completion rebuilds it from the
+/// spooled prefix; a byte flipped in that prefix on disk is then caught
+/// (had the session stayed in memory, the flip would go unseen and the
+/// completion would answer 201).
+#[tokio::test]
+async fn idle_sessions_beyond_the_upload_limit_are_dropped_and_rebuilt_from_the_spool() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_concurrent_uploads = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let a = archive(&env, "ep-a", 200_000, 11);
+    let b = archive(&env, "ep-b", 200_000, 12);
+    let half = a.len() / 2;
+    let loc_a = create(&c, &r.url, "ep-a", &a).await;
+    let got = patch(&c, &r.url, &loc_a, 0, false, a[..half].to_vec()).await;
+    assert_eq!((got.0, offset_of(&got)), (204, half as u64), "{got:?}");
+    let data = data_file(&r, &loc_a);
+    let mut on_disk = std::fs::read(&data).unwrap();
+    assert_eq!(on_disk, a[..half]);
+    on_disk[half / 2] ^= 0x55;
+    std::fs::write(&data, &on_disk).unwrap();
+    // Another upload's append: only one idle session is kept, and A's is older.
+    let loc_b = create(&c, &r.url, "ep-b", &b).await;
+    assert_eq!(
+        patch(&c, &r.url, &loc_b, 0, false, b[..100].to_vec())
+            .await
+            .0,
+        204
+    );
+    let got = patch(&c, &r.url, &loc_a, half as u64, true, a[half..].to_vec()).await;
+    assert_eq!(got.0, 400, "{got:?}");
+    let code = got.1["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        code == "archive_invalid" || code == "digest_mismatch",
+        "{got:?}"
+    );
+    assert!(
+        r.stored(HOST).iter().all(|e| !e.contains("ep-a")),
+        "{:?}",
+        r.stored(HOST)
+    );
+    assert_eq!(head(&c, &r.url, &loc_a).await.0, 404);
+    // B, whose session is the one kept, completes.
+    let got = patch(&c, &r.url, &loc_b, 100, true, b[100..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+}
+
+/// A shipper that lost its saved location POSTs the same archive again: it
+/// gets the existing upload and the offset the receiver holds durably, not
+/// a new upload from byte 0.
+#[tokio::test]
+async fn a_post_of_the_same_archive_resumes_its_upload() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 300_000, 21);
+    let half = bytes.len() / 2;
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    assert_eq!(
+        patch(&c, &r.url, &loc, 0, false, bytes[..half].to_vec())
+            .await
+            .0,
+        204
+    );
+    let n = Some(bytes.len() as u64);
+    let got = post(&c, &r.url, &format!("{HOST}/ep"), &bytes, GOOD_COMMIT, n).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(got.2["location"].to_str().unwrap(), loc);
+    assert_eq!(offset_of(&got), half as u64);
+    assert_eq!(spool(&r).len(), 1, "{:?}", spool(&r));
+    let got = patch(&c, &r.url, &loc, half as u64, true, bytes[half..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(
+        std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        bytes
+    );
+    assert!(spool(&r).is_empty(), "{:?}", spool(&r));
+}
+
+/// Concurrent POSTs for one episode never both create an upload, and
+/// concurrent POSTs never hold more than `limits.max_partial_uploads`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_create_one_upload_per_episode_within_the_limit() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_partial_uploads = 3\n".into(),
+            ..Default::default()
+        },
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 1_000, 22);
+    for round in 0..5u8 {
+        // Eight archives of one episode (distinct digests), all at once.
+        let posts = (0..8u8).map(|i| {
+            let (c, url) = (c.clone(), r.url.clone());
+            let mut body = bytes.clone();
+            body.extend([round, i]);
+            tokio::spawn(async move {
+                let n = Some(body.len() as u64);
+                post(
+                    &c,
+                    &url,
+                    &format!("{HOST}/ep-{round}"),
+                    &body,
+                    GOOD_COMMIT,
+                    n,
+                )
+                .await
+            })
+        });
+        let got: Vec<Got> = futures_util::future::join_all(posts)
+            .await
+            .into_iter()
+            .map(|j| j.unwrap())
+            .collect();
+        for g in &got {
+            assert!(
+                g.0 == 201
+                    || (g.0 == 503
+                        && ["episode_busy", "busy"]
+                            .contains(&g.1["error"].as_str().unwrap_or_default())),
+                "{g:?}"
+            );
+        }
+        let held: Vec<String> = spool(&r);
+        assert!(held.len() <= 3, "round {round}: {held:?}");
+        // One upload of this episode at most, and it is the last one created.
+        let live = futures_util::future::join_all(
+            got.iter()
+                .filter(|g| g.0 == 201)
+                .map(|g| head(&c, &r.url, g.2["location"].to_str().unwrap())),
+        )
+        .await;
+        assert!(
+            live.iter().filter(|h| h.0 == 204).count() <= 1,
+            "round {round}: {got:?}"
+        );
+    }
+    assert!(spool(&r).len() <= 3, "{:?}", spool(&r));
 }

@@ -80,6 +80,8 @@ async fn patch_decided(
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let (started, mut facts) = (Instant::now(), PutFacts::default());
     let result = append(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
+    // This append may have left one more idle session behind.
+    state.resumable.trim_sessions().await;
     // An answer from the headers: read (and discard) a bounded amount so
     // that an HTTP/1 client still writing can read it; not for a client that
     // waits for `100 Continue` (polling the body would invite it).

@@ -37,7 +37,7 @@ use spool::{Record, unix_now};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
-use table::{Slot, take_over};
+use table::{Claim, Refusal, Slot, take_over};
 
 pub(crate) use table::Table;
 
@@ -63,6 +63,8 @@ pub(crate) enum Answer {
     /// 201 from `POST`.
     Created {
         location: String,
+        /// 0 for a new upload; the durable offset of one resumed.
+        offset: u64,
         limit: UploadLimit,
     },
     /// 204 from `HEAD`.
@@ -92,11 +94,15 @@ impl IntoResponse for Answer {
         };
         let h = response.headers_mut();
         match self {
-            Self::Created { location, limit } => {
+            Self::Created {
+                location,
+                offset,
+                limit,
+            } => {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     h.insert(header::LOCATION, v);
                 }
-                h.insert(UPLOAD_OFFSET, HeaderValue::from(0u64));
+                h.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
                 if let Ok(v) = HeaderValue::from_str(&limit.to_string()) {
                     h.insert(UPLOAD_LIMIT, v);
                 }
@@ -251,40 +257,11 @@ async fn create_inner(
     };
     let table = &state.resumable;
     let (host, episode) = (plan.identity.host_id.as_str(), plan.episode.as_str());
-    // A new POST for an episode means its client lost the older upload's
-    // location (a host runs one shipper): an idle older upload is replaced;
-    // one still receiving an append is this episode being busy.
-    for older in table.of_episode(host, episode) {
-        let Ok(mut held) = older.state.clone().try_lock_owned() else {
-            return Err(episode_busy(&format!(
-                "an append to another upload of episode {host}/{episode} is in progress"
-            )));
-        };
-        if !older.gone.load(Ordering::Relaxed) {
-            tracing::info!(
-                host,
-                episode,
-                offset = older.offset.load(Ordering::Relaxed),
-                "a new upload replaces an idle one of the same episode"
-            );
-            table.remove(&older, &mut held).await;
-        }
-    }
-    if table.len() >= table.max {
-        return Err(ApiError::new(
-            ErrorCode::Busy,
-            format!(
-                "the receiver holds {} partial uploads (limits.max_partial_uploads); retry shortly",
-                table.max
-            ),
-        ));
-    }
-    let token = new_token()?;
     let now = unix_now();
-    let record = Record {
+    let mut record = Record {
         host_id: host.to_owned(),
         episode_id: episode.to_owned(),
-        token: token.to_string(),
+        token: String::new(),
         digest: plan.digest.header_value(),
         commit: plan.commit.to_string(),
         length: plan.length.unwrap_or(0),
@@ -292,6 +269,64 @@ async fn create_inner(
         created_at: now,
         last_append_at: now,
     };
+    let limit = UploadLimit {
+        max_size: state.limits.max_bytes,
+        expires_s: table.expiry_s,
+    };
+    // A new POST for an episode means its client lost the older upload's
+    // location (a host runs one shipper): the same archive resumes where the
+    // receiver holds it (CONTRACT §9: never from byte 0 while it holds the
+    // bytes); another one replaces an idle older upload, and one still
+    // receiving an append is this episode being busy.
+    let (replaced, reservation) = match table.claim(&record) {
+        Ok(Claim::Resume(same)) => {
+            let offset = same.offset.load(Ordering::Relaxed);
+            tracing::info!(
+                host,
+                episode,
+                offset,
+                "a POST of the same archive resumes its upload"
+            );
+            return Ok(Answer::Created {
+                location: upload::location(
+                    host,
+                    episode,
+                    &Token::parse(&same.token).ok_or_else(|| ApiError::internal("upload token"))?,
+                ),
+                offset,
+                limit,
+            });
+        }
+        Ok(Claim::New {
+            replaced,
+            reservation,
+        }) => (replaced, reservation),
+        Err(Refusal::EpisodeBusy) => {
+            return Err(episode_busy(&format!(
+                "another upload of episode {host}/{episode} is receiving an append or being created"
+            )));
+        }
+        Err(Refusal::Full) => {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "the receiver holds {} partial uploads (limits.max_partial_uploads); retry shortly",
+                    table.max
+                ),
+            ));
+        }
+    };
+    for (older, mut held) in replaced {
+        tracing::info!(
+            host,
+            episode,
+            offset = older.offset.load(Ordering::Relaxed),
+            "a new upload replaces an idle one of the same episode"
+        );
+        table.remove(&older, &mut held).await;
+    }
+    let token = new_token()?;
+    record.token = token.to_string();
     let (spool, staged) = (table.spool.clone(), record.clone());
     let created = tokio::task::spawn_blocking(move || {
         let made = spool.create(&staged);
@@ -304,13 +339,11 @@ async fn create_inner(
     .map_err(std::io::Error::other)
     .and_then(|r| r);
     created.map_err(|e| storage_io_error(state, "create a partial upload", e))?;
-    table.insert(record);
+    table.insert(record, reservation);
     Ok(Answer::Created {
         location: upload::location(host, episode, &token),
-        limit: UploadLimit {
-            max_size: state.limits.max_bytes,
-            expires_s: table.expiry_s,
-        },
+        offset: 0,
+        limit,
     })
 }
 

@@ -8,7 +8,7 @@
 use super::session::Session;
 use super::spool::{Record, Removed, Spool, unix_now};
 use prometheus_client::metrics::gauge::Gauge;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,10 @@ pub(crate) struct Slot {
     pub(crate) episode_id: String,
     pub(crate) token: String,
     pub(crate) length: u64,
+    /// `Content-Digest` and commit of the archive (a `POST` of the same
+    /// archive resumes this upload).
+    pub(crate) digest: String,
+    pub(crate) commit: String,
     /// The durable offset (mirrors the record, for `HEAD` without the lock).
     pub(crate) offset: AtomicU64,
     pub(crate) last_append_at: AtomicU64,
@@ -55,6 +59,8 @@ impl Slot {
             episode_id: record.episode_id.clone(),
             token: record.token.clone(),
             length: record.length,
+            digest: record.digest.clone(),
+            commit: record.commit.clone(),
             offset: AtomicU64::new(record.offset),
             last_append_at: AtomicU64::new(record.last_append_at),
             gone: AtomicBool::new(false),
@@ -87,7 +93,11 @@ pub(crate) struct Table {
     pub(crate) expiry_s: u64,
     /// `limits.max_partial_uploads`.
     pub(crate) max: usize,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// How many idle validator sessions are kept (`limits.max_concurrent_uploads`):
+    /// each holds a blocking thread, a zstd window (up to 16 MiB) and its
+    /// buffers, so one per upload held would escape every bound.
+    keep_sessions: usize,
+    inner: Mutex<Inner>,
     gauge: Gauge,
     /// Turned true when shutdown starts: appends in progress checkpoint and
     /// answer 503 `shutting_down` at once rather than hold the drain.
@@ -100,6 +110,7 @@ impl Table {
         spool: Spool,
         expiry_s: u64,
         max: usize,
+        keep_sessions: usize,
         gauge: Gauge,
     ) -> std::io::Result<Self> {
         let (live, removed) = spool.load(expiry_s)?;
@@ -131,14 +142,18 @@ impl Table {
             spool,
             expiry_s,
             max,
-            slots: Mutex::new(slots),
+            keep_sessions,
+            inner: Mutex::new(Inner {
+                slots,
+                reserved: HashSet::new(),
+            }),
             gauge,
             stopping: watch::Sender::new(false),
         })
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shutdown starts: every append in progress stops at once.
@@ -150,29 +165,62 @@ impl Table {
         self.stopping.subscribe()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.slots().len()
-    }
-
     pub(crate) fn get(&self, token: &str) -> Option<Arc<Slot>> {
-        self.slots().get(token).cloned()
+        self.inner().slots.get(token).cloned()
     }
 
-    /// The uploads of one episode (a new `POST` replaces idle ones).
-    pub(crate) fn of_episode(&self, host: &str, episode: &str) -> Vec<Arc<Slot>> {
-        self.slots()
+    /// What a `POST` of `archive` for an episode does, decided at once
+    /// under the table's lock (two `POST`s racing cannot both create, nor
+    /// exceed `limits.max_partial_uploads`): resume the live upload of the
+    /// same archive, or reserve a new one replacing the idle older ones.
+    pub(crate) fn claim(&self, archive: &Record) -> Result<Claim<'_>, Refusal> {
+        let (host, episode) = (&archive.host_id, &archive.episode_id);
+        let mut inner = self.inner();
+        let key = (host.clone(), episode.clone());
+        if inner.reserved.contains(&key) {
+            return Err(Refusal::EpisodeBusy);
+        }
+        let older: Vec<Arc<Slot>> = inner
+            .slots
             .values()
-            .filter(|s| s.host_id == host && s.episode_id == episode)
+            .filter(|s| &s.host_id == host && &s.episode_id == episode)
+            .filter(|s| !s.gone.load(Ordering::Relaxed))
             .cloned()
-            .collect()
+            .collect();
+        if let Some(same) = older.iter().find(|s| {
+            s.digest == archive.digest
+                && s.commit == archive.commit
+                && s.length == archive.length
+                && !s.expired(self.expiry_s)
+        }) {
+            return Ok(Claim::Resume(same.clone()));
+        }
+        let mut replaced = Vec::new();
+        for slot in older {
+            match slot.state.clone().try_lock_owned() {
+                Ok(held) => replaced.push((slot, held)),
+                Err(_) => return Err(Refusal::EpisodeBusy),
+            }
+        }
+        if inner.slots.len() - replaced.len() + inner.reserved.len() >= self.max {
+            return Err(Refusal::Full);
+        }
+        inner.reserved.insert(key.clone());
+        Ok(Claim::New {
+            replaced,
+            reservation: Reservation { table: self, key },
+        })
     }
 
-    /// Registers an upload whose spool entry exists.
-    pub(crate) fn insert(&self, record: Record) -> Arc<Slot> {
+    /// Registers an upload whose spool entry exists, ending its reservation.
+    pub(crate) fn insert(&self, record: Record, reservation: Reservation<'_>) -> Arc<Slot> {
         let slot = Arc::new(Slot::new(record));
-        let mut slots = self.slots();
-        slots.insert(slot.token.clone(), slot.clone());
-        self.gauge.set(slots.len() as i64);
+        {
+            let mut inner = self.inner();
+            inner.slots.insert(slot.token.clone(), slot.clone());
+            self.gauge.set(inner.slots.len() as i64);
+        }
+        drop(reservation);
         slot
     }
 
@@ -184,9 +232,9 @@ impl Table {
             session.close().await;
         }
         {
-            let mut slots = self.slots();
-            slots.remove(&slot.token);
-            self.gauge.set(slots.len() as i64);
+            let mut inner = self.inner();
+            inner.slots.remove(&slot.token);
+            self.gauge.set(inner.slots.len() as i64);
         }
         let (spool, host, token) = (self.spool.clone(), slot.host_id.clone(), slot.token.clone());
         let removed = tokio::task::spawn_blocking(move || spool.remove(&host, &token)).await;
@@ -198,7 +246,7 @@ impl Table {
     /// The periodic sweep: expired uploads removed, idle sessions dropped.
     /// Uploads busy with an append are left for the next sweep.
     pub(crate) async fn sweep(&self) {
-        let all: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        let all: Vec<Arc<Slot>> = self.inner().slots.values().cloned().collect();
         for slot in all {
             let Ok(mut state) = slot.state.clone().try_lock_owned() else {
                 continue;
@@ -220,10 +268,73 @@ impl Table {
         }
     }
 
+    /// Keeps at most `keep_sessions` idle validator sessions, dropping the
+    /// least recently used beyond them (a dropped one is rebuilt from the
+    /// spooled prefix if its upload continues). Runs after every append, so
+    /// idle sessions never outnumber it by more than the appends running.
+    pub(crate) async fn trim_sessions(&self) {
+        let all: Vec<Arc<Slot>> = self.inner().slots.values().cloned().collect();
+        let mut idle: Vec<OwnedMutexGuard<SlotState>> = all
+            .iter()
+            .filter_map(|slot| slot.state.clone().try_lock_owned().ok())
+            .filter(|state| state.session.is_some())
+            .collect();
+        if idle.len() <= self.keep_sessions {
+            return;
+        }
+        idle.sort_by_key(|state| std::cmp::Reverse(state.idle_since));
+        for mut state in idle.drain(..).skip(self.keep_sessions) {
+            if let Some(session) = state.session.take() {
+                session.close().await;
+            }
+        }
+    }
+
     /// How often [`Table::sweep`] runs: a quarter of the expiry, between 1 s
     /// and a minute.
     pub(crate) fn sweep_every(&self) -> Duration {
         Duration::from_secs((self.expiry_s / 4).clamp(1, 60))
+    }
+}
+
+/// The slots, and the `(host, episode)` of each `POST` creating an upload.
+#[derive(Debug)]
+struct Inner {
+    slots: HashMap<String, Arc<Slot>>,
+    reserved: HashSet<(String, String)>,
+}
+
+/// What [`Table::claim`] decided.
+#[derive(Debug)]
+pub(crate) enum Claim<'a> {
+    /// The live upload of the same archive: answer with its location.
+    Resume(Arc<Slot>),
+    /// Create one; the idle older uploads of the episode (locked) go first.
+    New {
+        replaced: Vec<(Arc<Slot>, OwnedMutexGuard<SlotState>)>,
+        reservation: Reservation<'a>,
+    },
+}
+
+/// Why [`Table::claim`] refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// An append to another upload of the episode, or another `POST` of it.
+    EpisodeBusy,
+    /// `limits.max_partial_uploads` are held or being created.
+    Full,
+}
+
+/// A place taken for an upload being created; dropped unused, it frees it.
+#[derive(Debug)]
+pub(crate) struct Reservation<'a> {
+    table: &'a Table,
+    key: (String, String),
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.table.inner().reserved.remove(&self.key);
     }
 }
 

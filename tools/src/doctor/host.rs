@@ -1,18 +1,14 @@
 //! The host checks: the unit's state (when a systemd manager runs), the
 //! shipper's config (its own loader), the client certificate's expiry, a
-//! ping of the receiver (the shipper's own), free space on `data_dir`, the
-//! queue's directories and `state/status.json`.
+//! ping of the receiver (the shipper's own) and free space on `data_dir`;
+//! then, with the config loaded, the queue's directories (`queue.rs`).
 
-use super::{Finding, Fix, Level, Options, UNIT, age};
+use super::{Finding, Fix, Level, Options, Rank, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};
 use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// Episodes waiting longer than this are a backlog worth a warning.
-pub(super) const BACKLOG_AGE: Duration = Duration::from_secs(3600);
-/// A directory without `meta.json` idle this long was probably abandoned.
-const UNFINISHED_AGE: Duration = Duration::from_secs(86_400);
 /// Client certificates expiring sooner than this are a warning.
 const CERT_WARN: Duration = Duration::from_secs(14 * 86_400);
 
@@ -39,7 +35,11 @@ pub fn service() -> Option<Service> {
         ])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Some(verdict(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The unit's state, from `systemctl show`'s `Key=value` lines.
+fn verdict(text: &str) -> Service {
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
@@ -62,7 +62,7 @@ pub fn service() -> Option<Service> {
                 "restarts": restarts, "enabled": enabled}),
         ),
     };
-    Some(match (load.as_str(), active.as_str()) {
+    match (load.as_str(), active.as_str()) {
         ("not-found", _) => s(
             Some(false),
             Level::Fail,
@@ -70,28 +70,28 @@ pub fn service() -> Option<Service> {
             Some(Fix::restart(
                 "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
             )),
-            3,
+            Rank::ServiceMissing,
         ),
         (_, "active") if enabled != "enabled" && enabled != "static" => s(
             Some(true),
             Level::Warn,
             format!("{UNIT} {state} but {enabled}: it will not start after a reboot"),
             Some(Fix::safe(format!("sudo systemctl enable {UNIT}"))),
-            54,
+            Rank::NotEnabled,
         ),
         (_, "active") => s(
             Some(true),
             Level::Ok,
             format!("{UNIT} {state}, {restarts} restart(s), {enabled}"),
             None,
-            200,
+            Rank::Ok,
         ),
         (_, "failed") => s(
             Some(false),
             Level::Fail,
             format!("{UNIT} has failed (result: {result}); see the journal findings for why"),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            6,
+            Rank::ServiceFailed,
         ),
         (_, "activating") if sub == "auto-restart" => s(
             Some(false),
@@ -100,23 +100,23 @@ pub fn service() -> Option<Service> {
                 "{UNIT} keeps failing and restarting ({restarts} restart(s), result: {result})"
             ),
             Some(Fix::safe(format!("journalctl -u {UNIT} -n 30 --no-pager"))),
-            7,
+            Rank::RestartLoop,
         ),
         (_, "activating" | "reloading" | "deactivating") => s(
             Some(true),
             Level::Warn,
             format!("{UNIT} is {state}"),
             None,
-            70,
+            Rank::Transitioning,
         ),
         _ => s(
             Some(false),
             Level::Fail,
             format!("{UNIT} is not running ({state}, {enabled})"),
             Some(Fix::safe(format!("sudo systemctl enable --now {UNIT}"))),
-            8,
+            Rank::ServiceStopped,
         ),
-    })
+    }
 }
 
 /// Every check that needs the config (loaded once by the caller).
@@ -141,7 +141,7 @@ pub async fn check(
                 "config",
                 format!("invalid configuration: {e}"),
                 Some(fix),
-                4,
+                Rank::ConfigInvalid,
             )];
         }
     };
@@ -161,7 +161,7 @@ pub async fn check(
         out.push(ping(config).await);
     }
     out.extend(disk(config));
-    out.extend(queue(config, opts.now, running));
+    out.extend(super::queue::check(config, opts.now, running));
     out
 }
 
@@ -184,7 +184,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
                     cert.display(),
                     cert.display()
                 ))),
-                14,
+                Rank::CertUnreadable,
             )];
         }
     };
@@ -201,7 +201,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
             "certificate",
             format!("{} is not a PEM certificate", cert.display()),
             None,
-            14,
+            Rank::CertUnreadable,
         )];
     };
     let now_s = now
@@ -228,7 +228,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
             "certificate",
             format!("client certificate {} expired at {until}", cert.display()),
             Some(renew.clone()),
-            13,
+            Rank::CertExpired,
         )
     } else if (left as u64) < CERT_WARN.as_secs() {
         Finding::new(
@@ -240,7 +240,7 @@ fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
                 age(Duration::from_secs(left as u64))
             ),
             Some(renew),
-            55,
+            Rank::CertExpiring,
         )
     } else {
         Finding::ok(
@@ -259,7 +259,7 @@ async fn ping(config: &Config) -> Finding {
                 "receiver",
                 format!("cannot set up the client: {e}"),
                 Some(Fix::safe(format!("sudoedit {}", config.file.display()))),
-                4,
+                Rank::ClientSetup,
             );
         }
     };
@@ -273,12 +273,20 @@ async fn ping(config: &Config) -> Finding {
         PingVerdict::Ok { .. } => Finding::ok("receiver", line),
         PingVerdict::HostMismatch { .. }
         | PingVerdict::Refused { .. }
-        | PingVerdict::TlsRefused { .. } => {
-            Finding::new(Level::Fail, "receiver", line, Some(recheck), 16)
-        }
-        PingVerdict::Unreachable { .. } => {
-            Finding::new(Level::Fail, "receiver", line, Some(recheck), 17)
-        }
+        | PingVerdict::TlsRefused { .. } => Finding::new(
+            Level::Fail,
+            "receiver",
+            line,
+            Some(recheck),
+            Rank::PingRefused,
+        ),
+        PingVerdict::Unreachable { .. } => Finding::new(
+            Level::Fail,
+            "receiver",
+            line,
+            Some(recheck),
+            Rank::PingFailed,
+        ),
         PingVerdict::Unexpected { .. } => Finding::new(
             Level::Fail,
             "receiver",
@@ -287,7 +295,7 @@ async fn ping(config: &Config) -> Finding {
                 "sudoedit {}   # receiver.url",
                 config.file.display()
             ))),
-            17,
+            Rank::PingFailed,
         ),
     }
 }
@@ -304,7 +312,7 @@ fn disk(config: &Config) -> Vec<Finding> {
                 Some(Fix::restart(
                     "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
                 )),
-                9,
+                Rank::DataDirMissing,
             )];
         }
     };
@@ -317,203 +325,88 @@ fn disk(config: &Config) -> Vec<Finding> {
         dir.join("shipped").display()
     )));
     vec![if pct < 2.0 {
-        Finding::new(Level::Fail, "disk", finding, fix, 11)
+        Finding::new(Level::Fail, "disk", finding, fix, Rank::DiskFull)
     } else if pct < 10.0 {
-        Finding::new(Level::Warn, "disk", finding, fix, 52)
+        Finding::new(Level::Warn, "disk", finding, fix, Rank::DiskLow)
     } else {
         Finding::ok("disk", finding)
     }]
 }
 
-/// Age of `path`'s mtime.
-fn age_of(path: &Path, now: SystemTime) -> Option<Duration> {
-    let t = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(now.duration_since(t).unwrap_or_default())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The newest mtime in a tree (shallow enough for doctor: the top two levels).
-fn newest(dir: &Path) -> Option<SystemTime> {
-    let mut newest = std::fs::metadata(dir).ok()?.modified().ok()?;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(t);
-        }
+    fn show(load: &str, active: &str, sub: &str, enabled: &str) -> Service {
+        verdict(&format!(
+            "LoadState={load}\nActiveState={active}\nSubState={sub}\nResult=exit-code\nNRestarts=2\nUnitFileState={enabled}\n"
+        ))
     }
-    Some(newest)
-}
 
-fn queue(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding> {
-    let data = &config.data_dir;
-    let mut out = Vec::new();
-
-    // Backlog and unfinished directories.
-    let mut ready = Vec::new();
-    let mut unfinished = Vec::new();
-    for e in std::fs::read_dir(data.join("episodes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let path = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !path.is_dir() || labship_protocol::Id::parse(&name).is_err() {
-            continue;
-        }
-        let meta = path.join(labship_protocol::stamp::META_FILE);
-        if meta.is_file() {
-            ready.push((name, age_of(&meta, now).unwrap_or_default()));
-        } else {
-            let idle = newest(&path).map_or(Duration::ZERO, |t| {
-                now.duration_since(t).unwrap_or_default()
-            });
-            if idle >= UNFINISHED_AGE {
-                unfinished.push((name, idle));
-            }
-        }
-    }
-    let oldest = ready.iter().map(|(_, a)| *a).max();
-    out.push(
-        match oldest {
-            Some(a) if a >= BACKLOG_AGE => Finding::new(
+    /// `systemctl show`'s states, as each becomes a row.
+    #[test]
+    fn each_unit_state_reads_as_its_row() {
+        let cases = [
+            (
+                show("not-found", "inactive", "dead", ""),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceMissing,
+            ),
+            (
+                show("loaded", "active", "running", "disabled"),
+                Some(true),
                 Level::Warn,
-                "backlog",
-                format!(
-                    "{} episode(s) waiting, the oldest for {}",
-                    ready.len(),
-                    age(a)
-                ),
-                None,
-                45,
+                Rank::NotEnabled,
             ),
-            Some(a) => Finding::ok(
-                "backlog",
-                format!(
-                    "{} episode(s) waiting, the oldest for {}",
-                    ready.len(),
-                    age(a)
-                ),
+            (
+                show("loaded", "active", "running", "enabled"),
+                Some(true),
+                Level::Ok,
+                Rank::Ok,
             ),
-            None => Finding::ok("backlog", "no episode waiting"),
-        }
-        .with_details(
-            serde_json::json!({"waiting": ready.len(), "oldest_s": oldest.map(|a| a.as_secs())}),
-        ),
-    );
-    if !unfinished.is_empty() {
-        unfinished.sort();
-        let names: Vec<&str> = unfinished.iter().take(5).map(|(n, _)| n.as_str()).collect();
-        out.push(Finding::new(
-            Level::Warn,
-            "unfinished",
-            format!(
-                "{} director(ies) in episodes/ without meta.json, idle for over a day: {}{} (never shipped until the producer writes meta.json)",
-                unfinished.len(),
-                names.join(", "),
-                if unfinished.len() > names.len() { ", …" } else { "" }
+            (
+                show("loaded", "active", "running", "static"),
+                Some(true),
+                Level::Ok,
+                Rank::Ok,
             ),
-            None,
-            65,
-        ));
-    }
-
-    // Outbox leftovers: archives waiting long, temp files a crash left.
-    let mut archives = 0;
-    let mut stale = Vec::new();
-    for e in std::fs::read_dir(data.join("outbox"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let a = age_of(&e.path(), now).unwrap_or_default();
-        if name.ends_with(".tar.zst") && !name.starts_with('.') {
-            archives += 1;
-        }
-        if a >= BACKLOG_AGE {
-            stale.push(name);
-        }
-    }
-    out.push(if stale.is_empty() {
-        Finding::ok("outbox", format!("{archives} archive(s) in flight"))
-    } else {
-        Finding::new(
-            Level::Warn,
-            "outbox",
-            format!(
-                "{} file(s) in outbox/ older than {}: {} (a restart clears crash leftovers; archives wait for the receiver)",
-                stale.len(),
-                age(BACKLOG_AGE),
-                stale.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+            (
+                show("loaded", "failed", "failed", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceFailed,
             ),
-            Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            58,
-        )
-    });
-
-    // Quarantine by reason; recent ones are news.
-    let mut by_reason = std::collections::BTreeMap::<String, usize>::new();
-    let mut recent = 0;
-    let mut total = 0;
-    let mut fix: Option<(Duration, String)> = None;
-    for e in std::fs::read_dir(data.join("quarantine"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        total += 1;
-        let reason: Option<serde_json::Value> =
-            std::fs::read(e.path().join(labship_shipper::disk::REASON_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-        let code = reason
-            .as_ref()
-            .and_then(|r| r["reason"].as_str())
-            .unwrap_or("no reason file")
-            .to_owned();
-        *by_reason.entry(code).or_default() += 1;
-        let a = age_of(&e.path(), now);
-        if a.is_some_and(|a| a < UNFINISHED_AGE) {
-            recent += 1;
-            // The newest recent remediation (a shell command, or null).
-            let remediation = reason
-                .as_ref()
-                .and_then(|r| r["remediation"].as_str())
-                .map(str::to_owned);
-            if let (Some(r), Some(a)) = (remediation, a)
-                && fix.as_ref().is_none_or(|(age, _)| a < *age)
-            {
-                fix = Some((a, r));
-            }
-        }
-    }
-    let counts = by_reason
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    out.push(
-        if recent > 0 {
-            Finding::new(
+            (
+                show("loaded", "activating", "auto-restart", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::RestartLoop,
+            ),
+            (
+                show("loaded", "reloading", "running", "enabled"),
+                Some(true),
                 Level::Warn,
-                "quarantine",
-                format!("{total} quarantined ({counts}), {recent} in the last day"),
-                // The receiver's words, kept in the reason file.
-                fix.map(|(_, r)| Fix::foreign(r)),
-                56,
-            )
-        } else if total > 0 {
-            Finding::ok(
-                "quarantine",
-                format!("{total} quarantined ({counts}), none in the last day"),
-            )
-        } else {
-            Finding::ok("quarantine", "empty")
+                Rank::Transitioning,
+            ),
+            (
+                show("loaded", "inactive", "dead", "enabled"),
+                Some(false),
+                Level::Fail,
+                Rank::ServiceStopped,
+            ),
+        ];
+        for (s, running, level, rank) in cases {
+            assert_eq!(
+                (s.running, s.finding.level, s.finding.rank),
+                (running, level, rank),
+                "{:?}",
+                s.finding
+            );
         }
-        .with_details(
-            serde_json::json!({"total": total, "recent": recent, "by_reason": by_reason}),
-        ),
-    );
-
-    out.push(super::status::check(config, now, running, ready.len()));
-    out
+        let failed = show("loaded", "failed", "failed", "enabled").finding;
+        assert!(failed.finding.contains("result: exit-code"), "{failed:?}");
+        assert!(failed.disruptive, "a restart: {failed:?}");
+        assert_eq!(failed.details["restarts"], "2");
+    }
 }

@@ -3,15 +3,16 @@
 //!
 //! Every check produces [`Finding`]s (`OK`, `WARN`, `FAIL`, a check name, what
 //! was found, the fix when one exists). The headline is the worst finding
-//! (level first, then [`Finding::rank`]: 412 outranks 400, and so on), so an
-//! agent acts on the first line alone. Checks never crash the report: a
+//! (level first, then [`Rank`], which declares the order once: 412 outranks
+//! 400, and so on), so an agent acts on the first line alone. Checks never crash the report: a
 //! journal it may not read, a missing config or a receiver that does not
 //! answer are findings like any other.
 //!
 //! - [`journal`]: the shipper's own structured events and systemd's messages
 //!   about the unit, over `--since`;
-//! - [`host`]: service state, config, certificate, receiver ping, disk, the
-//!   queue's directories and `state/status.json`;
+//! - [`host`]: service state, config, certificate, receiver ping, disk;
+//! - `queue`: the backlog in `episodes/`, unfinished directories, `outbox/`,
+//!   `quarantine/`;
 //! - [`status`]: `state/status.json`: uploads moving, passes completing;
 //! - [`unsettled`]: finished episodes that can never settle (unreadable,
 //!   dated in the future), one row each;
@@ -25,9 +26,13 @@
 
 pub mod host;
 pub mod journal;
+mod queue;
+mod rank;
 pub mod render;
 pub mod status;
 pub mod unsettled;
+
+pub use rank::Rank;
 
 use serde::Serialize;
 use std::path::PathBuf;
@@ -78,9 +83,9 @@ pub struct Finding {
     /// files: an agent applies it only when nothing is moving. False when
     /// there is no fix.
     pub disruptive: bool,
-    /// Among findings of one level, lower ranks head the report.
+    /// Among findings of one level, the first [`Rank`] heads the report.
     #[serde(skip)]
-    pub rank: u8,
+    pub rank: Rank,
     /// Machine-readable details for agents (`--json`).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
@@ -132,7 +137,7 @@ impl Fix {
 
 impl Finding {
     pub fn ok(check: &'static str, finding: impl Into<String>) -> Self {
-        Self::new(Level::Ok, check, finding, None, 200)
+        Self::new(Level::Ok, check, finding, None, Rank::Ok)
     }
 
     pub fn new(
@@ -140,7 +145,7 @@ impl Finding {
         check: &'static str,
         finding: impl Into<String>,
         fix: Option<Fix>,
-        rank: u8,
+        rank: Rank,
     ) -> Self {
         Self {
             level,
@@ -291,20 +296,20 @@ mod tests {
     fn the_worst_finding_heads_and_sets_the_exit_code() {
         let r = Report::new(vec![
             Finding::ok("config", "fine"),
-            Finding::new(Level::Warn, "disk", "9% free", None, 50),
+            Finding::new(Level::Warn, "disk", "9% free", None, Rank::DiskLow),
             Finding::new(
                 Level::Fail,
                 "journal",
                 "2 unstamped",
                 Some(Fix::safe("b")),
-                20,
+                Rank::Unstamped,
             ),
             Finding::new(
                 Level::Fail,
                 "journal",
                 "3 out-of-window (412)",
                 Some(Fix::foreign("a")),
-                10,
+                Rank::OutOfWindow,
             ),
         ]);
         assert_eq!(r.headline, "FAIL 3 out-of-window (412) — fix: a");
@@ -319,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_fix_is_disruptive_when_its_check_says_so() {
-        let f = |fix| Finding::new(Level::Fail, "x", "y", Some(fix), 1);
+        let f = |fix| Finding::new(Level::Fail, "x", "y", Some(fix), Rank::Stalled);
         assert!(f(Fix::restart("sudo systemctl stop u")).disruptive);
         assert!(f(Fix::deletes("sudo find /d -delete")).disruptive);
         // The receiver's words: doctor cannot tell what they do.
@@ -341,7 +346,7 @@ mod tests {
                 "outbox",
                 "old",
                 Some(Fix::restart("sudo systemctl restart u")),
-                1,
+                Rank::Stalled,
             )
         };
         let status = |moving: bool| {
@@ -358,6 +363,113 @@ mod tests {
                 .finding
                 .contains("held back while an upload is moving")
         );
+    }
+
+    /// Every row doctor can write, in the order its checks run (service,
+    /// journal, host, unsettled), with its level and rank: the report puts
+    /// them in this order. Pinned with the bare numbers that were the ranks
+    /// before [`Rank`] (3 to 90, OK 200): the same order.
+    #[test]
+    fn the_headline_order_is_pinned() {
+        use Level::{Fail, Warn};
+        let rows: Vec<(Level, &'static str, Rank)> = vec![
+            (Fail, "service not installed", Rank::ServiceMissing),
+            (Warn, "service active, not enabled", Rank::NotEnabled),
+            (Fail, "service failed", Rank::ServiceFailed),
+            (Fail, "service restart loop", Rank::RestartLoop),
+            (Warn, "service activating", Rank::Transitioning),
+            (Fail, "service stopped", Rank::ServiceStopped),
+            (Fail, "journal start failures", Rank::StartFailed),
+            (Fail, "journal out of window", Rank::OutOfWindow),
+            (Fail, "journal watchdog", Rank::Watchdog),
+            (Fail, "journal auth", Rank::AuthRefused),
+            (Fail, "journal local io", Rank::LocalIo),
+            (Fail, "journal unstamped", Rank::Unstamped),
+            (Fail, "journal rejected", Rank::Rejected),
+            (Fail, "journal conflict", Rank::Conflict),
+            (Fail, "journal too large", Rank::TooLarge),
+            (Fail, "journal archive failed", Rank::ArchiveFailed),
+            (Warn, "journal unreachable", Rank::Unreachable),
+            (Warn, "journal store full", Rank::StoreFull),
+            (Warn, "journal reload failed", Rank::ReloadFailed),
+            (Warn, "journal restarts", Rank::Restarts),
+            (Warn, "journal no lines", Rank::JournalSilent),
+            (Warn, "journal denied", Rank::JournalDenied),
+            (Warn, "journal unreadable", Rank::JournalUnreadable),
+            (Warn, "no journalctl", Rank::NoJournalctl),
+            (Fail, "config invalid", Rank::ConfigInvalid),
+            (Fail, "cert unreadable", Rank::CertUnreadable),
+            (Fail, "cert expired", Rank::CertExpired),
+            (Warn, "cert expires soon", Rank::CertExpiring),
+            (Fail, "client setup", Rank::ClientSetup),
+            (Fail, "ping refused", Rank::PingRefused),
+            (Fail, "ping unreachable", Rank::PingFailed),
+            (Fail, "disk unstatable", Rank::DataDirMissing),
+            (Fail, "disk full", Rank::DiskFull),
+            (Warn, "disk low", Rank::DiskLow),
+            (Warn, "backlog", Rank::Backlog),
+            (Warn, "unfinished", Rank::Unfinished),
+            (Warn, "outbox stale", Rank::OutboxStale),
+            (Warn, "quarantine recent", Rank::QuarantineRecent),
+            (Warn, "status missing", Rank::StatusMissing),
+            (Fail, "status hung", Rank::Stalled),
+            (Warn, "status no success", Rank::NoRecentShip),
+            (Warn, "unsettled", Rank::Unsettled),
+        ];
+        let findings = rows
+            .iter()
+            .map(|&(level, label, rank)| Finding::new(level, "x", label, None, rank))
+            .collect();
+        let order: Vec<String> = Report::new(findings)
+            .findings
+            .into_iter()
+            .map(|f| f.finding)
+            .collect();
+        let want = [
+            "service not installed",
+            "config invalid",
+            "client setup",
+            "journal start failures",
+            "service failed",
+            "service restart loop",
+            "service stopped",
+            "disk unstatable",
+            "status hung",
+            "journal out of window",
+            "disk full",
+            "journal watchdog",
+            "cert expired",
+            "cert unreadable",
+            "journal auth",
+            "ping refused",
+            "ping unreachable",
+            "journal local io",
+            "journal unstamped",
+            "journal rejected",
+            "journal conflict",
+            "journal too large",
+            "journal archive failed",
+            "journal unreachable",
+            "journal store full",
+            "journal reload failed",
+            "unsettled",
+            "status no success",
+            "journal denied",
+            "backlog",
+            "journal unreadable",
+            "journal no lines",
+            "disk low",
+            "service active, not enabled",
+            "cert expires soon",
+            "quarantine recent",
+            "status missing",
+            "outbox stale",
+            "journal restarts",
+            "unfinished",
+            "service activating",
+            "no journalctl",
+        ];
+        assert_eq!(order, want);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn json(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Finding, Fix, Level, Report};
+    use super::super::{Finding, Fix, Level, Rank, Report};
     use super::*;
 
     #[test]
@@ -49,7 +49,7 @@ mod tests {
                 "disk",
                 "9% free",
                 Some(Fix::deletes("prune")),
-                50,
+                Rank::DiskLow,
             ),
         ]);
         assert_eq!(

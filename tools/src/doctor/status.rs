@@ -10,7 +10,7 @@
 //!   `receiver.stall_timeout_s` while a body is going out, plus
 //!   `upload::ANSWER_GRACE` when every listed upload has sent its body and
 //!   awaits the answer (and when none is listed: a pass packing or asking
-//!   HEAD), plus [`REWRITE_EVERY`] and [`SLACK`];
+//!   HEAD), plus [`REWRITE_EVERY`] and `SLACK`;
 //! - uploads listed and alive: an OK row says what, how far, how fast and
 //!   the ETA, however long ago the last pass ended, and `moving` in its
 //!   details makes [`super::run`] withhold every disruptive fix;
@@ -23,8 +23,8 @@
 //! window after which a pass is overdue (default: three scan intervals, at
 //! least 5 minutes).
 
-use super::host::BACKLOG_AGE;
-use super::{Finding, Fix, Level, UNIT, age};
+use super::queue::BACKLOG_AGE;
+use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
 use labship_shipper::progress::REWRITE_EVERY;
@@ -59,18 +59,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
     let awaiting = uploading
         .iter()
         .all(|u| u["phase"].as_str() == Some("awaiting_answer"));
-    // What the shipper allows before it gives up (upload.rs): a body moving
-    // no byte for stall_timeout_s; an answer not come stall_timeout_s +
-    // ANSWER_GRACE after the body ended. A pass without uploads (packing,
-    // HEAD) is held to the longer one.
-    let window = config.stall_timeout
-        + if awaiting {
-            ANSWER_GRACE
-        } else {
-            Duration::ZERO
-        }
-        + REWRITE_EVERY
-        + SLACK;
+    let window = alive_window(config, awaiting);
     // The work loop's last sign of life (files from before `alive_at`:
     // the last rewrite).
     let beat = at("alive_at").or(updated);
@@ -93,23 +82,11 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         let finding = if fresh {
             moving(&uploading, cap, &mut details)
         } else {
-            let idle = beat.or(pass).unwrap_or_default();
-            Finding::new(
-                Level::Fail,
-                "status",
-                format!(
-                    "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
-                    names(&uploading),
-                    age(idle),
-                    if awaiting {
-                        "its whole body was sent and the answer is awaited"
-                    } else {
-                        "no byte moved"
-                    },
-                    window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
-                ),
-                Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-                9,
+            hung(
+                &uploading,
+                beat.or(pass).unwrap_or_default(),
+                awaiting,
+                window,
             )
         };
         return finding.with_details(details);
@@ -134,7 +111,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 age(config.scan_interval)
             ),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            9,
+            Rank::Stalled,
         ),
         _ if waiting > 0 && success.is_none_or(|a| a > BACKLOG_AGE) => Finding::new(
             Level::Warn,
@@ -144,7 +121,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
                 status["last_error"]["message"].as_str().unwrap_or("none")
             ),
             None,
-            44,
+            Rank::NoRecentShip,
         ),
         _ => Finding::ok(
             "status",
@@ -157,6 +134,42 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         ),
     }
     .with_details(details)
+}
+
+/// How long the work loop may go without a sign of life: what the shipper
+/// allows before it gives up (upload.rs): a body moving no byte for
+/// `stall_timeout_s`; an answer not come `stall_timeout_s` +
+/// [`ANSWER_GRACE`] after the body ended. A pass without uploads (packing,
+/// HEAD) is held to the longer one.
+fn alive_window(config: &Config, awaiting: bool) -> Duration {
+    let grace = if awaiting {
+        ANSWER_GRACE
+    } else {
+        Duration::ZERO
+    };
+    config.stall_timeout + grace + REWRITE_EVERY + SLACK
+}
+
+/// Uploads listed, no sign of life for `idle`, beyond what the shipper
+/// itself allows.
+fn hung(uploading: &[Value], idle: Duration, awaiting: bool, window: Duration) -> Finding {
+    Finding::new(
+        Level::Fail,
+        "status",
+        format!(
+            "the upload of {} has shown no sign of life for {} ({}; the shipper gives up on its own after {}s): the shipper is hung",
+            names(uploading),
+            age(idle),
+            if awaiting {
+                "its whole body was sent and the answer is awaited"
+            } else {
+                "no byte moved"
+            },
+            window.saturating_sub(REWRITE_EVERY + SLACK).as_secs()
+        ),
+        Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
+        Rank::Stalled,
+    )
 }
 
 /// The file, or the finding that says why there is none.
@@ -182,7 +195,7 @@ fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
                 path.display()
             ),
             Some(Fix::restart(format!("sudo systemctl restart {UNIT}"))),
-            57,
+            Rank::StatusMissing,
         )
     })
 }

@@ -16,7 +16,7 @@
 //! mode bits, since doctor usually runs as root, who may read everything;
 //! ACLs are not consulted. Without a `labship` user, for doctor's own user.
 
-use super::{Finding, Fix, Level, age};
+use super::{Finding, Fix, Level, Rank, age};
 use labship_protocol::Id;
 use labship_protocol::stamp::META_FILE;
 use labship_shipper::scan::FUTURE_SKEW;
@@ -26,9 +26,6 @@ use std::time::{Duration, SystemTime};
 
 /// Episodes named one per row; the rest are counted.
 pub const LISTED: usize = 10;
-/// Just ahead of the backlog (45) and "no success while episodes wait"
-/// (44): this is why they wait.
-const RANK: u8 = 43;
 /// The unit's `User=` and `SupplementaryGroups=` (etc/labship-shipper.service).
 const SHIPPER_USER: &str = "labship";
 const PRODUCERS: &str = "labship-producers";
@@ -157,7 +154,7 @@ pub fn check_as(data_dir: &Path, now: SystemTime, reader: &Reader) -> Vec<Findin
                 if more.len() > 5 { ", …" } else { "" }
             ),
             Some(Fix::safe("sudo /opt/labship/bin/doctor --json   # details of each, after fixing the ones above")),
-            RANK,
+            Rank::Unsettled,
         ).with_details(serde_json::json!({"more": more})));
     }
     out
@@ -245,7 +242,14 @@ fn finding(dir: &Path, name: &str, cause: &Cause, reader: &Reader) -> Finding {
         ),
     };
     // Permissions and mtimes change; nothing is restarted or deleted.
-    Finding::new(Level::Warn, "unsettled", text, Some(Fix::safe(fix)), RANK).with_details(details)
+    Finding::new(
+        Level::Warn,
+        "unsettled",
+        text,
+        Some(Fix::safe(fix)),
+        Rank::Unsettled,
+    )
+    .with_details(details)
 }
 
 /// A path as one shell word.

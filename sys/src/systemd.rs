@@ -1,6 +1,7 @@
-//! systemd notifications; all no-ops without `NOTIFY_SOCKET`. Watchdog pings
-//! are sent by the work loop (each pass, upload progress), never by a timer of
-//! their own, so a wedged loop stops pinging and systemd restarts us.
+//! systemd notifications for both daemons' `Type=notify` units. Every call is
+//! a no-op without `NOTIFY_SOCKET`, so a binary behaves the same on a
+//! terminal. Watchdog pings come from each daemon's work loop, never from a
+//! timer of their own, so a wedged loop stops pinging and systemd restarts it.
 
 use sd_notify::NotifyState;
 use std::sync::Mutex;
@@ -22,6 +23,10 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
 /// A reload (SIGHUP) begins: systemd shows the unit `reloading` until
 /// [`reloaded`] (with `Type=notify-reload`, systemd ≥ 253, `systemctl
 /// reload` also waits for it).
@@ -33,16 +38,23 @@ pub fn reloading() {
 }
 
 /// The reload is over, whether the file loaded or not (the journal says
-/// which: `reload_failed`, read by doctor).
+/// which).
 pub fn reloaded() {
     send(&[NotifyState::Ready]);
 }
 
-pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+/// Proof of life with no rate limit (the caller paces it).
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
 }
 
-/// Rate-limits `WATCHDOG=1` to a few per watchdog interval.
+/// Half the unit's `WatchdogSec`, when the watchdog is on.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+/// Rate-limits `WATCHDOG=1` to a few per watchdog interval, for a loop that
+/// proves it is alive far more often than systemd needs to hear it.
 #[derive(Debug)]
 pub struct Watchdog {
     every: Option<Duration>,

@@ -2,11 +2,12 @@
 //! every *finished* episode without a usable code stamp into `quarantine/`
 //! with its reason file, and says what it did with every other directory.
 //!
-//! This module owns only the decision per directory and the report. Every
-//! rule comes from the shipper, so the two can never disagree: the config
-//! loader, "finished" and "settled" and the stamp rule
-//! ([`labship_shipper::scan::read_stamp`], [`labship_shipper::scan::newest_mtime`]),
-//! the reason ([`labship_shipper::state::unstamped_reason`]) and the durable,
+//! This module owns the pass ([`run`]); `plan` the decision per directory
+//! and the move, `report` how the outcomes read, `dirs` the directories a
+//! first quarantine needs. Every rule comes from the shipper, so the two
+//! can never disagree: the config loader, "finished" and "settled" and the
+//! stamp rule ([`labship_shipper::scan::read_stamp`],
+//! [`labship_shipper::scan::newest_mtime`]), the reason ([`labship_shipper::state::unstamped_reason`]) and the durable,
 //! never-overwriting move ([`labship_shipper::disk::Layout::quarantine`]).
 //!
 //! Safe beside a running shipper: it never takes the shipper's lock nor
@@ -17,17 +18,16 @@
 //! the two can never both succeed and leave a `<id>.1` duplicate.
 
 mod dirs;
+mod plan;
+mod report;
 
-use labship_protocol::stamp::META_FILE;
 use labship_protocol::{Commit, Id, IdError};
 use labship_shipper::config::{Config, ConfigError};
-use labship_shipper::disk::{Layout, REASON_FILE, ReasonFile};
-use labship_shipper::scan::{newest_mtime, read_stamp};
-use labship_shipper::state::{Reason, unstamped_reason};
-use std::fmt;
+use labship_shipper::disk::Layout;
+use plan::{Plan, act, judge};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// The shipper's default `settle_s` (CONTRACT §8), used with `--data-dir`.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
@@ -258,303 +258,13 @@ fn missing_dirs(layout: &Layout) -> Vec<PathBuf> {
         .collect()
 }
 
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
-/// The code and message of a reason file already in the episode, if readable.
-fn existing_reason(path: &Path) -> Option<(String, String)> {
-    let bytes = std::fs::read(path).ok()?;
-    let r: ReasonFile = serde_json::from_slice(&bytes).ok()?;
-    Some((r.reason, r.message))
-}
-
-/// A decision about one directory, before anything is changed.
-#[derive(Debug)]
-enum Plan {
-    Leave(Outcome),
-    Quarantine {
-        id: Id,
-        reason: Reason,
-        /// The reason file is already in the episode (an interrupted
-        /// quarantine): finish the move with it.
-        pending: bool,
-        code: String,
-        message: String,
-    },
-}
-
-/// Looks at one directory in `episodes/`; changes nothing.
-fn judge(t: &Target, name: &str, is_dir: bool) -> Plan {
-    let leave = Plan::Leave;
-    if !is_dir {
-        return leave(Outcome::NotADirectory);
-    }
-    let id = match Id::parse(name) {
-        Ok(id) => id,
-        Err(e) => return leave(Outcome::InvalidName(e)),
-    };
-    let layout = &t.layout;
-    let dir = layout.episodes.join(name);
-    let archive = layout.archive_path(&id);
-    if archive.exists() {
-        return leave(Outcome::Kept(Kept::ShipperHandling(archive)));
-    }
-    let reason_path = dir.join(REASON_FILE);
-    let pending = reason_path.is_file();
-    let meta = dir.join(META_FILE);
-    let unfinished = || {
-        leave(if !exists(&dir) {
-            Outcome::Gone
-        } else if pending {
-            Outcome::Kept(Kept::PendingByShipper(reason_path.clone()))
-        } else {
-            Outcome::Kept(Kept::Unfinished)
-        })
-    };
-    if !meta.is_file() {
-        return unfinished();
-    }
-    let why = match read_stamp(&meta) {
-        Ok(Ok(_)) if pending => return leave(Outcome::Kept(Kept::PendingByShipper(reason_path))),
-        Ok(Ok(commit)) => return leave(Outcome::Kept(Kept::Stamped(commit))),
-        Ok(Err(why)) => why,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return unfinished(),
-        Err(e) => {
-            return leave(Outcome::Kept(Kept::Unreadable {
-                path: meta,
-                error: e.to_string(),
-            }));
-        }
-    };
-    let reason = unstamped_reason(&why);
-    let code = reason.code.as_str();
-    // An interrupted quarantine is finished with the decision already made
-    // (its reason file); its write bumped the tree's mtime, so no settle.
-    let (code, message) = if pending {
-        existing_reason(&reason_path).unwrap_or_else(|| (code.to_owned(), reason.message.clone()))
-    } else {
-        let newest = newest_mtime(&dir);
-        let now = SystemTime::now();
-        if now < newest + t.settle {
-            return leave(Outcome::Kept(Kept::StillWritten {
-                code,
-                age: now.duration_since(newest).unwrap_or_default(),
-                settle: t.settle,
-            }));
-        }
-        (code.to_owned(), reason.message.clone())
-    };
-    Plan::Quarantine {
-        id,
-        reason,
-        pending,
-        code,
-        message,
-    }
-}
-
-/// Carries out a plan (unless `dry_run`).
-fn act(t: &Target, plan: Plan, dry_run: bool) -> Outcome {
-    let (id, reason, pending, code, message) = match plan {
-        Plan::Leave(outcome) => return outcome,
-        Plan::Quarantine {
-            id,
-            reason,
-            pending,
-            code,
-            message,
-        } => (id, reason, pending, code, message),
-    };
-    let layout = &t.layout;
-    if dry_run {
-        return Outcome::WouldQuarantine {
-            into: layout.quarantine.clone(),
-            code,
-            message,
-        };
-    }
-    let moved = if pending {
-        layout.finish_quarantine(&id)
-    } else {
-        layout.quarantine(&id, &t.host_id, &reason)
-    };
-    let dir = layout.episodes.join(id.as_str());
-    match moved {
-        Ok(dest) => Outcome::Quarantined {
-            dest,
-            code,
-            message,
-            finished: pending,
-        },
-        // Source gone: the shipper moved it between our look and our move.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !exists(&dir) => {
-            Outcome::AlreadyQuarantined
-        }
-        Err(e) => Outcome::Failed(format!(
-            "cannot move {} into {}: {e}",
-            dir.display(),
-            layout.quarantine.display(),
-        )),
-    }
-}
-
-impl fmt::Display for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = &self.name;
-        match &self.outcome {
-            Outcome::Quarantined {
-                dest,
-                code,
-                message,
-                finished,
-            } => {
-                let note = if *finished {
-                    "finished an interrupted quarantine; "
-                } else {
-                    ""
-                };
-                write!(
-                    f,
-                    "quarantined {n} -> {} ({note}{code}: {message})",
-                    dest.display()
-                )
-            }
-            Outcome::WouldQuarantine {
-                into,
-                code,
-                message,
-            } => write!(
-                f,
-                "would quarantine {n} -> {}/ ({code}: {message})",
-                into.display()
-            ),
-            Outcome::AlreadyQuarantined => write!(
-                f,
-                "already quarantined {n} (by the shipper, or another run, meanwhile)"
-            ),
-            Outcome::Gone => write!(f, "gone {n} (left episodes/ while this ran)"),
-            Outcome::Kept(k) => write!(f, "kept {n} ({k})"),
-            Outcome::InvalidName(e) => write!(
-                f,
-                "skipped {n:?} (not a valid episode id: {e}; never shipped, never touched)"
-            ),
-            Outcome::NotADirectory => {
-                write!(f, "skipped {n:?} (not a directory; never touched)")
-            }
-            Outcome::Failed(e) => write!(f, "failed {n}: {e}"),
-        }
-    }
-}
-
-impl fmt::Display for Kept {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Stamped(c) => write!(f, "stamped {c}"),
-            Self::Unfinished => write!(f, "no {META_FILE}: not finished, left alone"),
-            Self::StillWritten { code, age, settle } => write!(
-                f,
-                "still being written: changed {}s ago, settle {}s; {code} so far",
-                age.as_secs(),
-                settle.as_secs()
-            ),
-            Self::ShipperHandling(p) => {
-                write!(f, "the shipper is handling it: {} exists", p.display())
-            }
-            Self::Unreadable { path, error } => write!(
-                f,
-                "cannot read {}: {error}; not the episode's fault, left in the queue (check owner and mode)",
-                path.display()
-            ),
-            Self::PendingByShipper(p) => write!(
-                f,
-                "a quarantine decided by the shipper is pending ({} present); the shipper finishes it",
-                p.display()
-            ),
-        }
-    }
-}
-
-impl Report {
-    fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
-        self.entries.iter().filter(|e| pred(&e.outcome)).count()
-    }
-
-    /// Moves that failed (exit 1).
-    pub fn failed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Failed(_)))
-    }
-
-    /// The closing line: counts of every kind.
-    pub fn summary(&self) -> String {
-        let kept =
-            |pred: fn(&Kept) -> bool| self.count(|o| matches!(o, Outcome::Kept(k) if pred(k)));
-        let (moved, verb) = if self.dry_run {
-            (
-                self.count(|o| matches!(o, Outcome::WouldQuarantine { .. })),
-                "summary (dry run, nothing changed): would quarantine",
-            )
-        } else {
-            (
-                self.count(|o| matches!(o, Outcome::Quarantined { .. })),
-                "summary: quarantined",
-            )
-        };
-        let details: Vec<String> = [
-            (kept(|k| matches!(k, Kept::Stamped(_))), "stamped"),
-            (
-                kept(|k| matches!(k, Kept::StillWritten { .. })),
-                "still being written",
-            ),
-            (kept(|k| matches!(k, Kept::Unfinished)), "without meta.json"),
-            (
-                kept(|k| matches!(k, Kept::ShipperHandling(_) | Kept::PendingByShipper(_))),
-                "handled by the shipper",
-            ),
-            (
-                kept(|k| matches!(k, Kept::Unreadable { .. })),
-                "unreadable meta.json",
-            ),
-        ]
-        .into_iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
-        let kept_total = self.count(|o| matches!(o, Outcome::Kept(_)));
-        let kept = if details.is_empty() {
-            kept_total.to_string()
-        } else {
-            format!("{kept_total} ({})", details.join(", "))
-        };
-        let gone = match self.count(|o| matches!(o, Outcome::Gone)) {
-            0 => String::new(),
-            n => format!(", gone meanwhile {n}"),
-        };
-        let created = match (self.created.is_empty(), self.dry_run) {
-            (true, _) => String::new(),
-            (false, dry) => format!(
-                "; {} {} (mode 0750, owned like the data dir: the shipper never ran here)",
-                if dry { "would create" } else { "created" },
-                self.created
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        };
-        format!(
-            "{verb} {moved}, already quarantined meanwhile {}{gone}, kept {kept}, skipped {}, failed {}{created}",
-            self.count(|o| matches!(o, Outcome::AlreadyQuarantined)),
-            self.count(|o| matches!(o, Outcome::InvalidName(_) | Outcome::NotADirectory)),
-            self.failed()
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use labship_shipper::state::unstamped_reason;
+    use std::path::Path;
+    use std::time::SystemTime;
 
     const C: &str = "1111111111111111111111111111111111111111";
 

@@ -24,9 +24,16 @@
 //! cannot complete a multipart upload conditionally, and archives may be far
 //! larger than one PUT (5 GiB on AWS) or than memory.
 
+use super::{CommitOutcome, FsStore, Lookup, Manifest, StoreError};
+use crate::config::S3Config;
 use crate::metrics::{Metrics, StoreErrorLabels, StoreOpLabels};
-use crate::store::{CommitOutcome, FsStore, Lookup, Manifest, StoreError};
+use errors::error_kind;
+
+mod errors;
+mod upload;
+
 use bytes::Bytes;
+pub use errors::is_transient;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -108,16 +115,6 @@ const CLAIM_GRACE_ENV: &str = "LABSHIP_S3_CLAIM_GRACE_S";
 /// long wait costs less than frequent re-sends; a small one is never busy
 /// for long (its bound is about [`CLAIM_GRACE`]).
 const CLAIM_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
-
-/// The `[storage]` keys for `kind = "s3"`, validated.
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    pub prefix: String,
-    pub endpoint: Option<String>,
-    pub region: String,
-    pub allow_http: bool,
-}
 
 /// Several receivers on one bucket; see the module doc.
 #[derive(Debug, Clone)]
@@ -463,198 +460,9 @@ impl S3Store {
             .unwrap_or_default();
         bound.checked_sub(age).filter(|left| !left.is_zero())
     }
-
-    async fn upload_archive(
-        &self,
-        scratch: tempfile::NamedTempFile,
-        host: &str,
-        episode: &str,
-    ) -> Result<(), StoreError> {
-        let key = self.key(host, episode, "tar.zst");
-        let io = |op: &'static str| {
-            let path = scratch.path().to_owned();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let mut file = tokio::fs::File::from_std(scratch.reopen().map_err(io("reopen"))?);
-        let size = file.metadata().await.map_err(io("stat"))?.len();
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, "application/zstd".into());
-        if size <= SINGLE_PUT_MAX {
-            let mut buf = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut buf).await.map_err(io("read"))?;
-            let opts = PutOptions {
-                attributes,
-                ..Default::default()
-            };
-            self.timed(
-                "put_archive",
-                &key,
-                self.bulk
-                    .put_opts(&key, PutPayload::from(Bytes::from(buf)), opts),
-            )
-            .await?;
-            return Ok(());
-        }
-        let part = PART_MIN.max(size.div_ceil(PARTS_MAX)) as usize;
-        let opts = PutMultipartOptions {
-            attributes,
-            ..Default::default()
-        };
-        let upload = self
-            .timed(
-                "create_multipart",
-                &key,
-                self.bulk.put_multipart_opts(&key, opts),
-            )
-            .await?;
-        // Held until the upload is completed or aborted: shutdown waits for it.
-        let _uploading = self.uploading.clone().read_owned().await;
-        let mut stopping = self.stop.subscribe();
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut written = 0u64;
-        let sent: Result<(), StoreError> = tokio::select! {
-            sent = async {
-                loop {
-                    let n = file.read(&mut buf).await.map_err(io("read"))?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    self.timed("put_part", &key, writer.wait_for_capacity(PART_CONCURRENCY))
-                        .await?;
-                    writer.write(&buf[..n]);
-                    let before = written;
-                    written += n as u64;
-                    if before < part as u64 && written >= part as u64 {
-                        // The first part has just been handed to the store.
-                        crate::pause_point("s3:first-part-sent").await;
-                    }
-                }
-            } => sent,
-            _ = stopping.wait_for(|stop| *stop) => {
-                tracing::warn!(key = %key, "receiver stopping: aborting the multipart upload");
-                Err(StoreError::Stopping)
-            }
-        };
-        match sent {
-            // `finish` aborts the upload itself when completing fails.
-            Ok(()) => {
-                self.timed("complete_multipart", &key, writer.finish())
-                    .await?;
-                Ok(())
-            }
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(key = %key, error = %abort, "multipart upload not aborted; a lifecycle rule removes it (docs/scale-out.md)");
-                }
-                Err(e)
-            }
-        }
-    }
 }
 
 /// `Retry-After` for a claim with `left` to go before it counts as orphaned.
 fn retry_after_s(left: Duration) -> u32 {
     left.min(CLAIM_RETRY_AFTER_MAX).as_secs().max(1) as u32
-}
-
-/// A short label for an object_store error (metrics and logs).
-fn error_kind(e: &object_store::Error) -> &'static str {
-    match e {
-        object_store::Error::NotFound { .. } => "not_found",
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-            "already_exists"
-        }
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => "denied",
-        _ if is_transient(e) => "unavailable",
-        _ => "other",
-    }
-}
-
-/// Errors a retry may cure: throttling (429, `SlowDown`), 5xx but 501, timeouts and
-/// transport failures (refused, reset, DNS). Everything else (400, 501, a
-/// 301 for a wrong region, …) is a configuration or protocol fault: a 500,
-/// logged with the store's message, not a 503 the shipper would retry forever.
-///
-/// object_store 0.14 reports HTTP failures as `Generic` around a private
-/// `RetryError`, so the status is read from the error chain: a public
-/// `HttpError` is a transport failure; otherwise the status is taken from the
-/// text ("non-2xx status code: 503 …") or, for an error document in a 200
-/// (CompleteMultipartUpload), from S3's error code in it. A `Generic` error
-/// in which neither is found counts as permanent.
-pub fn is_transient(e: &object_store::Error) -> bool {
-    match e {
-        object_store::Error::JoinError { .. } => true,
-        object_store::Error::Generic { .. } => {
-            let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-            while let Some(level) = current {
-                if let Some(http) = level.downcast_ref::<object_store::client::HttpError>() {
-                    use object_store::client::HttpErrorKind as K;
-                    return matches!(
-                        http.kind(),
-                        K::Connect | K::Request | K::Timeout | K::Interrupted
-                    );
-                }
-                if let Some(transient) = transient_by_text(&level.to_string()) {
-                    return transient;
-                }
-                current = level.source();
-            }
-            false
-        }
-        _ => false,
-    }
-}
-
-/// `Some(true)` for a 5xx, a 429 or a throttling/unavailable S3 error code
-/// in `text`, `Some(false)` for another status, `None` when it names none.
-fn transient_by_text(text: &str) -> Option<bool> {
-    const TRANSIENT_CODES: &[&str] = &[
-        "<Code>SlowDown</Code>",
-        "<Code>InternalError</Code>",
-        "<Code>ServiceUnavailable</Code>",
-        "<Code>RequestTimeout</Code>",
-    ];
-    if let Some(at) = text.find("status code: ") {
-        let digits: String = text[at + 13..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        if let Ok(status) = digits.parse::<u16>() {
-            // 501: the store lacks a feature the receiver needs; permanent.
-            return Some(status == 429 || ((500..600).contains(&status) && status != 501));
-        }
-    }
-    if TRANSIENT_CODES.iter().any(|code| text.contains(code)) {
-        return Some(true);
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::transient_by_text;
-
-    #[test]
-    fn statuses_in_error_text() {
-        let status = |s: &str| {
-            transient_by_text(&format!(
-                "Error performing PUT http://x/b/k in 3ms - Server returned non-2xx status code: {s}: <Error/>"
-            ))
-        };
-        assert_eq!(status("503 Service Unavailable"), Some(true));
-        assert_eq!(status("500 Internal Server Error"), Some(true));
-        assert_eq!(status("429 Too Many Requests"), Some(true));
-        assert_eq!(status("400 Bad Request"), Some(false));
-        assert_eq!(status("501 Not Implemented"), Some(false));
-        assert_eq!(status("301 Moved Permanently"), Some(false));
-        assert_eq!(
-            transient_by_text(
-                "Server returned error response: <Error><Code>SlowDown</Code></Error>"
-            ),
-            Some(true)
-        );
-        assert_eq!(transient_by_text("Generic S3 error: builder error"), None);
-    }
 }
