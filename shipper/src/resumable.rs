@@ -70,7 +70,9 @@ enum Probe {
 }
 
 enum Created {
-    At(String),
+    /// The upload's location and the bytes the receiver already holds of
+    /// it (more than 0: a POST of an archive it partly holds resumes).
+    At(String, u64),
     Failed(Answer),
 }
 
@@ -105,8 +107,8 @@ async fn upload(
             }
             None => {
                 created += 1;
-                let loc = match create(up, id, archive).await {
-                    Created::At(loc) => loc,
+                let (loc, held) = match create(up, id, archive).await {
+                    Created::At(loc, held) => (loc, held),
                     Created::Failed(answer) => break answer,
                 };
                 crate::crash_point("resume:created");
@@ -121,7 +123,12 @@ async fn upload(
                     }
                 }));
                 saved = Some(loc.clone());
-                known = Some(0);
+                if held > 0 {
+                    tracing::info!(episode_id = %id, offset = held, bytes_total = archive.bytes, event = "upload_resumed", "the receiver already holds {held} bytes of {id}'s upload; resuming there");
+                }
+                // More than 0: an earlier append to it may still be
+                // stopping, so ask (`known` unset), then settle.
+                known = (held == 0).then_some(0);
                 loc
             }
         };
@@ -240,9 +247,27 @@ async fn create(up: &Uploader, id: &Id, archive: &Archive) -> Created {
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match location {
-        Some(loc) if status == 201 && outbox_upload::ours(&loc, &up.host, id) => Created::At(loc),
-        other => {
+    let held = r
+        .headers()
+        .get(UPLOAD_OFFSET)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_offset);
+    match (location, held) {
+        (Some(loc), Some(held))
+            if status == 201
+                && held <= archive.bytes
+                && outbox_upload::ours(&loc, &up.host, id) =>
+        {
+            Created::At(loc, held)
+        }
+        (Some(loc), held) if status == 201 && outbox_upload::ours(&loc, &up.host, id) => {
+            let why = format!(
+                "a 201 whose Upload-Offset ({held:?}) is not an offset within the archive's {} bytes; its upload is not followed",
+                archive.bytes
+            );
+            Created::Failed((not_receiver("POST", &r, why), None))
+        }
+        (other, _) => {
             let why = format!(
                 "a {status} whose Location ({other:?}) is not this receiver's upload path for host {}, episode {id}; it is not followed",
                 up.host

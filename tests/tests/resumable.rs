@@ -250,6 +250,45 @@ fn a_shipper_killed_mid_upload_resumes_after_restart() {
     );
 }
 
+/// The saved location lost with the shipper (`outbox/<id>.upload` gone):
+/// the restart's POST of the same archive is answered with the receiver's
+/// upload and the bytes it durably holds, and the shipper goes on from
+/// there, not from byte 0.
+#[test]
+fn a_lost_upload_location_costs_nothing_the_post_resumes() {
+    let lab = Lab::new(Fault::PassThrough, "");
+    lab.episode("big", BIG, GOOD_COMMIT);
+    let mut first = lab.shipper(&[]);
+    let (digest, bytes, location) = lab.outbox_record("big");
+    lab.wait("60% on the wire", Duration::from_secs(120), || {
+        lab.proxy.up_bytes() > bytes * 3 / 5
+    });
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let at_kill = lab.proxy.up_bytes();
+    assert!(at_kill < bytes, "killed mid-upload ({at_kill} of {bytes})");
+    std::fs::remove_file(lab.data.join("outbox").join("big.upload")).unwrap();
+
+    let mut once = lab.shipper(&["--once"]);
+    let code = exit_code(&mut once, Duration::from_secs(300));
+    assert_eq!(code, Some(0), "{}", lab.log_text());
+    let log = lab.log_text();
+    assert!(log.contains("already holds"), "{log}");
+    // The same upload, created once and found again by the second POST.
+    let saved = lab
+        .r
+        .audit_records()
+        .iter()
+        .filter(|a| a["op"] == "upload_create" && a["status"] == 201)
+        .count();
+    assert_eq!(saved, 2, "two POSTs, one upload: {location}");
+    let ratio = lab.assert_shipped("big", &digest, bytes);
+    eprintln!(
+        "MEASURED lost location after a kill -9 at {at_kill} of {bytes} bytes: {} bytes on the wire ({ratio:.3}x)",
+        lab.proxy.up_bytes()
+    );
+}
+
 #[test]
 fn a_receiver_killed_mid_upload_is_resumed_after_its_restart() {
     let mut lab = Lab::new(Fault::PassThrough, "");
