@@ -33,6 +33,7 @@ use labship_protocol::upload::{
 };
 use labship_protocol::{ErrorCode, Id};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// An answer for the state machine, with any `Retry-After`.
@@ -55,10 +56,25 @@ pub async fn send(
     archive: &Archive,
     progress: &(dyn Fn() + Sync),
 ) -> Answer {
-    if archive.inline.is_some() || archive.bytes < up.resumable_min_bytes {
+    if archive.inline.is_some()
+        || archive.bytes < up.resumable_min_bytes
+        || NO_UPLOAD_API.load(Ordering::Relaxed)
+    {
         return up.put(id, path, archive, progress).await;
     }
     upload(up, layout, id, path, archive, progress).await
+}
+
+/// Set once a `POST` met a receiver without the upload API (older than
+/// CONTRACT §9): every archive then goes by `PUT`, for the process's
+/// lifetime (a new receiver is a restart away: `receiver.url` needs one).
+static NO_UPLOAD_API: AtomicBool = AtomicBool::new(false);
+
+/// Remembers (and says once, loudly) that the receiver has no upload API.
+fn no_upload_api(up: &Uploader, id: &Id, status: u16) {
+    if !NO_UPLOAD_API.swap(true, Ordering::Relaxed) {
+        tracing::warn!(episode_id = %id, http_status = status, url = %up.url(""), event = "upload_api_missing", "the receiver answered {status} to POST /v1/uploads/…: it has no resumable-upload API (older than CONTRACT §9); every archive goes by PUT until the shipper restarts (a cut then costs the whole archive)");
+    }
 }
 
 /// The receiver's offset for an upload.
@@ -70,6 +86,9 @@ enum Probe {
 }
 
 enum Created {
+    /// `404 not_found` (no such route: a `POST` never 404s for an upload)
+    /// or `405`: the receiver has no upload API.
+    NoApi(u16),
     /// The upload's location and the bytes the receiver already holds of
     /// it (more than 0: a POST of an archive it partly holds resumes).
     At(String, u64),
@@ -109,6 +128,10 @@ async fn upload(
                 created += 1;
                 let (loc, held) = match create(up, id, archive).await {
                     Created::At(loc, held) => (loc, held),
+                    Created::NoApi(status) => {
+                        no_upload_api(up, id, status);
+                        break up.put(id, path, archive, progress).await;
+                    }
                     Created::Failed(answer) => break answer,
                 };
                 crate::crash_point("resume:created");
@@ -240,7 +263,18 @@ async fn create(up: &Uploader, id: &Id, archive: &Archive) -> Created {
         return Created::Failed((not_receiver("POST", &r, why), None));
     }
     if !r.status().is_success() {
-        return Created::Failed(answer(r).await);
+        return match answer(r).await {
+            (Event::Answer { status: 405, .. }, _) => Created::NoApi(405),
+            (
+                Event::Answer {
+                    status: 404,
+                    error: Some(ErrorCode::NotFound),
+                    ..
+                },
+                _,
+            ) => Created::NoApi(404),
+            other => Created::Failed(other),
+        };
     }
     let location = r
         .headers()

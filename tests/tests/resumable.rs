@@ -523,3 +523,63 @@ fn kill_9_at_each_upload_crash_point_then_restart_converges() {
         assert_same_tree(&lab.copies.join("good"), &out_dir.join("good"));
     }
 }
+
+/// A receiver older than CONTRACT §9 (no upload route: `404 not_found` to
+/// the `POST`): the shipper says so once and sends by `PUT`, the first
+/// archive at once and the next without asking again.
+#[test]
+fn a_receiver_without_the_upload_api_gets_put() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let old = Impostor::start(&env.pki, |q| match q.method.as_str() {
+        "POST" => Answer::json(
+            404,
+            r#"{"error":"not_found","message":"no such route; see docs/protocol.md"}"#,
+        ),
+        // That episode busy (transient, not a host hold): what a PUT meets
+        // is not under test here.
+        _ => Answer::json(503, r#"{"error":"episode_busy","message":"busy"}"#),
+    });
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    for (id, seed) in [("a", 1), ("b", 2)] {
+        let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 * MIB, seed))];
+        write_episode(&eps, id, Some(GOOD_COMMIT), files);
+    }
+    let cfg = env.path().join("shipper.toml");
+    let text = labship_tests::shipper_toml(
+        &env,
+        HOST,
+        &old.url,
+        &data,
+        &env.pki.client(HOST),
+        "settle_s = 0\nscan_interval_s = 1",
+    );
+    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 1, "transient\n{out}\n{err}");
+    let requests = old.requests();
+    let count = |m: &str| {
+        requests
+            .iter()
+            .filter(|q| q.method == m && q.path != "/v1/ping")
+            .count()
+    };
+    assert_eq!(count("POST"), 1, "asked once: {requests:?}");
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|q| q.method == "PUT" && q.body_bytes > MIB)
+            .count(),
+        2,
+        "both archives sent by PUT: {requests:?}"
+    );
+    assert_eq!(count("PATCH"), 0, "{requests:?}");
+    assert_eq!(
+        err.matches("upload_api_missing").count(),
+        1,
+        "said once, loudly\n{err}"
+    );
+    assert_eq!(names(&eps), ["a", "b"], "nothing retired");
+}

@@ -404,6 +404,10 @@ mod tests {
             "at most two per attempt, once per lost upload; a receiver that keeps losing uploads shows in the retry row",
         ),
         (
+            "upload_api_missing",
+            "once per process, and archives still ship (by PUT); --ping shows the receiver",
+        ),
+        (
             "upload_location_dropped",
             "once per stale outbox/<id>.upload (other bytes, not our path); the upload starts over once",
         ),
