@@ -180,7 +180,8 @@ fn host_wide(event: &Event) -> bool {
     match event {
         // Something other than the receiver answers at its URL: so it will
         // for every episode.
-        Event::NoAnswer { .. } | Event::NotReceiver { .. } => true,
+        Event::NoAnswer { episode, .. } => !episode,
+        Event::NotReceiver { .. } => true,
         // Another upload of this episode is in progress (CONTRACT §9):
         // this episode waits, the others go on.
         Event::Answer {
@@ -1191,5 +1192,18 @@ mod tests {
         assert!(!host_wide(&answer(503, Some(ErrorCode::EpisodeBusy))));
         assert!(host_wide(&answer(503, Some(ErrorCode::Busy))));
         assert!(host_wide(&answer(503, None)));
+    }
+
+    /// An upload given up on (lost or disputed again and again) is that
+    /// episode's trouble; a request without an answer is the host's.
+    #[test]
+    fn a_given_up_upload_holds_the_episode_not_the_host() {
+        let no_answer = |episode| Event::NoAnswer {
+            auth: false,
+            message: String::new(),
+            episode,
+        };
+        assert!(!host_wide(&no_answer(true)));
+        assert!(host_wide(&no_answer(false)));
     }
 }

@@ -23,9 +23,7 @@
 use crate::disk::Layout;
 use crate::outbox_upload;
 use crate::state::{Archive, Event};
-use crate::upload::{
-    Body, NoAnswer, Uploader, answer, classify, no_answer, not_receiver, redirect_text,
-};
+use crate::upload::{Body, Uploader, answer, classify, no_answer, not_receiver, redirect_text};
 use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
 use labship_protocol::upload::{
     PARTIAL_UPLOAD_CONTENT_TYPE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET, creation_path,
@@ -120,7 +118,7 @@ async fn upload(
         let location = match &saved {
             Some(l) => l.clone(),
             None if created == CREATE_MAX => {
-                break unreachable(format!(
+                break given_up(format!(
                     "the receiver lost {id}'s upload {created} times in one attempt (expired, or another receiver answers); retrying later"
                 ));
             }
@@ -189,7 +187,7 @@ async fn upload(
                 known = Some(o);
             }
             Appended::Mismatch(o) => {
-                break unreachable(format!(
+                break given_up(format!(
                     "the receiver keeps answering offset_mismatch for {id} (last: it holds {o} of {} bytes); retrying later",
                     archive.bytes
                 ));
@@ -225,8 +223,15 @@ async fn upload(
     result
 }
 
-fn unreachable(message: String) -> Answer {
-    (no_answer(NoAnswer::Unreachable(message)), None)
+/// This upload's trouble alone (the receiver keeps losing or disputing it,
+/// the archive cannot be read): loud, and only this episode waits.
+fn given_up(message: String) -> Answer {
+    let event = Event::NoAnswer {
+        auth: false,
+        message,
+        episode: true,
+    };
+    (event, None)
 }
 
 /// Drops a location the receiver no longer knows; the next step creates a
@@ -428,10 +433,10 @@ async fn append(
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        Err(e) => return Appended::Done(unreachable(format!("{}: {e}", path.display()))),
+        Err(e) => return Appended::Done(given_up(format!("{}: {e}", path.display()))),
     };
     if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
-        return Appended::Done(unreachable(format!("{}: {e}", path.display())));
+        return Appended::Done(given_up(format!("{}: {e}", path.display())));
     }
     let len = archive.bytes - offset;
     let req = up

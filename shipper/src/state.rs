@@ -113,6 +113,10 @@ pub enum Event {
     NoAnswer {
         auth: bool,
         message: String,
+        /// This episode's failure alone (an upload the receiver keeps
+        /// losing or disputing): loud, and it defers only this episode,
+        /// never the host.
+        episode: bool,
     },
 }
 
@@ -251,8 +255,15 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
             }),
             Action::Quarantine,
         ),
-        (State::Packed { .. }, Event::NoAnswer { auth, message }) => retry(
-            auth,
+        (
+            State::Packed { .. },
+            Event::NoAnswer {
+                auth,
+                message,
+                episode,
+            },
+        ) => retry(
+            auth || episode,
             auth.then_some(ErrorCode::Unauthenticated),
             None,
             message,
@@ -418,6 +429,7 @@ mod tests {
             Event::NoAnswer {
                 auth: true,
                 message: "closed".into(),
+                episode: false,
             },
         );
         assert!(matches!(

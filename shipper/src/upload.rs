@@ -670,6 +670,7 @@ pub(crate) fn no_answer(n: NoAnswer) -> Event {
     Event::NoAnswer {
         auth,
         message: n.message().to_owned(),
+        episode: false,
     }
 }
 
