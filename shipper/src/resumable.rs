@@ -23,7 +23,9 @@
 use crate::disk::Layout;
 use crate::outbox_upload;
 use crate::state::{Archive, Event};
-use crate::upload::{Body, Uploader, answer, classify, no_answer, not_receiver, redirect_text};
+use crate::upload::{
+    Body, NoAnswer, Uploader, answer, classify, no_answer, not_receiver, redirect_text,
+};
 use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
 use labship_protocol::upload::{
     PARTIAL_UPLOAD_CONTENT_TYPE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET, creation_path,
@@ -114,7 +116,12 @@ async fn upload(
     let mut known: Option<u64> = None;
     let (mut created, mut mismatches) = (0, 0);
     let mut saving = None;
+    // What the requests without a body may still take in this send().
+    let mut budget = PROBING_MAX;
     let result = loop {
+        // Every answer is progress for the watchdog: a chain of requests
+        // with no body byte moving must not look like a hung shipper.
+        progress();
         let location = match &saved {
             Some(l) => l.clone(),
             None if created == CREATE_MAX => {
@@ -157,8 +164,8 @@ async fn upload(
             Some(o) => o,
             // A saved location: the receiver's offset, once any earlier
             // append to it has stopped.
-            None => match probe(up, &location, archive).await {
-                Probe::At(o) => match settle(up, &location, archive, o).await {
+            None => match probe(up, &location, archive, &mut budget).await {
+                Probe::At(o) => match settle(up, &location, archive, o, &mut budget).await {
                     Probe::At(o) => o,
                     Probe::Gone => {
                         forget(layout, id);
@@ -192,7 +199,8 @@ async fn upload(
                     archive.bytes
                 ));
             }
-            Appended::Cut(event) => match settle(up, &location, archive, offset).await {
+            Appended::Cut(event) => match settle(up, &location, archive, offset, &mut budget).await
+            {
                 // The receiver kept what arrived: go on from there at once.
                 Probe::At(o) if o > offset => {
                     tracing::info!(episode_id = %id, offset = o, bytes_total = archive.bytes, event = "upload_resumed", "the append of {id} was cut; resuming at byte {o}");
@@ -316,14 +324,40 @@ async fn create(up: &Uploader, id: &Id, archive: &Archive) -> Created {
     }
 }
 
+/// One `HEAD` or empty `PATCH` may take this long (and at most the stall
+/// timeout).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// All of one send()'s `HEAD`s and empty `PATCH`es together: with the
+/// appends feeding the watchdog as their bytes move, no send() goes
+/// `WatchdogSec=180` without progress.
+const PROBING_MAX: Duration = Duration::from_secs(60);
+
+/// Sends `req` (no body) within `timeout` and what is left of `budget`,
+/// taking the time it took from `budget`.
+async fn ask(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+    budget: &mut Duration,
+) -> Result<reqwest::Response, Answer> {
+    if budget.is_zero() {
+        let why = format!(
+            "asking the receiver an upload's offset took over {PROBING_MAX:?} in one attempt; retrying later"
+        );
+        return Err((no_answer(NoAnswer::Unreachable(why)), None));
+    }
+    let started = std::time::Instant::now();
+    let r = req.timeout(timeout.min(*budget)).send().await;
+    *budget = budget.saturating_sub(started.elapsed());
+    r.map_err(|e| (no_answer(classify(&e)), None))
+}
+
 /// `HEAD {location}`: how many bytes the receiver durably holds.
-async fn probe(up: &Uploader, location: &str, archive: &Archive) -> Probe {
-    let req = up
-        .authorize(up.client().head(up.url(location.trim_start_matches('/'))))
-        .timeout(up.stall);
-    let r = match req.send().await {
+async fn probe(up: &Uploader, location: &str, archive: &Archive, budget: &mut Duration) -> Probe {
+    let req = up.authorize(up.client().head(up.url(location.trim_start_matches('/'))));
+    let r = match ask(req, up.stall.min(PROBE_TIMEOUT), budget).await {
         Ok(r) => r,
-        Err(e) => return Probe::Failed((no_answer(classify(&e)), None)),
+        Err(failed) => return Probe::Failed(failed),
     };
     let header = |name: &str| {
         r.headers()
@@ -372,17 +406,22 @@ const TAKEOVER: Duration = Duration::from_secs(15);
 /// offset it holds (`204`, or `409 offset_mismatch`). A `HEAD` alone can
 /// answer before that last checkpoint, and an append sent at such an offset
 /// would be refused after its first megabytes went for nothing.
-async fn settle(up: &Uploader, location: &str, archive: &Archive, offset: u64) -> Probe {
+async fn settle(
+    up: &Uploader,
+    location: &str,
+    archive: &Archive,
+    offset: u64,
+    budget: &mut Duration,
+) -> Probe {
     let req = up
         .authorize(up.client().patch(up.url(location.trim_start_matches('/'))))
         .header(reqwest::header::CONTENT_TYPE, PARTIAL_UPLOAD_CONTENT_TYPE)
         .header(UPLOAD_OFFSET, offset)
         .header(UPLOAD_COMPLETE, format_complete(false))
-        .header(reqwest::header::CONTENT_LENGTH, 0)
-        .timeout(up.stall + TAKEOVER);
-    let r = match req.send().await {
+        .header(reqwest::header::CONTENT_LENGTH, 0);
+    let r = match ask(req, TAKEOVER, budget).await {
         Ok(r) => r,
-        Err(e) => return Probe::Failed((no_answer(classify(&e)), None)),
+        Err(failed) => return Probe::Failed(failed),
     };
     let held = r
         .headers()
