@@ -24,6 +24,10 @@ pub enum ErrorCode {
     /// An append would pass the declared `Upload-Length`, or the upload was
     /// completed short of it (CONTRACT §9).
     UploadLengthMismatch,
+    /// A required header of the upload API is missing or malformed
+    /// (`Upload-Length`, `Upload-Offset`, `Upload-Complete`, `Content-Length`):
+    /// a client bug. Added after the first resumable receiver (additive).
+    HeaderInvalid,
     // 401 / 403: identity problems (transient for the shipper, but loud).
     Unauthenticated,
     HostMismatch,
@@ -62,6 +66,7 @@ impl ErrorCode {
             Self::DigestMismatch => "digest_mismatch",
             Self::ArchiveInvalid => "archive_invalid",
             Self::UploadLengthMismatch => "upload_length_mismatch",
+            Self::HeaderInvalid => "header_invalid",
             Self::Unauthenticated => "unauthenticated",
             Self::HostMismatch => "host_mismatch",
             Self::NotFound => "not_found",
@@ -90,7 +95,8 @@ impl ErrorCode {
             | Self::DigestMissing
             | Self::DigestMismatch
             | Self::ArchiveInvalid
-            | Self::UploadLengthMismatch => 400,
+            | Self::UploadLengthMismatch
+            | Self::HeaderInvalid => 400,
             Self::Unauthenticated => 401,
             Self::HostMismatch => 403,
             Self::NotFound => 404,

@@ -173,12 +173,12 @@ fn declared_length(headers: &HeaderMap, which: LengthHeader) -> Result<Option<u6
         },
         LengthHeader::UploadLength => match header_str(headers, UPLOAD_LENGTH) {
             None => Err(ApiError::new(
-                ErrorCode::UploadLengthMismatch,
+                ErrorCode::HeaderInvalid,
                 "Upload-Length (the archive's total size in bytes) is required to create an upload",
             )),
             Some(v) => parse_offset(v).map(Some).ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Length {v:?} is not a non-negative integer"),
                 )
             }),
@@ -403,7 +403,7 @@ pub(crate) fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
         }
         IngestError::Store(io) => {
             state.metrics.storage_errors.inc();
-            ApiError::internal(format!("scratch write: {io}"))
+            ApiError::internal(format!("storage write: {io}"))
         }
         IngestError::ClientGone(m) => {
             ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))

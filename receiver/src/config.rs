@@ -206,6 +206,8 @@ fn d_min_rate_window() -> u64 {
 fn d_upload_expiry() -> u64 {
     86_400
 }
+/// The longest a partial upload may wait for its next append: 30 days.
+const MAX_UPLOAD_EXPIRY_S: u64 = 30 * 86_400;
 /// The most `limits.max_concurrent_uploads` may be (see its check).
 const MAX_CONCURRENT_UPLOADS: usize = 128;
 fn d_max_partial_uploads() -> usize {
@@ -407,7 +409,15 @@ impl Config {
                 l.body_idle_timeout_s,
             )?),
             min_upload_rate,
-            upload_expiry_s: positive("limits.upload_expiry_s", l.upload_expiry_s)?,
+            upload_expiry_s: match positive("limits.upload_expiry_s", l.upload_expiry_s)? {
+                s if s > MAX_UPLOAD_EXPIRY_S => {
+                    return Err(err(
+                        "limits.upload_expiry_s",
+                        format!("{s} is more than {MAX_UPLOAD_EXPIRY_S} (30 days); lower it"),
+                    ));
+                }
+                s => s,
+            },
             max_partial_uploads: positive(
                 "limits.max_partial_uploads",
                 l.max_partial_uploads as u64,
@@ -662,6 +672,10 @@ mod tests {
                 "limits.max_partial_uploads: must be greater than 0",
             ),
             ("upload_expiry = 5", "unknown field `upload_expiry`"),
+            (
+                "upload_expiry_s = 9223372036854775807",
+                "limits.upload_expiry_s: 9223372036854775807 is more than 2592000 (30 days)",
+            ),
         ] {
             let e = parse(&format!("{TLS}[limits]\n{limits}\n"))
                 .unwrap_err()

@@ -182,7 +182,13 @@ async fn create_append_complete_and_the_same_answers_as_put() {
     );
     assert!(spool(&r).is_empty(), "spool left: {:?}", spool(&r));
     assert!(r.scratch().is_empty(), "scratch left: {:?}", r.scratch());
-    assert!(r.ops_get("/metrics").contains("labship_partial_uploads 0"));
+    let metrics = r.ops_get("/metrics");
+    assert!(metrics.contains("labship_partial_uploads 0"));
+    // The stored archive's size, not the last append's.
+    assert!(
+        metrics.contains(&format!("labship_upload_bytes_total {n}")),
+        "{metrics}"
+    );
 
     // Completed: the location is gone; a new POST is the PUT's 200.
     assert_eq!(head(&c, &r.url, &location).await.0, 404);
@@ -255,7 +261,7 @@ async fn creation_makes_every_header_decision_before_any_byte() {
     assert_error(
         &post(&c, &r.url, &p, &bytes, GOOD_COMMIT, None).await,
         400,
-        "upload_length_mismatch",
+        "header_invalid",
     );
     assert_error(
         &post(&c, &r.url, &p, &bytes, GOOD_COMMIT, Some(1_000_001)).await,
@@ -338,6 +344,36 @@ async fn hostile_appends_get_their_answers_and_leave_nothing_visible() {
     let moved = loc.replace("/ep/", "/ep-x/");
     assert_eq!(head(&c, &r.url, &moved).await.0, 404);
     assert_eq!(offset_of(&head(&c, &r.url, &loc).await), 1000, "untouched");
+
+    // Malformed or missing upload headers: 400 header_invalid, naming the
+    // header; the upload is kept.
+    let bad = |offset: Option<&str>, complete: &str| {
+        let mut req = c
+            .patch(format!("{}{loc}", r.url))
+            .header("Content-Type", "application/partial-upload")
+            .header("Upload-Complete", complete)
+            .body(b"x".to_vec());
+        if let Some(o) = offset {
+            req = req.header("Upload-Offset", o);
+        }
+        req.send()
+    };
+    let got = answer(bad(Some("1000"), "yes").await.unwrap()).await;
+    assert_error(&got, 400, "header_invalid");
+    assert!(
+        got.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("Upload-Complete"),
+        "{got:?}"
+    );
+    let got = answer(bad(None, "?0").await.unwrap()).await;
+    assert_error(&got, 400, "header_invalid");
+    assert!(
+        got.1["message"].as_str().unwrap().contains("Upload-Offset"),
+        "{got:?}"
+    );
+    assert_eq!(offset_of(&head(&c, &r.url, &loc).await), 1000, "kept");
 
     // Past Upload-Length: 400 upload_length_mismatch, the upload discarded.
     let mut long = bytes[1000..].to_vec();
@@ -515,6 +551,9 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     r.kill9();
+    // What the dead receiver left on disk (start-up cuts `data` back to the
+    // recorded offset, so it is read before the restart).
+    let on_disk = std::fs::read(data_file(&r, &loc)).unwrap();
     r.restart();
     // A new client: the old one's pooled connections died with the receiver.
     let c = env.client(Some(&env.pki.client(HOST)));
@@ -527,12 +566,19 @@ async fn receiver_kill_9_mid_upload_resumes_from_an_offset_really_on_disk() {
         "HEAD says {at}: the last checkpoint seen was {before}, {sent} were sent"
     );
     assert_eq!(at, sent as u64, "a quiet client's bytes are all durable");
-    let on_disk = std::fs::read(data_file(&r, &loc)).unwrap();
-    assert_eq!(on_disk.len() as u64, at, "the data file holds the offset");
-    assert_eq!(
-        on_disk,
-        bytes[..at as usize],
+    assert!(
+        on_disk.len() as u64 >= at,
+        "the data file held {} bytes, HEAD says {at}",
+        on_disk.len()
+    );
+    assert!(
+        on_disk[..at as usize] == bytes[..at as usize],
         "the bytes on disk are the sent ones"
+    );
+    let after = std::fs::read(data_file(&r, &loc)).unwrap();
+    assert!(
+        after == bytes[..at as usize],
+        "start-up kept the durable prefix"
     );
     assert!(r.stored(HOST).is_empty(), "visible before completion");
 
@@ -650,11 +696,18 @@ async fn upload_through_crashes(
                     r.log_text()
                 );
                 deaths += 1;
-                if let Ok(stored) = std::fs::read(&archive) {
+                let stored = std::fs::read(&archive).ok();
+                if let Some(stored) = &stored {
                     assert!(stored == bytes, "a visible archive is incomplete or wrong");
                 }
                 r.restart();
                 c = env.client(Some(&env.pki.client(HOST)));
+                // Committed before the crash: start-up removed the upload.
+                if let (Some(_), Some(loc)) = (&stored, &location) {
+                    let got = answer(c.head(format!("{}{loc}", r.url)).send().await.unwrap()).await;
+                    assert_eq!(got.0, 404, "the committed upload is still live: {got:?}");
+                    assert!(spool(r).is_empty(), "spool left {:?}", spool(r));
+                }
             }
         }
     }
@@ -1114,4 +1167,31 @@ async fn concurrent_posts_create_one_upload_per_episode_within_the_limit() {
         );
     }
     assert!(spool(&r).len() <= 3, "{:?}", spool(&r));
+}
+
+/// A DELETE while an append is streaming: the append stops (taken over),
+/// the upload goes, and neither the append nor a later one stores anything.
+#[tokio::test]
+async fn delete_racing_an_append_removes_the_upload_and_stores_nothing() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 3 << 20, 31);
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let (tx, request) = patch_streamed(&c, &r.url, &loc, 0, true);
+    tx.send(bytes[..1 << 20].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deleted = c.delete(format!("{}{loc}", r.url)).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    // The rest of the body: whatever the append answers, it is not stored.
+    let _ = tx.send(bytes[1 << 20..].to_vec()).await;
+    drop(tx);
+    if let Ok(Ok(resp)) = request.await {
+        let got = answer(resp).await;
+        assert!(got.0 != 200 && got.0 != 201, "{got:?}");
+    }
+    assert_eq!(head(&c, &r.url, &loc).await.0, 404);
+    assert!(spool(&r).is_empty(), "{:?}", spool(&r));
+    assert!(r.stored(HOST).is_empty(), "{:?}", r.stored(HOST));
+    assert!(r.scratch().is_empty(), "{:?}", r.scratch());
 }

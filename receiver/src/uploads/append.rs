@@ -127,7 +127,7 @@ async fn append(
     let (identity, slot) = locate(state, conn, headers, path)?;
     facts.identity = Some(identity.clone());
     let request = AppendHeaders::parse(headers, &slot)?;
-    let Some(mut held) = take_over(&slot, TAKEOVER_WAIT).await else {
+    let Some((mut held, generation)) = take_over(&slot, TAKEOVER_WAIT).await else {
         return Err(episode_busy(
             "an earlier append to this upload does not stop",
         ));
@@ -165,7 +165,7 @@ async fn append(
     ensure_session(state, &mut held, &plan).await?;
     facts.body_started = true;
     state.metrics.uploads_in_flight.inc();
-    let end = receive(state, &slot, &mut held, body, facts).await;
+    let end = receive(state, &slot, &mut held, generation, body, facts).await;
     state.metrics.uploads_in_flight.dec();
     held.idle_since = Instant::now();
     let now_at = held.record.offset;
@@ -212,7 +212,7 @@ impl AppendHeaders {
             .and_then(parse_offset)
             .ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::OffsetMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Offset (an integer) is required; the receiver holds {held} bytes of this upload"),
                 )
                 .with_upload_offset(held)
@@ -221,7 +221,7 @@ impl AppendHeaders {
             None => false,
             Some(v) => parse_complete(v).ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
+                    ErrorCode::HeaderInvalid,
                     format!("Upload-Complete is {v:?}; it must be ?1 (the last append) or ?0"),
                 )
             })?,
@@ -230,8 +230,8 @@ impl AppendHeaders {
             None => None,
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
                 ApiError::new(
-                    ErrorCode::UploadLengthMismatch,
-                    "Content-Length is not a number",
+                    ErrorCode::HeaderInvalid,
+                    format!("Content-Length {v:?} is not a number"),
                 )
             })?),
         };
@@ -293,6 +293,7 @@ async fn receive(
     state: &AppState,
     slot: &Slot,
     held: &mut SlotState,
+    generation: u64,
     body: &mut Body,
     facts: &mut PutFacts,
 ) -> End {
@@ -309,7 +310,8 @@ async fn receive(
     let end = loop {
         let frame = tokio::select! {
             frame = pace.frame(body) => frame,
-            _ = takeover.changed() => break End::TakenOver,
+            // Any takeover asked for since this append took the lock.
+            () = async { let _ = takeover.wait_for(|g| *g != generation).await; } => break End::TakenOver,
             // (The guard `wait_for` returns is not Send: drop it inside.)
             () = async { let _ = stopping.wait_for(|s| *s).await; } => break End::Stopping,
             // A client gone quiet: what arrived is made durable without

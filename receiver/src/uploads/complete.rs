@@ -37,7 +37,7 @@ pub(super) async fn complete(
     if let Err(e) = check_digest(&verdict.digest, &plan.digest) {
         return discard(state, slot, &mut held, e).await;
     }
-    let scratch = link_scratch(state, slot)?;
+    let scratch = link_scratch(state, slot).await?;
     match commit_archive(state, conn, plan, scratch, verdict.bytes).await {
         Ok((status, body)) => {
             crate::crash_point("upload:committed");
@@ -52,26 +52,32 @@ pub(super) async fn complete(
 /// handed to the store's commit (which renames or uploads it and removes it
 /// on failure): the spool keeps its own name until the commit succeeded, so
 /// a failed commit (503, 507) can be retried by completing again.
-fn link_scratch(state: &AppState, slot: &Slot) -> Result<tempfile::NamedTempFile, ApiError> {
+async fn link_scratch(state: &AppState, slot: &Slot) -> Result<tempfile::NamedTempFile, ApiError> {
     let data = state.resumable.spool.data_path(&slot.host_id, &slot.token);
     let scratch = state
         .store
         .scratch_dir()
         .join(format!("upload-{}.part", slot.token));
-    let linked = match std::fs::hard_link(&data, &scratch) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(&scratch).and_then(|()| std::fs::hard_link(&data, &scratch))
-        }
-        other => other,
-    };
-    linked
-        .and_then(|()| {
+    // Blocking filesystem calls: off the async workers.
+    let linked = tokio::task::spawn_blocking(move || {
+        let linked = match std::fs::hard_link(&data, &scratch) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&scratch).and_then(|()| std::fs::hard_link(&data, &scratch))
+            }
+            other => other,
+        };
+        linked.and_then(|()| {
             let path = tempfile::TempPath::try_from_path(&scratch)?;
             Ok(tempfile::NamedTempFile::from_parts(
                 std::fs::File::open(&scratch)?,
                 path,
             ))
         })
+    })
+    .await;
+    linked
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
         .map_err(|e| storage_io_error(state, "link a completed upload into scratch", e))
 }
 

@@ -169,7 +169,11 @@ impl Decision<'_> {
         };
         if verdict {
             let code = error.map(|e| e.code.as_str());
-            let stored = (status == StatusCode::CREATED).then_some(self.facts.bytes);
+            // The archive's size, not this request's body (the last append).
+            let stored = match result {
+                Ok(Answer::Stored(StatusCode::CREATED, body)) => Some(body.bytes),
+                _ => None,
+            };
             crate::fleet::put_answered(&state.metrics, host, status.as_u16(), code, stored);
         }
         match error {
@@ -252,7 +256,21 @@ async fn create_inner(
     )
     .await?
     {
-        Checked::Stored(body) => return Ok(Answer::Stored(StatusCode::OK, body)),
+        Checked::Stored(body) => {
+            // A crash after the commit may have left this archive's upload.
+            if let (Some(identity), Some(digest)) = (&facts.identity, &facts.digest) {
+                let digest = digest.header_value();
+                let stale = state.resumable.all().into_iter().filter(|s| {
+                    s.host_id == identity.host_id
+                        && s.episode_id == body.episode_id
+                        && s.digest == digest
+                });
+                for slot in stale.collect::<Vec<_>>() {
+                    drop_stored_upload(state, &slot).await;
+                }
+            }
+            return Ok(Answer::Stored(StatusCode::OK, body));
+        }
         Checked::Plan(plan) => plan,
     };
     let table = &state.resumable;
@@ -410,7 +428,7 @@ async fn discard(
     let result = async {
         let (identity, slot) = locate(&state, conn.as_ref(), &headers, path)?;
         facts.identity = Some(identity);
-        let Some(mut held) = take_over(&slot, TAKEOVER_WAIT).await else {
+        let Some((mut held, _)) = take_over(&slot, TAKEOVER_WAIT).await else {
             return Err(episode_busy("an append to this upload does not stop"));
         };
         if slot.gone.load(Ordering::Relaxed) {
@@ -431,8 +449,43 @@ async fn discard(
     result.into_response()
 }
 
+/// Removes an idle upload whose archive is stored (with its digest).
+async fn drop_stored_upload(state: &AppState, slot: &Slot) {
+    let Ok(mut held) = slot.state.clone().try_lock_owned() else {
+        return;
+    };
+    if slot.gone.load(Ordering::Relaxed) {
+        return;
+    }
+    tracing::info!(
+        host = slot.host_id,
+        episode = slot.episode_id,
+        "removed a partial upload whose archive is stored (committed just before a restart)"
+    );
+    state.resumable.remove(slot, &mut held).await;
+}
+
+/// Start-up: a crash after the commit and before the spool entry went
+/// leaves a complete upload behind (with S3, nothing on the local disk
+/// says it was committed); one whose episode the store holds with its
+/// digest is removed (`HEAD` 404; the shipper's `POST` answers 200).
+async fn drop_committed(state: &AppState) {
+    for slot in state.resumable.all() {
+        if slot.offset.load(Ordering::Relaxed) != slot.length {
+            continue;
+        }
+        let stored = state.store.head(&slot.host_id, &slot.episode_id).await;
+        let same = matches!(&stored, Ok(Some(m))
+            if m.digest().is_some_and(|d| d.header_value() == slot.digest));
+        if same {
+            drop_stored_upload(state, &slot).await;
+        }
+    }
+}
+
 /// Sweeps expired partial uploads and idle validator sessions until shutdown.
 pub async fn sweep_loop(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    drop_committed(&state).await;
     let mut tick = tokio::time::interval(state.resumable.sweep_every());
     loop {
         tokio::select! {

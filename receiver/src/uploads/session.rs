@@ -107,11 +107,18 @@ fn run(
     rx: mpsc::Receiver<Msg>,
     rules: Rules,
 ) -> Result<Verdict, IngestError> {
-    let prefix = File::open(&data).map_err(IngestError::Store)?;
+    // The spool file is named: this is not a PUT's scratch file.
+    let named = |e: io::Error| {
+        IngestError::Store(io::Error::new(
+            e.kind(),
+            format!("partial upload spool file {}: {e}", data.display()),
+        ))
+    };
+    let prefix = File::open(&data).map_err(named)?;
     let file = std::fs::OpenOptions::new()
         .append(true)
         .open(&data)
-        .map_err(IngestError::Store)?;
+        .map_err(named)?;
     let mut reader = SpoolReader {
         prefix: Some(prefix.take(offset)),
         rx,
@@ -131,14 +138,14 @@ fn run(
         &mut unpacked,
     );
     if let Some(e) = reader.write_error.take() {
-        return Err(IngestError::Store(e));
+        return Err(named(e));
     }
     checked?;
     // The archive ended; anything after it still belongs to the digest (and
     // checkpoints still have to be answered until the input ends).
     let copied = io::copy(&mut reader, &mut io::sink());
     if let Some(e) = reader.write_error.take() {
-        return Err(IngestError::Store(e));
+        return Err(named(e));
     }
     copied.map_err(|e| IngestError::Internal(e.to_string()))?;
     Ok(Verdict {

@@ -182,13 +182,21 @@ impl Spool {
                 match self.load_one(&dir, now, expiry_s) {
                     Ok(record) => live.push(record),
                     Err(why) => {
-                        fs::remove_dir_all(&dir).or_else(|e| match e.kind() {
-                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
-                                fs::remove_file(&dir)
-                            }
-                            _ => Err(e),
-                        })?;
-                        fsync_dir(&host.path())?;
+                        let gone = fs::remove_dir_all(&dir)
+                            .or_else(|e| match e.kind() {
+                                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+                                    fs::remove_file(&dir)
+                                }
+                                _ => Err(e),
+                            })
+                            .and_then(|()| fsync_dir(&host.path()));
+                        // One entry that cannot go must not keep the
+                        // receiver from starting: it is skipped (never
+                        // served) and removed at the next start.
+                        if let Err(e) = gone {
+                            tracing::error!(dir = %dir.display(), error = %e, "cannot remove a partial upload's spool directory; skipped (check its permissions, then restart)");
+                            continue;
+                        }
                         removed.push((dir, why));
                     }
                 }
@@ -201,6 +209,14 @@ impl Spool {
         let text = fs::read(dir.join(RECORD)).map_err(|_| Removed::Broken)?;
         let record: Record = serde_json::from_slice(&text).map_err(|_| Removed::Broken)?;
         if self.dir(&record.host_id, &record.token) != dir {
+            return Err(Removed::Broken);
+        }
+        // A record no append could use (edited, or written by a bug).
+        let usable = record.offset <= record.length
+            && labship_protocol::Sha256Digest::parse_header(&record.digest).is_ok()
+            && labship_protocol::Commit::parse(&record.commit).is_ok()
+            && labship_protocol::Id::parse(&record.episode_id).is_ok();
+        if !usable {
             return Err(Removed::Broken);
         }
         if record.expired(now, expiry_s) {
@@ -240,7 +256,7 @@ mod tests {
             host_id: "lab-01".into(),
             episode_id: "ep".into(),
             token: token.into(),
-            digest: "sha-256=:x:".into(),
+            digest: labship_protocol::Sha256Digest::of(b"").header_value(),
             commit: "a".repeat(40),
             length: 100,
             offset,
@@ -278,6 +294,13 @@ mod tests {
         spool.create(&lost).unwrap();
         // A creation cut short: no record.
         fs::create_dir_all(spool.dir("lab-01", &"5".repeat(32))).unwrap();
+        // Unusable records: an offset past the length, a digest that is not one.
+        let past = record(&"7".repeat(32), 101, now);
+        spool.create(&past).unwrap();
+        fs::write(spool.data_path("lab-01", &past.token), [0u8; 101]).unwrap();
+        let mut bad = record(&"8".repeat(32), 0, now);
+        bad.digest = "sha-256=:x:".into();
+        spool.create(&bad).unwrap();
 
         let (kept, removed) = spool.load(50).unwrap();
         assert_eq!(kept.len(), 1);
@@ -291,6 +314,8 @@ mod tests {
         assert_eq!(
             why,
             [
+                Removed::Broken,
+                Removed::Broken,
                 Removed::Broken,
                 Removed::Broken,
                 Removed::Expired,

@@ -74,7 +74,11 @@ impl Slot {
     }
 
     pub(crate) fn expired(&self, expiry_s: u64) -> bool {
-        unix_now() >= self.last_append_at.load(Ordering::Relaxed) + expiry_s
+        unix_now()
+            >= self
+                .last_append_at
+                .load(Ordering::Relaxed)
+                .saturating_add(expiry_s)
     }
 
     /// Mirrors a new durable record.
@@ -123,7 +127,7 @@ impl Table {
                     tracing::info!(dir = %dir.display(), "removed a partial upload completed before a restart")
                 }
                 Removed::Broken => {
-                    tracing::warn!(dir = %dir.display(), "removed a broken partial upload (no record, or fewer bytes than recorded)")
+                    tracing::warn!(dir = %dir.display(), "removed a broken partial upload (no record, an unusable one: offset past its length, a bad digest, commit or id; or fewer bytes than recorded)")
                 }
             }
         }
@@ -163,6 +167,10 @@ impl Table {
 
     pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Slot>> {
+        self.inner().slots.values().cloned().collect()
     }
 
     pub(crate) fn get(&self, token: &str) -> Option<Arc<Slot>> {
@@ -340,12 +348,24 @@ impl Drop for Reservation<'_> {
 
 /// Takes an upload's lock for a new request. When an append holds it, asks
 /// that append to stop (it checkpoints and lets go) and waits up to `wait`.
-pub(crate) async fn take_over(slot: &Slot, wait: Duration) -> Option<OwnedMutexGuard<SlotState>> {
+/// Also returns the takeover generation this request holds the lock at: it
+/// is read before the lock is tried, so a takeover asked for by a request
+/// arriving while this one takes the lock is never mistaken as seen.
+pub(crate) async fn take_over(
+    slot: &Slot,
+    wait: Duration,
+) -> Option<(OwnedMutexGuard<SlotState>, u64)> {
+    let seen = *slot.takeover.borrow();
     if let Ok(guard) = slot.state.clone().try_lock_owned() {
-        return Some(guard);
+        return Some((guard, seen));
     }
-    slot.takeover.send_modify(|g| *g += 1);
+    let mut mine = seen;
+    slot.takeover.send_modify(|g| {
+        *g += 1;
+        mine = *g;
+    });
     tokio::time::timeout(wait, slot.state.clone().lock_owned())
         .await
         .ok()
+        .map(|guard| (guard, mine))
 }
