@@ -51,6 +51,8 @@ pub struct Report {
     /// `limits.zstd_workers` as written and the packing threads it means
     /// here (0 resolved to this machine's cores), from the valid config.
     pub packing: Option<(u32, u32)>,
+    /// `limits.resumable_min_bytes`, from the valid config.
+    pub resumable_min_bytes: Option<u64>,
     pub certificates: Vec<Certificate>,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
@@ -82,6 +84,7 @@ impl Report {
             "receiver_url": self.url,
             "zstd_workers": self.packing.map(|(w, _)| w),
             "packing_threads": self.packing.map(|(_, n)| n),
+            "resumable_min_bytes": self.resumable_min_bytes,
             "paths": self.paths.as_ref().map(|p| json!({
                 "data_dir": p.data_dir.display().to_string(),
                 "ca_file": path(&p.ca_file),
@@ -131,6 +134,11 @@ impl Report {
                     "packing: limits.zstd_workers = {workers}{per_core}: {threads} compression thread(s)\n"
                 ));
             }
+            if let Some(min) = self.resumable_min_bytes {
+                out.push_str(&format!(
+                    "uploads: limits.resumable_min_bytes = {min}: archives of {min} bytes and more resume after a cut (CONTRACT §9), smaller ones go by one PUT\n"
+                ));
+            }
         }
         for e in &self.errors {
             out.push_str(&format!("invalid: {}\n", line(e)));
@@ -152,6 +160,7 @@ pub fn check(path: &Path, now: SystemTime) -> Report {
         host_id: None,
         url: None,
         packing: None,
+        resumable_min_bytes: None,
         certificates: Vec::new(),
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -185,6 +194,7 @@ pub fn check(path: &Path, now: SystemTime) -> Report {
         );
     }
     r.packing = Some((config.zstd_workers, config.packing_threads()));
+    r.resumable_min_bytes = Some(config.resumable_min_bytes);
     if let Some(ca) = &config.ca_file {
         for der in pem_certificates(ca) {
             r.certificate("receiver.ca_file", ca, &der, now, false);

@@ -112,7 +112,7 @@ impl Default for RawQuarantine {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     #[serde(default)]
@@ -120,6 +120,27 @@ struct RawLimits {
     /// Signed, so a negative value is named by this key, not by serde.
     #[serde(default)]
     zstd_workers: i64,
+    /// Signed, so a negative value is named by this key, not by serde.
+    #[serde(default = "d_resumable_min_bytes")]
+    resumable_min_bytes: i64,
+}
+
+/// `[limits] resumable_min_bytes` by default: 8 MiB (CONTRACT §10).
+pub const DEFAULT_RESUMABLE_MIN_BYTES: u64 = 8 << 20;
+
+fn d_resumable_min_bytes() -> i64 {
+    DEFAULT_RESUMABLE_MIN_BYTES as i64
+}
+
+/// The defaults of a missing `[limits]` table: the same as of missing keys.
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            bwlimit: String::new(),
+            zstd_workers: 0,
+            resumable_min_bytes: d_resumable_min_bytes(),
+        }
+    }
 }
 
 fn d_data_dir() -> PathBuf {
@@ -196,6 +217,10 @@ pub struct Config {
     /// `limits.zstd_workers`: packing threads, 0 = one per core
     /// ([`Config::packing_threads`] resolves it).
     pub zstd_workers: u32,
+    /// `limits.resumable_min_bytes`: archives in `outbox/` of this size and
+    /// more go by the resumable upload API (CONTRACT §9), smaller ones by
+    /// one PUT.
+    pub resumable_min_bytes: u64,
 }
 
 impl Config {
@@ -259,6 +284,15 @@ impl Config {
                     ),
                 )
             })?;
+        let resumable_min_bytes = u64::try_from(raw.limits.resumable_min_bytes).map_err(|_| {
+            err(
+                "limits.resumable_min_bytes",
+                format!(
+                    "{} is negative: it is a size in bytes (0 = every archive in outbox/ goes by resumable upload; default {DEFAULT_RESUMABLE_MIN_BYTES})",
+                    raw.limits.resumable_min_bytes
+                ),
+            )
+        })?;
         let r = &raw.receiver;
         let url = reqwest::Url::parse(&r.url)
             .map_err(|e| err("receiver.url", format!("{:?}: {e}", r.url)))?;
@@ -355,6 +389,7 @@ impl Config {
                 raw.quarantine.cleanup_interval_s,
             )?,
             zstd_workers,
+            resumable_min_bytes,
         })
     }
 }
@@ -383,6 +418,7 @@ impl Config {
             bwlimit: _,
             zstd_workers,
             ops_listen,
+            resumable_min_bytes,
         } = self;
         let mut out = Vec::new();
         let mut diff = |key, same: bool| {
@@ -421,6 +457,10 @@ impl Config {
         );
         diff("limits.zstd_workers", *zstd_workers == new.zstd_workers);
         diff("ops.listen", *ops_listen == new.ops_listen);
+        diff(
+            "limits.resumable_min_bytes",
+            *resumable_min_bytes == new.resumable_min_bytes,
+        );
         out
     }
 }
@@ -543,6 +583,10 @@ mod tests {
                 format!("{OK}[limits]\nzstd_workers = 100000\n"),
                 "limits.zstd_workers",
             ),
+            (
+                format!("{OK}[limits]\nresumable_min_bytes = -1\n"),
+                "limits.resumable_min_bytes",
+            ),
         ];
         for (text, key) in cases {
             let e = d.parse(&text).unwrap_err().to_string();
@@ -563,6 +607,13 @@ mod tests {
             .unwrap();
         assert!(matches!(b.bwlimit, crate::bwlimit::Bwlimit::Timetable(_)));
         assert!(a.changed_keys(&b).is_empty());
+        assert_eq!(a.resumable_min_bytes, DEFAULT_RESUMABLE_MIN_BYTES);
+        assert_eq!(b.resumable_min_bytes, DEFAULT_RESUMABLE_MIN_BYTES);
+        let r = d
+            .parse(&format!("{OK}[limits]\nresumable_min_bytes = 0\n"))
+            .unwrap();
+        assert_eq!(r.resumable_min_bytes, 0);
+        assert_eq!(a.changed_keys(&r), ["limits.resumable_min_bytes"]);
         let c = d.parse(&format!("zstd_level = 5\n{OK}")).unwrap();
         assert_eq!(a.changed_keys(&c), ["zstd_level"]);
         // Every field is compared (the destructuring in changed_keys).

@@ -2,7 +2,8 @@
 //! (docs/transport.md has the table of states and crash windows).
 //!
 //! `data_dir/episodes/<id>/` is the queue (the producer's), `outbox/` holds
-//! archives built but not yet confirmed (`<id>.tar.zst` + `<id>.json` sidecar),
+//! archives built but not yet confirmed (`<id>.tar.zst` + `<id>.json` sidecar,
+//! and `<id>.upload` while a resumable upload of it is open),
 //! `shipped/<id>/` and `quarantine/<name>/` are final. Every move is a rename on
 //! one filesystem, made durable by fsyncing both directories; moves into the
 //! final places never overwrite (`renameat2(RENAME_NOREPLACE)`).
@@ -190,10 +191,12 @@ impl Layout {
                 .unwrap_or_default();
             let id = name
                 .strip_suffix(".tar.zst")
-                .or_else(|| name.strip_suffix(".json"));
+                .or_else(|| name.strip_suffix(".json"))
+                .or_else(|| name.strip_suffix(crate::outbox_upload::SUFFIX));
             let keep = match id {
                 // A complete pair of an episode still queued: an archive
                 // alone was never sealed, a sidecar alone describes nothing.
+                // The pair's upload location (`<id>.upload`) goes with it.
                 Some(id) if !name.starts_with('.') => {
                     self.episodes.join(id).is_dir()
                         && self.outbox.join(format!("{id}.json")).exists()
@@ -355,11 +358,13 @@ impl Layout {
         Ok(())
     }
 
-    /// Removes the outbox archive and sidecar of `id`, if any (and makes the
-    /// removal durable; with nothing removed there is nothing to sync).
+    /// Removes the outbox upload location, sidecar and archive of `id`, if
+    /// any, in that order (a location is never left without its archive), and
+    /// makes the removal durable (with nothing removed there is nothing to sync).
     pub fn drop_outbox(&self, id: &Id) -> io::Result<()> {
         let mut removed = false;
-        for p in [self.sidecar_path(id), self.archive_path(id)] {
+        let upload = crate::outbox_upload::path(self, id);
+        for p in [upload, self.sidecar_path(id), self.archive_path(id)] {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

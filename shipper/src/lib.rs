@@ -5,6 +5,8 @@
 //! [`state`] is the pure episode state machine and [`queue`] its async driver;
 //! [`archive`] packs (deterministic tar+zstd with its SHA-256); [`disk`] owns
 //! every durable move; [`upload`] speaks the receiver's HTTP API over the
+//! [`client`], [`resumable`] its resumable upload API (the location kept in
+//! `outbox/` by [`outbox_upload`]) over the same
 //! [`client`] (renewed TLS files picked up from disk); [`cleanup`] expires
 //! old quarantine entries; [`systemd`] notifies; [`metrics`] counts and
 //! [`ops`] serves them (`[ops] listen`). docs/transport.md
@@ -19,9 +21,11 @@ pub mod config;
 pub mod disk;
 pub mod metrics;
 pub mod ops;
+pub mod outbox_upload;
 pub mod progress;
 pub mod queue;
 pub mod reload;
+pub mod resumable;
 pub mod scan;
 pub mod state;
 pub mod upload;

@@ -130,8 +130,15 @@ impl Uploads {
 
     /// Joins the registry for the upload of `total` bytes of `id`.
     pub fn start(self: &Arc<Self>, id: &Id, total: u64) -> Tracked {
+        self.start_at(id, total, 0)
+    }
+
+    /// As [`start`](Self::start) for an upload resumed at `offset` (the
+    /// bytes the receiver already holds): `bytes_sent` starts there, and the
+    /// rate counts only the bytes sent from now on.
+    pub fn start_at(self: &Arc<Self>, id: &Id, total: u64, offset: u64) -> Tracked {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let sent = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(offset));
         let now = Instant::now();
         self.lock().push(Entry {
             key,
@@ -139,7 +146,7 @@ impl Uploads {
             total,
             started_at: SystemTime::now(),
             sent: sent.clone(),
-            samples: VecDeque::from([(now, 0)]),
+            samples: VecDeque::from([(now, offset)]),
             logged: now,
             phase: Phase::Sending,
         });

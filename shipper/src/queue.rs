@@ -8,7 +8,9 @@
 //! at least any `Retry-After`), so a failing episode never blocks the others.
 //! Failures that belong to the receiver or the link (no answer, 401, 403, 429,
 //! 503, 507) put the whole host on hold instead and end the pass: hammering a
-//! receiver that is down or full once per episode helps nobody.
+//! receiver that is down or full once per episode helps nobody. A 503
+//! `episode_busy` (another upload of that episode in progress) is the
+//! episode's own.
 //!
 //! While one episode uploads, the next ready ones are packed on a blocking
 //! thread, one pack at a time ([`LOOK_AHEAD`] archives waiting at most); a
@@ -178,7 +180,14 @@ fn host_wide(event: &Event) -> bool {
     match event {
         // Something other than the receiver answers at its URL: so it will
         // for every episode.
-        Event::NoAnswer { .. } | Event::NotReceiver { .. } => true,
+        Event::NoAnswer { episode, .. } => !episode,
+        Event::NotReceiver { .. } => true,
+        // Another upload of this episode is in progress (CONTRACT §9):
+        // this episode waits, the others go on.
+        Event::Answer {
+            error: Some(ErrorCode::EpisodeBusy),
+            ..
+        } => false,
         Event::Answer { status, .. } => matches!(status, 401 | 403 | 429 | 503 | 507),
         _ => false,
     }
@@ -641,9 +650,11 @@ impl Shipper {
                             // The pack's thread seals the archive meanwhile,
                             // and the next packs go on as each one is done.
                             let path = self.layout.archive_path(&id);
-                            let uploader = self.uploader.clone();
+                            let (uploader, layout) = (self.uploader.clone(), self.layout.clone());
                             let answer = {
-                                let put = uploader.put(&id, &path, archive, progress);
+                                let put = crate::resumable::send(
+                                    &uploader, &layout, &id, &path, archive, progress,
+                                );
                                 tokio::pin!(put);
                                 loop {
                                     let Some(p) =
@@ -1159,5 +1170,40 @@ async fn await_pack(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, error: Option<ErrorCode>) -> Event {
+        Event::Answer {
+            status,
+            error,
+            message: String::new(),
+            remediation: None,
+        }
+    }
+
+    /// `episode_busy` is the episode's own; a plain 503 `busy` is the host's.
+    #[test]
+    fn episode_busy_holds_the_episode_not_the_host() {
+        assert!(!host_wide(&answer(503, Some(ErrorCode::EpisodeBusy))));
+        assert!(host_wide(&answer(503, Some(ErrorCode::Busy))));
+        assert!(host_wide(&answer(503, None)));
+    }
+
+    /// An upload given up on (lost or disputed again and again) is that
+    /// episode's trouble; a request without an answer is the host's.
+    #[test]
+    fn a_given_up_upload_holds_the_episode_not_the_host() {
+        let no_answer = |episode| Event::NoAnswer {
+            auth: false,
+            message: String::new(),
+            episode,
+        };
+        assert!(!host_wide(&no_answer(true)));
+        assert!(host_wide(&no_answer(false)));
     }
 }

@@ -113,6 +113,10 @@ pub enum Event {
     NoAnswer {
         auth: bool,
         message: String,
+        /// This episode's failure alone (an upload the receiver keeps
+        /// losing or disputing): loud, and it defers only this episode,
+        /// never the host.
+        episode: bool,
     },
 }
 
@@ -204,6 +208,10 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
                 remediation,
             },
         ) => match (disposition(status), error) {
+            // A 409 read by its code first: the receiver holds another
+            // offset of a resumable upload, never the episode's fault
+            // (crate::resumable follows it; one that reaches here retries).
+            (_, Some(ErrorCode::OffsetMismatch)) => retry(false, error, Some(status), message),
             // Only a confirmed success retires (`Event::Stored`).
             (Disposition::Stored, error) => retry(
                 true,
@@ -247,8 +255,15 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
             }),
             Action::Quarantine,
         ),
-        (State::Packed { .. }, Event::NoAnswer { auth, message }) => retry(
-            auth,
+        (
+            State::Packed { .. },
+            Event::NoAnswer {
+                auth,
+                message,
+                episode,
+            },
+        ) => retry(
+            auth || episode,
             auth.then_some(ErrorCode::Unauthenticated),
             None,
             message,
@@ -329,6 +344,20 @@ mod tests {
         assert_eq!(step(&s, Event::Stored { status: 200 }).1, Action::Retire);
     }
 
+    /// A 409 `offset_mismatch` (a resumable upload's offset) is never the
+    /// episode's fault: a quiet retry, while a 409 `conflict` quarantines;
+    /// a 503 `episode_busy` is a quiet retry like any 503.
+    #[test]
+    fn offset_mismatch_retries_and_conflict_quarantines() {
+        let (s, a) = step(&packed(false), answer(409, Some(ErrorCode::OffsetMismatch)));
+        assert_eq!(s, packed(false));
+        assert!(matches!(a, Action::RetryLater { loud: false, .. }), "{a:?}");
+        let (_, a) = step(&packed(false), answer(409, Some(ErrorCode::Conflict)));
+        assert_eq!(a, Action::Quarantine);
+        let (_, a) = step(&packed(false), answer(503, Some(ErrorCode::EpisodeBusy)));
+        assert!(matches!(a, Action::RetryLater { loud: false, .. }), "{a:?}");
+    }
+
     /// A success the receiver did not confirm, or a redirect, retires
     /// nothing: it is loud and the episode stays packed.
     #[test]
@@ -400,6 +429,7 @@ mod tests {
             Event::NoAnswer {
                 auth: true,
                 message: "closed".into(),
+                episode: false,
             },
         );
         assert!(matches!(

@@ -117,7 +117,7 @@ fn io_errors<'a>(
 ///   and did not time out;
 /// - anything else (refused, reset, timed out, DNS, a broken pipe, an
 ///   unparsable answer) is the link's: unreachable.
-fn classify(e: &reqwest::Error) -> NoAnswer {
+pub(crate) fn classify(e: &reqwest::Error) -> NoAnswer {
     // The causes only: the top-level message carries the URL.
     let mut chain = String::new();
     let mut source = std::error::Error::source(e);
@@ -292,13 +292,24 @@ impl std::fmt::Display for PingVerdict {
     }
 }
 
+/// A request body: `len` bytes of an archive of `total`, from `offset`.
+pub(crate) struct Body {
+    pub reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub len: u64,
+    pub offset: u64,
+    pub total: u64,
+}
+
 #[derive(Debug)]
 pub struct Uploader {
     client: TlsClient,
     base: reqwest::Url,
-    host: Id,
+    pub(crate) host: Id,
     token: Option<String>,
-    stall: Duration,
+    pub(crate) stall: Duration,
+    /// `[limits] resumable_min_bytes`: outbox archives this large go by
+    /// the upload API (crate::resumable), smaller ones by PUT.
+    pub resumable_min_bytes: u64,
     /// The shared `bwlimit` bucket and the uploads in flight (progress.rs).
     pub limiter: Arc<crate::bwlimit::Limiter>,
     pub uploads: Arc<crate::progress::Uploads>,
@@ -331,13 +342,14 @@ impl Uploader {
             host: config.host_id.clone(),
             token,
             stall: config.stall_timeout,
+            resumable_min_bytes: config.resumable_min_bytes,
             limiter: Arc::new(crate::bwlimit::Limiter::new(config.bwlimit.clone())),
             uploads: Arc::default(),
         })
     }
 
     /// The client for the next request (renewed TLS files picked up: [`TlsClient`]).
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         self.client.current()
     }
 
@@ -348,14 +360,14 @@ impl Uploader {
         let _ = self.client.current();
     }
 
-    fn url(&self, tail: &str) -> reqwest::Url {
+    pub(crate) fn url(&self, tail: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         let path = format!("{}/{tail}", url.path().trim_end_matches('/'));
         url.set_path(&path);
         url
     }
 
-    fn authorize(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(crate) fn authorize(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -462,15 +474,58 @@ impl Uploader {
                 }
             },
         };
+        let req = self
+            .authorize(
+                self.client()
+                    .put(self.url(&format!("v1/episodes/{}/{id}", self.host))),
+            )
+            .header(CONTENT_DIGEST, archive.digest.header_value())
+            .header(LABSHIP_COMMIT, archive.commit.as_str())
+            .header(reqwest::header::CONTENT_TYPE, ARCHIVE_CONTENT_TYPE);
+        let body = Body {
+            reader: body,
+            len: archive.bytes,
+            offset: 0,
+            total: archive.bytes,
+        };
+        match self.send_body(id, req, body, progress).await {
+            Err(event) => (event, None),
+            Ok(r) if r.status().is_success() => (self.confirm(r, id, archive).await, None),
+            Ok(r) if r.status().is_redirection() => {
+                let why = redirect_text(&r);
+                (not_receiver("PUT", &r, why), None)
+            }
+            Ok(r) => answer(r).await,
+        }
+    }
+
+    /// Sends `req` with `body` (its `len` bytes from `offset` of an archive
+    /// of `total`), throttled by `bwlimit`, listed in `status.json`'s
+    /// `uploading`, counted in the metrics, and cut when it stalls
+    /// (`stall_timeout_s`, then [`ANSWER_GRACE`] for the answer). `Err` is
+    /// the event of a failure with no answer.
+    pub(crate) async fn send_body(
+        &self,
+        id: &Id,
+        req: reqwest::RequestBuilder,
+        body: Body,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<reqwest::Response, Event> {
+        let Body {
+            reader,
+            len,
+            offset,
+            total,
+        } = body;
         let started = Instant::now();
         let moved_at = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
         let (stamp, count) = (moved_at.clone(), sent.clone());
-        let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
         let stream = crate::bwlimit::throttle(stream, self.limiter.clone());
-        // Listed until `put` returns (not until the body stream is dropped):
-        // waiting for the answer is part of the upload.
-        let tracked = Arc::new(self.uploads.start(id, archive.bytes));
+        // Listed until the answer is in (not until the body stream is
+        // dropped): waiting for the answer is part of the upload.
+        let tracked = Arc::new(self.uploads.start_at(id, total, offset));
         // Counts the body bytes as they go and observes the duration when
         // the upload ends, whichever return below ends it (a stall cut
         // included) or if it is cancelled.
@@ -482,17 +537,10 @@ impl Uploader {
             count.fetch_add(n as u64, Ordering::Relaxed);
             stamp.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
-        let req = self
-            .authorize(
-                self.client()
-                    .put(self.url(&format!("v1/episodes/{}/{id}", self.host))),
-            )
-            .header(CONTENT_DIGEST, archive.digest.header_value())
-            .header(LABSHIP_COMMIT, archive.commit.as_str())
-            .header(reqwest::header::CONTENT_TYPE, ARCHIVE_CONTENT_TYPE)
-            .header(reqwest::header::CONTENT_LENGTH, archive.bytes)
-            .body(reqwest::Body::wrap_stream(stream));
-        let send = req.send();
+        let send = req
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send();
         tokio::pin!(send);
         let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.stall));
         let mut last_seen = 0;
@@ -506,51 +554,40 @@ impl Uploader {
                         progress();
                     }
                     let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
-                    let body_done = sent.load(Ordering::Relaxed) >= archive.bytes;
+                    let body_done = sent.load(Ordering::Relaxed) >= len;
                     if body_done {
                         tracked.awaiting_answer();
                     }
                     if !body_done && idle > self.stall {
-                        return (no_answer(NoAnswer::Unreachable(format!(
+                        return Err(no_answer(NoAnswer::Unreachable(format!(
                             "upload stalled: no progress for {}s (receiver.stall_timeout_s)", self.stall.as_secs()
-                        ))), None);
+                        ))));
                     }
                     if body_done && idle > self.stall + ANSWER_GRACE {
-                        return (no_answer(NoAnswer::Unreachable(format!(
+                        return Err(no_answer(NoAnswer::Unreachable(format!(
                             "no answer {}s after the whole archive was sent (receiver.stall_timeout_s + {}s)",
                             idle.as_secs(), ANSWER_GRACE.as_secs()
-                        ))), None);
+                        ))));
                     }
                 }
             }
         };
         drop(timer);
-        match resp {
-            // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
-            // unacknowledged for stall_timeout_s.
-            Err(e) => match classify(&e) {
-                NoAnswer::Unreachable(m) if kernel_timed_out(&e) => (
-                    no_answer(NoAnswer::Unreachable(format!(
-                        "upload stalled: the receiver acknowledged no byte for {}s (receiver.stall_timeout_s): {m}",
-                        self.stall.as_secs()
-                    ))),
-                    None,
-                ),
-                n => (no_answer(n), None),
-            },
-            Ok(r) if r.status().is_success() => (self.confirm(r, id, archive).await, None),
-            Ok(r) if r.status().is_redirection() => {
-                let why = redirect_text(&r);
-                (not_receiver("PUT", &r, why), None)
-            }
-            Ok(r) => answer(r).await,
-        }
+        // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
+        // unacknowledged for stall_timeout_s.
+        resp.map_err(|e| match classify(&e) {
+            NoAnswer::Unreachable(m) if kernel_timed_out(&e) => no_answer(NoAnswer::Unreachable(format!(
+                "upload stalled: the receiver acknowledged no byte for {}s (receiver.stall_timeout_s): {m}",
+                self.stall.as_secs()
+            ))),
+            n => no_answer(n),
+        })
     }
 
     /// A success answer to the PUT of `archive` as `id`: stored only when
     /// its body is the receiver's, naming this host and episode with the
     /// digest and size that were sent.
-    async fn confirm(&self, r: reqwest::Response, id: &Id, archive: &Archive) -> Event {
+    pub(crate) async fn confirm(&self, r: reqwest::Response, id: &Id, archive: &Archive) -> Event {
         let status = r.status().as_u16();
         if !matches!(status, 200 | 201) {
             return not_receiver(
@@ -586,7 +623,7 @@ impl Uploader {
 }
 
 /// What a redirect says: where it points. It is never followed.
-fn redirect_text(r: &reqwest::Response) -> String {
+pub(crate) fn redirect_text(r: &reqwest::Response) -> String {
     let to = r
         .headers()
         .get(reqwest::header::LOCATION)
@@ -604,7 +641,7 @@ fn not_receiver_text(method: &str, url: &reqwest::Url, status: u16, why: &str) -
 }
 
 /// An answer from something other than the receiver (see [`Event::NotReceiver`]).
-fn not_receiver(method: &str, r: &reqwest::Response, why: String) -> Event {
+pub(crate) fn not_receiver(method: &str, r: &reqwest::Response, why: String) -> Event {
     let status = r.status().as_u16();
     Event::NotReceiver {
         status,
@@ -628,15 +665,16 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(wait.min(RETRY_AFTER_MAX))
 }
 
-fn no_answer(n: NoAnswer) -> Event {
+pub(crate) fn no_answer(n: NoAnswer) -> Event {
     let auth = matches!(n, NoAnswer::Auth(_));
     Event::NoAnswer {
         auth,
         message: n.message().to_owned(),
+        episode: false,
     }
 }
 
-async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
+pub(crate) async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
     let status = r.status().as_u16();
     let retry_after = r
         .headers()

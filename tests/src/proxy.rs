@@ -17,6 +17,9 @@
 //!   took the whole body and is still verifying it, as the client sees it.
 //! - `Throttle(r)` caps every connection's client→server direction at about
 //!   `r` bytes per second.
+//! - `ResetEvery(n)` resets (RST) every connection after its first `n`
+//!   client→server bytes: a flaky link that cuts an upload every `n` bytes,
+//!   however often it is resumed.
 //!
 //! With the first three the cut is made once, so a retry succeeds; a short
 //! request on its own connection (a ping) passes untouched.
@@ -79,6 +82,9 @@ pub enum Fault {
     Throttle(usize),
     /// Reset (RST) both sides after this many client→server bytes (once).
     ResetAfter(usize),
+    /// Reset (RST) both sides of every connection after this many of its
+    /// client→server bytes (every time).
+    ResetEvery(usize),
     /// Close both sides cleanly (FIN) after this many client→server bytes
     /// (once).
     Truncate(usize),
@@ -185,7 +191,7 @@ impl Proxy {
                 count.fetch_add(1, Ordering::SeqCst);
                 let cut = match fault {
                     Fault::StallAfter(n) | Fault::StallUnacked(n) => Some((n, Cut::Stall)),
-                    Fault::ResetAfter(n) => Some((n, Cut::Reset)),
+                    Fault::ResetAfter(n) | Fault::ResetEvery(n) => Some((n, Cut::Reset)),
                     Fault::Truncate(n) => Some((n, Cut::Close)),
                     Fault::Swallow(n) => Some((n, Cut::Swallow)),
                     _ => None,
@@ -203,7 +209,12 @@ impl Proxy {
                     aborted: AtomicBool::new(false),
                     stop: stop2.clone(),
                     faulted: faulted2.clone(),
-                    armed: armed.clone(),
+                    // Every connection's own cut, or the one shared cut.
+                    armed: if matches!(fault, Fault::ResetEvery(_)) {
+                        Arc::new(AtomicBool::new(true))
+                    } else {
+                        armed.clone()
+                    },
                 });
                 let c2 = conn.clone();
                 std::thread::spawn(move || c2.up(cut, rate));

@@ -445,6 +445,10 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
     let r = Receiver::start(&env);
     let (cfg, data) = shipper_config(&env, &r.url, &env.pki.client(HOST));
     edit(&cfg, "settle_s = 0", "settle_s = 0\nscan_interval_s = 1");
+    // Every archive in outbox/ (over 1 MiB) by resumable upload: kills land
+    // in partial uploads too (CONTRACT §9), the small ones in PUTs.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
     let copies = env.path().join("copies");
     let seed: u64 = std::env::var("LABSHIP_CRASH_SEED")
         .ok()
@@ -525,10 +529,11 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
             .collect();
         want.sort();
         assert_eq!(r.stored(HOST), want, "{ctx}: one archive and manifest each");
+        // A resumable upload's creation (201) stores nothing.
         let created = r
             .audit_records()
             .iter()
-            .filter(|a| a["status"] == 201)
+            .filter(|a| a["status"] == 201 && a["op"] != "upload_create")
             .count();
         assert_eq!(created, ids.len(), "{ctx}: stored once each");
         assert!(r.scratch().is_empty(), "{ctx}: scratch {:?}", r.scratch());
@@ -550,8 +555,14 @@ fn kill_9_at_varied_moments_loses_nothing_and_stores_nothing_twice() {
         mid_work * 2 >= trials,
         "only {mid_work} of {trials} kills interrupted work in progress"
     );
+    let partial = r
+        .audit_records()
+        .iter()
+        .filter(|a| a["op"] == "upload_create" && a["status"] == 201)
+        .count();
+    assert!(partial > 0, "no archive went by resumable upload");
     eprintln!(
-        "MEASURED shipper kill campaign: {trials} trials (seed {seed}), {} episodes, {mid_work} kills mid-work ({mid_archive} with an archive in outbox/), all invariants held, {:.1?}",
+        "MEASURED shipper kill campaign: {trials} trials (seed {seed}), {} episodes, {mid_work} kills mid-work ({mid_archive} with an archive in outbox/), {partial} resumable uploads created, all invariants held, {:.1?}",
         ids.len(),
         started.elapsed()
     );

@@ -4,7 +4,7 @@
 //! the same receiver, are not.
 //!
 //! ```text
-//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet] [--check]
+//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check]
 //!       [--wrap 'strace -f -tt -o /tmp/shipper.strace'] [--before DIR]
 //! ```
 //!
@@ -17,13 +17,17 @@
 //! `tar | zstd -3 -T0` into a pipe), `small` (many tiny episodes, episodes per
 //! second vs the script), `memory` (shipper peak RSS on one big episode;
 //! receiver peak RSS under 16 concurrent uploads), `idle` (CPU time of one
-//! scan pass over unsettled episodes beside a large `shipped/`). Every run
+//! scan pass over unsettled episodes beside a large `shipped/`), `flaky` (one
+//! big episode through a link reset every 1/8 of its size: labship's bytes on
+//! the wire vs the script's; and the upload API vs PUT on a healthy link:
+//! flaky.rs). Every run
 //! checks its result: each upload answered 201 and the store holds it.
 //! Prints a table; writes JSON (default `target/bench.json`). Exits 1 on a
 //! broken run, and with `--check` also when a target is missed.
 
 mod data;
 mod fleet;
+mod flaky;
 mod measure;
 mod memory;
 mod report;
@@ -141,7 +145,7 @@ fn args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
+                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
                 );
                 std::process::exit(0);
             }
@@ -607,6 +611,9 @@ fn main() {
     }
     if want("fleet") {
         fleet::fleet(&mut b, &mut rep);
+    }
+    if want("flaky") {
+        flaky::flaky(&mut b, &mut rep);
     }
     rep.elapsed(started.elapsed());
     rep.print();

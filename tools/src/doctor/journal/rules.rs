@@ -387,6 +387,30 @@ mod tests {
         ("ops_listen_failed", "not classified yet"),
         ("ops_listener_failed", "not classified yet"),
         ("quarantine_cleanup_failed", "not classified yet"),
+        (
+            "upload_resumed",
+            "healthy news: a cut append goes on from the receiver's offset",
+        ),
+        (
+            "upload_cut",
+            "a cut append; the retry row counts the failed attempt",
+        ),
+        (
+            "upload_offset_mismatch",
+            "healthy news: the shipper follows the receiver's offset",
+        ),
+        (
+            "upload_restarted",
+            "at most two per attempt, once per lost upload; a receiver that keeps losing uploads shows in the retry row",
+        ),
+        (
+            "upload_api_missing",
+            "once per process, and archives still ship (by PUT); --ping shows the receiver",
+        ),
+        (
+            "upload_location_dropped",
+            "once per stale outbox/<id>.upload (other bytes, not our path); the upload starts over once",
+        ),
     ];
 
     /// Every `event = "…"` the shipper logs is a rule's, or deliberately
