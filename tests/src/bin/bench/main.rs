@@ -26,8 +26,8 @@
 //! broken run, and with `--check` also when a target is missed.
 
 mod data;
-mod fleet;
 mod flaky;
+mod fleet;
 mod measure;
 mod memory;
 mod report;
