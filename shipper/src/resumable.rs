@@ -294,11 +294,7 @@ async fn create(up: &Uploader, id: &Id, archive: &Archive) -> Created {
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let held = r
-        .headers()
-        .get(UPLOAD_OFFSET)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_offset);
+    let held = offset_header(&r, UPLOAD_OFFSET);
     match (location, held) {
         (Some(loc), Some(held))
             if status == 201
@@ -359,12 +355,7 @@ async fn probe(up: &Uploader, location: &str, archive: &Archive, budget: &mut Du
         Ok(r) => r,
         Err(failed) => return Probe::Failed(failed),
     };
-    let header = |name: &str| {
-        r.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_offset)
-    };
+    let header = |name: &str| offset_header(&r, name);
     match r.status().as_u16() {
         404 => Probe::Gone,
         204 => match (header(UPLOAD_OFFSET), header(UPLOAD_LENGTH)) {
@@ -380,19 +371,37 @@ async fn probe(up: &Uploader, location: &str, archive: &Archive, budget: &mut Du
                 None,
             )),
         },
-        _ if r.status().is_redirection() => {
-            let why = redirect_text(&r);
-            Probe::Failed((not_receiver("HEAD", &r, why), None))
-        }
-        _ if r.status().is_success() => Probe::Failed((
-            not_receiver(
+        _ => Probe::Failed(
+            unexpected(
                 "HEAD",
-                &r,
-                "a success the receiver never gives to an upload's HEAD (204)".into(),
-            ),
-            None,
-        )),
-        _ => Probe::Failed(answer(r).await),
+                r,
+                "a success the receiver never gives to an upload's HEAD (204)",
+            )
+            .await,
+        ),
+    }
+}
+
+/// An sf-integer header of the receiver's answer (`Upload-Offset`,
+/// `Upload-Length`); `None` when absent or malformed.
+fn offset_header(r: &reqwest::Response, name: &str) -> Option<u64> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_offset)
+}
+
+/// An answer the upload exchange did not expect: a redirect or another
+/// success (`success_why`) is not the receiver's word; any other status is
+/// read as the receiver's error answer.
+async fn unexpected(method: &str, r: reqwest::Response, success_why: &str) -> Answer {
+    if r.status().is_redirection() {
+        let why = redirect_text(&r);
+        (not_receiver(method, &r, why), None)
+    } else if r.status().is_success() {
+        (not_receiver(method, &r, success_why.to_owned()), None)
+    } else {
+        answer(r).await
     }
 }
 
@@ -423,11 +432,7 @@ async fn settle(
         Ok(r) => r,
         Err(failed) => return Probe::Failed(failed),
     };
-    let held = r
-        .headers()
-        .get(UPLOAD_OFFSET)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_offset);
+    let held = offset_header(&r, UPLOAD_OFFSET);
     match (r.status().as_u16(), held) {
         (404, _) => Probe::Gone,
         (_, Some(o)) if o > archive.bytes => Probe::Gone,
@@ -442,19 +447,14 @@ async fn settle(
             ) => Probe::At(o),
             other => Probe::Failed(other),
         },
-        _ if r.status().is_redirection() => {
-            let why = redirect_text(&r);
-            Probe::Failed((not_receiver("PATCH", &r, why), None))
-        }
-        _ if r.status().is_success() => Probe::Failed((
-            not_receiver(
+        _ => Probe::Failed(
+            unexpected(
                 "PATCH",
-                &r,
-                "a success other than 204 with Upload-Offset to an empty append".into(),
-            ),
-            None,
-        )),
-        _ => Probe::Failed(answer(r).await),
+                r,
+                "a success other than 204 with Upload-Offset to an empty append",
+            )
+            .await,
+        ),
     }
 }
 
@@ -497,11 +497,7 @@ async fn append(
         200 | 201 => Appended::Done((up.confirm(r, id, archive).await, None)),
         404 => Appended::Gone,
         409 => {
-            let held = r
-                .headers()
-                .get(UPLOAD_OFFSET)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_offset);
+            let held = offset_header(&r, UPLOAD_OFFSET);
             match (answer(r).await, held) {
                 // Read by its code first: a 409 is otherwise fatal.
                 (
@@ -517,19 +513,13 @@ async fn append(
                 (answer, _) => Appended::Done(answer),
             }
         }
-        _ if r.status().is_redirection() => {
-            let why = redirect_text(&r);
-            Appended::Done((not_receiver("PATCH", &r, why), None))
-        }
-        _ if r.status().is_success() => Appended::Done((
-            not_receiver(
+        _ => Appended::Done(
+            unexpected(
                 "PATCH",
-                &r,
-                "a success other than the stored archive's (200, 201) to the append that ends it"
-                    .into(),
-            ),
-            None,
-        )),
-        _ => Appended::Done(answer(r).await),
+                r,
+                "a success other than the stored archive's (200, 201) to the append that ends it",
+            )
+            .await,
+        ),
     }
 }
