@@ -102,8 +102,9 @@ pub fn generate_to_stdout(kind: Generate, cmd: clap::Command) -> std::process::E
     }
 }
 
-/// The hidden `--generate KIND` flag that [`run_cli`] adds to a binary's own
-/// arguments.
+// The hidden `--generate KIND` flag that `run_cli` adds to a binary's own
+// arguments. A plain comment: clap would make a doc comment here the
+// binary's own description (its `about`).
 #[derive(Debug, clap::Args)]
 struct GenerateFlag {
     /// Print a man page or a shell completion for this binary and exit
