@@ -50,11 +50,7 @@ EOF
 }
 
 main() {
-  parse_args "$@"
-  find_source
-  ((PACKAGED)) || check_binaries shipper doctor quarantine-unstamped
-  umask 022
-  echo "$PROGRAM: installing labship for a lab host from $SRC into ${R:-/}"
+  start_install "labship for a lab host" "shipper doctor quarantine-unstamped" "$@"
 
   ensure_user
   install_software shipper doctor quarantine-unstamped

@@ -40,11 +40,7 @@ EOF
 }
 
 main() {
-  parse_args "$@"
-  find_source
-  ((PACKAGED)) || check_binaries receiver
-  umask 022
-  echo "$PROGRAM: installing the labship receiver from $SRC into ${R:-/}"
+  start_install "the labship receiver" receiver "$@"
 
   ensure_user
   install_software receiver

@@ -63,13 +63,16 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+meta() { # dir id commit-or-empty: writes dir/meta.json, stamped or not
+  if [ -n "$3" ]; then
+    printf '{"episode":"%s","code_version":{"commit":"%s","dirty":false}}\n' "$2" "$3" > "$1/meta.json"
+  else
+    printf '{"episode":"%s"}\n' "$2" > "$1/meta.json"
+  fi
+}
 episode() { # id commit-or-empty
   mkdir -p "episodes/$1/data"
-  if [ -n "$2" ]; then
-    printf '{"episode":"%s","code_version":{"commit":"%s","dirty":false}}\n' "$1" "$2" > "episodes/$1/meta.json"
-  else
-    printf '{"episode":"%s"}\n' "$1" > "episodes/$1/meta.json"
-  fi
+  meta "episodes/$1" "$1" "$2"
   seq 1 20000 > "episodes/$1/data/steps.csv"
   tar --sort=name --owner=0 --group=0 --numeric-owner -C episodes -cf - "$1" | zstd -3 -T0 -q > "$1.tar.zst"
 }
@@ -86,11 +89,7 @@ echo "== lab host: shipper --ping and --once (data dir $dev/lab)"
 mkdir -p lab/episodes
 sample() { # id commit-or-empty
   mkdir -p "lab/episodes/$1/frames"
-  if [ -n "$2" ]; then
-    printf '{"episode":"%s","code_version":{"commit":"%s","dirty":false}}\n' "$1" "$2" > "lab/episodes/$1/meta.json"
-  else
-    printf '{"episode":"%s"}\n' "$1" > "lab/episodes/$1/meta.json"
-  fi
+  meta "lab/episodes/$1" "$1" "$2"
   head -c 200000 /dev/urandom > "lab/episodes/$1/frames/0001.bin"
   seq 1 5000 > "lab/episodes/$1/steps.csv"
 }

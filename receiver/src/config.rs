@@ -9,8 +9,9 @@
 //! `limits.min_upload_rate_window_s`, `limits.upload_expiry_s`,
 //! `limits.max_partial_uploads`.
 //!
-//! [`Config::warnings`] lists what is valid but risky (said at start and by
-//! `receiver --check-config`).
+//! The `[limits]` keys and their checks are in `limits`, the `[storage]`
+//! ones in `storage`. [`Config::warnings`] lists what is valid but risky
+//! (said at start and by `receiver --check-config`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -20,9 +21,11 @@ use std::time::Duration;
 pub const DEFAULT_PATH: &str = "/etc/labship/receiver.toml";
 
 pub use labship_sys::config::ConfigError;
+use limits::RawLimits;
 use storage::RawStorage;
 pub use storage::S3Config;
 
+mod limits;
 mod storage;
 
 #[derive(Debug, Deserialize)]
@@ -81,59 +84,6 @@ impl Default for RawGate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
-    #[serde(default = "d_max_episode")]
-    max_episode_bytes: u64,
-    #[serde(default = "d_max_unpacked")]
-    max_unpacked_bytes: u64,
-    #[serde(default = "d_max_uploads")]
-    max_concurrent_uploads: usize,
-    #[serde(default = "d_max_connections")]
-    max_connections: usize,
-    /// `None`: the default, capped at `max_connections`.
-    #[serde(default)]
-    max_connections_per_address: Option<usize>,
-    /// `None`: the default, capped at `handshake_timeout_s`.
-    #[serde(default)]
-    client_hello_timeout_s: Option<u64>,
-    #[serde(default = "d_handshake")]
-    handshake_timeout_s: u64,
-    #[serde(default = "d_header")]
-    header_timeout_s: u64,
-    #[serde(default = "d_body_idle")]
-    body_idle_timeout_s: u64,
-    #[serde(default = "d_min_rate")]
-    min_upload_rate_bytes_per_s: u64,
-    #[serde(default = "d_min_rate_window")]
-    min_upload_rate_window_s: u64,
-    #[serde(default = "d_upload_expiry")]
-    upload_expiry_s: u64,
-    #[serde(default = "d_max_partial_uploads")]
-    max_partial_uploads: usize,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_episode_bytes: d_max_episode(),
-            max_unpacked_bytes: d_max_unpacked(),
-            max_concurrent_uploads: d_max_uploads(),
-            max_connections: d_max_connections(),
-            max_connections_per_address: None,
-            client_hello_timeout_s: None,
-            handshake_timeout_s: d_handshake(),
-            header_timeout_s: d_header(),
-            body_idle_timeout_s: d_body_idle(),
-            min_upload_rate_bytes_per_s: d_min_rate(),
-            min_upload_rate_window_s: d_min_rate_window(),
-            upload_expiry_s: d_upload_expiry(),
-            max_partial_uploads: d_max_partial_uploads(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOps {
     #[serde(default = "d_ops_listen")]
     listen: String,
@@ -158,60 +108,6 @@ fn d_allowed_commits() -> PathBuf {
 }
 fn d_remediation() -> String {
     "cd /opt/labship && git pull && sudo ./scripts/install-lab-host.sh".into()
-}
-fn d_max_episode() -> u64 {
-    64 << 30
-}
-fn d_max_unpacked() -> u64 {
-    256 << 30
-}
-fn d_max_uploads() -> usize {
-    16
-}
-fn d_max_connections() -> usize {
-    1024
-}
-/// A quarter of `max_connections`: one address (a flood, a runaway client)
-/// can never hold every slot, and a lab behind one NAT address or in one
-/// IPv6 /64 still fits (a shipper holds about six connections at most, so
-/// some forty hosts). Behind a load balancer every connection comes from it:
-/// set 0 (off) there and limit per source in the balancer.
-fn d_max_connections_per_address() -> usize {
-    256
-}
-/// How long a new TCP connection may sit before its TLS ClientHello is in:
-/// a ClientHello is one small flight, so a few seconds cover a lossy link
-/// with retransmits, and a silent socket frees its slot soon.
-fn d_client_hello() -> u64 {
-    5
-}
-fn d_handshake() -> u64 {
-    10
-}
-fn d_header() -> u64 {
-    30
-}
-fn d_body_idle() -> u64 {
-    60
-}
-/// Far below any real link (a lab on a bad 10 kB/s link, shared by four
-/// uploads, still sends 2.5 kB/s each) and far above a byte a minute.
-fn d_min_rate() -> u64 {
-    512
-}
-fn d_min_rate_window() -> u64 {
-    60
-}
-/// A day: a lab link down overnight still resumes in the morning.
-fn d_upload_expiry() -> u64 {
-    86_400
-}
-/// The longest a partial upload may wait for its next append: 30 days.
-const MAX_UPLOAD_EXPIRY_S: u64 = 30 * 86_400;
-/// The most `limits.max_concurrent_uploads` may be (see its check).
-const MAX_CONCURRENT_UPLOADS: usize = 128;
-fn d_max_partial_uploads() -> usize {
-    256
 }
 fn d_ops_listen() -> String {
     "127.0.0.1:9464".into()
@@ -285,7 +181,8 @@ impl Config {
     }
 
     /// Validates `text` as if read from `path` (relative paths resolve against
-    /// `path`'s directory).
+    /// `path`'s directory). Keys are judged in file order, so the first bad
+    /// key is the one named.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: Raw = labship_sys::config::parse_toml(path, text)?;
         let resolve = |p: &Path| labship_sys::config::resolve(path, p);
@@ -305,84 +202,12 @@ impl Config {
         let tls = tls_files(raw.tls, listen, tokens_file.is_some(), &resolve, &err)?;
         let s3 = storage::s3_if_chosen(&raw.storage, &err)?;
         let l = &raw.limits;
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(err(key, "must be greater than 0".into()))
-            } else {
-                Ok(v)
-            }
-        };
-        positive("limits.max_episode_bytes", l.max_episode_bytes)?;
-        positive("limits.max_unpacked_bytes", l.max_unpacked_bytes)?;
-        positive(
-            "limits.max_concurrent_uploads",
-            l.max_concurrent_uploads as u64,
-        )?;
-        // Each upload in flight holds a blocking thread (its validator) and
-        // may leave one idle behind it (a resumable upload's session, kept
-        // for its next append): both must fit well under tokio's pool of 512.
-        if l.max_concurrent_uploads > MAX_CONCURRENT_UPLOADS {
-            return Err(err(
-                "limits.max_concurrent_uploads",
-                format!(
-                    "{} is more than {MAX_CONCURRENT_UPLOADS} (each upload holds a validator thread and may keep one for its next append); lower it",
-                    l.max_concurrent_uploads
-                ),
-            ));
-        }
-        positive("limits.max_connections", l.max_connections as u64)?;
-        // An explicit value must fit under its enclosing limit; the default
-        // shrinks to fit a small one; 0 turns the per-source cap off.
-        let max_connections_per_address = match l.max_connections_per_address {
-            None => d_max_connections_per_address().min(l.max_connections),
-            Some(0) => l.max_connections,
-            Some(n) if n > l.max_connections => {
-                return Err(err(
-                    "limits.max_connections_per_address",
-                    format!(
-                        "{n} is more than limits.max_connections ({})",
-                        l.max_connections
-                    ),
-                ));
-            }
-            Some(n) => n,
-        };
-        let handshake_s = positive("limits.handshake_timeout_s", l.handshake_timeout_s)?;
-        let client_hello_s = match l.client_hello_timeout_s {
-            None => d_client_hello().min(handshake_s),
-            Some(s) if s > handshake_s => {
-                return Err(err(
-                    "limits.client_hello_timeout_s",
-                    format!(
-                        "{s} is longer than limits.handshake_timeout_s ({handshake_s}), which includes it"
-                    ),
-                ));
-            }
-            Some(s) => positive("limits.client_hello_timeout_s", s)?,
-        };
-        let min_upload_rate = match l.min_upload_rate_bytes_per_s {
-            0 => None,
-            // A window shorter than the idle timeout would cut an ordinary
-            // stall (retransmits on a lossy link) that the idle timeout
-            // exists to allow.
-            _ if l.min_upload_rate_window_s < l.body_idle_timeout_s => {
-                return Err(err(
-                    "limits.min_upload_rate_window_s",
-                    format!(
-                        "{} is shorter than limits.body_idle_timeout_s ({}): a stall the idle timeout allows would be cut",
-                        l.min_upload_rate_window_s, l.body_idle_timeout_s
-                    ),
-                ));
-            }
-            bytes_per_s => Some(RateFloor {
-                bytes_per_s,
-                window: Duration::from_secs(positive(
-                    "limits.min_upload_rate_window_s",
-                    l.min_upload_rate_window_s,
-                )?),
-            }),
-        };
+        limits::check_upload_sizes(l, &err)?;
+        let front_door = limits::front_door(l, &err)?;
+        let min_upload_rate = limits::min_upload_rate(l, &err)?;
         let ops_listen = addr("ops.listen", &raw.ops.listen)?;
+        let (header_timeout, body_idle_timeout) = limits::request_timeouts(l, &err)?;
+        let (upload_expiry_s, max_partial_uploads) = limits::partial_uploads(l, &err)?;
         let remediation = raw.gate.remediation.trim();
         Ok(Self {
             file: path.to_owned(),
@@ -397,31 +222,14 @@ impl Config {
             max_unpacked_bytes: l.max_unpacked_bytes,
             max_concurrent_uploads: l.max_concurrent_uploads,
             max_connections: l.max_connections,
-            max_connections_per_address,
-            client_hello_timeout: Duration::from_secs(client_hello_s),
-            handshake_timeout: Duration::from_secs(handshake_s),
-            header_timeout: Duration::from_secs(positive(
-                "limits.header_timeout_s",
-                l.header_timeout_s,
-            )?),
-            body_idle_timeout: Duration::from_secs(positive(
-                "limits.body_idle_timeout_s",
-                l.body_idle_timeout_s,
-            )?),
+            max_connections_per_address: front_door.max_connections_per_address,
+            client_hello_timeout: front_door.client_hello_timeout,
+            handshake_timeout: front_door.handshake_timeout,
+            header_timeout,
+            body_idle_timeout,
             min_upload_rate,
-            upload_expiry_s: match positive("limits.upload_expiry_s", l.upload_expiry_s)? {
-                s if s > MAX_UPLOAD_EXPIRY_S => {
-                    return Err(err(
-                        "limits.upload_expiry_s",
-                        format!("{s} is more than {MAX_UPLOAD_EXPIRY_S} (30 days); lower it"),
-                    ));
-                }
-                s => s,
-            },
-            max_partial_uploads: positive(
-                "limits.max_partial_uploads",
-                l.max_partial_uploads as u64,
-            )? as usize,
+            upload_expiry_s,
+            max_partial_uploads,
             ops_listen,
             audit_log: resolve(&raw.ops.audit_log),
         })

@@ -27,10 +27,6 @@ struct Args {
     /// 2 invalid. Starts nothing and writes nothing.
     #[arg(long)]
     check_config: bool,
-    /// Print a man page or a shell completion for this binary and exit
-    /// (for packagers: scripts/build-debs.sh).
-    #[arg(long, value_name = "KIND", hide = true)]
-    generate: Option<labship_sys::Generate>,
 }
 
 /// `--check-config`: warnings on stderr, the verdict on stdout (or the error
@@ -66,10 +62,10 @@ async fn bind(
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(kind) = args.generate {
-        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
-    }
+    labship_sys::run_cli(run)
+}
+
+fn run(args: Args) -> ExitCode {
     labship_sys::init_logging("receiver");
     // One crypto provider for the whole process (see RECIPES: two would panic).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -137,6 +137,18 @@ pub(crate) fn authorize(
     let identity = authenticate(state, conn, headers)?;
     let Path((host, episode)) = path
         .map_err(|e| ApiError::new(ErrorCode::InvalidEpisodeId, format!("unusable path: {e}")))?;
+    check_host(&identity, &host)?;
+    let episode = Id::parse(&episode).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidEpisodeId,
+            format!("episode id {episode:?}: {e}"),
+        )
+    })?;
+    Ok((identity, episode))
+}
+
+/// A host may only name itself in a path: another host's is 403.
+pub(crate) fn check_host(identity: &Identity, host: &str) -> Result<(), ApiError> {
     if host != identity.host_id {
         return Err(ApiError::new(
             ErrorCode::HostMismatch,
@@ -146,13 +158,20 @@ pub(crate) fn authorize(
             ),
         ));
     }
-    let episode = Id::parse(&episode).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidEpisodeId,
-            format!("episode id {episode:?}: {e}"),
-        )
-    })?;
-    Ok((identity, episode))
+    Ok(())
+}
+
+/// Whether a request answered before its body was read may read (and
+/// discard) some of it, so that an HTTP/1 client still writing sees the
+/// answer: not when the client waits for `100 Continue` (it never sends the
+/// body, and polling it would invite the upload), nor for a stranger (401:
+/// reading would only hand out free bandwidth; the connection closes).
+pub(crate) fn may_drain_unread_body(headers: &HeaderMap, error: Option<&ApiError>) -> bool {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let stranger = error.is_some_and(|e| e.code == ErrorCode::Unauthenticated);
+    !expects_continue && !stranger
 }
 
 async fn ping(
@@ -228,18 +247,11 @@ async fn put_decided(
     path: Result<Path<(String, String)>, PathRejection>,
     mut body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let episode_raw = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let call = ApiCall::begin(None, conn, episode);
     let mut facts = PutFacts::default();
-    let result = put_inner(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
-    // A client that asked `Expect: 100-continue` and got an answer from the
-    // headers never sends the body; polling it would invite the upload.
-    let expects_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // Not for a stranger (401): reading would only hand out free bandwidth;
-    // the connection closes.
-    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
+    let conn = call.conn.as_ref();
+    let result = put_inner(&state, conn, &headers, path, &mut body, &mut facts).await;
     // A declared size over the limit (413 from the headers): an HTTP/1
     // client still writing does not read the early answer and sees a broken
     // pipe, so read (and discard) a bounded amount, enough for a modest
@@ -248,35 +260,19 @@ async fn put_decided(
         Err(e) if e.code == ErrorCode::TooLarge && !facts.body_started => EARLY_REFUSAL_DRAIN,
         _ => state.limits.max_bytes,
     };
+    let episode_raw = &call.episode;
     // After a successful body phase the body is at its end and this is free.
-    if (facts.body_started || (!expects_continue && !stranger))
+    if (facts.body_started || may_drain_unread_body(&headers, result.as_ref().err()))
         && !ingest::drain(&mut body, budget, state.limits).await
     {
         tracing::debug!(episode = %episode_raw, "body not drained; the connection will close");
     }
-    let duration_ms = started.elapsed().as_millis() as u64;
     let (status, error) = match &result {
         Ok((status, _)) => (*status, None),
         Err(e) => (e.status(), Some(e)),
     };
     let host = facts.identity.as_ref().map(|i| i.host_id.as_str());
-    let peer = conn
-        .as_ref()
-        .map(|c| c.peer.to_string())
-        .unwrap_or_default();
-    state.audit.record(&AuditRecord {
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        host_id: host,
-        episode_id: &episode_raw,
-        status: status.as_u16(),
-        error: error.map(|e| e.code.as_str()),
-        bytes: facts.bytes,
-        digest: facts.digest.map(|d| d.header_value()),
-        duration_ms,
-        peer: peer.clone(),
-        auth: facts.identity.as_ref().map(|i| i.method),
-        op: None,
-    });
+    let (peer, duration_ms) = call.audit(&state, &facts, status, error);
     let stored = (status == StatusCode::CREATED).then_some(facts.bytes);
     let code = error.map(|e| e.code.as_str());
     crate::fleet::put_answered(&state.metrics, host, status.as_u16(), code, stored);
@@ -293,6 +289,61 @@ async fn put_decided(
     match result {
         Ok((status, body)) => (status, axum::Json(body)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// One call of the episode API (a PUT) or of the upload API, as its audit
+/// line sees it: begun when the request comes in, written with its answer.
+#[derive(Debug)]
+pub(crate) struct ApiCall {
+    /// `None` for a PUT; for the upload API `upload_create` (POST),
+    /// `upload_append` (PATCH) or `upload_delete`.
+    pub(crate) op: Option<&'static str>,
+    pub(crate) conn: Option<ConnInfo>,
+    /// The path's episode id as sent (valid or not).
+    pub(crate) episode: String,
+    started: Instant,
+}
+
+impl ApiCall {
+    pub(crate) fn begin(op: Option<&'static str>, conn: Option<ConnInfo>, episode: String) -> Self {
+        Self {
+            op,
+            conn,
+            episode,
+            started: Instant::now(),
+        }
+    }
+
+    /// Writes the call's audit line; returns the peer and the duration in
+    /// milliseconds, for the log line.
+    pub(crate) fn audit(
+        &self,
+        state: &AppState,
+        facts: &PutFacts,
+        status: StatusCode,
+        error: Option<&ApiError>,
+    ) -> (String, u64) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let peer = self
+            .conn
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        state.audit.record(&AuditRecord {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            host_id: facts.identity.as_ref().map(|i| i.host_id.as_str()),
+            episode_id: &self.episode,
+            status: status.as_u16(),
+            error: error.map(|e| e.code.as_str()),
+            bytes: facts.bytes,
+            digest: facts.digest.map(|d| d.header_value()),
+            duration_ms,
+            peer: peer.clone(),
+            auth: facts.identity.as_ref().map(|i| i.method),
+            op: self.op,
+        });
+        (peer, duration_ms)
     }
 }
 

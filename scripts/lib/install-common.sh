@@ -315,6 +315,22 @@ meta_diff() {
   MDIFF="${out[*]}"
 }
 
+# fix_meta PATH SHOWN MODE OWNER GROUP UNCHANGED: sets PATH's mode and owner
+# where they differ from the wanted ones (sets LAST_CHANGED, reports SHOWN
+# updated with what changed), else reports UNCHANGED.
+fix_meta() {
+  local path=$1 shown=$2 mode=$3 owner=$4 group=$5 unchanged=$6 diff
+  meta_diff "$path" "$mode" "$owner" "$group"
+  diff=$MDIFF
+  if [[ -n $diff ]]; then
+    set_meta "$path" "$mode" "$owner" "$group"
+    LAST_CHANGED=1
+    report updated "$shown ($diff)"
+  else
+    report unchanged "$unchanged"
+  fi
+}
+
 # label OWNER GROUP MODE → "root:labship 0750"
 describe() {
   if ((CHOWN_OK == 0)); then
@@ -326,7 +342,7 @@ describe() {
 
 # ensure_dir PATH MODE OWNER GROUP: creates PATH or fixes its mode/owner.
 ensure_dir() {
-  local path=$1 mode=$2 owner=$3 group=$4 diff
+  local path=$1 mode=$2 owner=$3 group=$4
   LAST_CHANGED=0
   if [[ -L $path && -d $path ]]; then
     # e.g. /opt/labship -> /srv/labship: the operator's choice, left as is.
@@ -341,15 +357,8 @@ ensure_dir() {
     report created "$path/ ($(describe "$owner" "$group" "$mode"))"
     return
   fi
-  meta_diff "$path" "$mode" "$owner" "$group"
-  diff=$MDIFF
-  if [[ -n $diff ]]; then
-    set_meta "$path" "$mode" "$owner" "$group"
-    LAST_CHANGED=1
-    report updated "$path/ ($diff)"
-  else
-    report unchanged "$path/ ($(describe "$owner" "$group" "$mode"))"
-  fi
+  fix_meta "$path" "$path/" "$mode" "$owner" "$group" \
+    "$path/ ($(describe "$owner" "$group" "$mode"))"
 }
 
 # Copies SRC to DEST atomically with MODE/OWNER/GROUP (no report).
@@ -367,19 +376,11 @@ put_file() {
 # install_file SRC DEST MODE OWNER GROUP: installs or updates DEST when its
 # bytes, mode or owner differ; sets LAST_CHANGED.
 install_file() {
-  local src=$1 dest=$2 mode=$3 owner=$4 group=$5 diff
+  local src=$1 dest=$2 mode=$3 owner=$4 group=$5
   LAST_CHANGED=0
   [[ -f $src ]] || die "$src: missing (needed for $dest)"
   if [[ -f $dest && ! -L $dest ]] && cmp -s -- "$src" "$dest"; then
-    meta_diff "$dest" "$mode" "$owner" "$group"
-    diff=$MDIFF
-    if [[ -n $diff ]]; then
-      set_meta "$dest" "$mode" "$owner" "$group"
-      LAST_CHANGED=1
-      report updated "$dest ($diff)"
-    else
-      report unchanged "$dest"
-    fi
+    fix_meta "$dest" "$dest" "$mode" "$owner" "$group" "$dest"
     return
   fi
   local state=installed
@@ -494,6 +495,20 @@ sync_source() {
 }
 
 # --- binaries ----------------------------------------------------------------------
+
+# start_install WHAT "NAME…" ARG…: the opening of an installer's main: parses
+# its arguments (ARG…), finds the source, checks (unless packaged) that the
+# binaries NAME… can be had, and says what it installs from where.
+start_install() {
+  local what=$1 names
+  read -r -a names <<<"$2"
+  shift 2
+  parse_args "$@"
+  find_source
+  ((PACKAGED)) || check_binaries "${names[@]}"
+  umask 022
+  echo "$PROGRAM: installing $what from $SRC into ${R:-/}"
+}
 
 # check_binaries NAME…: before anything changes, what the binary step needs
 # is there (the prebuilt binaries, or cargo).

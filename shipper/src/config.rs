@@ -1,6 +1,7 @@
 //! `shipper.toml`: the raw serde form (unknown keys rejected, named defaults)
 //! and the validated [`Config`]. Every error names the file and the key; the
-//! binaries exit 2 on one. `doctor` reuses this loader (issue 4).
+//! binaries exit 2 on one (the checks, one per key, are in `judge`). `doctor`
+//! reuses this loader.
 //!
 //! [`Paths`] is the lenient first look at the same file: the paths it names,
 //! resolved as [`Config`] resolves them, known as soon as the file is TOML,
@@ -26,7 +27,10 @@ pub const MAX_ZSTD_WORKERS: u32 = 256;
 pub use labship_sys::config::ConfigError;
 pub use paths::Paths;
 
+mod judge;
 mod paths;
+
+use judge::Judge;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,152 +243,40 @@ impl Config {
     }
 
     /// Validates `text` as if read from `path`; also checks that the configured
-    /// certificate, key, CA and token files are readable.
+    /// certificate, key, CA and token files are readable. Keys are judged in
+    /// file order, so the first bad key is the one named.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: Raw = labship_sys::config::parse_toml(path, text)?;
-        let err = |key: &str, why: String| ConfigError::new(path, key, why);
-        let optional = |p: &Path| optional(path, p);
-        let readable = |key: &str, p: &Path| {
-            std::fs::File::open(p)
-                .map(drop)
-                .map_err(|e| err(key, format!("cannot read {}: {e}", p.display())))
-        };
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(err(key, "must be greater than 0".into()))
-            } else {
-                Ok(Duration::from_secs(v))
-            }
-        };
-
-        let host_id = Id::parse(&raw.host_id).map_err(|e| {
-            err(
-                "host_id",
-                format!(
-                    "{:?} is not a valid host id ({e}); it must equal the client certificate's CN",
-                    raw.host_id
-                ),
-            )
-        })?;
-        if !(1..=MAX_ZSTD_LEVEL).contains(&raw.zstd_level) {
-            return Err(err(
-                "zstd_level",
-                format!("{} is outside 1..={MAX_ZSTD_LEVEL}", raw.zstd_level),
-            ));
-        }
-        let zstd_workers = u32::try_from(raw.limits.zstd_workers)
-            .ok()
-            .filter(|n| *n <= MAX_ZSTD_WORKERS)
-            .ok_or_else(|| {
-                err(
-                    "limits.zstd_workers",
-                    format!(
-                        "{} is outside 0..={MAX_ZSTD_WORKERS} (0 = one packing thread per core)",
-                        raw.limits.zstd_workers
-                    ),
-                )
-            })?;
-        let resumable_min_bytes = u64::try_from(raw.limits.resumable_min_bytes).map_err(|_| {
-            err(
-                "limits.resumable_min_bytes",
-                format!(
-                    "{} is negative: it is a size in bytes (0 = every archive in outbox/ goes by resumable upload; default {DEFAULT_RESUMABLE_MIN_BYTES})",
-                    raw.limits.resumable_min_bytes
-                ),
-            )
-        })?;
+        let judge = Judge { file: path };
+        let host_id = judge.host_id(&raw.host_id)?;
+        let zstd_level = judge.zstd_level(raw.zstd_level)?;
+        let zstd_workers = judge.zstd_workers(raw.limits.zstd_workers)?;
+        let resumable_min_bytes = judge.resumable_min_bytes(raw.limits.resumable_min_bytes)?;
         let r = &raw.receiver;
-        let url = reqwest::Url::parse(&r.url)
-            .map_err(|e| err("receiver.url", format!("{:?}: {e}", r.url)))?;
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            other => {
-                return Err(err(
-                    "receiver.url",
-                    format!(
-                        "scheme {other:?}: use https:// (plain http only to a loopback receiver)"
-                    ),
-                ));
-            }
-        }
-        let ca_file = optional(&r.ca_file);
-        if let Some(p) = &ca_file {
-            readable("receiver.ca_file", p)?;
-        }
-        let token_file = optional(&r.token_file);
-        if let Some(p) = &token_file {
-            readable("receiver.token_file", p)?;
-        }
-        let cert_and_key = match (optional(&r.cert_file), optional(&r.key_file)) {
-            (Some(c), Some(k)) => {
-                readable("receiver.cert_file", &c)?;
-                readable("receiver.key_file", &k)?;
-                Some((c, k))
-            }
-            (None, None) if token_file.is_some() => None,
-            (None, None) => {
-                return Err(err(
-                    "receiver.cert_file",
-                    "is required (with receiver.key_file) unless receiver.token_file is set".into(),
-                ));
-            }
-            (Some(_), None) => {
-                return Err(err(
-                    "receiver.key_file",
-                    "is required with receiver.cert_file".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(err(
-                    "receiver.cert_file",
-                    "is required with receiver.key_file".into(),
-                ));
-            }
-        };
-        let initial_backoff = positive("retry.initial_backoff_s", raw.retry.initial_backoff_s)?;
-        let max_backoff = positive("retry.max_backoff_s", raw.retry.max_backoff_s)?;
-        if max_backoff < initial_backoff {
-            return Err(err(
-                "retry.max_backoff_s",
-                "must not be less than retry.initial_backoff_s".into(),
-            ));
-        }
-        let bwlimit = crate::bwlimit::Bwlimit::parse(&raw.limits.bwlimit).map_err(|why| {
-            err(
-                "limits.bwlimit",
-                format!("{why}; examples: \"10M\" (10 MiB/s), \"512K\", \"08:00,2M 19:00,off\" (a daily timetable), \"off\""),
-            )
-        })?;
+        let url = judge.receiver_url(&r.url)?;
+        let (ca_file, auth) = judge.receiver_files(r)?;
+        let (initial_backoff, max_backoff) = judge.backoff(&raw.retry)?;
+        let bwlimit = judge.bwlimit(&raw.limits.bwlimit)?;
         Ok(Self {
             bwlimit,
             ops_listen: crate::ops::parse_listen(raw.ops.listen.as_deref())
-                .map_err(|why| err("ops.listen", why))?,
+                .map_err(|why| judge.err("ops.listen", why))?,
             file: path.to_owned(),
             host_id,
             data_dir: resolve(path, &raw.data_dir),
-            scan_interval: positive("scan_interval_s", raw.scan_interval_s)?,
+            scan_interval: judge.positive("scan_interval_s", raw.scan_interval_s)?,
             settle: Duration::from_secs(raw.settle_s),
-            zstd_level: raw.zstd_level,
+            zstd_level,
             url,
             ca_file,
-            auth: ClientAuth {
-                cert_and_key,
-                token_file,
-            },
-            connect_timeout: positive("receiver.connect_timeout_s", r.connect_timeout_s)?,
-            stall_timeout: positive("receiver.stall_timeout_s", r.stall_timeout_s)?,
+            auth,
+            connect_timeout: judge.positive("receiver.connect_timeout_s", r.connect_timeout_s)?,
+            stall_timeout: judge.positive("receiver.stall_timeout_s", r.stall_timeout_s)?,
             initial_backoff,
             max_backoff,
             quarantine_keep: (raw.quarantine.keep_days > 0)
                 .then(|| Duration::from_secs(raw.quarantine.keep_days * 86_400)),
-            cleanup_interval: positive(
+            cleanup_interval: judge.positive(
                 "quarantine.cleanup_interval_s",
                 raw.quarantine.cleanup_interval_s,
             )?,

@@ -170,21 +170,34 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// `registry.register(name, help, metrics.field.clone())` for each row, in
+/// the order of the exposition.
+macro_rules! register_fields {
+    ($registry:ident, $metrics:ident, $($field:ident: $name:literal, $help:literal;)+) => {
+        $($registry.register($name, $help, $metrics.$field.clone());)+
+    };
+}
+
+/// `labship_build_info{version, commit} 1`.
+fn build_info() -> Family<BuildLabels, Gauge> {
+    let build = Family::<BuildLabels, Gauge>::default();
+    let info = labship_sys::build_info();
+    build
+        .get_or_create(&BuildLabels {
+            version: info.version,
+            commit: info.commit,
+        })
+        .set(1);
+    build
+}
+
 impl Metrics {
     fn new() -> Self {
         let mut r = Registry::with_prefix("labship");
-        let build = Family::<BuildLabels, Gauge>::default();
-        let info = labship_sys::build_info();
-        build
-            .get_or_create(&BuildLabels {
-                version: info.version,
-                commit: info.commit,
-            })
-            .set(1);
         r.register(
             "build_info",
             "The running build: version and git commit",
-            build,
+            build_info(),
         );
         let m = Self {
             episodes: Family::default(),
@@ -205,80 +218,51 @@ impl Metrics {
             tls_reload_failures: Counter::default(),
             registry: Registry::default(),
         };
-        // Every label value present from the start, at 0: a rate over a
-        // fresh process works.
+        m.create_every_label();
+        register_fields!(r, m,
+            episodes: "shipper_episodes",
+                "Episodes that left the queue, by result (stored, already_present, quarantined)";
+            failures: "shipper_upload_failures",
+                "Failed attempts (the episode stays queued and is retried), by reason";
+            upload_bytes: "shipper_upload_bytes",
+                "Archive bytes sent in PUT bodies (also of uploads that failed)";
+            upload_seconds: "shipper_upload_duration_seconds",
+                "Duration of archive uploads (PUT), whatever their end (answer, stall, cancel)";
+            archive_bytes: "shipper_archive_size_bytes",
+                "Size of the archives packed (once per archive, not per attempt)";
+            backlog_episodes: "shipper_backlog_episodes",
+                "Settled episodes waiting in episodes/ to be shipped (ready or retrying), as of the last scan pass";
+            backlog_bytes: "shipper_backlog_bytes",
+                "Bytes of the settled episodes waiting in episodes/, as of the last scan pass";
+            settling_episodes: "shipper_settling_episodes",
+                "Episodes in episodes/ not settled yet (being written, no meta.json, cannot settle), as of the last scan pass";
+            oldest_pending_age: "shipper_oldest_pending_age_seconds",
+                "Seconds since the newest change in the settled episode that has waited longest (0 when none)";
+            last_success: "shipper_last_success_timestamp_seconds",
+                "When an episode was last stored (or found already present), seconds since the epoch; at start, when the newest entry of shipped/ got there (0: none)";
+            quarantined: "shipper_quarantined_episodes",
+                "Episodes in quarantine/ now";
+            client_cert_expiry: "shipper_client_cert_expiry_timestamp_seconds",
+                "notAfter of the client certificate in use, seconds since the epoch";
+            tls_reload_failures: "shipper_client_tls_reload_failures",
+                "Renewed TLS files on disk that could not be used (the previous ones stay in use)";
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// Every label value present from the start, at 0: a rate over a fresh
+    /// process works.
+    fn create_every_label(&self) {
         for o in Outcome::ALL {
-            let _ = m
+            let _ = self
                 .episodes
                 .get_or_create(&ResultLabels { result: o.as_str() });
         }
         for f in FailureReason::ALL {
-            let _ = m
+            let _ = self
                 .failures
                 .get_or_create(&ReasonLabels { reason: f.as_str() });
         }
-        r.register(
-            "shipper_episodes",
-            "Episodes that left the queue, by result (stored, already_present, quarantined)",
-            m.episodes.clone(),
-        );
-        r.register(
-            "shipper_upload_failures",
-            "Failed attempts (the episode stays queued and is retried), by reason",
-            m.failures.clone(),
-        );
-        r.register(
-            "shipper_upload_bytes",
-            "Archive bytes sent in PUT bodies (also of uploads that failed)",
-            m.upload_bytes.clone(),
-        );
-        r.register(
-            "shipper_upload_duration_seconds",
-            "Duration of archive uploads (PUT), whatever their end (answer, stall, cancel)",
-            m.upload_seconds.clone(),
-        );
-        r.register(
-            "shipper_archive_size_bytes",
-            "Size of the archives packed (once per archive, not per attempt)",
-            m.archive_bytes.clone(),
-        );
-        r.register(
-            "shipper_backlog_episodes",
-            "Settled episodes waiting in episodes/ to be shipped (ready or retrying), as of the last scan pass",
-            m.backlog_episodes.clone(),
-        );
-        r.register(
-            "shipper_backlog_bytes",
-            "Bytes of the settled episodes waiting in episodes/, as of the last scan pass",
-            m.backlog_bytes.clone(),
-        );
-        r.register(
-            "shipper_settling_episodes",
-            "Episodes in episodes/ not settled yet (being written, no meta.json, cannot settle), as of the last scan pass",
-            m.settling_episodes.clone(),
-        );
-        r.register(
-            "shipper_oldest_pending_age_seconds",
-            "Seconds since the newest change in the settled episode that has waited longest (0 when none)",
-            m.oldest_pending_age.clone(),
-        );
-        r.register("shipper_last_success_timestamp_seconds", "When an episode was last stored (or found already present), seconds since the epoch; at start, when the newest entry of shipped/ got there (0: none)", m.last_success.clone());
-        r.register(
-            "shipper_quarantined_episodes",
-            "Episodes in quarantine/ now",
-            m.quarantined.clone(),
-        );
-        r.register(
-            "shipper_client_cert_expiry_timestamp_seconds",
-            "notAfter of the client certificate in use, seconds since the epoch",
-            m.client_cert_expiry.clone(),
-        );
-        r.register(
-            "shipper_client_tls_reload_failures",
-            "Renewed TLS files on disk that could not be used (the previous ones stay in use)",
-            m.tls_reload_failures.clone(),
-        );
-        Self { registry: r, ..m }
     }
 
     /// An episode left the queue.

@@ -83,6 +83,41 @@ pub fn tree_walks() -> u64 {
     TREE_WALKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// What one look at an episode found.
+enum Look {
+    /// Not ready yet (no `meta.json`, still changing, or unreadable).
+    Pending,
+    QuarantinePending,
+    Settled(Found, Settled),
+}
+
+/// The moment of a pass and the settle time it judges by.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    now: SystemTime,
+    settle: Duration,
+}
+
+impl Clock {
+    /// Not settled while `t` (a lower bound of the tree's newest mtime) is
+    /// within `settle`; a `t` in the future is walked, since it cannot
+    /// settle, and the walk is where that is noticed and said.
+    fn fresh(self, t: SystemTime) -> bool {
+        self.now < t + self.settle && t <= self.now + FUTURE_SKEW
+    }
+}
+
+/// The subdirectories of `episodes`, sorted by name.
+fn episode_dirs(episodes: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<_> = std::fs::read_dir(episodes)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 impl Scanner {
     pub fn new() -> Self {
         Self::default()
@@ -94,20 +129,12 @@ impl Scanner {
         settle: Duration,
         now: SystemTime,
     ) -> std::io::Result<Pass> {
-        let mut pass = Pass::default();
-        let mut names: Vec<_> = std::fs::read_dir(episodes)?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let names = episode_dirs(episodes)?;
         // First looks stat relative to the queue's directory: no path from `/`
         // resolved three times per episode.
         let root = Root::open(episodes);
-        // Not settled while `t` (a lower bound of the tree's newest mtime)
-        // is within `settle`; a `t` in the future is walked, since it cannot
-        // settle, and the walk is where that is noticed and said.
-        let fresh = |t: SystemTime| now < t + settle && t <= now + FUTURE_SKEW;
+        let clock = Clock { now, settle };
+        let mut pass = Pass::default();
         for name in &names {
             let Ok(id) = Id::parse(name) else {
                 if self.warned.insert(name.clone()) {
@@ -115,88 +142,104 @@ impl Scanner {
                 }
                 continue;
             };
-            // Before any syscall: an episode known to be still changing costs
-            // a map lookup.
-            if self.not_before.get(name).is_some_and(|t| now < *t) {
-                pass.pending += 1;
-                continue;
-            }
-            // The tree's newest mtime is at least its top directory's: when
-            // that is too recent, the episode is not settled and nothing else
-            // is looked at (one `lstat` per episode on a first pass over a
-            // queue being written). The deadline is a lower bound of the real
-            // one. An episode whose quarantine a crash interrupted (its reason
-            // file renamed in just now) waits for it too: its reason file is
-            // found once the deadline passes.
-            let top = root.mtime(name, "", now);
-            if fresh(top) {
-                self.not_before.insert(name.clone(), top + settle);
-                pass.pending += 1;
-                continue;
-            }
-            if root.is_file(name, crate::disk::REASON_FILE) {
-                pass.found.push((id, Found::QuarantinePending));
-                continue;
-            }
-            let Some(meta_mtime) = root.file_mtime(name, META_FILE) else {
-                pass.pending += 1;
-                continue;
-            };
-            // meta.json's mtime is a lower bound too.
-            if fresh(meta_mtime) {
-                self.not_before.insert(name.clone(), meta_mtime + settle);
-                pass.pending += 1;
-                continue;
-            }
-            let dir = episodes.join(name);
-            self.walks += 1;
-            let tree = walk_tree(&dir);
-            let ready_at = tree.newest + settle;
-            if now < ready_at {
-                let future = tree.newest > now + FUTURE_SKEW;
-                self.say_stuck(&id, &tree, future, now);
-                // A future date would park the episode until that date: look
-                // again after `settle`, so a fixed mtime (`touch -m`) counts
-                // without a restart.
-                let again = if future { now + settle } else { ready_at };
-                self.not_before.insert(name.clone(), again);
-                pass.pending += 1;
-                continue;
-            }
-            self.stuck.remove(name);
-            self.not_before.remove(name);
-            let meta = dir.join(META_FILE);
-            let found = match read_stamp(&meta) {
-                Ok(Ok(commit)) => Found::Ready(commit),
-                Ok(Err(e)) => Found::Unstamped(e),
-                Err(e) => {
-                    // Permissions, I/O errors: the episode is not at fault and
-                    // must not be quarantined for it. Wait, and say why once.
-                    if self.unreadable.insert(name.clone()) {
-                        tracing::error!(episode_id = %id, event = "meta_unreadable", path = %meta.display(), error = %e, "cannot read meta.json; the episode waits until it can be read (check its owner and mode)");
-                    }
-                    pass.pending += 1;
-                    continue;
+            match self.look(&root, episodes, name, &id, clock) {
+                Look::Pending => pass.pending += 1,
+                Look::QuarantinePending => pass.found.push((id, Found::QuarantinePending)),
+                Look::Settled(found, settled) => {
+                    pass.settled.insert(id.clone(), settled);
+                    pass.found.push((id, found));
                 }
-            };
-            self.unreadable.remove(name);
-            pass.settled.insert(
-                id.clone(),
-                Settled {
-                    bytes: tree.bytes,
-                    newest: tree.newest,
-                },
-            );
-            pass.found.push((id, found));
+            }
         }
-        // Forget episodes that left the queue. Every key is a name listed
-        // above or gone: invalid names are only in `warned`.
+        self.forget_all_but(&names);
+        Ok(pass)
+    }
+
+    /// One episode of a pass, from the cheapest look to the walk of its tree.
+    fn look(&mut self, root: &Root, episodes: &Path, name: &str, id: &Id, clock: Clock) -> Look {
+        // Before any syscall: an episode known to be still changing costs
+        // a map lookup.
+        if self.not_before.get(name).is_some_and(|t| clock.now < *t) {
+            return Look::Pending;
+        }
+        // The tree's newest mtime is at least its top directory's: when
+        // that is too recent, the episode is not settled and nothing else
+        // is looked at (one `lstat` per episode on a first pass over a
+        // queue being written). The deadline is a lower bound of the real
+        // one. An episode whose quarantine a crash interrupted (its reason
+        // file renamed in just now) waits for it too: its reason file is
+        // found once the deadline passes.
+        let top = root.mtime(name, "", clock.now);
+        if clock.fresh(top) {
+            self.not_before.insert(name.to_owned(), top + clock.settle);
+            return Look::Pending;
+        }
+        if root.is_file(name, crate::disk::REASON_FILE) {
+            return Look::QuarantinePending;
+        }
+        let Some(meta_mtime) = root.file_mtime(name, META_FILE) else {
+            return Look::Pending;
+        };
+        // meta.json's mtime is a lower bound too.
+        if clock.fresh(meta_mtime) {
+            self.not_before
+                .insert(name.to_owned(), meta_mtime + clock.settle);
+            return Look::Pending;
+        }
+        self.walk(&episodes.join(name), name, id, clock)
+    }
+
+    /// Walks the tree of an episode that may have settled, and reads its
+    /// stamp when it has.
+    fn walk(&mut self, dir: &Path, name: &str, id: &Id, clock: Clock) -> Look {
+        self.walks += 1;
+        let tree = walk_tree(dir);
+        let ready_at = tree.newest + clock.settle;
+        if clock.now < ready_at {
+            let future = tree.newest > clock.now + FUTURE_SKEW;
+            self.say_stuck(id, &tree, future, clock.now);
+            // A future date would park the episode until that date: look
+            // again after `settle`, so a fixed mtime (`touch -m`) counts
+            // without a restart.
+            let again = if future {
+                clock.now + clock.settle
+            } else {
+                ready_at
+            };
+            self.not_before.insert(name.to_owned(), again);
+            return Look::Pending;
+        }
+        self.stuck.remove(name);
+        self.not_before.remove(name);
+        let meta = dir.join(META_FILE);
+        let found = match read_stamp(&meta) {
+            Ok(Ok(commit)) => Found::Ready(commit),
+            Ok(Err(e)) => Found::Unstamped(e),
+            Err(e) => {
+                // Permissions, I/O errors: the episode is not at fault and
+                // must not be quarantined for it. Wait, and say why once.
+                if self.unreadable.insert(name.to_owned()) {
+                    tracing::error!(episode_id = %id, event = "meta_unreadable", path = %meta.display(), error = %e, "cannot read meta.json; the episode waits until it can be read (check its owner and mode)");
+                }
+                return Look::Pending;
+            }
+        };
+        self.unreadable.remove(name);
+        let settled = Settled {
+            bytes: tree.bytes,
+            newest: tree.newest,
+        };
+        Look::Settled(found, settled)
+    }
+
+    /// Forgets episodes that left the queue. Every key is a name listed
+    /// by the pass or gone: invalid names are only in `warned`.
+    fn forget_all_but(&mut self, names: &[String]) {
         let seen: HashSet<&str> = names.iter().map(String::as_str).collect();
         self.not_before.retain(|k, _| seen.contains(k.as_str()));
         self.warned.retain(|k| seen.contains(k.as_str()));
         self.unreadable.retain(|k| seen.contains(k.as_str()));
         self.stuck.retain(|k| seen.contains(k.as_str()));
-        Ok(pass)
     }
 
     /// Logs, once per episode, why it cannot settle (when it cannot).

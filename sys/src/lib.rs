@@ -1,7 +1,7 @@
 //! What labship's binaries share at their edge, below the protocol and above
 //! nothing: today the packagers' `--generate KIND` (a man page or a shell
 //! completion, rendered from the binary's own clap definition, as ripgrep's
-//! `rg --generate` does), so the `.deb`s ship documentation that cannot drift
+//! `rg --generate` does; [`run_cli`] adds the flag to a binary's `main`), so the `.deb`s ship documentation that cannot drift
 //! from the flags (scripts/build-debs.sh); and what a binary says about its
 //! own build (`--version`, the shipper's `User-Agent`, `labship_build_info`):
 //! the version and the git commit embedded by `build.rs`; and the
@@ -99,6 +99,35 @@ pub fn generate_to_stdout(kind: Generate, cmd: clap::Command) -> std::process::E
             eprintln!("--generate: cannot write to standard output: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+// The hidden `--generate KIND` flag that `run_cli` adds to a binary's own
+// arguments. A plain comment: clap would make a doc comment here the
+// binary's own description (its `about`).
+#[derive(Debug, clap::Args)]
+struct GenerateFlag {
+    /// Print a man page or a shell completion for this binary and exit
+    /// (for packagers: scripts/build-debs.sh).
+    #[arg(long, value_name = "KIND", hide = true)]
+    generate: Option<Generate>,
+}
+
+/// A binary's `main`: parses its arguments `A` plus `--generate KIND`
+/// (a usage error exits 2 with clap's message, as `clap::Parser::parse`
+/// does), answers `--generate`, and otherwise hands the arguments to `run`.
+pub fn run_cli<A: clap::Parser>(
+    run: impl FnOnce(A) -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    use clap::Args as _;
+    let command = || GenerateFlag::augment_args(A::command());
+    let matches = command().get_matches();
+    if let Some(kind) = matches.get_one::<Generate>("generate") {
+        return generate_to_stdout(*kind, command());
+    }
+    match A::from_arg_matches(&matches) {
+        Ok(args) => run(args),
+        Err(e) => e.format(&mut command()).exit(),
     }
 }
 

@@ -283,30 +283,26 @@ fn raw_name(block: &[u8; labship_protocol::archive::BLOCK]) -> String {
         .collect()
 }
 
+fn not_tar(e: io::Error) -> IngestError {
+    IngestError::Invalid(format!("not a valid zstd-compressed tar stream: {e}"))
+}
+
+fn refuse<T>(why: String) -> Result<T, IngestError> {
+    Err(IngestError::Invalid(why))
+}
+
 fn check_entries<R: Read>(
     reader: R,
     episode: &str,
     commit: &Commit,
     on_entry: &mut dyn FnMut(CheckedEntry),
 ) -> Result<(), IngestError> {
-    let invalid =
-        |e: io::Error| IngestError::Invalid(format!("not a valid zstd-compressed tar stream: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut order = PathOrder::new();
+    let mut pending = Extensions::default();
     let mut meta_seen = false;
-    // The extension headers that describe the entry after them: a GNU long
-    // name (`L`) and a pax header (`x`), at most one of each, and not both
-    // naming the entry (readers disagree on which wins). Every header, these
-    // included, must first pass the byte rules of `parse_header` (ustar or
-    // GNU, plain octal numbers, no GNU prefix area), and pax records
-    // `parse_pax`'s allow-list: so the paths checked here are the paths
-    // Python's tarfile, GNU tar and bsdtar unpack (tests/tests/tar_readers.rs).
-    // An extension with no entry after it is a truncated or forged archive.
-    let mut gnu_name: Option<Vec<u8>> = None;
-    let mut pax: Option<Pax> = None;
-    let refuse = |why: String| Err(IngestError::Invalid(why));
-    for (index, entry) in archive.entries().map_err(invalid)?.raw(true).enumerate() {
-        let mut entry = entry.map_err(invalid)?;
+    for (index, entry) in archive.entries().map_err(not_tar)?.raw(true).enumerate() {
+        let mut entry = entry.map_err(not_tar)?;
         let header = parse_header(entry.header().as_bytes()).map_err(|e| {
             IngestError::Invalid(format!(
                 "tar header {index} ({:?}): {e}",
@@ -314,37 +310,63 @@ fn check_entries<R: Read>(
             ))
         })?;
         let entry_type = entry.header().entry_type();
+        if pending.read(index, entry_type, header.size, &mut entry)? {
+            continue;
+        }
+        let kind = kind_of(entry_type);
+        let path = pending.path_of(&entry)?;
+        let rule = |e: labship_protocol::EntryRuleError| IngestError::Invalid(e.to_string());
+        let role = check_entry(episode, &path, kind).map_err(rule)?;
+        check_member(&path, kind, &header).map_err(rule)?;
+        order
+            .admit(&path, kind == EntryKind::Directory)
+            .map_err(rule)?;
+        on_entry(CheckedEntry {
+            path,
+            kind,
+            mode: header.mode,
+            size: header.size,
+        });
+        if role == EntryRole::Meta {
+            meta_seen = true;
+            check_meta(&mut entry, header.size, episode, commit)?;
+        }
+    }
+    pending.finish()?;
+    if !meta_seen {
+        return Err(IngestError::Invalid(format!(
+            "archive has no {episode}/{META_FILE}"
+        )));
+    }
+    Ok(())
+}
+
+/// The extension headers that describe the entry after them: a GNU long
+/// name (`L`) and a pax header (`x`), at most one of each, and not both
+/// naming the entry (readers disagree on which wins). Every header, these
+/// included, must first pass the byte rules of `parse_header` (ustar or
+/// GNU, plain octal numbers, no GNU prefix area), and pax records
+/// `parse_pax`'s allow-list: so the paths checked here are the paths
+/// Python's tarfile, GNU tar and bsdtar unpack (tests/tests/tar_readers.rs).
+/// An extension with no entry after it is a truncated or forged archive.
+#[derive(Default)]
+struct Extensions {
+    gnu_name: Option<Vec<u8>>,
+    pax: Option<Pax>,
+}
+
+impl Extensions {
+    /// Keeps `entry` when it is an extension header (`true`: it is no entry
+    /// of its own); refuses the extensions no archive may hold.
+    fn read(
+        &mut self,
+        index: usize,
+        entry_type: tar::EntryType,
+        size: u64,
+        entry: &mut impl Read,
+    ) -> Result<bool, IngestError> {
         match entry_type {
-            tar::EntryType::GNULongName | tar::EntryType::XHeader => {
-                if header.size > MAX_EXTENSION_BYTES {
-                    return refuse(format!(
-                        "a tar extension header is {} bytes; the limit is {MAX_EXTENSION_BYTES}",
-                        header.size
-                    ));
-                }
-                let mut data = Vec::with_capacity(header.size as usize);
-                entry.read_to_end(&mut data).map_err(invalid)?;
-                if entry_type == tar::EntryType::XHeader {
-                    if pax.is_some() {
-                        return refuse("two pax headers for one tar entry".into());
-                    }
-                    pax =
-                        Some(parse_pax(&data).map_err(|e| {
-                            IngestError::Invalid(format!("pax header {index}: {e}"))
-                        })?);
-                } else {
-                    if gnu_name.is_some() {
-                        return refuse("two GNU long-name headers for one tar entry".into());
-                    }
-                    // One NUL terminator, as the tar crate strips it; a NUL
-                    // left inside is refused with the path.
-                    if data.last() == Some(&0) {
-                        data.pop();
-                    }
-                    gnu_name = Some(data);
-                }
-                continue;
-            }
+            tar::EntryType::GNULongName | tar::EntryType::XHeader => {}
             tar::EntryType::GNULongLink => {
                 return refuse(
                     "a GNU long-link header (K): no entry an archive may hold has a link target"
@@ -357,66 +379,82 @@ fn check_entries<R: Read>(
                         .into(),
                 );
             }
-            _ => {}
+            _ => return Ok(false),
         }
-        let kind = kind_of(entry_type);
-        let path = match (gnu_name.take(), pax.take().and_then(|p| p.path)) {
+        if size > MAX_EXTENSION_BYTES {
+            return refuse(format!(
+                "a tar extension header is {size} bytes; the limit is {MAX_EXTENSION_BYTES}"
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut data).map_err(not_tar)?;
+        if entry_type == tar::EntryType::XHeader {
+            if self.pax.is_some() {
+                return refuse("two pax headers for one tar entry".into());
+            }
+            let pax = parse_pax(&data)
+                .map_err(|e| IngestError::Invalid(format!("pax header {index}: {e}")))?;
+            self.pax = Some(pax);
+        } else {
+            if self.gnu_name.is_some() {
+                return refuse("two GNU long-name headers for one tar entry".into());
+            }
+            // One NUL terminator, as the tar crate strips it; a NUL
+            // left inside is refused with the path.
+            if data.last() == Some(&0) {
+                data.pop();
+            }
+            self.gnu_name = Some(data);
+        }
+        Ok(true)
+    }
+
+    /// The path of `entry`: from the extension before it, or its own header.
+    fn path_of<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Vec<u8>, IngestError> {
+        match (self.gnu_name.take(), self.pax.take().and_then(|p| p.path)) {
             (Some(_), Some(_)) => {
-                return refuse("a tar entry with both a GNU long name and a pax path".into());
+                refuse("a tar entry with both a GNU long name and a pax path".into())
             }
-            (Some(p), None) | (None, Some(p)) => p,
-            (None, None) => entry.path_bytes().into_owned(),
-        };
-        let rule = |e: labship_protocol::EntryRuleError| IngestError::Invalid(e.to_string());
-        let role = check_entry(episode, &path, kind).map_err(rule)?;
-        check_member(&path, kind, &header).map_err(rule)?;
-        order
-            .admit(&path, kind == EntryKind::Directory)
-            .map_err(rule)?;
-        on_entry(CheckedEntry {
-            path: path.clone(),
-            kind,
-            mode: header.mode,
-            size: header.size,
-        });
-        if role == EntryRole::Meta {
-            meta_seen = true;
-            if header.size > META_MAX_BYTES {
-                return Err(IngestError::Invalid(format!(
-                    "{episode}/{META_FILE} is {} bytes; the limit is {META_MAX_BYTES}",
-                    header.size
-                )));
-            }
-            let mut meta = Vec::with_capacity(header.size as usize);
-            entry.read_to_end(&mut meta).map_err(invalid)?;
-            match parse_meta(&meta) {
-                Ok(stamp) if stamp.commit == *commit => {}
-                Ok(stamp) => {
-                    return Err(IngestError::StampMismatch(format!(
-                        "{META_FILE} says commit {} but X-Labship-Commit says {commit}",
-                        stamp.commit
-                    )));
-                }
-                Err(e @ (StampError::NotJson { .. } | StampError::NotObject)) => {
-                    return Err(IngestError::Invalid(format!("{episode}/{e}")));
-                }
-                Err(e) => {
-                    return Err(IngestError::StampMismatch(format!(
-                        "X-Labship-Commit is {commit} but {e}"
-                    )));
-                }
-            }
+            (Some(p), None) | (None, Some(p)) => Ok(p),
+            (None, None) => Ok(entry.path_bytes().into_owned()),
         }
     }
-    if gnu_name.is_some() || pax.is_some() {
-        return Err(IngestError::Invalid(
-            "the archive ends with a tar extension header and no entry for it".into(),
-        ));
+
+    fn finish(&self) -> Result<(), IngestError> {
+        if self.gnu_name.is_some() || self.pax.is_some() {
+            return refuse(
+                "the archive ends with a tar extension header and no entry for it".into(),
+            );
+        }
+        Ok(())
     }
-    if !meta_seen {
+}
+
+/// `meta.json`: bounded in size, JSON, and stamped with the declared commit.
+fn check_meta(
+    entry: &mut impl Read,
+    size: u64,
+    episode: &str,
+    commit: &Commit,
+) -> Result<(), IngestError> {
+    if size > META_MAX_BYTES {
         return Err(IngestError::Invalid(format!(
-            "archive has no {episode}/{META_FILE}"
+            "{episode}/{META_FILE} is {size} bytes; the limit is {META_MAX_BYTES}"
         )));
     }
-    Ok(())
+    let mut meta = Vec::with_capacity(size as usize);
+    entry.read_to_end(&mut meta).map_err(not_tar)?;
+    match parse_meta(&meta) {
+        Ok(stamp) if stamp.commit == *commit => Ok(()),
+        Ok(stamp) => Err(IngestError::StampMismatch(format!(
+            "{META_FILE} says commit {} but X-Labship-Commit says {commit}",
+            stamp.commit
+        ))),
+        Err(e @ (StampError::NotJson { .. } | StampError::NotObject)) => {
+            Err(IngestError::Invalid(format!("{episode}/{e}")))
+        }
+        Err(e) => Err(IngestError::StampMismatch(format!(
+            "X-Labship-Commit is {commit} but {e}"
+        ))),
+    }
 }

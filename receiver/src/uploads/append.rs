@@ -20,7 +20,7 @@ use super::{Answer, Decision, TAKEOVER_WAIT, episode_busy, length_mismatch, loca
 use crate::accept::{PutFacts, PutPlan, header_str, ingest_error, storage_io_error};
 use crate::auth::{ConnInfo, Identity};
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, may_drain_unread_body};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -78,29 +78,18 @@ async fn patch_decided(
     mut body: Body,
 ) -> Response {
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let (started, mut facts) = (Instant::now(), PutFacts::default());
-    let result = append(&state, conn.as_ref(), &headers, path, &mut body, &mut facts).await;
+    let decision = Decision::begin("upload_append", conn, episode);
+    let mut facts = PutFacts::default();
+    let conn = decision.conn();
+    let result = append(&state, conn, &headers, path, &mut body, &mut facts).await;
     // This append may have left one more idle session behind.
     state.resumable.trim_sessions().await;
     // An answer from the headers: read (and discard) a bounded amount so
-    // that an HTTP/1 client still writing can read it; not for a client that
-    // waits for `100 Continue` (polling the body would invite it).
-    let expects_continue = headers
-        .get(axum::http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // Nor for a stranger (401): reading would only hand out free bandwidth.
-    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
-    if !facts.body_started && !expects_continue && !stranger {
+    // that an HTTP/1 client still writing can read it.
+    if !facts.body_started && may_drain_unread_body(&headers, result.as_ref().err()) {
         let _ = crate::ingest::drain(&mut body, EARLY_ANSWER_DRAIN, state.limits).await;
     }
-    Decision {
-        op: "upload_append",
-        conn: conn.as_ref(),
-        facts: &facts,
-        episode: &episode,
-        started,
-    }
-    .record(&state, &result);
+    decision.record(&state, &facts, &result);
     result.into_response()
 }
 

@@ -17,11 +17,10 @@ pub(crate) mod session;
 pub(crate) mod spool;
 pub(crate) mod table;
 
-use crate::accept::{Checked, LengthHeader, PutFacts, check_headers, storage_io_error};
-use crate::audit::AuditRecord;
+use crate::accept::{Checked, LengthHeader, PutFacts, PutPlan, check_headers, storage_io_error};
 use crate::auth::{ConnInfo, Identity};
 use crate::error::ApiError;
-use crate::routes::{AppState, authenticate};
+use crate::routes::{ApiCall, AppState, authenticate, check_host, may_drain_unread_body};
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -36,7 +35,7 @@ use labship_protocol::{ErrorCode, StoredBody};
 use spool::{Record, unix_now};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use table::{Claim, Refusal, Slot, take_over};
 
 pub(crate) use table::Table;
@@ -125,40 +124,29 @@ impl IntoResponse for Answer {
     }
 }
 
-/// What one request of the upload API leaves in the audit log and metrics.
-struct Decision<'a> {
-    op: &'static str,
-    conn: Option<&'a ConnInfo>,
-    facts: &'a PutFacts,
-    episode: &'a str,
-    started: Instant,
-}
+/// What one request of the upload API leaves in the audit log, the metrics
+/// and the log.
+struct Decision(ApiCall);
 
-impl Decision<'_> {
+impl Decision {
+    fn begin(op: &'static str, conn: Option<ConnInfo>, episode: String) -> Self {
+        Self(ApiCall::begin(Some(op), conn, episode))
+    }
+
+    fn conn(&self) -> Option<&ConnInfo> {
+        self.0.conn.as_ref()
+    }
+
     /// Audits the answer, counts it in `labship_uploads_total` when it is
     /// the episode's verdict (what a PUT would have answered), and logs
     /// refusals.
-    fn record(&self, state: &AppState, result: &Result<Answer, ApiError>) {
+    fn record(&self, state: &AppState, facts: &PutFacts, result: &Result<Answer, ApiError>) {
         let (status, error) = match result {
             Ok(a) => (a.status(), None),
             Err(e) => (e.status(), Some(e)),
         };
-        let host = self.facts.identity.as_ref().map(|i| i.host_id.as_str());
-        let peer = self.conn.map(|c| c.peer.to_string()).unwrap_or_default();
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        state.audit.record(&AuditRecord {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            host_id: host,
-            episode_id: self.episode,
-            status: status.as_u16(),
-            error: error.map(|e| e.code.as_str()),
-            bytes: self.facts.bytes,
-            digest: self.facts.digest.map(|d| d.header_value()),
-            duration_ms,
-            peer: peer.clone(),
-            auth: self.facts.identity.as_ref().map(|i| i.method),
-            op: Some(self.op),
-        });
+        let host = facts.identity.as_ref().map(|i| i.host_id.as_str());
+        let (peer, duration_ms) = self.0.audit(state, facts, status, error);
         let verdict = match (result, error) {
             (Ok(Answer::Stored(..)), _) => true,
             (_, Some(e)) => {
@@ -178,11 +166,11 @@ impl Decision<'_> {
         }
         match error {
             None => {
-                tracing::info!(op = self.op, host, episode = %self.episode, status = status.as_u16(), bytes = self.facts.bytes, duration_ms, "upload")
+                tracing::info!(op = self.0.op, host, episode = %self.0.episode, status = status.as_u16(), bytes = facts.bytes, duration_ms, "upload")
             }
             Some(e) if e.code == ErrorCode::Internal => {}
             Some(e) => tracing::warn!(
-                op = self.op, host, episode = %self.episode, status = status.as_u16(),
+                op = self.0.op, host, episode = %self.0.episode, status = status.as_u16(),
                 error_code = e.code.as_str(), peer, "upload request refused: {}", e.message
             ),
         }
@@ -225,28 +213,18 @@ async fn create(
     path: Result<Path<(String, String)>, PathRejection>,
     mut body: axum::body::Body,
 ) -> Response {
-    let conn = conn.map(|c| c.0);
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let (started, mut facts) = (Instant::now(), PutFacts::default());
-    let result = create_inner(&state, conn.as_ref(), &headers, path, &mut facts).await;
+    let decision = Decision::begin("upload_create", conn.map(|c| c.0), episode);
+    let mut facts = PutFacts::default();
+    let conn = decision.conn();
+    let result = create_inner(&state, conn, &headers, path, &mut facts).await;
     // A POST carries no archive bytes; one that does anyway has a bounded
     // amount read (and discarded) so that the client sees the answer rather
-    // than a reset; not for a stranger (401): free bandwidth.
-    let stranger = matches!(&result, Err(e) if e.code == ErrorCode::Unauthenticated);
-    let expects_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !stranger && !expects_continue {
+    // than a reset.
+    if may_drain_unread_body(&headers, result.as_ref().err()) {
         let _ = crate::ingest::drain(&mut body, append::EARLY_ANSWER_DRAIN, state.limits).await;
     }
-    Decision {
-        op: "upload_create",
-        conn: conn.as_ref(),
-        facts: &facts,
-        episode: &episode,
-        started,
-    }
-    .record(&state, &result);
+    decision.record(&state, &facts, &result);
     result.into_response()
 }
 
@@ -268,36 +246,14 @@ async fn create_inner(
     .await?
     {
         Checked::Stored(body) => {
-            // A crash after the commit may have left this archive's upload.
-            if let (Some(identity), Some(digest)) = (&facts.identity, &facts.digest) {
-                let digest = digest.header_value();
-                let stale = state.resumable.all().into_iter().filter(|s| {
-                    s.host_id == identity.host_id
-                        && s.episode_id == body.episode_id
-                        && s.digest == digest
-                });
-                for slot in stale.collect::<Vec<_>>() {
-                    complete::drop_stored_upload(state, &slot).await;
-                }
-            }
+            drop_uploads_of_stored(state, facts, &body.episode_id).await;
             return Ok(Answer::Stored(StatusCode::OK, body));
         }
         Checked::Plan(plan) => plan,
     };
     let table = &state.resumable;
     let (host, episode) = (plan.identity.host_id.as_str(), plan.episode.as_str());
-    let now = unix_now();
-    let mut record = Record {
-        host_id: host.to_owned(),
-        episode_id: episode.to_owned(),
-        token: String::new(),
-        digest: plan.digest.header_value(),
-        commit: plan.commit.to_string(),
-        length: plan.length.unwrap_or(0),
-        offset: 0,
-        created_at: now,
-        last_append_at: now,
-    };
+    let mut record = new_record(&plan);
     let limit = UploadLimit {
         max_size: state.limits.max_bytes,
         expires_s: table.expiry_s,
@@ -308,42 +264,12 @@ async fn create_inner(
     // bytes); another one replaces an idle older upload, and one still
     // receiving an append is this episode being busy.
     let (replaced, reservation) = match table.claim(&record) {
-        Ok(Claim::Resume(same)) => {
-            let offset = same.offset.load(Ordering::Relaxed);
-            tracing::info!(
-                host,
-                episode,
-                offset,
-                "a POST of the same archive resumes its upload"
-            );
-            return Ok(Answer::Created {
-                location: upload::location(
-                    host,
-                    episode,
-                    &Token::parse(&same.token).ok_or_else(|| ApiError::internal("upload token"))?,
-                ),
-                offset,
-                limit,
-            });
-        }
+        Ok(Claim::Resume(same)) => return resumed(host, episode, &same, limit),
         Ok(Claim::New {
             replaced,
             reservation,
         }) => (replaced, reservation),
-        Err(Refusal::EpisodeBusy) => {
-            return Err(episode_busy(&format!(
-                "another upload of episode {host}/{episode} is receiving an append or being created"
-            )));
-        }
-        Err(Refusal::Full) => {
-            return Err(ApiError::new(
-                ErrorCode::Busy,
-                format!(
-                    "the receiver holds {} partial uploads (limits.max_partial_uploads); retry shortly",
-                    table.max
-                ),
-            ));
-        }
+        Err(refusal) => return Err(claim_refused(refusal, host, episode, table.max)),
     };
     for (older, mut held) in replaced {
         tracing::info!(
@@ -356,7 +282,82 @@ async fn create_inner(
     }
     let token = new_token()?;
     record.token = token.to_string();
-    let (spool, staged) = (table.spool.clone(), record.clone());
+    spool_new_upload(state, &record).await?;
+    table.insert(record, reservation);
+    Ok(Answer::Created {
+        location: upload::location(host, episode, &token),
+        offset: 0,
+        limit,
+    })
+}
+
+/// A crash after the commit may have left the stored archive's upload:
+/// removes the uploads of this host, episode and digest.
+async fn drop_uploads_of_stored(state: &AppState, facts: &PutFacts, episode: &str) {
+    let (Some(identity), Some(digest)) = (&facts.identity, &facts.digest) else {
+        return;
+    };
+    let digest = digest.header_value();
+    let stale =
+        state.resumable.all().into_iter().filter(|s| {
+            s.host_id == identity.host_id && s.episode_id == episode && s.digest == digest
+        });
+    for slot in stale.collect::<Vec<_>>() {
+        complete::drop_stored_upload(state, &slot).await;
+    }
+}
+
+/// The record of a new upload of `plan`, its token still to be drawn.
+fn new_record(plan: &PutPlan) -> Record {
+    let now = unix_now();
+    Record {
+        host_id: plan.identity.host_id.as_str().to_owned(),
+        episode_id: plan.episode.as_str().to_owned(),
+        token: String::new(),
+        digest: plan.digest.header_value(),
+        commit: plan.commit.to_string(),
+        length: plan.length.unwrap_or(0),
+        offset: 0,
+        created_at: now,
+        last_append_at: now,
+    }
+}
+
+/// The answer to a POST of the archive an upload already receives: its
+/// location and durable offset.
+fn resumed(host: &str, episode: &str, same: &Slot, limit: UploadLimit) -> Result<Answer, ApiError> {
+    let offset = same.offset.load(Ordering::Relaxed);
+    tracing::info!(
+        host,
+        episode,
+        offset,
+        "a POST of the same archive resumes its upload"
+    );
+    let token = Token::parse(&same.token).ok_or_else(|| ApiError::internal("upload token"))?;
+    Ok(Answer::Created {
+        location: upload::location(host, episode, &token),
+        offset,
+        limit,
+    })
+}
+
+fn claim_refused(refusal: Refusal, host: &str, episode: &str, max: usize) -> ApiError {
+    match refusal {
+        Refusal::EpisodeBusy => episode_busy(&format!(
+            "another upload of episode {host}/{episode} is receiving an append or being created"
+        )),
+        Refusal::Full => ApiError::new(
+            ErrorCode::Busy,
+            format!(
+                "the receiver holds {max} partial uploads (limits.max_partial_uploads); retry shortly"
+            ),
+        ),
+    }
+}
+
+/// Creates the upload's durable state in the spool, or nothing of it.
+async fn spool_new_upload(state: &AppState, record: &Record) -> Result<(), ApiError> {
+    let (spool, staged) = (state.resumable.spool.clone(), record.clone());
     let created = tokio::task::spawn_blocking(move || {
         let made = spool.create(&staged);
         if made.is_err() {
@@ -367,13 +368,7 @@ async fn create_inner(
     .await
     .map_err(std::io::Error::other)
     .and_then(|r| r);
-    created.map_err(|e| storage_io_error(state, "create a partial upload", e))?;
-    table.insert(record, reservation);
-    Ok(Answer::Created {
-        location: upload::location(host, episode, &token),
-        offset: 0,
-        limit,
-    })
+    created.map_err(|e| storage_io_error(state, "create a partial upload", e))
 }
 
 /// 128 bits from the operating system's CSPRNG.
@@ -396,15 +391,7 @@ pub(crate) fn locate(
     let Ok(Path((host, episode, token))) = path else {
         return Err(not_found());
     };
-    if host != identity.host_id {
-        return Err(ApiError::new(
-            ErrorCode::HostMismatch,
-            format!(
-                "authenticated as host {:?} but the path names host {host:?}",
-                identity.host_id
-            ),
-        ));
-    }
+    check_host(&identity, &host)?;
     let table = &state.resumable;
     let slot = Token::parse(&token)
         .and_then(|t| table.get(t.as_str()))
@@ -433,11 +420,11 @@ async fn discard(
     headers: HeaderMap,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Response {
-    let conn = conn.map(|c| c.0);
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let (started, mut facts) = (Instant::now(), PutFacts::default());
+    let decision = Decision::begin("upload_delete", conn.map(|c| c.0), episode);
+    let mut facts = PutFacts::default();
     let result = async {
-        let (identity, slot) = locate(&state, conn.as_ref(), &headers, path)?;
+        let (identity, slot) = locate(&state, decision.conn(), &headers, path)?;
         facts.identity = Some(identity);
         let Some((mut held, _)) = take_over(&slot, TAKEOVER_WAIT).await else {
             return Err(episode_busy("an append to this upload does not stop"));
@@ -449,14 +436,7 @@ async fn discard(
         Ok(Answer::Deleted)
     }
     .await;
-    Decision {
-        op: "upload_delete",
-        conn: conn.as_ref(),
-        facts: &facts,
-        episode: &episode,
-        started,
-    }
-    .record(&state, &result);
+    decision.record(&state, &facts, &result);
     result.into_response()
 }
 

@@ -30,14 +30,11 @@ struct RawPaths {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct RawReceiverPaths {
-    #[serde(default)]
     ca_file: PathBuf,
-    #[serde(default)]
     cert_file: PathBuf,
-    #[serde(default)]
     key_file: PathBuf,
-    #[serde(default)]
     token_file: PathBuf,
 }
 

@@ -30,17 +30,13 @@ struct Args {
     /// Do not ping the receiver (offline diagnosis).
     #[arg(long)]
     no_ping: bool,
-    /// Print a man page or a shell completion for this binary and exit
-    /// (for packagers: scripts/build-debs.sh).
-    #[arg(long, value_name = "KIND", hide = true)]
-    generate: Option<labship_sys::Generate>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(kind) = args.generate {
-        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
-    }
+    labship_sys::run_cli(run)
+}
+
+fn run(args: Args) -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let opts = Options {
         config: args.config,

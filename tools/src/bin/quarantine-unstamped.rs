@@ -29,17 +29,13 @@ struct Args {
     /// Say what would be moved; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Print a man page or a shell completion for this binary and exit
-    /// (for packagers: scripts/build-debs.sh).
-    #[arg(long, value_name = "KIND", hide = true)]
-    generate: Option<labship_sys::Generate>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(kind) = args.generate {
-        return labship_sys::generate_to_stdout(kind, <Args as clap::CommandFactory>::command());
-    }
+    labship_sys::run_cli(run)
+}
+
+fn run(args: Args) -> ExitCode {
     let source = match (args.data_dir, args.config) {
         (Some(dir), _) => Source::DataDir(dir),
         (None, config) => Source::Config(config.unwrap_or_else(|| DEFAULT_PATH.into())),

@@ -27,15 +27,19 @@ fn existing_reason(path: &Path) -> Option<(String, String)> {
 #[derive(Debug)]
 pub(super) enum Plan {
     Leave(Outcome),
-    Quarantine {
-        id: Id,
-        reason: Reason,
-        /// The reason file is already in the episode (an interrupted
-        /// quarantine): finish the move with it.
-        pending: bool,
-        code: String,
-        message: String,
-    },
+    Quarantine(Quarantine),
+}
+
+/// An episode to move into `quarantine/`, and the reason its file gives.
+#[derive(Debug)]
+pub(super) struct Quarantine {
+    id: Id,
+    reason: Reason,
+    /// The reason file is already in the episode (an interrupted
+    /// quarantine): finish the move with it.
+    pending: bool,
+    code: String,
+    message: String,
 }
 
 /// Looks at one directory in `episodes/`; changes nothing.
@@ -99,47 +103,41 @@ pub(super) fn judge(t: &Target, name: &str, is_dir: bool) -> Plan {
         }
         (code.to_owned(), reason.message.clone())
     };
-    Plan::Quarantine {
+    Plan::Quarantine(Quarantine {
         id,
         reason,
         pending,
         code,
         message,
-    }
+    })
 }
 
 /// Carries out a plan (unless `dry_run`).
 pub(super) fn act(t: &Target, plan: Plan, dry_run: bool) -> Outcome {
-    let (id, reason, pending, code, message) = match plan {
+    let q = match plan {
         Plan::Leave(outcome) => return outcome,
-        Plan::Quarantine {
-            id,
-            reason,
-            pending,
-            code,
-            message,
-        } => (id, reason, pending, code, message),
+        Plan::Quarantine(q) => q,
     };
     let layout = &t.layout;
     if dry_run {
         return Outcome::WouldQuarantine {
             into: layout.quarantine.clone(),
-            code,
-            message,
+            code: q.code,
+            message: q.message,
         };
     }
-    let moved = if pending {
-        layout.finish_quarantine(&id)
+    let moved = if q.pending {
+        layout.finish_quarantine(&q.id)
     } else {
-        layout.quarantine(&id, &t.host_id, &reason)
+        layout.quarantine(&q.id, &t.host_id, &q.reason)
     };
-    let dir = layout.episodes.join(id.as_str());
+    let dir = layout.episodes.join(q.id.as_str());
     match moved {
         Ok(dest) => Outcome::Quarantined {
             dest,
-            code,
-            message,
-            finished: pending,
+            code: q.code,
+            message: q.message,
+            finished: q.pending,
         },
         // Source gone: the shipper moved it between our look and our move.
         Err(e) if e.kind() == io::ErrorKind::NotFound && !exists(&dir) => {

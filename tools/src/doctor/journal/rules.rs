@@ -417,16 +417,28 @@ mod tests {
     /// not a row: a new event fails here until doctor knows what it means.
     #[test]
     fn every_event_the_shipper_logs_is_classified_or_listed() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shipper/src");
-        let mut logged = std::collections::BTreeSet::new();
-        for e in std::fs::read_dir(&src).unwrap().flatten() {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            for (i, _) in text.match_indices("event = \"") {
-                if let Some((name, _)) = text[i + 9..].split_once('"') {
-                    logged.insert(name.to_owned());
+        // The whole tree: the shipper's modules live in subdirectories too.
+        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../shipper/src")];
+        let (mut logged, mut files) = (std::collections::BTreeSet::new(), 0);
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for (i, _) in text.match_indices("event = \"") {
+                    if let Some((name, _)) = text[i + 9..].split_once('"') {
+                        logged.insert(name.to_owned());
+                    }
                 }
             }
         }
+        // A walk that reads too little would pass without checking anything.
+        assert!(files >= 20, "{files} files read under shipper/src");
+        assert!(logged.len() >= 25, "{logged:?}");
         assert!(logged.contains("quarantined"), "{logged:?}");
         let ruled = |name: &str| {
             RULES.iter().any(|r| {
