@@ -181,8 +181,8 @@ impl Config {
     }
 
     /// Validates `text` as if read from `path` (relative paths resolve against
-    /// `path`'s directory). Keys are judged in file order, so the first bad
-    /// key is the one named.
+    /// `path`'s directory). Keys are judged in a fixed order (not their order
+    /// in the file); the first bad one is named.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: Raw = labship_sys::config::parse_toml(path, text)?;
         let resolve = |p: &Path| labship_sys::config::resolve(path, p);

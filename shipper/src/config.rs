@@ -244,7 +244,7 @@ impl Config {
 
     /// Validates `text` as if read from `path`; also checks that the configured
     /// certificate, key, CA and token files are readable. Keys are judged in
-    /// file order, so the first bad key is the one named.
+    /// a fixed order (not their order in the file); the first bad one is named.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: Raw = labship_sys::config::parse_toml(path, text)?;
         let judge = Judge { file: path };

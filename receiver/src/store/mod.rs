@@ -1,7 +1,7 @@
 //! The storage shared by both backends: the [`Manifest`] stored beside each
 //! archive, [`StoreError`], what a lookup finds ([`Lookup`]) and what a commit
 //! did ([`CommitOutcome`]), and [`Store`], what the routes hold: the
-//! filesystem store of [`fs`] or the S3 store of [`s3`] (several receivers on
+//! filesystem store ([`FsStore`]) or the S3 store of [`s3`] (several receivers on
 //! one bucket), chosen by `storage.kind`. Both validate an upload into a local
 //! scratch file first; they differ in how a validated archive is committed.
 
