@@ -210,7 +210,7 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
         ) => match (disposition(status), error) {
             // A 409 read by its code first: the receiver holds another
             // offset of a resumable upload, never the episode's fault
-            // (crate::resumable follows it; one that reaches here retries).
+            // (crate::upload::resumable follows it; one that reaches here retries).
             (_, Some(ErrorCode::OffsetMismatch)) => retry(false, error, Some(status), message),
             // Only a confirmed success retires (`Event::Stored`).
             (Disposition::Stored, error) => retry(

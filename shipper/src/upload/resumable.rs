@@ -20,12 +20,10 @@
 //! `Upload-Offset`. Only the completion answer retires an episode, and only
 //! when it is the receiver's own word (a `PUT`'s [`Uploader::confirm`]).
 
+use super::location as outbox_upload;
+use super::{Body, NoAnswer, Uploader, answer, classify, no_answer, not_receiver, redirect_text};
 use crate::disk::Layout;
-use crate::outbox_upload;
 use crate::state::{Archive, Event};
-use crate::upload::{
-    Body, NoAnswer, Uploader, answer, classify, no_answer, not_receiver, redirect_text,
-};
 use labship_protocol::headers::{CONTENT_DIGEST, LABSHIP_COMMIT};
 use labship_protocol::upload::{
     PARTIAL_UPLOAD_CONTENT_TYPE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET, creation_path,

@@ -22,6 +22,9 @@
 //! episode and the digest and size that were sent. Anything else is
 //! [`Event::NotReceiver`]: loud, transient, the episode stays queued.
 
+pub mod location;
+pub mod resumable;
+
 use crate::client::TlsClient;
 use crate::config::Config;
 use crate::state::{Archive, Event};
@@ -308,7 +311,7 @@ pub struct Uploader {
     token: Option<String>,
     pub(crate) stall: Duration,
     /// `[limits] resumable_min_bytes`: outbox archives this large go by
-    /// the upload API (crate::resumable), smaller ones by PUT.
+    /// the upload API ([`resumable`]), smaller ones by PUT.
     pub resumable_min_bytes: u64,
     /// The shared `bwlimit` bucket and the uploads in flight (progress.rs).
     pub limiter: Arc<crate::bwlimit::Limiter>,

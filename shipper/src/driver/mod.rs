@@ -652,7 +652,7 @@ impl Shipper {
                             let path = self.layout.archive_path(&id);
                             let (uploader, layout) = (self.uploader.clone(), self.layout.clone());
                             let answer = {
-                                let put = crate::resumable::send(
+                                let put = crate::upload::resumable::send(
                                     &uploader, &layout, &id, &path, archive, progress,
                                 );
                                 tokio::pin!(put);
