@@ -544,36 +544,11 @@ impl Uploader {
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(stream))
             .send();
-        tokio::pin!(send);
-        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.stall));
-        let mut last_seen = 0;
-        let resp = loop {
-            tokio::select! {
-                r = &mut send => break r,
-                _ = tick.tick() => {
-                    let at = moved_at.load(Ordering::Relaxed);
-                    if at != last_seen {
-                        last_seen = at;
-                        progress();
-                    }
-                    let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
-                    let body_done = sent.load(Ordering::Relaxed) >= len;
-                    if body_done {
-                        tracked.awaiting_answer();
-                    }
-                    if !body_done && idle > self.stall {
-                        return Err(no_answer(NoAnswer::Unreachable(format!(
-                            "upload stalled: no progress for {}s (receiver.stall_timeout_s)", self.stall.as_secs()
-                        ))));
-                    }
-                    if body_done && idle > self.stall + ANSWER_GRACE {
-                        return Err(no_answer(NoAnswer::Unreachable(format!(
-                            "no answer {}s after the whole archive was sent (receiver.stall_timeout_s + {}s)",
-                            idle.as_secs(), ANSWER_GRACE.as_secs()
-                        ))));
-                    }
-                }
-            }
+        let every = Duration::from_millis(500).min(self.stall);
+        let watched = crate::progress::watch_progress(send, &moved_at, every, progress);
+        let resp = tokio::select! {
+            r = watched => r,
+            cut = self.stalled(started, &moved_at, &sent, len, &tracked) => return Err(cut),
         };
         drop(timer);
         // ETIMEDOUT mid-upload is TCP_USER_TIMEOUT: sent bytes went
@@ -585,6 +560,44 @@ impl Uploader {
             ))),
             n => no_answer(n),
         })
+    }
+
+    /// Returns the failure once an upload stalls: its body moving no byte
+    /// for `stall_timeout_s` (`moved_at`: milliseconds after `started` of
+    /// the last byte), or the answer not there [`ANSWER_GRACE`] after that
+    /// once the whole body (`len`) is sent. Marks the upload as awaiting
+    /// its answer then.
+    async fn stalled(
+        &self,
+        started: Instant,
+        moved_at: &AtomicU64,
+        sent: &AtomicU64,
+        len: u64,
+        tracked: &crate::progress::Tracked,
+    ) -> Event {
+        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.stall));
+        loop {
+            tick.tick().await;
+            let at = moved_at.load(Ordering::Relaxed);
+            let idle = started.elapsed().saturating_sub(Duration::from_millis(at));
+            let body_done = sent.load(Ordering::Relaxed) >= len;
+            if body_done {
+                tracked.awaiting_answer();
+            }
+            if !body_done && idle > self.stall {
+                return no_answer(NoAnswer::Unreachable(format!(
+                    "upload stalled: no progress for {}s (receiver.stall_timeout_s)",
+                    self.stall.as_secs()
+                )));
+            }
+            if body_done && idle > self.stall + ANSWER_GRACE {
+                return no_answer(NoAnswer::Unreachable(format!(
+                    "no answer {}s after the whole archive was sent (receiver.stall_timeout_s + {}s)",
+                    idle.as_secs(),
+                    ANSWER_GRACE.as_secs()
+                )));
+            }
+        }
     }
 
     /// A success answer to the PUT of `archive` as `id`: stored only when
