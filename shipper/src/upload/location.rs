@@ -106,20 +106,9 @@ pub fn remove(layout: &Layout, id: &Id) -> io::Result<()> {
 mod tests {
     use super::*;
     use labship_protocol::upload::{Token, location};
-    use labship_protocol::{Commit, Sha256Digest};
 
     fn archive(data: &[u8]) -> Archive {
-        Archive {
-            digest: Sha256Digest::of(data),
-            bytes: data.len() as u64,
-            commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
-            inline: None,
-            origin: crate::disk::Origin {
-                dev: 1,
-                ino: 2,
-                btime_ns: None,
-            },
-        }
+        crate::state::test_archive(data)
     }
 
     #[test]
