@@ -1,7 +1,8 @@
 //! One episode driven through [`state::step`]: where it starts from what
 //! the scan found, then one method per [`Action`] ([`Shipper::run`]
 //! dispatches), each answering with the [`Event`] the state machine
-//! observes next.
+//! observes next. Everything done for an episode runs in its span
+//! ([`episode_span`]), which gives its events their `episode_id`.
 
 use super::backoff::{failure_reason, host_wide};
 use super::in_flight::keep_unanswered;
@@ -13,6 +14,7 @@ use crate::scan::Found;
 use crate::state::{self, Action, Archive, Event, State};
 use labship_protocol::{ErrorCode, Id};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// One episode being driven through [`state::step`].
 #[derive(Debug)]
@@ -35,6 +37,17 @@ pub(super) struct Episode {
     /// awaited once its upload ends, before anything else touches the
     /// episode's outbox files ([`Shipper::seal`]).
     pub(super) sealing: Option<Sealing>,
+    /// Its [`episode_span`].
+    pub(super) span: tracing::Span,
+}
+
+/// The span of everything done for episode `id`: its events carry
+/// `episode_id` from here (in the journal, `EPISODE_ID`, which doctor
+/// reads). A root span, so that an episode taken on while another one
+/// waits for its turn never carries the other's id too; at the error level,
+/// so that no `LABSHIP_LOG` lets an event through without it.
+pub(super) fn episode_span(id: &Id) -> tracing::Span {
+    tracing::error_span!(parent: None, "episode", episode_id = %id)
 }
 
 /// What an action left the episode with.
@@ -50,7 +63,9 @@ enum Flow {
 impl Shipper {
     /// Takes one episode the scan found as far as it goes in this pass.
     pub(super) async fn drive(&mut self, id: Id, found: Found, cx: &mut PassCtx<'_>) {
-        let Some(state) = self.initial_state(&id, found, &mut cx.summary) else {
+        let span = episode_span(&id);
+        let summary = &mut cx.summary;
+        let Some(state) = span.in_scope(|| self.initial_state(&id, found, summary)) else {
             return;
         };
         let action = match &state {
@@ -66,6 +81,7 @@ impl Shipper {
             inline: None,
             asked: Instant::now(),
             sealing: None,
+            span,
         };
         self.run(ep, action, cx).await;
     }
@@ -99,7 +115,7 @@ impl Shipper {
                 // holds the earlier one under the id (quarantined, with
                 // its reason), else stores it.
                 let path = self.layout.archive_path(id);
-                tracing::warn!(episode_id = %id, path = %path.display(), "dropping the outbox archive: {why}; the episode queued under this id is packed and sent on its own");
+                tracing::warn!(path = %path.display(), "dropping the outbox archive: {why}; the episode queued under this id is packed and sent on its own");
                 self.verified.remove(id);
                 if let Err(e) = self.layout.drop_outbox(id) {
                     self.io_failure(id, "dropping a stale outbox archive", &e, summary);
@@ -114,7 +130,7 @@ impl Shipper {
     fn finish_quarantine(&mut self, id: &Id, summary: &mut Summary) {
         match self.layout.finish_quarantine(id) {
             Ok(dest) => {
-                tracing::warn!(episode_id = %id, dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
+                tracing::warn!(dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
                 summary.quarantined += 1;
                 self.left.insert(id.clone());
                 crate::metrics::get().episode(Outcome::Quarantined);
@@ -123,14 +139,15 @@ impl Shipper {
         }
     }
 
-    /// Performs `action` and the ones that follow until the episode is final,
-    /// must wait, or its upload was started beside the pass.
-    pub(super) async fn run(
-        &mut self,
-        mut ep: Episode,
-        mut action: Option<Action>,
-        cx: &mut PassCtx<'_>,
-    ) {
+    /// Performs `action` and the ones that follow (in the episode's span)
+    /// until the episode is final, must wait, or its upload was started
+    /// beside the pass.
+    pub(super) async fn run(&mut self, ep: Episode, action: Option<Action>, cx: &mut PassCtx<'_>) {
+        let span = ep.span.clone();
+        self.steps(ep, action, cx).instrument(span).await;
+    }
+
+    async fn steps(&mut self, mut ep: Episode, mut action: Option<Action>, cx: &mut PassCtx<'_>) {
         while let Some(a) = action.take() {
             let flow = match a {
                 Action::Pack => self.pack_action(ep, cx).await,
@@ -254,7 +271,7 @@ impl Shipper {
                 self.backoff.remove(id);
                 self.record_error(id, Some(reason.code), reason.http_status, &reason.message);
                 tracing::error!(
-                    episode_id = %id, error_code = reason.code.as_str(), http_status = reason.http_status,
+                    error_code = reason.code.as_str(), http_status = reason.http_status,
                     remediation = reason.remediation.as_deref(), dest = %dest.display(),
                     event = "quarantined", "quarantined {id}: {}", reason.message
                 );
@@ -287,12 +304,25 @@ impl Shipper {
             ("episode", self.schedule(&ep.id, ep.retry_after))
         };
         self.record_error(&ep.id, code, status, message);
-        let (id, retry_in_ms, error_code) =
-            (&ep.id, wait.as_millis() as u64, code.map(|c| c.as_str()));
+        let (retry_in_ms, error_code) = (wait.as_millis() as u64, code.map(|c| c.as_str()));
         if loud {
-            tracing::error!(episode_id = %id, error_code, http_status = status, retry_in_ms, scope, event = "retry", "transient failure that needs an operator: {message}");
+            tracing::error!(
+                error_code,
+                http_status = status,
+                retry_in_ms,
+                scope,
+                event = "retry",
+                "transient failure that needs an operator: {message}"
+            );
         } else {
-            tracing::warn!(episode_id = %id, error_code, http_status = status, retry_in_ms, scope, event = "retry", "transient failure, will retry: {message}");
+            tracing::warn!(
+                error_code,
+                http_status = status,
+                retry_in_ms,
+                scope,
+                event = "retry",
+                "transient failure, will retry: {message}"
+            );
         }
         Flow::Stop(ep)
     }
@@ -354,9 +384,12 @@ impl Shipper {
             self.backoff.remove(id);
             self.left.insert(id.clone());
             if let Err(e) = self.layout.drop_outbox(id) {
-                tracing::warn!(episode_id = %id, error = %e, "cannot clear the outbox copy of an episode that left the queue");
+                tracing::warn!(error = %e, "cannot clear the outbox copy of an episode that left the queue");
             }
-            tracing::info!(episode_id = %id, event = "left_queue", "the episode left episodes/ by other hands while {what}; nothing to do");
+            tracing::info!(
+                event = "left_queue",
+                "the episode left episodes/ by other hands while {what}; nothing to do"
+            );
             return;
         }
         summary.transient += 1;
@@ -364,6 +397,6 @@ impl Shipper {
         crate::metrics::get().upload_failure(FailureReason::Disk);
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
-        tracing::error!(episode_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed, will retry: {e}");
+        tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed, will retry: {e}");
     }
 }

@@ -13,6 +13,7 @@ use labship_protocol::Id;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument as _;
 
 /// How many small uploads (archives held in memory) and retires may run at
 /// once. One at a time, a small episode waits mostly for fsyncs: the
@@ -37,6 +38,8 @@ pub(super) struct Retiring {
     /// The receiver held it before this upload (counted already present).
     pub(super) already_present: bool,
     pub(super) task: tokio::task::JoinHandle<std::io::Result<PathBuf>>,
+    /// Its episode's span, for what its outcome logs.
+    span: tracing::Span,
 }
 
 impl Shipper {
@@ -70,14 +73,16 @@ impl Shipper {
     /// [`Shipper::collect_upload`] takes the episode on from the answer.
     pub(super) fn upload_beside(&mut self, ep: Episode, archive: Archive) {
         let (uploader, moved) = (self.uploader.clone(), self.uploads_moved.clone());
-        self.uploading.spawn(async move {
+        let span = ep.span.clone();
+        let upload = async move {
             let (event, retry_after) = uploader
                 .put(&ep.id, &PathBuf::new(), &archive, &|| {
                     moved.fetch_add(1, Ordering::Relaxed);
                 })
                 .await;
             (ep, event, retry_after)
-        });
+        };
+        self.uploading.spawn(upload.instrument(span));
     }
 
     /// Waits for one upload running beside the pass and takes its episode on
@@ -106,10 +111,13 @@ impl Shipper {
             }
             // The task panicked (the workspace aborts on panic, so this is
             // a cancellation at shutdown): the episode is still in
-            // episodes/ and the next pass takes it again.
+            // episodes/ and the next pass takes it again. Which episode is
+            // unknown: logged outside the span of the one waiting here.
             Err(e) => {
                 crate::metrics::get().upload_failure(FailureReason::Other);
-                tracing::error!(error = %e, event = "upload_task_failed", "an upload task failed");
+                tracing::error_span!(parent: None, "pass").in_scope(|| {
+                    tracing::error!(error = %e, event = "upload_task_failed", "an upload task failed");
+                });
                 cx.summary.transient += 1;
                 cx.summary.pending += 1;
             }
@@ -136,25 +144,37 @@ impl Shipper {
             id: ep.id.clone(),
             already_present: ep.already_present,
             task,
+            span: ep.span.clone(),
         });
     }
 
     /// Waits for the oldest retire in flight, if any, and records its outcome.
     pub(super) async fn finish_retire(&mut self, summary: &mut Summary) {
-        let Some(Retiring {
-            id,
-            already_present,
-            task,
-        }) = self.retiring.pop_front()
-        else {
+        let Some(mut retiring) = self.retiring.pop_front() else {
             return;
         };
-        let moved = match task.await {
+        let moved = match (&mut retiring.task).await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(format!(
                 "the retire task failed: {e}"
             ))),
         };
+        let span = retiring.span.clone();
+        span.in_scope(|| self.retired(retiring, moved, summary));
+    }
+
+    /// Records the outcome of a retire.
+    fn retired(
+        &mut self,
+        retiring: Retiring,
+        moved: std::io::Result<PathBuf>,
+        summary: &mut Summary,
+    ) {
+        let Retiring {
+            id,
+            already_present,
+            ..
+        } = retiring;
         let dest = match moved {
             Ok(dest) => dest,
             Err(e) => return self.io_failure(&id, "moving to shipped/", &e, summary),
@@ -172,7 +192,7 @@ impl Shipper {
         } else {
             Outcome::Stored
         });
-        tracing::info!(episode_id = %id, dest = %dest.display(), already_present, event = "shipped", "shipped");
+        tracing::info!(dest = %dest.display(), already_present, event = "shipped", "shipped");
     }
 
     /// The receiver's `max_episode_bytes`, from its ping, asked at most every

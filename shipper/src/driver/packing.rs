@@ -17,6 +17,7 @@ use labship_protocol::Id;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use tracing::Instrument as _;
 
 /// How many packs may run ahead of the upload: the next pack starts as soon
 /// as the previous one is done, with up to this many archives waiting, so
@@ -100,7 +101,9 @@ impl Shipper {
                 Some(event) => event,
                 None => await_pack(&mut packing, progress).await,
             };
-            let sealed = seal(&id, packing.sealed).await;
+            let sealed = seal(packing.sealed)
+                .instrument(super::episode::episode_span(&id))
+                .await;
             if sealed && matches!(event, Event::Packed(Archive { inline: None, .. })) {
                 self.verified.insert(id);
             }
@@ -170,7 +173,7 @@ impl Shipper {
     /// still stands, and a retry packs again (the next start-up deletes it).
     pub(super) async fn seal(&mut self, ep: &mut Episode) {
         if let Some(sealing) = ep.sealing.take() {
-            seal(&ep.id, sealing).await;
+            seal(sealing).await;
         }
     }
 }
@@ -196,15 +199,16 @@ pub(super) fn pack_event(
     }
 }
 
-/// Awaits the seal of `id`'s outbox archive; true when it is sealed (or
-/// there was nothing to seal). A failure is logged: it is the disk's.
-async fn seal(id: &Id, sealing: Sealing) -> bool {
+/// Awaits the seal of an outbox archive (in its episode's span); true when
+/// it is sealed (or there was nothing to seal). A failure is logged: it is
+/// the disk's.
+async fn seal(sealing: Sealing) -> bool {
     let failed = match sealing.await {
         Ok(Ok(())) => return true,
         Ok(Err(e)) => e.to_string(),
         Err(e) => format!("the pack task failed: {e}"),
     };
-    tracing::error!(episode_id = %id, error = %failed, event = "io_error", "cannot make the archive durable in outbox/ (fsync or sidecar); the upload's answer stands, a retry packs the episode again: {failed}");
+    tracing::error!(error = %failed, event = "io_error", "cannot make the archive durable in outbox/ (fsync or sidecar); the upload's answer stands, a retry packs the episode again: {failed}");
     false
 }
 

@@ -22,7 +22,9 @@
 //! own word (a `PUT`'s [`Uploader::confirm`]).
 //!
 //! [`Attempt`] is one such exchange, step by step; [`requests`] sends each
-//! request and reads its answer.
+//! request and reads its answer. It runs in its episode's span (the
+//! driver's), which gives its events their `episode_id`; only the one from
+//! a blocking thread names it itself.
 
 mod requests;
 
@@ -89,9 +91,9 @@ pub async fn send(
 static NO_UPLOAD_API: AtomicBool = AtomicBool::new(false);
 
 /// Remembers (and says once, loudly) that the receiver has no upload API.
-fn no_upload_api(up: &Uploader, id: &Id, status: u16) {
+fn no_upload_api(up: &Uploader, status: u16) {
     if !NO_UPLOAD_API.swap(true, Ordering::Relaxed) {
-        tracing::warn!(episode_id = %id, http_status = status, url = %up.url(""), event = "upload_api_missing", "the receiver answered {status} to POST /v1/uploads/…: it has no resumable-upload API (older than CONTRACT §9); every archive goes by PUT until the shipper restarts (a cut then costs the whole archive)");
+        tracing::warn!(http_status = status, url = %up.url(""), event = "upload_api_missing", "the receiver answered {status} to POST /v1/uploads/…: it has no resumable-upload API (older than CONTRACT §9); every archive goes by PUT until the shipper restarts (a cut then costs the whole archive)");
     }
 }
 
@@ -171,7 +173,7 @@ impl Attempt<'_> {
         let (loc, held) = match create(up, id, archive).await {
             Created::At(loc, held) => (loc, held),
             Created::NoApi(status) => {
-                no_upload_api(up, id, status);
+                no_upload_api(up, status);
                 return Err(up.put(id, self.path, archive, self.progress).await);
             }
             Created::Failed(answer) => return Err(answer),
@@ -194,7 +196,12 @@ impl Attempt<'_> {
         }));
         self.location = Some(loc.clone());
         if held > 0 {
-            tracing::info!(episode_id = %id, offset = held, bytes_total = archive.bytes, event = "upload_resumed", "the receiver already holds {held} bytes of {id}'s upload; resuming there");
+            tracing::info!(
+                offset = held,
+                bytes_total = archive.bytes,
+                event = "upload_resumed",
+                "the receiver already holds {held} bytes of {id}'s upload; resuming there"
+            );
         }
         // More than 0: an earlier append to it may still be stopping, so
         // ask (`known` unset), then settle.
@@ -230,7 +237,12 @@ impl Attempt<'_> {
             )));
         }
         self.mismatches += 1;
-        tracing::info!(episode_id = %id, offset = held, sent_at = offset, event = "upload_offset_mismatch", "the receiver holds {held} bytes of {id}, not {offset}: going on from there");
+        tracing::info!(
+            offset = held,
+            sent_at = offset,
+            event = "upload_offset_mismatch",
+            "the receiver holds {held} bytes of {id}, not {offset}: going on from there"
+        );
         self.known = Some(held);
         None
     }
@@ -242,7 +254,12 @@ impl Attempt<'_> {
         let (id, archive) = (self.id, self.archive);
         match settle(self.up, location, archive, offset, &mut self.budget).await {
             Probe::At(o) if o > offset => {
-                tracing::info!(episode_id = %id, offset = o, bytes_total = archive.bytes, event = "upload_resumed", "the append of {id} was cut; resuming at byte {o}");
+                tracing::info!(
+                    offset = o,
+                    bytes_total = archive.bytes,
+                    event = "upload_resumed",
+                    "the append of {id} was cut; resuming at byte {o}"
+                );
                 self.mismatches = 0;
                 self.known = Some(o);
                 None
@@ -253,11 +270,18 @@ impl Attempt<'_> {
             }
             // No byte moved, or the receiver is not there.
             Probe::At(o) => {
-                tracing::info!(episode_id = %id, offset = o, event = "upload_cut", "the append of {id} was cut and the receiver holds no more than before ({o} bytes)");
+                tracing::info!(
+                    offset = o,
+                    event = "upload_cut",
+                    "the append of {id} was cut and the receiver holds no more than before ({o} bytes)"
+                );
                 Some((event, None))
             }
             Probe::Failed((after, _)) => {
-                tracing::info!(episode_id = %id, event = "upload_cut", "the append of {id} was cut, and asking the receiver's offset failed too: {after:?}");
+                tracing::info!(
+                    event = "upload_cut",
+                    "the append of {id} was cut, and asking the receiver's offset failed too: {after:?}"
+                );
                 Some((event, None))
             }
         }
@@ -267,9 +291,12 @@ impl Attempt<'_> {
     /// a new upload.
     fn forget(&mut self) {
         let id = self.id;
-        tracing::info!(episode_id = %id, event = "upload_restarted", "the receiver does not know {id}'s upload (expired, restarted without it, or another receiver); starting a new upload");
+        tracing::info!(
+            event = "upload_restarted",
+            "the receiver does not know {id}'s upload (expired, restarted without it, or another receiver); starting a new upload"
+        );
         if let Err(e) = location::remove(self.layout, id) {
-            tracing::warn!(episode_id = %id, error = %e, event = "io_error", "cannot remove the old upload location from outbox/");
+            tracing::warn!(error = %e, event = "io_error", "cannot remove the old upload location from outbox/");
         }
         self.location = None;
     }
