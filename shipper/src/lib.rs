@@ -8,7 +8,8 @@
 //! [`client`] (renewed TLS files picked up from disk), its resumable upload
 //! API included ([`upload::resumable`], the location kept in `outbox/` by
 //! [`upload::location`]); [`progress`] keeps `state/status.json`; [`cleanup`]
-//! expires old quarantine entries; [`systemd`] notifies; [`metrics`] counts
+//! expires old quarantine entries; `journal` holds the events the driver
+//! and the upload log (what doctor reads); [`systemd`] notifies; [`metrics`] counts
 //! and [`ops`] serves them (`[ops] listen`). docs/transport.md
 //! describes the states and what survives a crash in each.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod disk;
 pub mod driver;
+mod journal;
 pub mod metrics;
 pub mod ops;
 pub mod progress;

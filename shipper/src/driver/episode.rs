@@ -9,6 +9,7 @@ use super::in_flight::keep_unanswered;
 use super::packing::{Sealing, pack_event};
 use super::{PassCtx, Shipper, Summary};
 use crate::disk::Outbox;
+use crate::journal;
 use crate::metrics::{FailureReason, Outcome};
 use crate::scan::Found;
 use crate::state::{self, Action, Archive, Event, State};
@@ -130,7 +131,7 @@ impl Shipper {
     fn finish_quarantine(&mut self, id: &Id, summary: &mut Summary) {
         match self.layout.finish_quarantine(id) {
             Ok(dest) => {
-                tracing::warn!(dest = %dest.display(), event = "quarantined", "finished a quarantine interrupted by a crash");
+                journal::quarantine_finished(&dest);
                 summary.quarantined += 1;
                 self.left.insert(id.clone());
                 crate::metrics::get().episode(Outcome::Quarantined);
@@ -270,11 +271,7 @@ impl Shipper {
                 crate::metrics::get().episode(Outcome::Quarantined);
                 self.backoff.remove(id);
                 self.record_error(id, Some(reason.code), reason.http_status, &reason.message);
-                tracing::error!(
-                    error_code = reason.code.as_str(), http_status = reason.http_status,
-                    remediation = reason.remediation.as_deref(), dest = %dest.display(),
-                    event = "quarantined", "quarantined {id}: {}", reason.message
-                );
+                journal::quarantined(id, reason, &dest);
             }
             Err(e) => self.io_failure(id, "moving to quarantine/", &e, &mut cx.summary),
         }
@@ -304,26 +301,7 @@ impl Shipper {
             ("episode", self.schedule(&ep.id, ep.retry_after))
         };
         self.record_error(&ep.id, code, status, message);
-        let (retry_in_ms, error_code) = (wait.as_millis() as u64, code.map(|c| c.as_str()));
-        if loud {
-            tracing::error!(
-                error_code,
-                http_status = status,
-                retry_in_ms,
-                scope,
-                event = "retry",
-                "transient failure that needs an operator: {message}"
-            );
-        } else {
-            tracing::warn!(
-                error_code,
-                http_status = status,
-                retry_in_ms,
-                scope,
-                event = "retry",
-                "transient failure, will retry: {message}"
-            );
-        }
+        journal::retry(loud, (code, status), wait, scope, message);
         Flow::Stop(ep)
     }
 
@@ -386,10 +364,7 @@ impl Shipper {
             if let Err(e) = self.layout.drop_outbox(id) {
                 tracing::warn!(error = %e, "cannot clear the outbox copy of an episode that left the queue");
             }
-            tracing::info!(
-                event = "left_queue",
-                "the episode left episodes/ by other hands while {what}; nothing to do"
-            );
+            journal::left_queue(what);
             return;
         }
         summary.transient += 1;
@@ -397,6 +372,6 @@ impl Shipper {
         crate::metrics::get().upload_failure(FailureReason::Disk);
         let wait = self.schedule(id, None);
         self.record_error(id, None, None, &format!("{what}: {e}"));
-        tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, event = "io_error", "{what} failed, will retry: {e}");
+        journal::io_failed(what, e, wait);
     }
 }

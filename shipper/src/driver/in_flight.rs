@@ -116,7 +116,7 @@ impl Shipper {
             Err(e) => {
                 crate::metrics::get().upload_failure(FailureReason::Other);
                 tracing::error_span!(parent: None, "pass").in_scope(|| {
-                    tracing::error!(error = %e, event = "upload_task_failed", "an upload task failed");
+                    crate::journal::upload_task_failed(&e);
                 });
                 cx.summary.transient += 1;
                 cx.summary.pending += 1;
@@ -192,7 +192,7 @@ impl Shipper {
         } else {
             Outcome::Stored
         });
-        tracing::info!(dest = %dest.display(), already_present, event = "shipped", "shipped");
+        crate::journal::shipped(&dest, already_present);
     }
 
     /// The receiver's `max_episode_bytes`, from its ping, asked at most every

@@ -208,7 +208,7 @@ async fn seal(sealing: Sealing) -> bool {
         Ok(Err(e)) => e.to_string(),
         Err(e) => format!("the pack task failed: {e}"),
     };
-    tracing::error!(error = %failed, event = "io_error", "cannot make the archive durable in outbox/ (fsync or sidecar); the upload's answer stands, a retry packs the episode again: {failed}");
+    crate::journal::seal_failed(&failed);
     false
 }
 

@@ -29,7 +29,7 @@ impl Shipper {
     /// unreadable episodes/ is not an empty one.
     pub(super) fn scan_failed(&mut self, e: &std::io::Error) -> Summary {
         let dir = self.layout.episodes.display();
-        tracing::error!(error = %e, dir = %dir, event = "scan_failed", "cannot scan the queue");
+        crate::journal::scan_failed(e, &self.layout.episodes);
         crate::metrics::get().upload_failure(FailureReason::Scan);
         self.last_error = Some(LastError {
             code: None,
@@ -123,15 +123,11 @@ impl Shipper {
         {
             Ok(Ok(removed)) => {
                 for (path, age) in removed {
-                    tracing::info!(path = %path.display(), age_days = age.as_secs() / 86_400, event = "quarantine_removed", "removed an expired quarantine entry");
+                    crate::journal::quarantine_removed(&path, age);
                 }
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, event = "quarantine_cleanup_failed", "quarantine cleanup failed")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, event = "quarantine_cleanup_failed", "quarantine cleanup task failed")
-            }
+            Ok(Err(e)) => crate::journal::quarantine_cleanup_failed(&e, false),
+            Err(e) => crate::journal::quarantine_cleanup_failed(&e, true),
         }
     }
 }

@@ -70,7 +70,7 @@ pub fn load(layout: &Layout, host: &Id, id: &Id, archive: &Archive) -> Option<St
         ),
         Ok(r) => return Some(r.location),
     };
-    tracing::warn!(path = %file.display(), event = "upload_location_dropped", "ignoring the saved upload location: {why}; starting a new upload");
+    crate::journal::location_dropped(&file, &why);
     if let Err(e) = remove(layout, id) {
         tracing::warn!(path = %file.display(), error = %e, "cannot remove the saved upload location");
     }

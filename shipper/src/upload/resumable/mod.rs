@@ -22,14 +22,13 @@
 //! own word (a `PUT`'s [`Uploader::confirm`]).
 //!
 //! [`Attempt`] is one such exchange, step by step; [`requests`] sends each
-//! request and reads its answer. It runs in its episode's span (the
-//! driver's), which gives its events their `episode_id`; only the one from
-//! a blocking thread names it itself.
+//! request and reads its answer. Its events are [`crate::journal`]'s.
 
 mod requests;
 
 use super::{Uploader, location};
 use crate::disk::Layout;
+use crate::journal;
 use crate::state::{Archive, Event};
 use labship_protocol::Id;
 use requests::{Appended, Created, Probe, append, create, probe, settle};
@@ -93,7 +92,7 @@ static NO_UPLOAD_API: AtomicBool = AtomicBool::new(false);
 /// Remembers (and says once, loudly) that the receiver has no upload API.
 fn no_upload_api(up: &Uploader, status: u16) {
     if !NO_UPLOAD_API.swap(true, Ordering::Relaxed) {
-        tracing::warn!(http_status = status, url = %up.url(""), event = "upload_api_missing", "the receiver answered {status} to POST /v1/uploads/…: it has no resumable-upload API (older than CONTRACT §9); every archive goes by PUT until the shipper restarts (a cut then costs the whole archive)");
+        journal::upload_api_missing(status, &up.url(""));
     }
 }
 
@@ -191,17 +190,12 @@ impl Attempt<'_> {
         );
         self.saving = Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = location::save(&l, &i, &a, &at) {
-                tracing::warn!(episode_id = %i, error = %e, event = "io_error", "cannot save the upload location in outbox/; a shipper restart would upload from byte 0");
+                journal::location_not_saved(&i, &e);
             }
         }));
         self.location = Some(loc.clone());
         if held > 0 {
-            tracing::info!(
-                offset = held,
-                bytes_total = archive.bytes,
-                event = "upload_resumed",
-                "the receiver already holds {held} bytes of {id}'s upload; resuming there"
-            );
+            journal::upload_resumed(id, held, archive.bytes, false);
         }
         // More than 0: an earlier append to it may still be stopping, so
         // ask (`known` unset), then settle.
@@ -237,12 +231,7 @@ impl Attempt<'_> {
             )));
         }
         self.mismatches += 1;
-        tracing::info!(
-            offset = held,
-            sent_at = offset,
-            event = "upload_offset_mismatch",
-            "the receiver holds {held} bytes of {id}, not {offset}: going on from there"
-        );
+        journal::upload_offset_mismatch(id, held, offset);
         self.known = Some(held);
         None
     }
@@ -254,12 +243,7 @@ impl Attempt<'_> {
         let (id, archive) = (self.id, self.archive);
         match settle(self.up, location, archive, offset, &mut self.budget).await {
             Probe::At(o) if o > offset => {
-                tracing::info!(
-                    offset = o,
-                    bytes_total = archive.bytes,
-                    event = "upload_resumed",
-                    "the append of {id} was cut; resuming at byte {o}"
-                );
+                journal::upload_resumed(id, o, archive.bytes, true);
                 self.mismatches = 0;
                 self.known = Some(o);
                 None
@@ -270,18 +254,11 @@ impl Attempt<'_> {
             }
             // No byte moved, or the receiver is not there.
             Probe::At(o) => {
-                tracing::info!(
-                    offset = o,
-                    event = "upload_cut",
-                    "the append of {id} was cut and the receiver holds no more than before ({o} bytes)"
-                );
+                journal::upload_cut(id, Ok(o));
                 Some((event, None))
             }
             Probe::Failed((after, _)) => {
-                tracing::info!(
-                    event = "upload_cut",
-                    "the append of {id} was cut, and asking the receiver's offset failed too: {after:?}"
-                );
+                journal::upload_cut(id, Err(&after));
                 Some((event, None))
             }
         }
@@ -291,12 +268,9 @@ impl Attempt<'_> {
     /// a new upload.
     fn forget(&mut self) {
         let id = self.id;
-        tracing::info!(
-            event = "upload_restarted",
-            "the receiver does not know {id}'s upload (expired, restarted without it, or another receiver); starting a new upload"
-        );
+        journal::upload_restarted(id);
         if let Err(e) = location::remove(self.layout, id) {
-            tracing::warn!(error = %e, event = "io_error", "cannot remove the old upload location from outbox/");
+            journal::location_not_removed(&e);
         }
         self.location = None;
     }
