@@ -192,7 +192,7 @@ impl Layout {
             let id = name
                 .strip_suffix(".tar.zst")
                 .or_else(|| name.strip_suffix(".json"))
-                .or_else(|| name.strip_suffix(crate::outbox_upload::SUFFIX));
+                .or_else(|| name.strip_suffix(crate::upload::location::SUFFIX));
             let keep = match id {
                 // A complete pair of an episode still queued: an archive
                 // alone was never sealed, a sidecar alone describes nothing.
@@ -363,7 +363,7 @@ impl Layout {
     /// makes the removal durable (with nothing removed there is nothing to sync).
     pub fn drop_outbox(&self, id: &Id) -> io::Result<()> {
         let mut removed = false;
-        let upload = crate::outbox_upload::path(self, id);
+        let upload = crate::upload::location::path(self, id);
         for p in [upload, self.sidecar_path(id), self.archive_path(id)] {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed = true,

@@ -2,14 +2,15 @@
 //!
 //! [`config`] is the validated `shipper.toml` and [`check`] judges it and
 //! every file it names (`--check-config`); [`scan`] finds settled episodes;
-//! [`state`] is the pure episode state machine and [`queue`] its async driver;
+//! [`state`] is the pure episode state machine and [`driver`] its async driver;
 //! [`archive`] packs (deterministic tar+zstd with its SHA-256); [`disk`] owns
 //! every durable move; [`upload`] speaks the receiver's HTTP API over the
-//! [`client`], [`resumable`] its resumable upload API (the location kept in
-//! `outbox/` by [`outbox_upload`]) over the same
-//! [`client`] (renewed TLS files picked up from disk); [`cleanup`] expires
-//! old quarantine entries; [`systemd`] notifies; [`metrics`] counts and
-//! [`ops`] serves them (`[ops] listen`). docs/transport.md
+//! [`client`] (renewed TLS files picked up from disk), its resumable upload
+//! API included ([`upload::resumable`], the location kept in `outbox/` by
+//! [`upload::location`]); [`progress`] keeps `state/status.json`; [`cleanup`]
+//! expires old quarantine entries; `journal` holds the events the driver
+//! and the upload log (what doctor reads); [`systemd`] notifies; [`metrics`] counts
+//! and [`ops`] serves them (`[ops] listen`). docs/transport.md
 //! describes the states and what survives a crash in each.
 
 pub mod archive;
@@ -19,13 +20,12 @@ pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod disk;
+pub mod driver;
+mod journal;
 pub mod metrics;
 pub mod ops;
-pub mod outbox_upload;
 pub mod progress;
-pub mod queue;
 pub mod reload;
-pub mod resumable;
 pub mod scan;
 pub mod state;
 pub mod upload;

@@ -10,7 +10,7 @@
 use clap::Parser;
 use labship_shipper::check;
 use labship_shipper::config::{Config, DEFAULT_PATH};
-use labship_shipper::queue::Shipper;
+use labship_shipper::driver::Shipper;
 use labship_shipper::systemd;
 use labship_shipper::upload::{PingVerdict, Uploader};
 use serde_json::{Value, json};

@@ -407,6 +407,34 @@ impl Progress {
     }
 }
 
+/// Awaits `work`, calling `progress` (the watchdog's sign of life) at
+/// each tick of `every` in which `counter` changed: bytes packed or sent.
+/// Work that moves is alive; work that is wedged (a blocked read, a hung
+/// disk, a silent link) is not.
+pub(crate) async fn watch_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    counter: &AtomicU64,
+    every: Duration,
+    progress: &(dyn Fn() + Sync),
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = counter.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                let now = counter.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    progress();
+                }
+            }
+        }
+    }
+}
+
 /// The daemon's progress task: [`Progress::tick`] once a second, for ever.
 pub async fn ticker(progress: Arc<Progress>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

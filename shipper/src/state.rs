@@ -210,7 +210,7 @@ pub fn step(state: &State, event: Event) -> (State, Action) {
         ) => match (disposition(status), error) {
             // A 409 read by its code first: the receiver holds another
             // offset of a resumable upload, never the episode's fault
-            // (crate::resumable follows it; one that reaches here retries).
+            // (crate::upload::resumable follows it; one that reaches here retries).
             (_, Some(ErrorCode::OffsetMismatch)) => retry(false, error, Some(status), message),
             // Only a confirmed success retires (`Event::Stored`).
             (Disposition::Stored, error) => retry(
@@ -295,22 +295,28 @@ pub fn start(state: &State) -> Option<Action> {
     }
 }
 
+/// An archive of `data` for tests: its digest and size, no file behind it.
+#[cfg(test)]
+pub(crate) fn test_archive(data: &[u8]) -> Archive {
+    Archive {
+        digest: Sha256Digest::of(data),
+        bytes: data.len() as u64,
+        commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
+        inline: None,
+        origin: crate::disk::Origin {
+            dev: 1,
+            ino: 2,
+            btime_ns: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn archive() -> Archive {
-        Archive {
-            digest: Sha256Digest::of(b"a"),
-            bytes: 1,
-            commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
-            inline: None,
-            origin: crate::disk::Origin {
-                dev: 1,
-                ino: 2,
-                btime_ns: None,
-            },
-        }
+        test_archive(b"a")
     }
 
     fn packed(recovered: bool) -> State {

@@ -9,7 +9,8 @@
 //! this host and episode) is ignored and removed. It goes with its archive:
 //! [`Layout::drop_outbox`] (retire, quarantine, a stale archive) removes it
 //! first, and [`Layout::prepare`] keeps it only beside a complete pair.
-//! docs/transport.md has the crash windows.
+//! docs/transport.md has the crash windows. [`load`] runs in its episode's
+//! span (the driver's), which gives its events their `episode_id`.
 
 use crate::disk::Layout;
 use crate::state::Archive;
@@ -50,7 +51,7 @@ pub fn load(layout: &Layout, host: &Id, id: &Id, archive: &Archive) -> Option<St
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::warn!(episode_id = %id, path = %file.display(), error = %e, "cannot read the saved upload location; starting a new upload");
+            tracing::warn!(path = %file.display(), error = %e, "cannot read the saved upload location; starting a new upload");
             return None;
         }
     };
@@ -69,9 +70,9 @@ pub fn load(layout: &Layout, host: &Id, id: &Id, archive: &Archive) -> Option<St
         ),
         Ok(r) => return Some(r.location),
     };
-    tracing::warn!(episode_id = %id, path = %file.display(), event = "upload_location_dropped", "ignoring the saved upload location: {why}; starting a new upload");
+    crate::journal::location_dropped(&file, &why);
     if let Err(e) = remove(layout, id) {
-        tracing::warn!(episode_id = %id, path = %file.display(), error = %e, "cannot remove the saved upload location");
+        tracing::warn!(path = %file.display(), error = %e, "cannot remove the saved upload location");
     }
     None
 }
@@ -106,20 +107,9 @@ pub fn remove(layout: &Layout, id: &Id) -> io::Result<()> {
 mod tests {
     use super::*;
     use labship_protocol::upload::{Token, location};
-    use labship_protocol::{Commit, Sha256Digest};
 
     fn archive(data: &[u8]) -> Archive {
-        Archive {
-            digest: Sha256Digest::of(data),
-            bytes: data.len() as u64,
-            commit: Commit::parse("1111111111111111111111111111111111111111").unwrap(),
-            inline: None,
-            origin: crate::disk::Origin {
-                dev: 1,
-                ino: 2,
-                btime_ns: None,
-            },
-        }
+        crate::state::test_archive(data)
     }
 
     #[test]
