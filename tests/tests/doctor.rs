@@ -252,7 +252,7 @@ fn the_receivers_remediation_is_disruptive_whatever_it_says() {
     assert_eq!(row["disruptive"], true, "{row}");
 }
 
-/// `EVENT=upload_task_failed` (shipper/src/queue.rs: an upload task ended
+/// `EVENT=upload_task_failed` (shipper/src/driver/in_flight.rs: an upload task ended
 /// without an answer; its episode stays queued and the next pass uploads
 /// it again). No scenario makes the real shipper log it on demand, so the
 /// entry is a captured shipper line of `healthy.jsonl` (same journald
@@ -277,8 +277,8 @@ fn an_upload_task_that_failed_is_named_with_what_to_do() {
             ("ERROR", error),
             ("MESSAGE", "an upload task failed"),
             ("PRIORITY", "3"),
-            ("CODE_FILE", "shipper/src/queue.rs"),
-            ("TARGET", "labship_shipper::queue"),
+            ("CODE_FILE", "shipper/src/journal.rs"),
+            ("TARGET", "labship_shipper::journal"),
         ] {
             m.insert(k.into(), v.into());
         }

@@ -1,7 +1,7 @@
 //! The host checks: the unit's state (when a systemd manager runs), the
 //! shipper's config (its own loader), the client certificate's expiry, a
 //! ping of the receiver (the shipper's own) and free space on `data_dir`;
-//! then, with the config loaded, the queue's directories (`queue.rs`).
+//! then, with the config loaded, the queue's directories (doctor/queue.rs).
 
 use super::{Finding, Fix, Level, Options, Rank, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};

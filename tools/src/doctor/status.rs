@@ -137,7 +137,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
 }
 
 /// How long the work loop may go without a sign of life: what the shipper
-/// allows before it gives up (upload.rs): a body moving no byte for
+/// allows before it gives up (shipper/src/upload/): a body moving no byte for
 /// `stall_timeout_s`; an answer not come `stall_timeout_s` +
 /// [`ANSWER_GRACE`] after the body ended. A pass without uploads (packing,
 /// HEAD) is held to the longer one.

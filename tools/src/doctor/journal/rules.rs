@@ -293,7 +293,7 @@ pub(super) const RULES: &[Rule] = &[
         settled_by: &[],
         level: Level::Warn,
         rank: Rank::UploadTaskFailed,
-        // shipper/src/queue.rs: a task that ends without an answer (a panic
+        // shipper/src/driver/in_flight.rs: a task that ends without an answer (a panic
         // in a debug build, a cancellation) loses nothing: its episode is
         // still in episodes/ and the next pass takes it again. Repeated, it
         // is a shipper bug, and a restart would not fix it.
