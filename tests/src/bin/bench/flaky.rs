@@ -5,9 +5,10 @@
 //! upload API costs no throughput against PUT on a healthy link, both in the
 //! same run (docs/performance.md, "Flaky link").
 
+use crate::batch::mb_per_s;
 use crate::measure::{self, Run};
 use crate::report::{Report, Row};
-use crate::{Bench, assert_stored, data, mb_per_s, tail};
+use crate::{Bench, assert_stored, data, tail};
 use labship_tests::bin;
 use labship_tests::process::Receiver;
 use labship_tests::proxy::{Fault, Proxy};

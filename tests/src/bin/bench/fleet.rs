@@ -221,7 +221,7 @@ pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
     let gen_dir = b.env.path().join("gen-fleet");
     let ids = data::episodes(&gen_dir, "fleet", hosts * per, s.fleet_bytes);
     let r = b.receiver("fleet");
-    crate::limit(b, &gen_dir, &ids);
+    crate::batch::limit(b, &gen_dir, &ids);
     let groups: Vec<&[String]> = ids.chunks(per).collect();
     let (mut many, mut one) = (vec![], vec![]);
     for round in 0..s.rounds {
@@ -246,8 +246,8 @@ pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
     let what = format!("{hosts} hosts x {per} vs 1 x {}", ids.len());
     rep.row(Row::higher(
         format!("fleet {what}: aggregate (MB/s)"),
-        crate::mb_per_s(bytes, m),
-        Some(crate::mb_per_s(bytes, o)),
+        crate::batch::mb_per_s(bytes, m),
+        Some(crate::batch::mb_per_s(bytes, o)),
         0.8,
     ));
     let spread = many
