@@ -4,7 +4,7 @@
 //! the same receiver, are not.
 //!
 //! ```text
-//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check]
+//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,fleet-s3,flaky] [--check]
 //!       [--wrap 'strace -f -tt -o /tmp/shipper.strace'] [--before DIR]
 //! ```
 //!
@@ -20,7 +20,9 @@
 //! scan pass over unsettled episodes beside a large `shipped/`), `flaky` (one
 //! big episode through a link reset every 1/8 of its size: labship's bytes on
 //! the wire vs the script's; and the upload API vs PUT on a healthy link:
-//! flaky.rs). Every run
+//! flaky.rs), `fleet` (24 daemons at once vs one host, one receiver:
+//! fleet.rs) and `fleet-s3` (the same fleet over two receivers on one
+//! SeaweedFS: fleet_s3.rs). Every run
 //! checks its result: each upload answered 201 and the store holds it.
 //! Prints a table; writes JSON (default `target/bench.json`). Exits 1 on a
 //! broken run, and with `--check` also when a target is missed.
@@ -29,6 +31,7 @@ mod batch;
 mod data;
 mod flaky;
 mod fleet;
+mod fleet_s3;
 mod idle;
 mod measure;
 mod memory;
@@ -147,7 +150,7 @@ fn args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
+                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,fleet-s3,flaky] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
                 );
                 std::process::exit(0);
             }
@@ -347,6 +350,9 @@ fn main() {
     }
     if want("fleet") {
         fleet::fleet(&mut b, &mut rep);
+    }
+    if want("fleet-s3") {
+        fleet_s3::fleet_s3(&mut b, &mut rep, !a.only.is_empty());
     }
     if want("flaky") {
         flaky::flaky(&mut b, &mut rep);
