@@ -18,7 +18,7 @@
 //! `[limits]` / `zstd_workers = 1` (docs/performance.md).
 
 use crate::report::{Report, Row};
-use crate::{Bench, assert_stored, data, measure};
+use crate::{Bench, data, measure};
 use labship_tests::bin;
 use labship_tests::process::{Daemon, Receiver};
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One fleet (or single-host) run.
-struct Shipped {
+pub(crate) struct Shipped {
     wall: Duration,
     /// Per host: the time from the spawn until its `shipped/` was full.
     per_host: Vec<Duration>,
@@ -48,10 +48,46 @@ struct Host {
     done: Option<Duration>,
 }
 
+/// Where the hosts ship: one receiver, or several on one bucket (host `i`
+/// to receiver `i % n`), and how many archives the store holds for a host.
+pub(crate) struct Target<'a> {
+    pub(crate) receivers: Vec<&'a Receiver>,
+    pub(crate) stored: Box<dyn Fn(&str) -> usize + 'a>,
+}
+
+impl<'a> Target<'a> {
+    /// One receiver with its own store directory.
+    fn local(r: &'a Receiver) -> Self {
+        Self {
+            receivers: vec![r],
+            stored: Box::new(move |host| {
+                r.stored(host)
+                    .iter()
+                    .filter(|n| n.ends_with(".tar.zst"))
+                    .count()
+            }),
+        }
+    }
+
+    fn cpu(&self) -> Duration {
+        self.receivers
+            .iter()
+            .map(|r| measure::cpu_time(r.child.id(), false).unwrap_or_default())
+            .sum()
+    }
+}
+
 /// Starts one daemon per group of `ids` at once; waits until each shipped all.
-fn ship(b: &mut Bench, r: &Receiver, gen_dir: &Path, groups: &[&[String]], what: &str) -> Shipped {
+pub(crate) fn ship(
+    b: &mut Bench,
+    t: &Target,
+    gen_dir: &Path,
+    groups: &[&[String]],
+    what: &str,
+) -> Shipped {
     let mut staged = vec![];
-    for ids in groups {
+    for (i, ids) in groups.iter().enumerate() {
+        let r = t.receivers[i % t.receivers.len()];
         let (host, id) = b.host(what);
         // An experiment's shipper settings (e.g. `[limits]\nzstd_workers = 1`).
         let extra = std::env::var("LABSHIP_BENCH_FLEET_TOML").unwrap_or_default();
@@ -60,8 +96,7 @@ fn ship(b: &mut Bench, r: &Receiver, gen_dir: &Path, groups: &[&[String]], what:
         data::link_episodes(gen_dir, &data.join("episodes"), ids);
         staged.push((host, cfg, data, ids.len()));
     }
-    let receiver_cpu = || measure::cpu_time(r.child.id(), false).unwrap_or_default();
-    let cpu0 = receiver_cpu();
+    let cpu0 = t.cpu();
     let started = Instant::now();
     let mut hosts: Vec<Host> = staged
         .into_iter()
@@ -105,7 +140,7 @@ fn ship(b: &mut Bench, r: &Receiver, gen_dir: &Path, groups: &[&[String]], what:
         std::thread::sleep(Duration::from_millis(10));
     }
     let wall = started.elapsed();
-    let receiver_cpu = receiver_cpu().saturating_sub(cpu0);
+    let receiver_cpu = t.cpu().saturating_sub(cpu0);
     let shipper_cpu = hosts
         .iter()
         .map(|h| measure::cpu_time(h.daemon.0.id(), false).unwrap_or_default())
@@ -117,7 +152,12 @@ fn ship(b: &mut Bench, r: &Receiver, gen_dir: &Path, groups: &[&[String]], what:
         drop(h.daemon);
         let left = std::fs::read_dir(h.data.join("episodes")).map_or(0, |d| d.count());
         assert_eq!(left, 0, "{}: {left} episodes left in episodes/", h.name);
-        assert_stored(r, &h.name, h.n);
+        let stored = (t.stored)(&h.name);
+        assert_eq!(
+            stored, h.n,
+            "the store holds {stored} archives for {}, not {}",
+            h.name, h.n
+        );
         let log = std::fs::read_to_string(&h.log).unwrap_or_default();
         waits_ms.extend(
             log.lines()
@@ -146,11 +186,13 @@ fn retry_in_ms(line: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Statuses the receiver's audit log holds per (host, episode).
-fn audit(r: &Receiver) -> HashMap<(String, String), Vec<u16>> {
-    let text = std::fs::read_to_string(&r.audit).expect("audit log");
+/// Statuses the receivers' audit logs hold per (host, episode).
+fn audit(receivers: &[&Receiver]) -> HashMap<(String, String), Vec<u16>> {
     let mut out: HashMap<(String, String), Vec<u16>> = HashMap::new();
-    for line in text.lines() {
+    let texts = receivers
+        .iter()
+        .map(|r| std::fs::read_to_string(&r.audit).expect("audit log"));
+    for line in texts.collect::<Vec<_>>().iter().flat_map(|t| t.lines()) {
         let v: serde_json::Value = serde_json::from_str(line).expect("audit line");
         let host = v["host_id"].as_str().unwrap_or_default().to_owned();
         let episode = v["episode_id"].as_str().unwrap_or_default().to_owned();
@@ -161,9 +203,9 @@ fn audit(r: &Receiver) -> HashMap<(String, String), Vec<u16>> {
 }
 
 /// Exactly once: one 201 per (host, episode) of `hosts`, no 5xx but 503; the 503s.
-fn exactly_once(r: &Receiver, hosts: &[String]) -> usize {
+pub(crate) fn exactly_once(receivers: &[&Receiver], hosts: &[String]) -> usize {
     let mut busy = 0;
-    for ((host, episode), statuses) in audit(r) {
+    for ((host, episode), statuses) in audit(receivers) {
         if !hosts.contains(&host) {
             continue;
         }
@@ -215,39 +257,69 @@ fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
+/// The fleet's episodes: `hosts x per` generated, the page cache warmed.
+pub(crate) fn episodes(b: &mut Bench, name: &str) -> (PathBuf, Vec<String>) {
     let s = b.scale;
-    let (hosts, per) = (s.fleet_hosts, s.fleet_per_host);
-    let gen_dir = b.env.path().join("gen-fleet");
-    let ids = data::episodes(&gen_dir, "fleet", hosts * per, s.fleet_bytes);
-    let r = b.receiver("fleet");
-    crate::limit(b, &gen_dir, &ids);
-    let groups: Vec<&[String]> = ids.chunks(per).collect();
+    let gen_dir = b.env.path().join(format!("gen-{name}"));
+    let ids = data::episodes(
+        &gen_dir,
+        name,
+        s.fleet_hosts * s.fleet_per_host,
+        s.fleet_bytes,
+    );
+    crate::batch::limit(b, &gen_dir, &ids);
+    (gen_dir, ids)
+}
+
+/// `rounds` of the fleet (`per` episodes a host) then the single host, against `t`.
+pub(crate) fn rounds(
+    b: &mut Bench,
+    t: &Target,
+    gen_dir: &Path,
+    ids: &[String],
+    label: &str,
+) -> (Vec<Shipped>, Vec<Shipped>) {
+    let s = b.scale;
+    let groups: Vec<&[String]> = ids.chunks(s.fleet_per_host).collect();
     let (mut many, mut one) = (vec![], vec![]);
     for round in 0..s.rounds {
         eprintln!(
-            "bench: fleet round {}/{}: {hosts} hosts x {per}, then 1 x {}",
+            "bench: {label} round {}/{}: {} hosts x {} over {} receiver(s), then 1 x {}",
             round + 1,
             s.rounds,
+            groups.len(),
+            s.fleet_per_host,
+            t.receivers.len(),
             ids.len()
         );
-        many.push(ship(b, &r, &gen_dir, &groups, "fleet"));
-        one.push(ship(b, &r, &gen_dir, &[&ids[..]], "single"));
+        many.push(ship(b, t, gen_dir, &groups, "fleet"));
+        one.push(ship(b, t, gen_dir, &[ids], "single"));
     }
-    let peak = measure::vm_hwm(r.child.id()).unwrap_or_default();
+    (many, one)
+}
+
+/// The rows every fleet scenario reports: aggregate throughput against the
+/// single host, the slowest host against the median, the receivers' peak
+/// RSS, and (checked) every episode stored once with no 5xx but 503.
+pub(crate) fn report(
+    rep: &mut Report,
+    label: &str,
+    t: &Target,
+    bytes: u64,
+    many: &[Shipped],
+    one: &[Shipped],
+) {
     let fastest = |runs: &[Shipped]| {
         runs.iter()
             .min_by_key(|x| x.wall)
             .map(|x| x.wall)
             .expect("a run")
     };
-    let (m, o) = (fastest(&many), fastest(&one));
-    let bytes: u64 = ids.iter().map(|i| data::tree_bytes(&gen_dir.join(i))).sum();
-    let what = format!("{hosts} hosts x {per} vs 1 x {}", ids.len());
+    let (m, o) = (fastest(many), fastest(one));
     rep.row(Row::higher(
-        format!("fleet {what}: aggregate (MB/s)"),
-        crate::mb_per_s(bytes, m),
-        Some(crate::mb_per_s(bytes, o)),
+        format!("{label}: aggregate (MB/s)"),
+        crate::batch::mb_per_s(bytes, m),
+        Some(crate::batch::mb_per_s(bytes, o)),
         0.8,
     ));
     let spread = many
@@ -258,41 +330,40 @@ pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
         })
         .fold(0.0, f64::max);
     rep.row(Row::lower(
-        format!("fleet {what}: slowest host / median host (worst run)"),
+        format!("{label}: slowest host / median host (worst run)"),
         spread,
         2.0,
     ));
+    let peak = t
+        .receivers
+        .iter()
+        .map(|r| measure::vm_hwm(r.child.id()).unwrap_or_default())
+        .max()
+        .unwrap_or_default();
     rep.row(Row::lower(
-        "fleet: receiver peak RSS over every fleet and single run (MiB)".into(),
+        format!("{label}: receiver peak RSS over every run (MiB)"),
         peak as f64 / (1 << 20) as f64,
         160.0,
     ));
     let all: Vec<String> = many
         .iter()
-        .chain(&one)
+        .chain(one)
         .flat_map(|x| x.hosts.clone())
         .collect();
-    let busy = exactly_once(&r, &all);
+    let busy = exactly_once(&t.receivers, &all);
     let waits: Vec<u64> = many
         .iter()
-        .chain(&one)
+        .chain(one)
         .flat_map(|x| x.waits_ms.clone())
         .collect();
     rep.note(format!(
-        "fleet: every episode stored once (one 201 each in the audit log); 503s: {busy} over {} runs; the shippers' waits after them (ms): {waits:?}",
+        "{label}: every episode stored once (one 201 each in the audit logs), no 5xx but 503; 503s: {busy} over {} runs; the shippers' waits after them (ms): {waits:?}",
         many.len() + one.len()
     ));
-    let single = one.iter().min_by_key(|x| x.wall).expect("a run");
-    let (floor_cpu, archive_bytes) = floor(b, &r, &single.hosts[0]);
-    rep.row(Row::lower(
-        "receiver CPU per archive byte / (zstd -dc + openssl dgst -sha256) (x)".into(),
-        single.receiver_cpu.as_secs_f64() / floor_cpu.as_secs_f64().max(0.01),
-        1.2,
-    ));
-    for (label, runs) in [("fleet", &many), ("single", &one)] {
+    for (what, runs) in [("fleet", many), ("single", one)] {
         for x in runs.iter() {
             rep.note(format!(
-                "{label}: wall {:.2} s, hosts done median {:.2} s / slowest {:.2} s, CPU s: shippers {:.2}, receiver {:.2}",
+                "{label}: {what}: wall {:.2} s, hosts done median {:.2} s / slowest {:.2} s, CPU s: shippers {:.2}, receivers {:.2}",
                 x.wall.as_secs_f64(),
                 median(&x.per_host).as_secs_f64(),
                 x.per_host.iter().max().copied().unwrap_or_default().as_secs_f64(),
@@ -301,6 +372,29 @@ pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
             ));
         }
     }
+}
+
+pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
+    let s = b.scale;
+    let (gen_dir, ids) = episodes(b, "fleet");
+    let r = b.receiver("fleet");
+    let t = Target::local(&r);
+    let (many, one) = rounds(b, &t, &gen_dir, &ids, "fleet");
+    let bytes: u64 = ids.iter().map(|i| data::tree_bytes(&gen_dir.join(i))).sum();
+    let label = format!(
+        "fleet {} hosts x {} vs 1 x {}",
+        s.fleet_hosts,
+        s.fleet_per_host,
+        ids.len()
+    );
+    report(rep, &label, &t, bytes, &many, &one);
+    let single = one.iter().min_by_key(|x| x.wall).expect("a run");
+    let (floor_cpu, archive_bytes) = floor(b, &r, &single.hosts[0]);
+    rep.row(Row::lower(
+        "receiver CPU per archive byte / (zstd -dc + openssl dgst -sha256) (x)".into(),
+        single.receiver_cpu.as_secs_f64() / floor_cpu.as_secs_f64().max(0.01),
+        1.2,
+    ));
     rep.note(format!(
         "receiver floor: {} archive bytes, zstd -dc + openssl dgst {:.2} s CPU against the receiver's {:.2} s in the single run",
         archive_bytes,

@@ -4,7 +4,7 @@
 //! the same receiver, are not.
 //!
 //! ```text
-//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check]
+//! bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,fleet-s3,flaky] [--check]
 //!       [--wrap 'strace -f -tt -o /tmp/shipper.strace'] [--before DIR]
 //! ```
 //!
@@ -20,25 +20,30 @@
 //! scan pass over unsettled episodes beside a large `shipped/`), `flaky` (one
 //! big episode through a link reset every 1/8 of its size: labship's bytes on
 //! the wire vs the script's; and the upload API vs PUT on a healthy link:
-//! flaky.rs). Every run
+//! flaky.rs), `fleet` (24 daemons at once vs one host, one receiver:
+//! fleet.rs) and `fleet-s3` (the same fleet over two receivers on one
+//! SeaweedFS: fleet_s3.rs). Every run
 //! checks its result: each upload answered 201 and the store holds it.
 //! Prints a table; writes JSON (default `target/bench.json`). Exits 1 on a
 //! broken run, and with `--check` also when a target is missed.
 
+mod batch;
 mod data;
 mod flaky;
 mod fleet;
+mod fleet_s3;
+mod idle;
 mod measure;
 mod memory;
 mod report;
 
-use labship_tests::process::{Daemon, Receiver, ReceiverOpts};
+use labship_tests::process::{Receiver, ReceiverOpts};
 use labship_tests::{TestEnv, bin, pki::Issued, shipper_toml};
 use measure::Run;
-use report::{Report, Row};
+use report::Report;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Sizes of one bench run.
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +150,7 @@ fn args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,flaky] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
+                    "bench [--tiny] [--json PATH] [--rounds N] [--only batch,small,memory,idle,fleet,fleet-s3,flaky] [--check] [--wrap 'perf record -g -o F'] [--before DIR]"
                 );
                 std::process::exit(0);
             }
@@ -311,272 +316,6 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// The machine's limit for this work: tar | zstd -3 -T0 into a pipe, no network.
-fn limit(b: &Bench, gen_dir: &Path, ids: &[String]) -> Run {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg("set -o pipefail; tar -C \"$0\" -cf - \"$@\" | zstd -q -3 -T0 -c | cat >/dev/null")
-        .arg(gen_dir)
-        .args(ids);
-    let run = measure::run(&mut cmd, &b.log("limit"));
-    assert!(run.status.success(), "tar | zstd failed:\n{}", run.log);
-    run
-}
-
-fn best(runs: &[Run]) -> &Run {
-    runs.iter()
-        .min_by_key(|r| r.wall)
-        .expect("at least one run")
-}
-
-fn mb_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn batch(b: &mut Bench, rep: &mut Report) {
-    let s = b.scale;
-    let gen_dir = b.env.path().join("gen-batch");
-    let ids = data::episodes(&gen_dir, "batch", s.batch_count, s.batch_bytes);
-    let bytes: u64 = ids.iter().map(|i| data::tree_bytes(&gen_dir.join(i))).sum();
-    let r = b.receiver("batch");
-    // Warm the page cache once, unmeasured: every run then reads from memory.
-    limit(b, &gen_dir, &ids);
-    let (mut lab, mut scr, mut lim, mut old) = (vec![], vec![], vec![], vec![]);
-    for round in 0..s.rounds {
-        eprintln!("bench: batch round {}/{}", round + 1, s.rounds);
-        lim.push(limit(b, &gen_dir, &ids));
-        scr.push(b.script(&r, &gen_dir, &ids));
-        if let Some(before) = b.before.clone() {
-            old.push(b.labship_with(&before, &r, &gen_dir, &ids, ""));
-        }
-        lab.push(b.labship(&r, &gen_dir, &ids, ""));
-    }
-    let (l, c, m) = (best(&lab), best(&scr), best(&lim));
-    let (lv, cv, mv) = (
-        mb_per_s(bytes, l.wall),
-        mb_per_s(bytes, c.wall),
-        mb_per_s(bytes, m.wall),
-    );
-    let what = format!("{} x {} MB", s.batch_count, s.batch_bytes / 1_000_000);
-    rep.raw(
-        "batch",
-        &[("labship", &lab), ("script", &scr), ("limit", &lim)],
-        bytes,
-    );
-    rep.row(Row::higher(
-        format!("batch {what}: labship vs script (MB/s)"),
-        lv,
-        Some(cv),
-        1.3,
-    ));
-    rep.row(Row::higher(
-        format!("batch {what}: labship vs tar|zstd limit (MB/s)"),
-        lv,
-        Some(mv),
-        0.75,
-    ));
-    if !old.is_empty() {
-        let ov = mb_per_s(bytes, best(&old).wall);
-        rep.row(Row::info(
-            format!("batch {what}: labship vs --before (MB/s)"),
-            lv,
-            ov,
-        ));
-        rep.raw("batch_before", &[("labship_before", &old)], bytes);
-    }
-    rep.note(format!(
-        "batch CPU s per GB of input: labship {:.2} (shipper) + {:.2} (receiver, same cores), script {:.2} (tar, zstd, sha256sum, curl; receiver not counted), limit {:.2}",
-        l.cpu.as_secs_f64() / (bytes as f64 / 1e9),
-        l.receiver_cpu.unwrap_or_default().as_secs_f64() / (bytes as f64 / 1e9),
-        c.cpu.as_secs_f64() / (bytes as f64 / 1e9),
-        m.cpu.as_secs_f64() / (bytes as f64 / 1e9),
-    ));
-    // However well labship overlaps its work, its wall time on N cores is
-    // at least its CPU time (shipper + receiver, which share the cores
-    // here) over N: the best ratio to the limit this machine allows.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let labship_cpu = l.cpu + l.receiver_cpu.unwrap_or_default();
-    rep.note(format!(
-        "batch vs the limit, bound by CPU: {:.2}x at best (labship's CPU, shipper + receiver, spread perfectly over {cores} cores against the limit's wall time); measured {:.2}x",
-        m.wall.as_secs_f64() * cores / labship_cpu.as_secs_f64(),
-        lv / mv,
-    ));
-}
-
-fn small(b: &mut Bench, rep: &mut Report) {
-    let s = b.scale;
-    let gen_dir = b.env.path().join("gen-small");
-    let ids = data::episodes(&gen_dir, "small", s.small_count, s.small_bytes);
-    let r = b.receiver("small");
-    limit(b, &gen_dir, &ids);
-    eprintln!("bench: small");
-    let scr = b.script(&r, &gen_dir, &ids);
-    let old = b
-        .before
-        .clone()
-        .map(|before| b.labship_with(&before, &r, &gen_dir, &ids, ""));
-    let lab = b.labship(&r, &gen_dir, &ids, "");
-    let eps = |run: &Run| ids.len() as f64 / run.wall.as_secs_f64();
-    if let Some(old) = &old {
-        rep.row(Row::info(
-            format!(
-                "small {} x {} KB: labship vs --before (episodes/s)",
-                s.small_count,
-                s.small_bytes / 1000
-            ),
-            eps(&lab),
-            eps(old),
-        ));
-    }
-    rep.raw(
-        "small",
-        &[
-            ("labship", std::slice::from_ref(&lab)),
-            ("script", std::slice::from_ref(&scr)),
-        ],
-        0,
-    );
-    rep.row(Row::higher(
-        format!(
-            "small {} x {} KB: labship vs script (episodes/s)",
-            s.small_count,
-            s.small_bytes / 1000
-        ),
-        eps(&lab),
-        Some(eps(&scr)),
-        10.0,
-    ));
-}
-
-/// The shipper's peak RSS on one big episode.
-fn shipper_memory(b: &mut Bench, rep: &mut Report) {
-    let s = b.scale;
-    let gen_dir = b.env.path().join("gen-big");
-    let ids = data::episodes(&gen_dir, "big", 1, s.big_bytes);
-    let r = b.receiver("big");
-    eprintln!("bench: shipper memory");
-    let run = b.labship(&r, &gen_dir, &ids, "");
-    rep.raw(
-        "shipper_memory",
-        &[("labship", std::slice::from_ref(&run))],
-        s.big_bytes,
-    );
-    rep.row(Row::lower(
-        format!(
-            "shipper peak RSS, one {} MiB episode (MiB)",
-            s.big_bytes >> 20
-        ),
-        run.peak_rss as f64 / (1 << 20) as f64,
-        64.0,
-    ));
-}
-
-/// CPU time of one scan pass over unsettled episodes beside a large shipped/.
-fn idle(b: &mut Bench, rep: &mut Report) {
-    let s = b.scale;
-    let (host, id) = b.host("idle");
-    // Never contacted: nothing is ready to ship.
-    let url = "https://127.0.0.1:9";
-    let top = "settle_s = 3600\nscan_interval_s = 1";
-    let (cfg, data) = b.shipper_config(&host, &id, url, top);
-    let (empty_cfg, _) = b.shipper_config(&format!("{host}-empty"), &id, url, top);
-    eprintln!(
-        "bench: idle: {} episodes, {} in shipped/",
-        s.idle_episodes, s.idle_shipped
-    );
-    for i in 0..s.idle_episodes {
-        let d = data.join("episodes").join(format!("run-{i:05}"));
-        std::fs::create_dir_all(d.join("data")).expect("episode");
-        std::fs::write(d.join("meta.json"), data::meta(&format!("run-{i:05}"))).expect("meta");
-        std::fs::write(d.join("data/part-0000.csv"), b"t,v\n1,2\n").expect("data");
-    }
-    let shipped = data.join("shipped");
-    std::fs::create_dir_all(&shipped).expect("shipped");
-    for i in 0..s.idle_shipped {
-        std::fs::create_dir(shipped.join(format!("old-{i:06}"))).expect("shipped entry");
-    }
-    let once = |cfg: &Path, name: &str| {
-        (0..3)
-            .map(|k| {
-                let run = measure::run(
-                    Command::new(bin("shipper"))
-                        .arg("--config")
-                        .arg(cfg)
-                        .arg("--once"),
-                    &b.log(&format!("{name}-{k}")),
-                );
-                assert!(run.status.success(), "shipper --once failed:\n{}", run.log);
-                run.cpu
-            })
-            .sum::<Duration>()
-            / 3
-    };
-    let start_up = once(&empty_cfg, "idle-empty");
-    let first = once(&cfg, "idle-first");
-    // The daemon's steady state: passes after the first, which learned each
-    // episode's settle deadline. status.json is replaced (a new inode) at the
-    // end of every pass; CPU is read between passes, while it sleeps.
-    let log = std::fs::File::create(b.log("idle-daemon")).expect("log");
-    let child = Command::new(bin("shipper"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon");
-    let pid = child.id();
-    let daemon = Daemon(child);
-    let status = data.join("state/status.json");
-    let inode = || {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(&status).map(|m| m.ino()).ok()
-    };
-    let wait_pass = |after: Option<u64>| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let now = inode();
-            if now.is_some() && now != after {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the shipper daemon wrote no status.json"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    let mut seen = wait_pass(None);
-    // Let the first pass's own tail (status write, log) finish.
-    std::thread::sleep(Duration::from_millis(100));
-    let cpu0 = measure::cpu_time(pid, false).expect("daemon cpu");
-    for _ in 0..s.idle_passes {
-        seen = wait_pass(seen);
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let cpu1 = measure::cpu_time(pid, false).expect("daemon cpu");
-    drop(daemon);
-    let steady = (cpu1 - cpu0) / s.idle_passes;
-    rep.row(Row::lower(
-        format!(
-            "idle pass CPU, daemon steady state, {} unsettled + {} shipped/ (ms)",
-            s.idle_episodes, s.idle_shipped
-        ),
-        steady.as_secs_f64() * 1e3,
-        50.0,
-    ));
-    rep.row(Row::lower(
-        "first pass CPU (--once minus --once on an empty data_dir) (ms)".into(),
-        first.saturating_sub(start_up).as_secs_f64() * 1e3,
-        50.0,
-    ));
-    rep.note(format!(
-        "idle: shipper --once CPU {} ms with the queue, {} ms on an empty data_dir (start-up), mean of 3 runs each; steady state over {} daemon passes",
-        first.as_millis(),
-        start_up.as_millis(),
-        s.idle_passes
-    ));
-}
-
 fn main() {
     let a = args();
     let started = Instant::now();
@@ -596,21 +335,24 @@ fn main() {
         b.env.path().display()
     );
     if want("batch") {
-        batch(&mut b, &mut rep);
+        batch::batch(&mut b, &mut rep);
     }
     if want("small") {
-        small(&mut b, &mut rep);
+        batch::small(&mut b, &mut rep);
     }
     if want("memory") {
-        shipper_memory(&mut b, &mut rep);
+        memory::shipper(&mut b, &mut rep);
         let r = b.receiver("memory");
         memory::receiver(&mut b, &r, &mut rep);
     }
     if want("idle") {
-        idle(&mut b, &mut rep);
+        idle::idle(&mut b, &mut rep);
     }
     if want("fleet") {
         fleet::fleet(&mut b, &mut rep);
+    }
+    if want("fleet-s3") {
+        fleet_s3::fleet_s3(&mut b, &mut rep, !a.only.is_empty());
     }
     if want("flaky") {
         flaky::flaky(&mut b, &mut rep);

@@ -1,6 +1,7 @@
-//! The receiver's peak RSS under concurrent uploads.
+//! Peak RSS: the shipper's on one big episode, the receiver's under
+//! concurrent uploads.
 //!
-//! Each upload is a valid archive of its own episode id, built without
+//! For the receiver, each upload is a valid archive of its own episode id, built without
 //! packing the payload once per id: a zstd stream may be several frames, so
 //! an archive is frame A (the tar headers naming `<id>/` and
 //! `<id>/data.bin`), frame B (the payload, compressed once and shared by
@@ -8,7 +9,7 @@
 //! each digest is computed per id. The receiver validates all of it as it
 //! would any archive; its `VmHWM` is read while it still runs (exact).
 
-use crate::data::{Rng, csv, meta};
+use crate::data::{self, Rng, csv, meta};
 use crate::report::{Report, Row};
 use crate::{Bench, measure};
 use bytes::Bytes;
@@ -150,5 +151,28 @@ pub(crate) fn receiver(b: &mut Bench, r: &Receiver, rep: &mut Report) {
         ),
         hwm as f64 / (1 << 20) as f64,
         128.0,
+    ));
+}
+
+/// The shipper's peak RSS on one big episode.
+pub(crate) fn shipper(b: &mut Bench, rep: &mut Report) {
+    let s = b.scale;
+    let gen_dir = b.env.path().join("gen-big");
+    let ids = data::episodes(&gen_dir, "big", 1, s.big_bytes);
+    let r = b.receiver("big");
+    eprintln!("bench: shipper memory");
+    let run = b.labship(&r, &gen_dir, &ids, "");
+    rep.raw(
+        "shipper_memory",
+        &[("labship", std::slice::from_ref(&run))],
+        s.big_bytes,
+    );
+    rep.row(Row::lower(
+        format!(
+            "shipper peak RSS, one {} MiB episode (MiB)",
+            s.big_bytes >> 20
+        ),
+        run.peak_rss as f64 / (1 << 20) as f64,
+        64.0,
     ));
 }
