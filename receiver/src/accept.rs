@@ -10,8 +10,8 @@
 //! the contract's codes) live here too, in one place.
 
 use crate::auth::{ConnInfo, Identity};
-use crate::error::ApiError;
-use crate::ingest::{self, IngestError};
+use crate::error::{ApiError, ingest_error, read_error, storage_error};
+use crate::ingest;
 use crate::routes::{AppState, authorize};
 use crate::store::{Client, CommitOutcome, Lookup, Manifest};
 use axum::body::Body;
@@ -133,7 +133,7 @@ pub(crate) async fn check_headers(
             return Err(being_uploaded(&claim, retry_after_s));
         }
         Ok(Lookup::Uploading { .. } | Lookup::Absent) => {}
-        Err(e) => return Err(read_error(state, e)),
+        Err(e) => return Err(read_error(&state.metrics, e)),
     }
     let length = declared_length(headers, length_header)?;
     if let Some(len) = length
@@ -206,7 +206,7 @@ pub(crate) async fn receive_and_commit(
     let scratch = state
         .store
         .scratch_file()
-        .map_err(|e| storage_error(state, e))?;
+        .map_err(|e| storage_error(&state.metrics, e))?;
     state.metrics.uploads_in_flight.inc();
     facts.body_started = true;
     let started = Instant::now();
@@ -230,7 +230,7 @@ pub(crate) async fn receive_and_commit(
         .metrics
         .upload_seconds
         .observe(started.elapsed().as_secs_f64());
-    let ingested = received.map_err(|e| ingest_error(state, e))?;
+    let ingested = received.map_err(|e| ingest_error(&state.metrics, e))?;
     facts.bytes = ingested.bytes;
     check_digest(&ingested.digest, &plan.digest)?;
     commit_archive(state, conn, &plan, ingested.scratch, ingested.bytes).await
@@ -294,7 +294,7 @@ pub(crate) async fn commit_archive(
             claim,
             retry_after_s,
         }) => Err(being_uploaded(&claim, retry_after_s)),
-        Err(e) => Err(storage_error(state, e)),
+        Err(e) => Err(storage_error(&state.metrics, e)),
     }
 }
 
@@ -337,79 +337,5 @@ pub(crate) fn existing(
                 digest
             ),
         ))
-    }
-}
-
-/// A failed store read (HEAD, or the existing-archive check of a PUT).
-pub(crate) fn read_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
-    state.metrics.storage_errors.inc();
-    if e.is_unavailable() {
-        unavailable(e)
-    } else {
-        ApiError::internal(e)
-    }
-}
-
-/// The object store throttles, fails (5xx) or cannot be reached: transient.
-pub(crate) fn unavailable(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "object store unavailable");
-    ApiError::new(
-        ErrorCode::Busy,
-        "the receiver's object store is unavailable; retry shortly",
-    )
-}
-
-pub(crate) fn storage_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
-    state.metrics.storage_errors.inc();
-    if e.is_unavailable() {
-        unavailable(e)
-    } else if e.is_full() {
-        tracing::error!(error = %e, "store is full");
-        ApiError::new(
-            ErrorCode::InsufficientStorage,
-            "the receiver's store is full; retry later",
-        )
-    } else {
-        ApiError::internal(e)
-    }
-}
-
-/// A failed local write of the upload spool: 507 when the disk is full.
-pub(crate) fn storage_io_error(state: &AppState, what: &str, e: std::io::Error) -> ApiError {
-    state.metrics.storage_errors.inc();
-    if crate::store::is_full(&e) {
-        tracing::error!(error = %e, "store is full");
-        ApiError::new(
-            ErrorCode::InsufficientStorage,
-            "the receiver's store is full; retry later",
-        )
-    } else {
-        ApiError::internal(format!("{what}: {e}"))
-    }
-}
-
-pub(crate) fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
-    match e {
-        IngestError::TooLarge { .. } | IngestError::TooLargeUnpacked { .. } => {
-            ApiError::new(ErrorCode::TooLarge, e.to_string())
-        }
-        IngestError::Invalid(m) => ApiError::new(ErrorCode::ArchiveInvalid, m),
-        IngestError::StampMismatch(m) => ApiError::new(ErrorCode::StampMismatch, m),
-        IngestError::Store(io) if crate::store::is_full(&io) => {
-            state.metrics.storage_errors.inc();
-            tracing::error!(error = %io, "store is full");
-            ApiError::new(
-                ErrorCode::InsufficientStorage,
-                "the receiver's store is full; retry later",
-            )
-        }
-        IngestError::Store(io) => {
-            state.metrics.storage_errors.inc();
-            ApiError::internal(format!("storage write: {io}"))
-        }
-        IngestError::ClientGone(m) => {
-            ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))
-        }
-        IngestError::Internal(m) => ApiError::internal(m),
     }
 }

@@ -5,7 +5,13 @@
 //! message for the client, an optional remediation command and `Retry-After`.
 //! Client faults are not logged here (the audit log has them); internal faults
 //! are logged once, with detail, and the client gets a generic message.
+//! The store's ([`StoreError`], `io::Error`) and validation's ([`IngestError`])
+//! failures become answers here too: 503 while the object store is
+//! unavailable, 507 when the disk is full, 413/400 for a refused body.
 
+use crate::ingest::IngestError;
+use crate::metrics::Metrics;
+use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use labship_protocol::{ErrorBody, ErrorCode};
@@ -94,4 +100,77 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A failed store read (HEAD, or the existing-archive check of a PUT).
+pub(crate) fn read_error(metrics: &Metrics, e: StoreError) -> ApiError {
+    metrics.storage_errors.inc();
+    if e.is_unavailable() {
+        unavailable(e)
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// A failed commit to the store: 503 while the object store is unavailable,
+/// 507 when the disk is full.
+pub(crate) fn storage_error(metrics: &Metrics, e: StoreError) -> ApiError {
+    metrics.storage_errors.inc();
+    if e.is_unavailable() {
+        unavailable(e)
+    } else if e.is_full() {
+        store_full(&e)
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// A failed local write of the upload spool: 507 when the disk is full.
+pub(crate) fn storage_io_error(metrics: &Metrics, what: &str, e: std::io::Error) -> ApiError {
+    metrics.storage_errors.inc();
+    if crate::store::is_full(&e) {
+        store_full(&e)
+    } else {
+        ApiError::internal(format!("{what}: {e}"))
+    }
+}
+
+/// What a body that failed validation or its scratch write is answered.
+pub(crate) fn ingest_error(metrics: &Metrics, e: IngestError) -> ApiError {
+    match e {
+        IngestError::TooLarge { .. } | IngestError::TooLargeUnpacked { .. } => {
+            ApiError::new(ErrorCode::TooLarge, e.to_string())
+        }
+        IngestError::Invalid(m) => ApiError::new(ErrorCode::ArchiveInvalid, m),
+        IngestError::StampMismatch(m) => ApiError::new(ErrorCode::StampMismatch, m),
+        IngestError::Store(io) if crate::store::is_full(&io) => {
+            metrics.storage_errors.inc();
+            store_full(&io)
+        }
+        IngestError::Store(io) => {
+            metrics.storage_errors.inc();
+            ApiError::internal(format!("storage write: {io}"))
+        }
+        IngestError::ClientGone(m) => {
+            ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))
+        }
+        IngestError::Internal(m) => ApiError::internal(m),
+    }
+}
+
+/// The object store throttles, fails (5xx) or cannot be reached: transient.
+fn unavailable(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "object store unavailable");
+    ApiError::new(
+        ErrorCode::Busy,
+        "the receiver's object store is unavailable; retry shortly",
+    )
+}
+
+fn store_full(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "store is full");
+    ApiError::new(
+        ErrorCode::InsufficientStorage,
+        "the receiver's store is full; retry later",
+    )
 }

@@ -8,12 +8,10 @@
 //! doomed archive. The body phase validates while streaming (see `ingest`) and
 //! commits through the store (see `store`).
 
-use crate::accept::{
-    Checked, LengthHeader, PutFacts, check_headers, read_error, receive_and_commit,
-};
+use crate::accept::{Checked, LengthHeader, PutFacts, check_headers, receive_and_commit};
 use crate::audit::{Audit, AuditRecord};
 use crate::auth::{self, ConnInfo, Identity, Tokens};
-use crate::error::ApiError;
+use crate::error::{ApiError, read_error};
 use crate::gate::Gate;
 use crate::ingest;
 use crate::metrics::{Metrics, RequestLabels};
@@ -220,7 +218,7 @@ async fn head_episode(
             ErrorCode::NotFound,
             "no archive stored under this id",
         )),
-        Err(e) => Err(read_error(&state, e)),
+        Err(e) => Err(read_error(&state.metrics, e)),
     }
 }
 

@@ -17,9 +17,10 @@ use super::session::{Rules, Session, Stopped};
 use super::spool::{Record, unix_now};
 use super::table::{Slot, SlotState, take_over};
 use super::{Answer, Decision, TAKEOVER_WAIT, episode_busy, length_mismatch, locate, not_found};
-use crate::accept::{PutFacts, PutPlan, header_str, ingest_error, storage_io_error};
+use crate::accept::{PutFacts, PutPlan, header_str};
 use crate::auth::{ConnInfo, Identity};
 use crate::error::ApiError;
+use crate::error::{ingest_error, storage_io_error};
 use crate::routes::{AppState, may_drain_unread_body};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -267,7 +268,9 @@ async fn ensure_session(
     let cut = tokio::task::spawn_blocking(move || spool.truncate_to(&record)).await;
     cut.map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map_err(|e| storage_io_error(state, "cut a partial upload back to its offset", e))?;
+        .map_err(|e| {
+            storage_io_error(&state.metrics, "cut a partial upload back to its offset", e)
+        })?;
     let rules = Rules {
         episode: plan.episode.to_string(),
         commit: plan.commit.clone(),
@@ -353,7 +356,7 @@ async fn receive(
     match end {
         End::Stopped => match session.take() {
             Some(stopped) => match stopped.finish().await {
-                Err(e) => End::Failed(ingest_error(state, e)),
+                Err(e) => End::Failed(ingest_error(&state.metrics, e)),
                 Ok(_) => End::Failed(ApiError::internal("validator ended before its input")),
             },
             None => End::Failed(ApiError::internal("validator session vanished")),
@@ -373,7 +376,7 @@ async fn checkpoint(
         Err(Stopped) => return Err(End::Stopped),
         Ok(Err(e)) => {
             return Err(End::Failed(storage_io_error(
-                state,
+                &state.metrics,
                 "fsync a partial upload",
                 e,
             )));
@@ -393,7 +396,7 @@ async fn checkpoint(
         .and_then(|r| r)
         .map_err(|e| {
             End::Failed(storage_io_error(
-                state,
+                &state.metrics,
                 "record a partial upload's offset",
                 e,
             ))

@@ -5,9 +5,10 @@
 
 use super::table::{Slot, SlotState};
 use super::{Answer, length_mismatch};
-use crate::accept::{PutPlan, check_digest, commit_archive, ingest_error, storage_io_error};
+use crate::accept::{PutPlan, check_digest, commit_archive};
 use crate::auth::ConnInfo;
 use crate::error::ApiError;
+use crate::error::{ingest_error, storage_io_error};
 use crate::routes::AppState;
 use std::sync::atomic::Ordering;
 use tokio::sync::OwnedMutexGuard;
@@ -31,7 +32,7 @@ pub(super) async fn complete(
     let verdict = match session.finish().await {
         Ok(v) => v,
         Err(e) => {
-            let e = ingest_error(state, e);
+            let e = ingest_error(&state.metrics, e);
             return settle(state, slot, &mut held, e).await;
         }
     };
@@ -79,7 +80,7 @@ async fn link_scratch(state: &AppState, slot: &Slot) -> Result<tempfile::NamedTe
     linked
         .map_err(std::io::Error::other)
         .and_then(|r| r)
-        .map_err(|e| storage_io_error(state, "link a completed upload into scratch", e))
+        .map_err(|e| storage_io_error(&state.metrics, "link a completed upload into scratch", e))
 }
 
 /// An error ends the upload when the client cannot fix it by continuing

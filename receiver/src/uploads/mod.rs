@@ -17,9 +17,10 @@ pub(crate) mod session;
 pub(crate) mod spool;
 pub(crate) mod table;
 
-use crate::accept::{Checked, LengthHeader, PutFacts, PutPlan, check_headers, storage_io_error};
+use crate::accept::{Checked, LengthHeader, PutFacts, PutPlan, check_headers};
 use crate::auth::{ConnInfo, Identity};
 use crate::error::ApiError;
+use crate::error::storage_io_error;
 use crate::routes::{ApiCall, AppState, authenticate, check_host, may_drain_unread_body};
 use axum::Router;
 use axum::extract::rejection::PathRejection;
@@ -368,7 +369,7 @@ async fn spool_new_upload(state: &AppState, record: &Record) -> Result<(), ApiEr
     .await
     .map_err(std::io::Error::other)
     .and_then(|r| r);
-    created.map_err(|e| storage_io_error(state, "create a partial upload", e))
+    created.map_err(|e| storage_io_error(&state.metrics, "create a partial upload", e))
 }
 
 /// 128 bits from the operating system's CSPRNG.
