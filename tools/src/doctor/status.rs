@@ -27,6 +27,7 @@ use super::queue::BACKLOG_AGE;
 use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
+use labship_shipper::disk::Layout;
 use labship_shipper::progress::REWRITE_EVERY;
 use labship_shipper::upload::ANSWER_GRACE;
 use serde_json::{Value, json};
@@ -174,7 +175,7 @@ fn hung(uploading: &[Value], idle: Duration, awaiting: bool, window: Duration) -
 
 /// The file, or the finding that says why there is none.
 fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
-    let path = config.data_dir.join("state/status.json");
+    let path = Layout::new(&config.data_dir).state.join("status.json");
     if let Some(status) = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
