@@ -7,7 +7,8 @@
 //! every durable move; [`upload`] speaks the receiver's HTTP API over the
 //! [`client`] (renewed TLS files picked up from disk), its resumable upload
 //! API included ([`upload::resumable`], the location kept in `outbox/` by
-//! [`upload::location`]); [`progress`] keeps `state/status.json`; [`cleanup`]
+//! [`upload::location`]); [`progress`] keeps `state/status.json` (typed in [`status_file`], which
+//! doctor reads too); [`cleanup`]
 //! expires old quarantine entries; `journal` holds the events the driver
 //! and the upload log (what doctor reads); [`systemd`] notifies; [`metrics`] counts
 //! and [`ops`] serves them (`[ops] listen`). docs/transport.md
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod reload;
 pub mod scan;
 pub mod state;
+pub mod status_file;
 pub mod upload;
 
 pub use labship_sys::hooks::crash_point;

@@ -12,8 +12,9 @@
 //! byte moved (or the process is gone): what doctor reads.
 
 use crate::bwlimit::{Limiter, human};
+use crate::status_file::Status;
+pub use crate::status_file::{Phase, UploadProgress};
 use labship_protocol::Id;
-use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,16 +47,6 @@ struct Entry {
     phase: Phase,
 }
 
-/// Where an upload is: its body still going out, or all of it sent and the
-/// receiver's answer awaited (which may take `stall_timeout_s` +
-/// `upload::ANSWER_GRACE`: the receiver verifies the whole archive first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Sending,
-    AwaitingAnswer,
-}
-
 impl Entry {
     fn rate(&self) -> u64 {
         match (self.samples.front(), self.samples.back()) {
@@ -65,17 +56,6 @@ impl Entry {
             _ => 0,
         }
     }
-}
-
-/// One upload as `status.json` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct UploadProgress {
-    pub episode_id: String,
-    pub bytes_sent: u64,
-    pub bytes_total: u64,
-    pub started_at: String,
-    pub bytes_per_s: u64,
-    pub phase: Phase,
 }
 
 /// The uploads in flight, and every body byte any of them sent.
@@ -213,7 +193,7 @@ fn percent(sent: u64, total: u64) -> u64 {
 #[derive(Debug)]
 struct Written {
     /// The pass's document, without the progress fields.
-    base: serde_json::Map<String, serde_json::Value>,
+    base: Status,
     at: Instant,
     /// [`Uploads::moved`] when last written.
     moved: u64,
@@ -243,21 +223,18 @@ impl Progress {
     /// completed yet). Written at once, so no stale upload outlives a
     /// restart.
     pub fn new(path: PathBuf, uploads: Arc<Uploads>, limiter: Arc<Limiter>, host: &Id) -> Self {
-        let mut base = match std::fs::read(&path)
+        let old = std::fs::read(&path)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        {
-            Some(serde_json::Value::Object(old)) => old,
-            _ => {
-                let mut m = serde_json::Map::new();
-                m.insert("time".into(), serde_json::Value::Null);
-                m
-            }
+            .and_then(|b| serde_json::from_slice::<Status>(&b).ok());
+        let base = Status {
+            // The progress fields are the process's own, written afresh.
+            uploading: Vec::new(),
+            updated_at: None,
+            alive_at: None,
+            bwlimit: None,
+            host_id: host.as_str().to_owned(),
+            ..old.unwrap_or_default()
         };
-        for progress in ["uploading", "updated_at", "alive_at", "bwlimit"] {
-            base.remove(progress);
-        }
-        base.insert("host_id".into(), host.as_str().into());
         let now = Instant::now();
         let written = Written {
             base,
@@ -302,12 +279,9 @@ impl Progress {
         self.alive.store(now, Ordering::Relaxed);
     }
 
-    /// Writes the pass's document `base` (an object) with the progress
-    /// fields: `updated_at`, `uploading`, `bwlimit`.
-    pub fn write_status(&self, base: serde_json::Value) {
-        let serde_json::Value::Object(base) = base else {
-            return;
-        };
+    /// Writes the pass's document `base` with the progress fields:
+    /// `updated_at`, `uploading`, `bwlimit`, `alive_at`.
+    pub fn write_status(&self, base: Status) {
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         self.write(base.clone());
         *w = Written {
@@ -319,31 +293,19 @@ impl Progress {
         };
     }
 
-    fn write(&self, doc: serde_json::Map<String, serde_json::Value>) {
+    fn write(&self, doc: Status) {
         self.write_with(doc, &self.uploads.snapshot(), true);
     }
 
     /// `durable`: fsynced (a pass's document, start, stop); the ticker's
     /// rewrites only need the rename's atomicity.
-    fn write_with(
-        &self,
-        mut doc: serde_json::Map<String, serde_json::Value>,
-        uploading: &[UploadProgress],
-        durable: bool,
-    ) {
-        doc.insert("updated_at".into(), rfc3339(SystemTime::now()).into());
-        doc.insert(
-            "uploading".into(),
-            serde_json::to_value(uploading).unwrap_or_default(),
-        );
-        doc.insert("bwlimit".into(), self.limiter.current().into());
+    fn write_with(&self, mut doc: Status, uploading: &[UploadProgress], durable: bool) {
+        doc.updated_at = Some(rfc3339(SystemTime::now()));
+        doc.uploading = uploading.to_vec();
+        doc.bwlimit = self.limiter.current();
         let alive = self.alive.load(Ordering::Relaxed);
-        if alive > 0 {
-            doc.insert(
-                "alive_at".into(),
-                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(alive)).into(),
-            );
-        }
+        doc.alive_at =
+            (alive > 0).then(|| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(alive)));
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         let written = if durable {
             crate::disk::write_atomic(&self.path, &bytes)
@@ -461,7 +423,11 @@ mod tests {
         let id = Id::parse("ep-1").unwrap();
         let p = Progress::new(path.clone(), Arc::default(), limiter, &id);
         let t = p.uploads.start(&id, 1000);
-        p.write_status(serde_json::json!({"time": "then", "pending": 3}));
+        p.write_status(Status {
+            time: Some("then".into()),
+            pending: Some(3),
+            ..Status::default()
+        });
         let read = || -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
         };

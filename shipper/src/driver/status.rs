@@ -4,20 +4,11 @@
 
 use super::{Shipper, Summary};
 use crate::metrics::{Backlog, FailureReason};
+pub(super) use crate::status_file::LastError;
+use crate::status_file::Status;
 use labship_protocol::{ErrorCode, Id};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
-
-/// `last_error` in `status.json`.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct LastError {
-    code: Option<String>,
-    status: Option<u16>,
-    episode: String,
-    message: String,
-    at: String,
-}
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -90,22 +81,26 @@ impl Shipper {
         let quarantined_total = std::fs::read_dir(&self.layout.quarantine)
             .map(|d| d.count())
             .unwrap_or(0);
-        let status = serde_json::json!({
-            "time": rfc3339(SystemTime::now()),
-            "host_id": self.config.host_id.as_str(),
-            "pending": s.pending,
-            "outbox": outbox,
-            "shipped_this_pass": s.shipped + s.already_present,
-            "quarantined_this_pass": s.quarantined,
-            "quarantined": quarantined_total,
-            "transient_this_pass": s.transient,
-            "last_success": self.last_success.map(rfc3339),
-            "last_error": self.last_error,
-            // Seconds until the whole host retries, while the receiver or
-            // the link fails for everyone; null otherwise.
-            "hold_s": self.hold.as_ref().filter(|h| h.waiting())
-                .map(|h| h.next.saturating_duration_since(Instant::now()).as_secs()),
-        });
+        // Every field of a pass is written, `null` where there is none.
+        let status = Status {
+            time: Some(rfc3339(SystemTime::now())),
+            host_id: self.config.host_id.as_str().to_owned(),
+            pending: Some(s.pending as u64),
+            outbox: Some(outbox as u64),
+            shipped_this_pass: Some((s.shipped + s.already_present) as u64),
+            quarantined_this_pass: Some(s.quarantined as u64),
+            quarantined: Some(quarantined_total as u64),
+            transient_this_pass: Some(s.transient as u64),
+            last_success: Some(self.last_success.map(rfc3339)),
+            last_error: Some(self.last_error.clone()),
+            hold_s: Some(
+                self.hold
+                    .as_ref()
+                    .filter(|h| h.waiting())
+                    .map(|h| h.next.saturating_duration_since(Instant::now()).as_secs()),
+            ),
+            ..Status::default()
+        };
         self.progress.write_status(status);
     }
 

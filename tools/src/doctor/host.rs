@@ -5,6 +5,7 @@
 
 use super::{Finding, Fix, Level, Options, Rank, UNIT, age};
 use labship_shipper::config::{Config, ConfigError};
+use labship_shipper::disk::Layout;
 use labship_shipper::upload::{PingVerdict, Uploader};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -322,7 +323,7 @@ fn disk(config: &Config) -> Vec<Finding> {
     let finding = format!("{:.1}% free on {} ({free_gib:.1} GiB)", pct, dir.display());
     let fix = Some(Fix::deletes(format!(
         "sudo find {} -mindepth 1 -maxdepth 1 -mtime +30 -exec rm -rf {{}} +   # delivered episodes older than 30 days",
-        dir.join("shipped").display()
+        Layout::new(dir).shipped.display()
     )));
     vec![if pct < 2.0 {
         Finding::new(Level::Fail, "disk", finding, fix, Rank::DiskFull)

@@ -6,6 +6,7 @@
 
 use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::config::Config;
+use labship_shipper::disk::Layout;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,12 +20,12 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Every row about the queue.
 pub(super) fn check(config: &Config, now: SystemTime, running: Option<bool>) -> Vec<Finding> {
-    let data = &config.data_dir;
-    let episodes = Episodes::list(&data.join("episodes"), now);
+    let layout = Layout::new(&config.data_dir);
+    let episodes = Episodes::list(&layout.episodes, now);
     let mut out = vec![backlog(&episodes.ready)];
     out.extend(unfinished(episodes.unfinished));
-    out.push(outbox(&data.join("outbox"), now));
-    out.push(quarantine(&data.join("quarantine"), now));
+    out.push(outbox(&layout.outbox, now));
+    out.push(quarantine(&layout.quarantine, now));
     out.push(super::status::check(
         config,
         now,

@@ -27,7 +27,9 @@ use super::queue::BACKLOG_AGE;
 use super::{Finding, Fix, Level, Rank, UNIT, age};
 use labship_shipper::bwlimit::human;
 use labship_shipper::config::Config;
+use labship_shipper::disk::Layout;
 use labship_shipper::progress::REWRITE_EVERY;
+use labship_shipper::status_file::{Phase, Status, UploadProgress};
 use labship_shipper::upload::ANSWER_GRACE;
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
@@ -44,25 +46,26 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         Ok(s) => s,
         Err(f) => return f,
     };
-    let at = |k: &str| {
-        status[k]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    let at = |k: Option<&str>| {
+        k.and_then(|t| humantime::parse_rfc3339(t).ok())
             .and_then(|t| match now.duration_since(t) {
                 Ok(age) => Some(age),
                 Err(e) if e.duration() <= AHEAD_OK => Some(Duration::ZERO),
                 Err(_) => None,
             })
     };
-    let (pass, success, updated) = (at("time"), at("last_success"), at("updated_at"));
-    let uploading = status["uploading"].as_array().cloned().unwrap_or_default();
-    let awaiting = uploading
-        .iter()
-        .all(|u| u["phase"].as_str() == Some("awaiting_answer"));
+    let (pass, success, updated) = (
+        at(status.time.as_deref()),
+        at(status.last_success.clone().flatten().as_deref()),
+        at(status.updated_at.as_deref()),
+    );
+    let uploading = &status.uploading;
+    let last_error = status.last_error.clone().flatten();
+    let awaiting = uploading.iter().all(|u| u.phase == Phase::AwaitingAnswer);
     let window = alive_window(config, awaiting);
     // The work loop's last sign of life (files from before `alive_at`:
     // the last rewrite).
-    let beat = at("alive_at").or(updated);
+    let beat = at(status.alive_at.as_deref()).or(updated);
     let fresh = beat.is_some_and(|a| a <= window);
     let mut details = json!({
         "last_pass_s": pass.map(|a| a.as_secs()),
@@ -70,20 +73,19 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
         "updated_s": updated.map(|a| a.as_secs()),
         "alive_s": beat.map(|a| a.as_secs()),
         "window_s": window.as_secs(),
-        "last_error": status["last_error"],
-        "hold_s": status["hold_s"],
-        "bwlimit": status["bwlimit"],
+        "last_error": last_error,
+        "hold_s": status.hold_s.flatten(),
+        "bwlimit": status.bwlimit,
         "uploading": uploading,
         // A dead process moves nothing: its restart is not held back.
         "moving": running != Some(false) && !uploading.is_empty() && fresh,
     });
     if !uploading.is_empty() && running != Some(false) {
-        let cap = status["bwlimit"].as_u64();
         let finding = if fresh {
-            moving(&uploading, cap, &mut details)
+            moving(uploading, status.bwlimit, &mut details)
         } else {
             hung(
-                &uploading,
+                uploading,
                 beat.or(pass).unwrap_or_default(),
                 awaiting,
                 window,
@@ -118,7 +120,7 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
             "status",
             format!(
                 "last successful ship {last} while {waiting} episode(s) wait; last error: {}",
-                status["last_error"]["message"].as_str().unwrap_or("none")
+                last_error.as_ref().map_or("none", |e| e.message.as_str())
             ),
             None,
             Rank::NoRecentShip,
@@ -127,8 +129,8 @@ pub fn check(config: &Config, now: SystemTime, running: Option<bool>, waiting: u
             "status",
             format!(
                 "last successful ship {last}{}",
-                status["bwlimit"]
-                    .as_u64()
+                status
+                    .bwlimit
                     .map_or(String::new(), |c| format!("; upload cap {}", human(c)))
             ),
         ),
@@ -152,7 +154,7 @@ fn alive_window(config: &Config, awaiting: bool) -> Duration {
 
 /// Uploads listed, no sign of life for `idle`, beyond what the shipper
 /// itself allows.
-fn hung(uploading: &[Value], idle: Duration, awaiting: bool, window: Duration) -> Finding {
+fn hung(uploading: &[UploadProgress], idle: Duration, awaiting: bool, window: Duration) -> Finding {
     Finding::new(
         Level::Fail,
         "status",
@@ -172,12 +174,13 @@ fn hung(uploading: &[Value], idle: Duration, awaiting: bool, window: Duration) -
     )
 }
 
-/// The file, or the finding that says why there is none.
-fn read(config: &Config, running: Option<bool>) -> Result<Value, Finding> {
-    let path = config.data_dir.join("state/status.json");
+/// The file, or the finding that says why there is none (or none that
+/// reads as a [`Status`]).
+fn read(config: &Config, running: Option<bool>) -> Result<Status, Finding> {
+    let path = Layout::new(&config.data_dir).state.join("status.json");
     if let Some(status) = std::fs::read(&path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
     {
         return Ok(status);
     }
@@ -215,10 +218,10 @@ fn stale_window(config: &Config) -> Duration {
     default
 }
 
-fn names(uploading: &[Value]) -> String {
+fn names(uploading: &[UploadProgress]) -> String {
     uploading
         .iter()
-        .filter_map(|u| u["episode_id"].as_str())
+        .map(|u| u.episode_id.as_str())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -229,27 +232,17 @@ fn mib(bytes: u64) -> String {
 
 /// The OK row of uploads that move: the first named with its share, rate
 /// and ETA; `details` gains `eta_s` (of the first upload).
-fn moving(uploading: &[Value], cap: Option<u64>, details: &mut Value) -> Finding {
+fn moving(uploading: &[UploadProgress], cap: Option<u64>, details: &mut Value) -> Finding {
     let u = &uploading[0];
-    let (sent, total, rate) = (
-        u["bytes_sent"].as_u64().unwrap_or(0),
-        u["bytes_total"].as_u64().unwrap_or(0),
-        u["bytes_per_s"].as_u64().unwrap_or(0),
-    );
-    if uploading
-        .iter()
-        .all(|u| u["phase"].as_str() == Some("awaiting_answer"))
-    {
+    let (sent, total, rate) = (u.bytes_sent, u.bytes_total, u.bytes_per_s);
+    if uploading.iter().all(|u| u.phase == Phase::AwaitingAnswer) {
         details["eta_s"] = 0.into();
         return Finding::ok(
             "status",
             format!(
                 "uploading {}: all {} sent, awaiting the receiver's answer (it verifies the archive first)",
                 names(uploading),
-                mib(uploading
-                    .iter()
-                    .filter_map(|u| u["bytes_total"].as_u64())
-                    .sum())
+                mib(uploading.iter().map(|u| u.bytes_total).sum())
             ),
         );
     }
@@ -264,7 +257,7 @@ fn moving(uploading: &[Value], cap: Option<u64>, details: &mut Value) -> Finding
         "status",
         format!(
             "uploading {}{more}: {} of {} ({percent}%) at {}, ETA {}; {}",
-            u["episode_id"].as_str().unwrap_or("?"),
+            u.episode_id,
             mib(sent),
             mib(total),
             human(rate),
@@ -280,8 +273,14 @@ mod tests {
 
     #[test]
     fn a_moving_upload_reads_with_its_eta() {
-        let ups = vec![json!({"episode_id": "ep-1", "bytes_sent": 10 << 20,
-            "bytes_total": 30 << 20, "bytes_per_s": 2 << 20, "started_at": "x"})];
+        let ups = vec![UploadProgress {
+            episode_id: "ep-1".into(),
+            bytes_sent: 10 << 20,
+            bytes_total: 30 << 20,
+            bytes_per_s: 2 << 20,
+            started_at: "x".into(),
+            phase: Phase::Sending,
+        }];
         let mut d = json!({});
         let f = moving(&ups, Some(2 << 20), &mut d);
         assert_eq!(f.level, Level::Ok);

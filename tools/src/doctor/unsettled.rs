@@ -19,6 +19,7 @@
 use super::{Finding, Fix, Level, Rank, age};
 use labship_protocol::Id;
 use labship_protocol::stamp::META_FILE;
+use labship_shipper::disk::Layout;
 use labship_shipper::scan::FUTURE_SKEW;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -118,7 +119,7 @@ pub fn check(data_dir: &Path, now: SystemTime) -> Vec<Finding> {
 }
 
 pub fn check_as(data_dir: &Path, now: SystemTime, reader: &Reader) -> Vec<Finding> {
-    let episodes = data_dir.join("episodes");
+    let episodes = Layout::new(data_dir).episodes;
     let mut names: Vec<String> = std::fs::read_dir(&episodes)
         .into_iter()
         .flatten()

@@ -5,6 +5,7 @@
 
 use super::classify::Tally;
 use crate::doctor::{Fix, Level, Rank, UNIT};
+use labship_shipper::disk::Layout;
 use std::path::Path;
 
 /// Which journal entries a rule counts.
@@ -338,11 +339,12 @@ fn local_io_fix(t: &Tally, c: &Context<'_>) -> Option<Fix> {
         .as_deref()
         .is_some_and(|m| m.contains("Permission denied"));
     denied.then(|| {
+        let episodes = Layout::new(c.data_dir).episodes;
         Fix::safe(format!(
             "sudo chmod -R g+rwX {}   # and make producers write with umask 002",
             t.ids
                 .iter()
-                .map(|id| c.data_dir.join("episodes").join(id).display().to_string())
+                .map(|id| episodes.join(id).display().to_string())
                 .collect::<Vec<_>>()
                 .join(" ")
         ))
