@@ -88,13 +88,18 @@ pub struct UploadProgress {
 /// Where an upload is: its body still going out, or all of it sent and the
 /// receiver's answer awaited (which may take `stall_timeout_s` +
 /// `upload::ANSWER_GRACE`: the receiver verifies the whole archive first).
-/// Files from before phases were written read as `sending`.
+/// Files from before phases were written read as `sending`; a phase this
+/// build does not know (a newer shipper's, read after a downgrade) reads as
+/// `other`, so the rest of the file still reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     #[default]
     Sending,
     AwaitingAnswer,
+    /// Never written; only read.
+    #[serde(other)]
+    Other,
 }
 
 /// A field that is there, `null` or not: `Some(None)`; absent stays `None`
@@ -171,6 +176,17 @@ mod tests {
         assert_eq!(s.uploading[0].phase, Phase::AwaitingAnswer);
         let s: Status = serde_json::from_str(BARE).unwrap();
         assert_eq!((s.hold_s, s.last_success, s.pending), (None, None, None));
+    }
+
+    /// A phase from a newer shipper (read after a downgrade) does not make
+    /// the whole file unreadable.
+    #[test]
+    fn an_unknown_phase_reads_as_other_and_the_rest_still_reads() {
+        let doc = PASS.replace("\"awaiting_answer\"", "\"verifying_elsewhere\"");
+        assert_ne!(doc, PASS);
+        let s: Status = serde_json::from_str(&doc).unwrap();
+        assert_eq!(s.uploading[0].phase, Phase::Other);
+        assert_eq!(s.last_error.flatten().unwrap().status, Some(422));
     }
 
     /// The type writes the bytes the `json!` map did (the code it replaced,

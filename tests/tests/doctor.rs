@@ -931,3 +931,24 @@ fn a_long_pass_whose_loop_is_alive_is_not_stalled() {
         "{row}"
     );
 }
+
+/// A status.json that is JSON but not the shipper's status (a field of the
+/// wrong type, say, after a hand edit) is named as such, not reported as
+/// missing; a phase from a newer shipper costs nothing but the phase.
+#[test]
+fn a_status_that_does_not_read_is_named_and_an_unknown_phase_reads() {
+    let (code, row) = status_row(serde_json::json!({"time": 5, "uploading": []}));
+    assert_eq!((code, &row["level"]), (1, &Value::from("warn")), "{row}");
+    let finding = row["finding"].as_str().unwrap();
+    assert!(
+        finding.contains("does not read as the shipper's status") && finding.contains("line 1"),
+        "{row}"
+    );
+    assert!(row["fix"].is_null(), "{row}");
+    let (code, row) = status_row(serde_json::json!({"time": ago(600),
+        "last_success": ago(600), "pending": 1, "updated_at": ago(5), "alive_at": ago(5),
+        "bwlimit": null, "uploading": [{"episode_id": "ep-1", "bytes_sent": 10,
+            "bytes_total": 1000, "started_at": ago(60), "bytes_per_s": 1, "phase": "new_phase"}]}));
+    assert_eq!((code, &row["level"]), (0, &Value::from("ok")), "{row}");
+    assert!(row["finding"].as_str().unwrap().contains("ep-1"), "{row}");
+}

@@ -178,11 +178,22 @@ fn hung(uploading: &[UploadProgress], idle: Duration, awaiting: bool, window: Du
 /// reads as a [`Status`]).
 fn read(config: &Config, running: Option<bool>) -> Result<Status, Finding> {
     let path = Layout::new(&config.data_dir).state.join("status.json");
-    if let Some(status) = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-    {
-        return Ok(status);
+    if let Ok(bytes) = std::fs::read(&path) {
+        match serde_json::from_slice::<Status>(&bytes) {
+            Ok(status) => return Ok(status),
+            Err(e) => {
+                return Err(Finding::new(
+                    Level::Warn,
+                    "status",
+                    format!(
+                        "{} does not read as the shipper's status ({e}); the shipper rewrites it after its next pass",
+                        path.display()
+                    ),
+                    None,
+                    Rank::StatusMissing,
+                ));
+            }
+        }
     }
     Err(if running == Some(false) {
         Finding::ok(
