@@ -618,32 +618,48 @@ fn check_config_validates_warns_and_touches_nothing() {
 #[tokio::test]
 async fn a_public_ops_listener_is_a_warning_at_start() {
     let env = TestEnv::new();
-    let port = free_port();
-    let path = config_file(&env, "public", "", &format!("0.0.0.0:{port}"));
-    let log = env.path().join("public/receiver.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let _daemon = Daemon(
-        std::process::Command::new(labship_tests::bin("receiver"))
-            .arg("--config")
-            .arg(&path)
-            .env_remove("NOTIFY_SOCKET")
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-    );
-    let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until("receiver ready", Duration::from_secs(20), || {
-        text().contains("receiver ready")
-    })
-    .await;
-    let text = text();
-    let warning = text
-        .lines()
-        .find(|l| l.contains("WARN") && l.contains("ops.listen"))
-        .unwrap_or_else(|| panic!("no warning:\n{text}"));
-    assert!(
-        warning.contains(&format!("0.0.0.0:{port} is not a loopback address"))
-            && warning.contains("without authentication"),
-        "{warning}"
-    );
+    // free_port() checks 127.0.0.1 only and another test may take a port
+    // before the receiver binds it: a start that fails on a taken address
+    // is tried again with fresh ports.
+    for attempt in 0..3 {
+        let name = format!("public-{attempt}");
+        let port = free_port();
+        let path = config_file(&env, &name, "", &format!("0.0.0.0:{port}"));
+        let log = env.path().join(&name).join("receiver.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut daemon = Daemon(
+            std::process::Command::new(labship_tests::bin("receiver"))
+                .arg("--config")
+                .arg(&path)
+                .env_remove("NOTIFY_SOCKET")
+                .stderr(log_file)
+                .spawn()
+                .unwrap(),
+        );
+        let text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let mut exited = false;
+        wait_until("receiver ready or exited", Duration::from_secs(20), || {
+            exited = daemon.0.try_wait().unwrap().is_some();
+            exited || text().contains("receiver ready")
+        })
+        .await;
+        let text = text();
+        if exited {
+            assert!(
+                attempt < 2 && text.contains("in use"),
+                "the receiver exited:\n{text}"
+            );
+            continue;
+        }
+        let warning = text
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("ops.listen"))
+            .unwrap_or_else(|| panic!("no warning:\n{text}"));
+        assert!(
+            warning.contains(&format!("0.0.0.0:{port} is not a loopback address"))
+                && warning.contains("without authentication"),
+            "{warning}"
+        );
+        return;
+    }
 }

@@ -317,6 +317,12 @@ fn metrics_count_what_really_happened_and_promtool_accepts_them() {
     wait_for("both shipped", Duration::from_secs(30), &log, || {
         shipped(&data, "ep-a") && shipped(&data, "ep-b")
     });
+    // The rename into shipped/ is the commit; the counter follows it, and a
+    // retire runs beside the next upload: wait for the count, then read all.
+    let stored = "labship_shipper_episodes_total{result=\"stored\"}";
+    wait_for("the stored count", Duration::from_secs(10), &log, || {
+        sample(&scrape(ops).1, stored) >= 2.0
+    });
     let (ct, text) = scrape(ops);
     assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
     promtool_accepts(&text);
