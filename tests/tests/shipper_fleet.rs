@@ -740,16 +740,16 @@ fn a_rotation_during_uploads_is_not_an_error() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("client_tls_reload_failed"), "{text}");
     assert!(!text.contains("not usable"), "{text}");
-    let (_, metrics) = scrape(listen.parse().unwrap());
+    // The counter follows the rename into shipped/: wait for it.
+    let ops: SocketAddr = listen.parse().unwrap();
+    let stored = "labship_shipper_episodes_total{result=\"stored\"}";
+    wait_for("the stored count", Duration::from_secs(10), &log, || {
+        sample(&scrape(ops).1, stored) >= 50.0
+    });
+    let (_, metrics) = scrape(ops);
     assert_eq!(
         sample(&metrics, "labship_shipper_client_tls_reload_failures_total"),
         0.0
-    );
-    assert!(
-        sample(
-            &metrics,
-            "labship_shipper_episodes_total{result=\"stored\"}"
-        ) >= 50.0
     );
 }
 
