@@ -143,14 +143,7 @@ pub(crate) fn ingest_error(metrics: &Metrics, e: IngestError) -> ApiError {
         }
         IngestError::Invalid(m) => ApiError::new(ErrorCode::ArchiveInvalid, m),
         IngestError::StampMismatch(m) => ApiError::new(ErrorCode::StampMismatch, m),
-        IngestError::Store(io) if crate::store::is_full(&io) => {
-            metrics.storage_errors.inc();
-            store_full(&io)
-        }
-        IngestError::Store(io) => {
-            metrics.storage_errors.inc();
-            ApiError::internal(format!("storage write: {io}"))
-        }
+        IngestError::Store(io) => storage_io_error(metrics, "storage write", io),
         IngestError::ClientGone(m) => {
             ApiError::new(ErrorCode::Busy, format!("upload interrupted: {m}"))
         }

@@ -343,6 +343,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// `shipper --config cfg --once` with `LABSHIP_CRASH_AT=point` (a debug
+/// build's crash hook): it must die there, by SIGKILL.
+pub fn shipper_crash_at(cfg: &Path, point: &str) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = Command::new(bin("shipper"))
+        .args(["--config", cfg.to_str().expect("a UTF-8 path"), "--once"])
+        .env("LABSHIP_CRASH_AT", point)
+        .output()
+        .expect("spawn the shipper");
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: the crash point was never reached\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs a binary to completion with arguments; returns (exit code, stdout, stderr).
 pub fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin(bin_name))

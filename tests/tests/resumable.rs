@@ -444,18 +444,7 @@ async fn episode_busy_defers_that_episode_only() {
 
 /// `shipper --once` with `LABSHIP_CRASH_AT=point`: it must die there.
 fn crash_at(lab: &Lab, point: &str) {
-    use std::os::unix::process::ExitStatusExt as _;
-    let out = Command::new(labship_tests::bin("shipper"))
-        .args(["--config", lab.cfg.to_str().unwrap(), "--once"])
-        .env("LABSHIP_CRASH_AT", point)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{point}: never reached\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    labship_tests::process::shipper_crash_at(&lab.cfg, point);
 }
 
 /// Every upload crash point (docs/transport.md), then a plain restart:

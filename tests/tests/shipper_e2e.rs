@@ -712,7 +712,6 @@ fn retry_after_from_a_busy_receiver_is_honoured() {
 /// ends in exactly one place, stored once, nothing half-written left behind.
 #[test]
 fn kill_9_at_every_named_crash_point_then_restart_converges() {
-    use std::os::unix::process::ExitStatusExt as _;
     let env = TestEnv::new();
     let r = Receiver::start(&env);
     let points = [
@@ -749,17 +748,7 @@ fn kill_9_at_every_named_crash_point_then_restart_converges() {
         let copy = env.path().join(format!("copy-{t}"));
         write_episode(&copy, &good, Some(GOOD_COMMIT), files);
 
-        let out = std::process::Command::new(labship_tests::bin("shipper"))
-            .args(["--config", cfg_t.to_str().unwrap(), "--once"])
-            .env("LABSHIP_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{point}: the crash point was never reached\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        labship_tests::process::shipper_crash_at(&cfg_t, point);
         let (code, stdout, err) = shipper(&cfg_t, "--once");
         assert_eq!(code, 0, "{point}: restart\n{stdout}\n{err}");
 
