@@ -132,9 +132,15 @@ mod tests {
     #[test]
     fn healthz_names_the_age_and_fails_past_the_stall_window() {
         let stall = Duration::from_secs(300);
-        let now = SystemTime::now();
-        assert_eq!(health(stall, now).0, 503, "before the first pass");
+        assert_eq!(
+            health(stall, SystemTime::now()).0,
+            503,
+            "before the first pass"
+        );
         alive();
+        // Taken after alive(), so `now + 5 s` is at least 5 s past it
+        // (taken before, a millisecond boundary between the two read 4 s).
+        let now = SystemTime::now();
         let (code, body) = health(stall, now + Duration::from_secs(5));
         assert_eq!(code, 200);
         assert!(body.contains("5 s ago"), "{body}");
