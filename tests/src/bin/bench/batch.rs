@@ -6,6 +6,7 @@
 use crate::measure::{self, Run};
 use crate::report::{Report, Row};
 use crate::{Bench, data};
+use labship_tests::process::Receiver;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -93,12 +94,44 @@ pub(crate) fn batch(b: &mut Bench, rep: &mut Report) {
     // However well labship overlaps its work, its wall time on N cores is
     // at least its CPU time (shipper + receiver, which share the cores
     // here) over N: the best ratio to the limit this machine allows.
+    receiver_floor(b, &r, l, rep);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let labship_cpu = l.cpu + l.receiver_cpu.unwrap_or_default();
     rep.note(format!(
         "batch vs the limit, bound by CPU: {:.2}x at best (labship's CPU, shipper + receiver, spread perfectly over {cores} cores against the limit's wall time); measured {:.2}x",
         m.wall.as_secs_f64() * cores / labship_cpu.as_secs_f64(),
         lv / mv,
+    ));
+}
+
+/// The guard on the receiver's cost: its CPU during the best labship run
+/// against the floor of its work on the archives that run stored (`zstd -dc`
+/// and `openssl dgst -sha256` over them), on the batch's large archives,
+/// where per-byte work dominates (the fleet scenario reports the same ratio
+/// on small archives, where each upload's fixed cost weighs more).
+fn receiver_floor(b: &Bench, r: &Receiver, l: &Run, rep: &mut Report) {
+    let (Some(host), Some(receiver)) = (&l.host, l.receiver_cpu) else {
+        return;
+    };
+    let floor = measure::floor(b, r, host);
+    let secs = |d: Duration| d.as_secs_f64().max(0.01);
+    rep.row(Row::lower(
+        "batch: receiver CPU per archive byte / (zstd -dc + openssl dgst -sha256) (x)".into(),
+        secs(receiver) / secs(floor.decode),
+        1.2,
+    ));
+    rep.row(Row::info(
+        "batch: receiver CPU vs decode + hash + store + AES-GCM (s)".into(),
+        secs(receiver),
+        secs(floor.all()),
+    ));
+    rep.note(format!(
+        "batch receiver floor: {} archive bytes; the receiver's CPU {:.2} s against zstd -dc + openssl dgst {:.2} s, + dd to one file and sync {:.2} s, + AES-256-GCM at openssl speed's rate {:.2} s",
+        floor.bytes,
+        receiver.as_secs_f64(),
+        floor.decode.as_secs_f64(),
+        floor.store.as_secs_f64(),
+        floor.tls.as_secs_f64(),
     ));
 }
 

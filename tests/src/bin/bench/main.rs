@@ -241,6 +241,7 @@ impl Bench {
         let cpu0 = receiver_cpu();
         let mut run = measure::run(&mut cmd, &self.log(&format!("shipper-{host}")));
         run.receiver_cpu = Some(receiver_cpu().saturating_sub(cpu0));
+        run.host = Some(host.clone());
         let want = format!("shipped {}, already present 0, quarantined 0", ids.len());
         assert!(
             run.status.success() && run.log.contains(&want),

@@ -9,8 +9,10 @@
 //! last poll is the peak up to within one interval). The workspace forbids
 //! `unsafe`, so `wait4`'s rusage is not an option.
 
+use crate::Bench;
+use labship_tests::process::Receiver;
 use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,8 @@ pub(crate) struct Run {
     pub(crate) log: String,
     /// CPU the receiver spent meanwhile, when the caller measured it.
     pub(crate) receiver_cpu: Option<Duration>,
+    /// The host a shipper run shipped as, when the caller set it.
+    pub(crate) host: Option<String>,
 }
 
 /// `VmHWM` of `pid` in bytes, while it runs.
@@ -91,5 +95,106 @@ pub(crate) fn run(cmd: &mut Command, log: &Path) -> Run {
         status,
         log: std::fs::read_to_string(log).unwrap_or_default(),
         receiver_cpu: None,
+        host: None,
     }
+}
+
+/// The floor of the receiver's work on the archives `r` stored for `host`,
+/// each part measured in this run.
+pub(crate) struct Floor {
+    /// `zstd -dc` and `openssl dgst -sha256` over them (CPU): decoding and
+    /// hashing, the floor the issue names.
+    pub(crate) decode: Duration,
+    /// Reading them and writing them to one file, then fsyncing it (`dd`
+    /// per archive, `sync`; CPU): the bytes' way onto disk, a little over
+    /// (one `dd` process per archive; not `cat`, which copies in the kernel).
+    pub(crate) store: Duration,
+    /// AES-256-GCM over their bytes at `openssl speed`'s rate: the receiver
+    /// decrypts every byte (the TLS 1.3 suite rustls picks first).
+    pub(crate) tls: Duration,
+    /// The archives' bytes.
+    pub(crate) bytes: u64,
+}
+
+impl Floor {
+    /// Decoding, hashing, storing and decrypting: the work no receiver can
+    /// skip.
+    pub(crate) fn all(&self) -> Duration {
+        self.decode + self.store + self.tls
+    }
+}
+
+pub(crate) fn floor(b: &Bench, r: &Receiver, host: &str) -> Floor {
+    let files: Vec<PathBuf> = r
+        .stored(host)
+        .iter()
+        .filter(|n| n.ends_with(".tar.zst"))
+        .map(|n| r.store.join(host).join(n))
+        .collect();
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).expect("archive").len())
+        .sum();
+    let decode = script(
+        b,
+        "floor-decode",
+        "zstd -q -dc \"$@\" >/dev/null; openssl dgst -sha256 \"$@\" >/dev/null",
+        &files,
+    );
+    let out = b.env.path().join("floor-store.bin");
+    let store = script(
+        b,
+        "floor-store",
+        &format!(
+            "for f; do dd if=\"$f\" bs=256k status=none; done >'{0}'; sync '{0}'",
+            out.display()
+        ),
+        &files,
+    );
+    let _ = std::fs::remove_file(&out);
+    Floor {
+        decode,
+        store,
+        tls: Duration::from_secs_f64(bytes as f64 / aes_gcm_rate(b)),
+        bytes,
+    }
+}
+
+/// CPU of `bash -c "set -e; {body}"` over `files`.
+fn script(b: &Bench, name: &str, body: &str, files: &[PathBuf]) -> Duration {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("set -e; {body}"))
+        .arg(name)
+        .args(files);
+    let run = run(&mut cmd, &b.log(name));
+    assert!(run.status.success(), "{name} failed:\n{}", run.log);
+    run.cpu
+}
+
+/// AES-256-GCM bytes per second on 16 KiB records (a TLS record's size),
+/// from `openssl speed -mr` (`+F:<n>:AES-256-GCM:<bytes per s>`).
+fn aes_gcm_rate(b: &Bench) -> f64 {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "speed",
+        "-mr",
+        "-evp",
+        "aes-256-gcm",
+        "-bytes",
+        "16384",
+        "-seconds",
+        "1",
+    ]);
+    let run = run(&mut cmd, &b.log("floor-aes"));
+    run.log
+        .lines()
+        .find_map(|l| l.strip_prefix("+F:")?.rsplit(':').next()?.parse().ok())
+        .filter(|rate: &f64| *rate > 0.0)
+        .unwrap_or_else(|| {
+            panic!(
+                "no AES-256-GCM rate in openssl speed's output:\n{}",
+                run.log
+            )
+        })
 }
