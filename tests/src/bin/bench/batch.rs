@@ -91,10 +91,10 @@ pub(crate) fn batch(b: &mut Bench, rep: &mut Report) {
         c.cpu.as_secs_f64() / (bytes as f64 / 1e9),
         m.cpu.as_secs_f64() / (bytes as f64 / 1e9),
     ));
+    receiver_floor(b, &r, l, rep);
     // However well labship overlaps its work, its wall time on N cores is
     // at least its CPU time (shipper + receiver, which share the cores
     // here) over N: the best ratio to the limit this machine allows.
-    receiver_floor(b, &r, l, rep);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let labship_cpu = l.cpu + l.receiver_cpu.unwrap_or_default();
     rep.note(format!(
