@@ -126,7 +126,7 @@ fn receiver_floor(b: &Bench, r: &Receiver, l: &Run, rep: &mut Report) {
         secs(floor.all()),
     ));
     rep.note(format!(
-        "batch receiver floor: {} archive bytes; the receiver's CPU {:.2} s against zstd -dc + openssl dgst {:.2} s, + dd to one file and sync {:.2} s, + AES-256-GCM at openssl speed's rate {:.2} s",
+        "batch receiver floor: {} archive bytes; the receiver's CPU {:.2} s against zstd -dc + openssl dgst {:.2} s, + writing them to one file and fsync {:.2} s, + AES-256-GCM at openssl speed's rate {:.2} s",
         floor.bytes,
         receiver.as_secs_f64(),
         floor.decode.as_secs_f64(),

@@ -372,7 +372,7 @@ pub(crate) fn fleet(b: &mut Bench, rep: &mut Report) {
         floor.all().as_secs_f64().max(0.01),
     ));
     rep.note(format!(
-        "receiver floor, single run: {} archive bytes; the receiver's CPU {:.2} s against zstd -dc + openssl dgst {:.2} s ({:.2}x), + dd to one file and sync {:.2} s, + AES-256-GCM {:.2} s",
+        "receiver floor, single run: {} archive bytes; the receiver's CPU {:.2} s against zstd -dc + openssl dgst {:.2} s ({:.2}x), + writing them to one file and fsync {:.2} s, + AES-256-GCM {:.2} s",
         floor.bytes,
         single.receiver_cpu.as_secs_f64(),
         floor.decode.as_secs_f64(),

@@ -318,6 +318,16 @@ fn tail(log: &str) -> String {
 }
 
 fn main() {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == measure::FLOOR_STORE) {
+        let out = PathBuf::from(argv.next().expect("--floor-store OUT FILE..."));
+        let files: Vec<PathBuf> = argv.map(PathBuf::from).collect();
+        if let Err(e) = measure::store_files(&out, &files) {
+            eprintln!("bench {}: {}: {e}", measure::FLOOR_STORE, out.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     let a = args();
     let started = Instant::now();
     let env = TestEnv::new();

@@ -105,9 +105,8 @@ pub(crate) struct Floor {
     /// `zstd -dc` and `openssl dgst -sha256` over them (CPU): decoding and
     /// hashing, the floor the issue names.
     pub(crate) decode: Duration,
-    /// Reading them and writing them to one file, then fsyncing it (`dd`
-    /// per archive, `sync`; CPU): the bytes' way onto disk, a little over
-    /// (one `dd` process per archive; not `cat`, which copies in the kernel).
+    /// Reading them and writing them to one file, then fsyncing it (CPU of
+    /// `bench --floor-store`: [`store_files`]): the bytes' way onto disk.
     pub(crate) store: Duration,
     /// AES-256-GCM over their bytes at `openssl speed`'s rate: the receiver
     /// decrypts every byte (the TLS 1.3 suite rustls picks first).
@@ -142,15 +141,15 @@ pub(crate) fn floor(b: &Bench, r: &Receiver, host: &str) -> Floor {
         &files,
     );
     let out = b.env.path().join("floor-store.bin");
-    let store = script(
-        b,
-        "floor-store",
-        &format!(
-            "for f; do dd if=\"$f\" bs=256k status=none; done >'{0}'; sync '{0}'",
-            out.display()
-        ),
-        &files,
+    let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
+    cmd.arg(FLOOR_STORE).arg(&out).args(&files);
+    let run = run(&mut cmd, &b.log("floor-store"));
+    assert!(
+        run.status.success(),
+        "bench {FLOOR_STORE} failed:\n{}",
+        run.log
     );
+    let store = run.cpu;
     let _ = std::fs::remove_file(&out);
     Floor {
         decode,
@@ -158,6 +157,30 @@ pub(crate) fn floor(b: &Bench, r: &Receiver, host: &str) -> Floor {
         tls: Duration::from_secs_f64(bytes as f64 / aes_gcm_rate(b)),
         bytes,
     }
+}
+
+/// `bench --floor-store OUT FILE...`: the floor's storing part in a child
+/// process of its own (one process: a `dd` per archive would add an exec per
+/// archive, and `cat` copies in the kernel with `copy_file_range`).
+pub(crate) const FLOOR_STORE: &str = "--floor-store";
+
+/// Reads `files` through a 256 KiB buffer (as the receiver's scratch writes
+/// go) into a new file `out`, and fsyncs it.
+pub(crate) fn store_files(out: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut to = std::fs::File::create(out)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for f in files {
+        let mut from = std::fs::File::open(f)?;
+        loop {
+            let n = from.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            to.write_all(&buf[..n])?;
+        }
+    }
+    to.sync_all()
 }
 
 /// CPU of `bash -c "set -e; {body}"` over `files`.
