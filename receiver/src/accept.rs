@@ -4,7 +4,8 @@
 //! (400), stamp and digest headers (400), an existing archive (200 same digest
 //! / 409 other digest / 503 `episode_busy` for an S3 claim in progress), the
 //! declared size (413, from `Content-Length` for a PUT, `Upload-Length` for a
-//! `POST /v1/uploads`) and the gate (412). [`receive_and_commit`] is the PUT's
+//! `POST /v1/uploads`) and the gate (412), then the room on disk for that size
+//! (507). [`receive_and_commit`] is the PUT's
 //! body phase; [`commit_archive`] its commit half, which a resumable upload's
 //! completing `PATCH` reuses. The error mappings (store and validator errors to
 //! the contract's codes) live here too, in one place.
@@ -154,6 +155,9 @@ pub(crate) async fn check_headers(
         )
         .with_remediation(state.gate.remediation.clone()));
     }
+    if let Some(len) = length {
+        check_room(state, host, episode.as_str(), &digest, len)?;
+    }
     Ok(Checked::Plan(PutPlan {
         identity,
         episode,
@@ -161,6 +165,54 @@ pub(crate) async fn check_headers(
         digest,
         length,
     }))
+}
+
+/// 507 before any archive byte (CONTRACT §4, §9) when the receiver's disk
+/// cannot hold `length` more bytes beside what the resumable uploads in
+/// progress still need. This episode's own uploads are left out of that sum:
+/// a POST resumes or replaces them, so the bytes already spooled for the same
+/// archive count as held. One filesystem holds the spool and the local store
+/// (S3: the spool and the scratch files). A disk that cannot be asked is
+/// let through: its writes still answer 507 when it fills.
+fn check_room(
+    state: &AppState,
+    host: &str,
+    episode: &str,
+    digest: &Sha256Digest,
+    length: u64,
+) -> Result<(), ApiError> {
+    let dir = state.resumable.spool.root();
+    let Ok(st) = rustix::fs::statvfs(dir) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let digest = digest.header_value();
+    let (mut due, mut held) = (0u64, 0u64);
+    for slot in state.resumable.all() {
+        if slot.gone.load(Ordering::Relaxed) {
+            continue;
+        }
+        let offset = slot.offset.load(Ordering::Relaxed);
+        if slot.host_id == host && slot.episode_id == episode {
+            if slot.digest == digest && slot.length == length {
+                held = held.max(offset);
+            }
+            continue;
+        }
+        due = due.saturating_add(slot.length.saturating_sub(offset));
+    }
+    let need = length.saturating_sub(held);
+    if free >= due.saturating_add(need) {
+        return Ok(());
+    }
+    tracing::warn!(host, episode, free, need, due, dir = %dir.display(),
+        "refused an upload: the receiver's disk cannot hold it");
+    Err(ApiError::new(
+        ErrorCode::InsufficientStorage,
+        format!(
+            "the receiver's store is full: {free} bytes free, this archive needs {need} beside {due} still due to uploads in progress; retry later"
+        ),
+    ))
 }
 
 fn declared_length(headers: &HeaderMap, which: LengthHeader) -> Result<Option<u64>, ApiError> {

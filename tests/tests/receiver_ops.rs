@@ -316,19 +316,35 @@ async fn full_store_answers_507_and_keeps_what_it_had() {
             .status(),
         201
     );
-    let resp = put_episode(
-        &c,
-        &r.url,
-        HOST,
-        "big",
-        GOOD_COMMIT,
-        archive("big", GOOD_COMMIT, 3_000_000),
-    )
-    .await;
+    let big = archive("big", GOOD_COMMIT, 3_000_000);
+    // With its Content-Length, the PUT is refused before its body.
+    let resp = put_episode(&c, &r.url, HOST, "big", GOOD_COMMIT, big.clone()).await;
+    assert_eq!(resp.status(), 507);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "insufficient_storage");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("needs {}", big.len())),
+        "{message}"
+    );
+    // Chunked (no size declared), the disk fills mid-body.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let resp = c
+        .put(format!("{}/v1/episodes/{HOST}/big", r.url))
+        .header("X-Labship-Commit", GOOD_COMMIT)
+        .header("Content-Digest", digest_header(&big))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 507);
     assert!(resp.headers().contains_key("retry-after"));
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"], "insufficient_storage");
+    assert_eq!(v["message"], "the receiver's store is full; retry later");
     let head = |id: &'static str| c.head(format!("{}/v1/episodes/{HOST}/{id}", r.url)).send();
     assert_eq!(
         head("big").await.unwrap().status(),

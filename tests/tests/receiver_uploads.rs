@@ -1019,6 +1019,96 @@ async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
     );
 }
 
+/// An archive the receiver's disk cannot hold beside what the uploads in
+/// progress still need is refused 507 at its POST (or its PUT's headers),
+/// before any byte is sent, and creates nothing; a POST of the same archive
+/// as an upload in progress still resumes it (its own bytes are not counted
+/// twice). Needs root (a tmpfs store in a private mount namespace).
+#[tokio::test]
+async fn an_archive_the_disk_cannot_hold_is_507_before_any_byte() {
+    if !labship_tests::is_root() {
+        labship_tests::skip(
+            "an_archive_the_disk_cannot_hold_is_507_before_any_byte",
+            "needs root for a tmpfs mount",
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let store = env.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
+    let view = std::path::PathBuf::from(format!("/proc/{}/root", r.child.id()))
+        .join(store.strip_prefix("/").unwrap());
+    let uploads = || -> usize {
+        std::fs::read_dir(view.join(".uploads").join(HOST))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let post_of = |id: &'static str, bytes: &[u8]| {
+        let bytes = bytes.to_vec();
+        let (c, url) = (c.clone(), r.url.clone());
+        async move {
+            let n = Some(bytes.len() as u64);
+            post(&c, &url, &format!("{HOST}/{id}"), &bytes, GOOD_COMMIT, n).await
+        }
+    };
+
+    // Larger than the whole disk.
+    let huge = archive(&env, "ep-huge", 5 << 20, 31);
+    let got = post_of("ep-huge", &huge).await;
+    assert_error(&got, 507, "insufficient_storage");
+    assert!(got.2.contains_key("retry-after"), "{got:?}");
+    let message = got.1["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("needs {}", huge.len())),
+        "{message}"
+    );
+    assert_eq!(uploads(), 0, "a refused POST creates nothing");
+
+    // Fits alone, but not beside the bytes an upload in progress still needs.
+    let a = archive(&env, "ep-a", 2_500_000, 32);
+    let b = archive(&env, "ep-b", 2_000_000, 33);
+    let loc_a = create(&c, &r.url, "ep-a", &a).await;
+    let got = post_of("ep-b", &b).await;
+    assert_error(&got, 507, "insufficient_storage");
+    let message = got.1["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("beside {}", a.len())),
+        "{message}"
+    );
+    let got =
+        labship_tests::process::put_episode(&c, &r.url, HOST, "ep-b", GOOD_COMMIT, b.clone()).await;
+    assert_eq!(
+        got.status(),
+        507,
+        "a PUT's Content-Length is judged the same way"
+    );
+    assert_eq!(uploads(), 1);
+
+    // The same archive again resumes its upload: its bytes are held, not due twice.
+    let half = a.len() / 2;
+    assert_eq!(
+        patch(&c, &r.url, &loc_a, 0, false, a[..half].to_vec())
+            .await
+            .0,
+        204
+    );
+    let got = post_of("ep-a", &a).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(got.2["location"].to_str().unwrap(), loc_a);
+    assert_eq!(offset_of(&got), half as u64);
+
+    // Once A is stored, B fits.
+    let got = patch(&c, &r.url, &loc_a, half as u64, true, a[half..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    std::fs::remove_file(view.join(HOST).join("ep-a.tar.zst")).unwrap();
+    let loc_b = create(&c, &r.url, "ep-b", &b).await;
+    let got = patch(&c, &r.url, &loc_b, 0, true, b.clone()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert!(std::fs::read(view.join(HOST).join("ep-b.tar.zst")).unwrap() == b);
+}
+
 /// Idle validator sessions are bounded by `limits.max_concurrent_uploads`:
 /// an append to a second upload drops the first one's idle session (least
 /// recently used), so the first upload's completion rebuilds it from the

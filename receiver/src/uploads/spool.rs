@@ -89,7 +89,6 @@ impl Spool {
         Ok(Self { root })
     }
 
-    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }
