@@ -156,7 +156,7 @@ pub(crate) async fn check_headers(
         .with_remediation(state.gate.remediation.clone()));
     }
     if let Some(len) = length {
-        check_room(state, host, episode.as_str(), &digest, len)?;
+        check_room(state, length_header, host, episode.as_str(), &digest, len)?;
     }
     Ok(Checked::Plan(PutPlan {
         identity,
@@ -167,50 +167,67 @@ pub(crate) async fn check_headers(
     }))
 }
 
+/// How recently an upload must have been created or appended to for the
+/// bytes it still needs to be set aside for it: an abandoned upload (its
+/// shipper gone for good) holds no room for the day until it expires, so one
+/// host cannot keep every other one out by declaring big uploads it never
+/// sends.
+const RESERVE_WHILE_ACTIVE_S: u64 = 600;
+
 /// 507 before any archive byte (CONTRACT §4, §9) when the receiver's disk
 /// cannot hold `length` more bytes beside what the resumable uploads in
-/// progress still need. This episode's own uploads are left out of that sum:
-/// a POST resumes or replaces them, so the bytes already spooled for the same
-/// archive count as held. One filesystem holds the spool and the local store
-/// (S3: the spool and the scratch files). A disk that cannot be asked is
-/// let through: its writes still answer 507 when it fills.
+/// progress (active in the last [`RESERVE_WHILE_ACTIVE_S`]) still need. One
+/// filesystem holds the spool, the local store and the scratch files (S3: the
+/// spool and the scratch files). A disk that cannot be asked is let through:
+/// its writes still answer 507 when it fills.
+///
+/// A `POST` resumes or replaces this episode's uploads, so they are left out
+/// of the sum; one resuming the same archive needs only what that upload
+/// still lacks, against the free space alone (an upload already accepted is
+/// never refused for the others'). A PUT writes a whole new copy beside them
+/// all.
 fn check_room(
     state: &AppState,
+    which: LengthHeader,
     host: &str,
     episode: &str,
     digest: &Sha256Digest,
     length: u64,
 ) -> Result<(), ApiError> {
-    let dir = state.resumable.spool.root();
-    let Ok(st) = rustix::fs::statvfs(dir) else {
+    let Ok(st) = rustix::fs::statvfs(state.resumable.spool.root()) else {
         return Ok(());
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let post = which == LengthHeader::UploadLength;
     let digest = digest.header_value();
-    let (mut due, mut held) = (0u64, 0u64);
+    let active_since = crate::uploads::spool::unix_now().saturating_sub(RESERVE_WHILE_ACTIVE_S);
+    let (mut due, mut resumed) = (0u64, None);
     for slot in state.resumable.all() {
         if slot.gone.load(Ordering::Relaxed) {
             continue;
         }
         let offset = slot.offset.load(Ordering::Relaxed);
-        if slot.host_id == host && slot.episode_id == episode {
+        if post && slot.host_id == host && slot.episode_id == episode {
             if slot.digest == digest && slot.length == length {
-                held = held.max(offset);
+                resumed = Some(resumed.unwrap_or(0).max(offset));
             }
             continue;
         }
-        due = due.saturating_add(slot.length.saturating_sub(offset));
+        if slot.last_append_at.load(Ordering::Relaxed) >= active_since {
+            due = due.saturating_add(slot.length.saturating_sub(offset));
+        }
     }
-    let need = length.saturating_sub(held);
+    let (need, due) = match resumed {
+        Some(held) => (length.saturating_sub(held), 0),
+        None => (length, due),
+    };
     if free >= due.saturating_add(need) {
         return Ok(());
     }
-    tracing::warn!(host, episode, free, need, due, dir = %dir.display(),
-        "refused an upload: the receiver's disk cannot hold it");
     Err(ApiError::new(
         ErrorCode::InsufficientStorage,
         format!(
-            "the receiver's store is full: {free} bytes free, this archive needs {need} beside {due} still due to uploads in progress; retry later"
+            "the receiver's disk has no room for this archive now: {free} bytes free, it needs {need} beside {due} still due to uploads in progress; retry later (on the receiver: free space in storage.dir)"
         ),
     ))
 }

@@ -250,12 +250,17 @@ async fn put_decided(
     let mut facts = PutFacts::default();
     let conn = call.conn.as_ref();
     let result = put_inner(&state, conn, &headers, path, &mut body, &mut facts).await;
-    // A declared size over the limit (413 from the headers): an HTTP/1
-    // client still writing does not read the early answer and sees a broken
-    // pipe, so read (and discard) a bounded amount, enough for a modest
-    // overshoot to get its 413; a huge body is cut after that.
+    // A declared size refused from the headers (413 over the limit, 507 no
+    // room on disk): an HTTP/1 client still writing does not read the early
+    // answer and sees a broken pipe, so read (and discard) a bounded amount,
+    // enough for a modest body to get its answer; a huge body is cut after that.
     let budget = match &result {
-        Err(e) if e.code == ErrorCode::TooLarge && !facts.body_started => EARLY_REFUSAL_DRAIN,
+        Err(e)
+            if matches!(e.code, ErrorCode::TooLarge | ErrorCode::InsufficientStorage)
+                && !facts.body_started =>
+        {
+            EARLY_REFUSAL_DRAIN
+        }
         _ => state.limits.max_bytes,
     };
     let episode_raw = &call.episode;

@@ -108,8 +108,9 @@ pub(crate) struct Floor {
     /// Reading them and writing them to one file, then fsyncing it (CPU of
     /// `bench --floor-store`: [`store_files`]): the bytes' way onto disk.
     pub(crate) store: Duration,
-    /// AES-256-GCM over their bytes at `openssl speed`'s rate: the receiver
-    /// decrypts every byte (the TLS 1.3 suite rustls picks first).
+    /// AES-256-GCM over their bytes, estimated at `openssl speed`'s encrypt
+    /// rate: the receiver decrypts every byte (the TLS 1.3 suite rustls picks
+    /// first). Zero when `openssl speed` gave no rate (the bench says so).
     pub(crate) tls: Duration,
     /// The archives' bytes.
     pub(crate) bytes: u64,
@@ -154,7 +155,9 @@ pub(crate) fn floor(b: &Bench, r: &Receiver, host: &str) -> Floor {
     Floor {
         decode,
         store,
-        tls: Duration::from_secs_f64(bytes as f64 / aes_gcm_rate(b)),
+        tls: aes_gcm_rate(b).map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(bytes as f64 / rate)
+        }),
         bytes,
     }
 }
@@ -196,8 +199,9 @@ fn script(b: &Bench, name: &str, body: &str, files: &[PathBuf]) -> Duration {
 }
 
 /// AES-256-GCM bytes per second on 16 KiB records (a TLS record's size),
-/// from `openssl speed -mr` (`+F:<n>:AES-256-GCM:<bytes per s>`).
-fn aes_gcm_rate(b: &Bench) -> f64 {
+/// from `openssl speed -mr` (`+F:<n>:AES-256-GCM:<bytes per s>`); `None`,
+/// said on stderr, when its output has no such line.
+fn aes_gcm_rate(b: &Bench) -> Option<f64> {
     let mut cmd = Command::new("openssl");
     cmd.args([
         "speed",
@@ -210,14 +214,16 @@ fn aes_gcm_rate(b: &Bench) -> f64 {
         "1",
     ]);
     let run = run(&mut cmd, &b.log("floor-aes"));
-    run.log
+    let rate = run
+        .log
         .lines()
         .find_map(|l| l.strip_prefix("+F:")?.rsplit(':').next()?.parse().ok())
-        .filter(|rate: &f64| *rate > 0.0)
-        .unwrap_or_else(|| {
-            panic!(
-                "no AES-256-GCM rate in openssl speed's output:\n{}",
-                run.log
-            )
-        })
+        .filter(|rate: &f64| *rate > 0.0);
+    if rate.is_none() {
+        eprintln!(
+            "bench: no AES-256-GCM rate in openssl speed's output; the floor leaves decryption out:\n{}",
+            run.log
+        );
+    }
+    rate
 }
