@@ -111,6 +111,19 @@ impl Receiver {
         Self::start_with(env, ReceiverOpts::default())
     }
 
+    /// A receiver whose store is a tmpfs of `size` (e.g. `"4m"`) in its own
+    /// mount namespace ([`ReceiverOpts::on_tmpfs_store`]; needs root), and
+    /// that store as the test sees it: through `/proc/<pid>/root`, since the
+    /// tmpfs exists only in the receiver's namespace.
+    pub fn on_tmpfs(env: &TestEnv, size: &str) -> (Self, PathBuf) {
+        let store = env.path().join("store");
+        std::fs::create_dir_all(&store).expect("store dir");
+        let r = Self::start_with(env, ReceiverOpts::on_tmpfs_store(&store, size));
+        let view = PathBuf::from(format!("/proc/{}/root", r.child.id()))
+            .join(store.strip_prefix("/").expect("an absolute store path"));
+        (r, view)
+    }
+
     /// Writes the config and starts the receiver; panics with its log if it
     /// does not become healthy.
     pub fn start_with(env: &TestEnv, opts: ReceiverOpts) -> Self {

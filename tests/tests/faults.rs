@@ -378,12 +378,7 @@ fn receiver_store_full_is_507_then_ships_when_space_returns() {
         return;
     }
     let env = TestEnv::new();
-    let store = env.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
-    // The tmpfs exists only in the receiver's namespace: look through its root.
-    let view = PathBuf::from(format!("/proc/{}/root", r.child.id()))
-        .join(store.strip_prefix("/").unwrap());
+    let (r, view) = Receiver::on_tmpfs(&env, "4m");
     let (cfg, data) = shipper_config(&env, &r.url, "");
 
     produce(&env, &data, "first", 200_000);

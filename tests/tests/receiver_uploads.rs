@@ -985,12 +985,7 @@ async fn a_full_spool_is_507_and_the_upload_continues_when_space_returns() {
         return;
     }
     let env = TestEnv::new();
-    let store = env.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
-    // The tmpfs exists only in the receiver's namespace: look through its root.
-    let view = std::path::PathBuf::from(format!("/proc/{}/root", r.child.id()))
-        .join(store.strip_prefix("/").unwrap());
+    let (r, view) = Receiver::on_tmpfs(&env, "4m");
     let c = env.client(Some(&env.pki.client(HOST)));
     let bytes = archive(&env, "ep", 3 << 20, 10);
     let loc = create(&c, &r.url, "ep", &bytes).await;
@@ -1034,11 +1029,7 @@ async fn an_archive_the_disk_cannot_hold_is_507_before_any_byte() {
         return;
     }
     let env = TestEnv::new();
-    let store = env.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let r = Receiver::start_with(&env, ReceiverOpts::on_tmpfs_store(&store, "4m"));
-    let view = std::path::PathBuf::from(format!("/proc/{}/root", r.child.id()))
-        .join(store.strip_prefix("/").unwrap());
+    let (r, view) = Receiver::on_tmpfs(&env, "4m");
     let uploads = || -> usize {
         std::fs::read_dir(view.join(".uploads").join(HOST))
             .map(|d| d.count())
