@@ -156,7 +156,8 @@ pub(crate) async fn check_headers(
         .with_remediation(state.gate.remediation.clone()));
     }
     if let Some(len) = length {
-        check_room(state, length_header, host, episode.as_str(), &digest, len)?;
+        let archive = (&digest, &commit, len);
+        check_room(state, length_header, host, episode.as_str(), archive)?;
     }
     Ok(Checked::Plan(PutPlan {
         identity,
@@ -191,15 +192,14 @@ fn check_room(
     which: LengthHeader,
     host: &str,
     episode: &str,
-    digest: &Sha256Digest,
-    length: u64,
+    (digest, commit, length): (&Sha256Digest, &Commit, u64),
 ) -> Result<(), ApiError> {
     let Ok(st) = rustix::fs::statvfs(state.resumable.spool.root()) else {
         return Ok(());
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     let post = which == LengthHeader::UploadLength;
-    let digest = digest.header_value();
+    let (digest, commit) = (digest.header_value(), commit.to_string());
     let active_since = crate::uploads::spool::unix_now().saturating_sub(RESERVE_WHILE_ACTIVE_S);
     let (mut due, mut resumed) = (0u64, None);
     for slot in state.resumable.all() {
@@ -208,7 +208,7 @@ fn check_room(
         }
         let offset = slot.offset.load(Ordering::Relaxed);
         if post && slot.host_id == host && slot.episode_id == episode {
-            if slot.digest == digest && slot.length == length {
+            if slot.digest == digest && slot.commit == commit && slot.length == length {
                 resumed = Some(resumed.unwrap_or(0).max(offset));
             }
             continue;
