@@ -19,11 +19,9 @@
 
 use crate::report::{Report, Row};
 use crate::{Bench, data, measure};
-use labship_tests::bin;
 use labship_tests::process::{Daemon, Receiver};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One fleet (or single-host) run.
@@ -102,19 +100,11 @@ pub(crate) fn ship(
         .into_iter()
         .map(|(name, cfg, data, n)| {
             let log = b.log(&format!("shipper-{name}"));
-            let out = std::fs::File::create(&log).expect("log");
-            let child = Command::new(bin("shipper"))
-                .arg("--config")
-                .arg(&cfg)
-                .stdout(out.try_clone().expect("dup"))
-                .stderr(out)
-                .spawn()
-                .expect("spawn shipper");
             Host {
+                daemon: b.shipper_daemon(&cfg, &log),
                 name,
                 data,
                 n,
-                daemon: Daemon(child),
                 log,
                 done: None,
             }

@@ -5,7 +5,6 @@
 use crate::report::{Report, Row};
 use crate::{Bench, data, measure};
 use labship_tests::bin;
-use labship_tests::process::Daemon;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,16 +54,8 @@ pub(crate) fn idle(b: &mut Bench, rep: &mut Report) {
     // The daemon's steady state: passes after the first, which learned each
     // episode's settle deadline. status.json is replaced (a new inode) at the
     // end of every pass; CPU is read between passes, while it sleeps.
-    let log = std::fs::File::create(b.log("idle-daemon")).expect("log");
-    let child = Command::new(bin("shipper"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon");
-    let pid = child.id();
-    let daemon = Daemon(child);
+    let daemon = b.shipper_daemon(&cfg, &b.log("idle-daemon"));
+    let pid = daemon.0.id();
     let status = data.join("state/status.json");
     let inode = || {
         use std::os::unix::fs::MetadataExt as _;

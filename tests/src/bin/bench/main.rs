@@ -37,7 +37,7 @@ mod measure;
 mod memory;
 mod report;
 
-use labship_tests::process::{Receiver, ReceiverOpts};
+use labship_tests::process::{Daemon, Receiver, ReceiverOpts};
 use labship_tests::{TestEnv, bin, pki::Issued, shipper_toml};
 use measure::Run;
 use report::Report;
@@ -208,6 +208,19 @@ impl Bench {
 
     fn log(&self, name: &str) -> PathBuf {
         self.env.path().join(format!("{name}.log"))
+    }
+
+    /// The `shipper` daemon on `cfg`, its output in `log`; killed on drop.
+    fn shipper_daemon(&self, cfg: &Path, log: &Path) -> Daemon {
+        let out = std::fs::File::create(log).expect("log");
+        let child = Command::new(bin("shipper"))
+            .arg("--config")
+            .arg(cfg)
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn the shipper daemon");
+        Daemon(child)
     }
 
     /// `shipper --once` over `ids` (hard-linked from `gen`); checks every
