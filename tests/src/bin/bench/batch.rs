@@ -102,6 +102,21 @@ pub(crate) fn batch(b: &mut Bench, rep: &mut Report) {
         m.wall.as_secs_f64() * cores / labship_cpu.as_secs_f64(),
         lv / mv,
     ));
+    // Measured over bound is how busy labship keeps the cores (its CPU over
+    // its wall time on all of them); the limit's own share, beside it, is
+    // what a perfect spread falls short of even for `tar | zstd -T0`.
+    let busy = |cpu: Duration, wall: Duration| cpu.as_secs_f64() / (wall.as_secs_f64() * cores);
+    rep.row(Row::higher(
+        "batch: measured / CPU bound (the share of the cores labship keeps busy)".into(),
+        busy(labship_cpu, l.wall),
+        None,
+        0.9,
+    ));
+    rep.row(Row::info(
+        "batch: the share of the cores busy, labship vs the limit's own".into(),
+        busy(labship_cpu, l.wall),
+        busy(m.cpu, m.wall),
+    ));
 }
 
 /// The guard on the receiver's cost: its CPU during the best labship run
