@@ -85,6 +85,35 @@ impl Material {
     }
 }
 
+/// The lock file in `storage.dir` that one receiver holds while it runs.
+pub const STORAGE_LOCK: &str = ".receiver.lock";
+
+/// Takes `storage.dir`'s lock ([`STORAGE_LOCK`]) for the process's life,
+/// creating the directory first. Another receiver on the same directory
+/// (one started by hand beside the unit) would remove this one's scratch
+/// files and cut its partial uploads back to their last checkpoint while
+/// they are written: it is refused, naming the lock. With `kind = "s3"`
+/// each receiver needs a `storage.dir` of its own for the same reason.
+pub fn lock_storage(config: &Config) -> Result<std::fs::File, String> {
+    let dir = &config.storage_dir;
+    let path = dir.join(STORAGE_LOCK);
+    let locked = std::fs::create_dir_all(dir).and_then(|()| labship_sys::fs::try_lock(&path));
+    match locked {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(format!(
+            "{}: storage.dir {} is in use by another receiver (it holds {}): stop it first (`systemctl status labship-receiver`), or give this one a storage.dir of its own",
+            config.file.display(),
+            dir.display(),
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "{}: storage.dir: cannot lock {}: {e}",
+            config.file.display(),
+            path.display()
+        )),
+    }
+}
+
 impl Receiver {
     /// `receiver --check-config`: reads and checks what the daemon would at
     /// start (the token table, certificates, key, client CA, CRLs, the gate)

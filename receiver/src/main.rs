@@ -73,9 +73,24 @@ fn run(args: Args) -> ExitCode {
         return check_config(&args.config);
     }
 
-    let prepared = Config::load(&args.config).and_then(|c| Ok((c.clone(), Receiver::prepare(c)?)));
-    let (config, receiver) = match prepared {
-        Ok(pair) => pair,
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("receiver: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Before anything in storage.dir is cleaned: a second receiver there
+    // would cut the first one's partial uploads under its feet.
+    let _lock = match labship_receiver::lock_storage(&config) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("receiver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let receiver = match Receiver::prepare(config.clone()) {
+        Ok(receiver) => receiver,
         Err(e) => {
             eprintln!("receiver: invalid configuration: {e}");
             return ExitCode::from(2);

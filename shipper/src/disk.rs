@@ -163,26 +163,15 @@ impl Layout {
         // second one (`--once` beside the daemon) would otherwise remove the
         // first one's half-written archives and race it on every move.
         let lock_path = self.state.join("shipper.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)?;
-        if let Err(e) =
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        {
-            return Err(if e == rustix::io::Errno::WOULDBLOCK {
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!(
-                        "another shipper is already running on this data_dir (it holds {}); it ships these episodes — see `systemctl status labship-shipper`, or stop it before running this one",
-                        lock_path.display()
-                    ),
-                )
-            } else {
-                io::Error::from(e)
-            });
-        }
+        let Some(lock) = labship_sys::fs::try_lock(&lock_path)? else {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another shipper is already running on this data_dir (it holds {}); it ships these episodes — see `systemctl status labship-shipper`, or stop it before running this one",
+                    lock_path.display()
+                ),
+            ));
+        };
         for entry in std::fs::read_dir(&self.outbox)? {
             let path = entry?.path();
             let name = path

@@ -1,5 +1,5 @@
-//! The one durability helper both daemons need beside tempfile's
-//! write-then-rename: making a rename or unlink itself durable.
+//! The file helpers both daemons need beside tempfile's write-then-rename:
+//! making a rename or unlink itself durable, and one process per directory.
 
 use std::fs::File;
 use std::io;
@@ -10,4 +10,25 @@ use std::path::Path;
 /// directory").
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Opens (creating) the lock file `path` and takes an exclusive `flock` on
+/// it without waiting: `Ok(None)` when another process holds it. The lock
+/// lasts while the returned file is open (the process's life), and the
+/// kernel drops it with the process, however that ends (`kill -9`).
+/// Opened read-only: a file held open for writing would keep its
+/// filesystem from being remounted read-only beside the daemon.
+pub fn try_lock(path: &Path) -> io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o640),
+    )?;
+    let file = File::from(fd);
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1273,3 +1273,108 @@ async fn delete_racing_an_append_removes_the_upload_and_stores_nothing() {
     assert!(r.stored(HOST).is_empty(), "{:?}", r.stored(HOST));
     assert!(r.scratch().is_empty(), "{:?}", r.scratch());
 }
+
+/// A verdict found while an append streams (here: the archive unpacks past
+/// `limits.max_unpacked_bytes` after its first megabyte, with tens of
+/// megabytes still to come) reaches the client as the receiver's answer,
+/// not as a reset: a fatal answer read as a cut would send the archive
+/// again and again instead of quarantining it.
+#[tokio::test]
+async fn a_verdict_found_mid_append_is_answered_not_reset() {
+    let env = TestEnv::new();
+    let r = Receiver::start_with(
+        &env,
+        ReceiverOpts {
+            extra: "[limits]\nmax_unpacked_bytes = 1000000\n".into(),
+            ..Default::default()
+        },
+    );
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 48 << 20, 31);
+    for round in 0..3 {
+        let loc = create(&c, &r.url, "ep", &bytes).await;
+        let sent = c
+            .patch(format!("{}{loc}", r.url))
+            .header("Content-Type", "application/partial-upload")
+            .header("Upload-Offset", "0")
+            .header("Upload-Complete", "?1")
+            .body(bytes.clone())
+            .send()
+            .await;
+        let got = match sent {
+            Ok(resp) => answer(resp).await,
+            Err(e) => panic!("round {round}: no answer, the append was cut: {e:?}"),
+        };
+        assert_error(&got, 413, "too_large");
+        assert_eq!(head(&c, &r.url, &loc).await.0, 404, "round {round}");
+    }
+    assert!(spool(&r).is_empty(), "{:?}", spool(&r));
+    assert!(!r.store.join(HOST).join("ep.tar.zst").exists());
+}
+
+/// A second receiver started on the same `storage.dir` (by hand, beside the
+/// unit) is refused before it touches anything there: it would otherwise
+/// remove the first one's scratch and cut its partial uploads back to their
+/// last checkpoint while they are written, and a completed upload would be
+/// stored with bytes missing from its middle.
+#[tokio::test]
+async fn a_second_receiver_on_the_same_storage_dir_is_refused_and_touches_nothing() {
+    let env = TestEnv::new();
+    let r = Receiver::start(&env);
+    let c = env.client(Some(&env.pki.client(HOST)));
+    let bytes = archive(&env, "ep", 300_000, 41);
+    let half = bytes.len() / 2;
+    let loc = create(&c, &r.url, "ep", &bytes).await;
+    let got = patch(&c, &r.url, &loc, 0, false, bytes[..half].to_vec()).await;
+    assert_eq!(got.0, 204, "{got:?}");
+
+    // The same config on other ports: only storage.dir is shared.
+    let (port, ops) = (r.addr.port(), r.ops_addr.port());
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace(
+            &format!(":{port}\""),
+            &format!(":{}\"", labship_tests::process::free_port()),
+        )
+        .replace(
+            &format!(":{ops}\""),
+            &format!(":{}\"", labship_tests::process::free_port()),
+        );
+    let second = env.path().join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    let mut child = labship_tests::process::Daemon(
+        std::process::Command::new(labship_tests::bin("receiver"))
+            .arg("--config")
+            .arg(&second)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second receiver on the same storage.dir is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("in use by another receiver") && err.contains(".receiver.lock"),
+        "{err}"
+    );
+
+    // The first one's upload is whole and completes.
+    assert_eq!(offset_of(&head(&c, &r.url, &loc).await), half as u64);
+    let got = patch(&c, &r.url, &loc, half as u64, true, bytes[half..].to_vec()).await;
+    assert_eq!(got.0, 201, "{got:?}");
+    assert_eq!(
+        std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap(),
+        bytes
+    );
+}
