@@ -15,7 +15,8 @@
 # data_dir) labship 0751 with episodes/ (labship:labship-producers 2770:
 # producers in labship-producers write there, CONTRACT §13; an install from
 # before that is migrated once), outbox/, shipped/, quarantine/, state/
-# (labship 0750); the unit; daemon-reload when it changed;
+# (labship 0750); the unit, and a drop-in with ReadWritePaths= for a
+# data_dir outside /var/lib/labship; daemon-reload when they changed;
 # quarantine-unstamped as labship; labship-shipper.service restarted only when
 # a file it runs from changed (binary, unit, drop-in, config), started when
 # it is enabled but not running.
@@ -75,6 +76,9 @@ main() {
   fi
 
   install_unit "$UNIT"
+  # The unit may write only $DEFAULT_DATA_DIR: a data_dir elsewhere gets
+  # its drop-in (and loses it when it comes back).
+  [[ -z $data_dir ]] || rw_path_dropin "$UNIT" data_dir "$data_dir" "$DEFAULT_DATA_DIR"
   daemon_reload "$UNIT"
 
   run_quarantine_unstamped
@@ -101,10 +105,6 @@ data_dir_tree() {
   for sub in outbox shipped quarantine state; do
     ensure_dir "$R$data_dir/$sub" 0750 svc svc
   done
-  if [[ ${data_dir%/} != "$DEFAULT_DATA_DIR" ]]; then
-    echo "  note       data_dir is $data_dir: the unit may write only $DEFAULT_DATA_DIR;"
-    echo "             add a drop-in (systemctl edit $UNIT) with [Service] ReadWritePaths=$data_dir"
-  fi
 }
 
 # config_path KEY: sets CONFIG_VALUE to the path KEY (data_dir, ca_file,

@@ -55,21 +55,16 @@ main() {
   install_once "$SRC/etc/allowed-commits.example" "$R$gate" 0640 root svc
 
   ensure_dir "$R$DATA_DIR" 0750 svc svc
-  local store kind
-  kind=$(toml_get "$R$CONFIG" storage kind)
+  local store
   store=$(abs_config_path "$(toml_get "$R$CONFIG" storage dir)")
   store=${store:-$DATA_DIR/episodes}
-  if [[ ${kind:-fs} == fs ]]; then
-    if [[ $store == "$DATA_DIR"/* ]]; then
-      ensure_dir "$R$store" 0750 svc svc
-    else
-      echo "  note       storage.dir is $store: the unit may write only $DATA_DIR;"
-      echo "             create it (owner $SVC_USER, mode 0750) and add a drop-in (systemctl edit $UNIT)"
-      echo "             with [Service] ReadWritePaths=$store"
-    fi
-  fi
+  # storage.dir holds the archives (kind fs) or the spool of partial
+  # uploads (kind s3): created either way, and a dir outside $DATA_DIR gets
+  # the unit's drop-in.
+  ensure_dir "$R$store" 0750 svc svc
 
   install_unit "$UNIT"
+  rw_path_dropin "$UNIT" storage.dir "$store" "$DATA_DIR"
   daemon_reload "$UNIT"
 
   if ((first)); then

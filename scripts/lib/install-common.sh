@@ -415,11 +415,14 @@ SYNC_EXCLUDE=(target .git .dev .venv-s3 bin)
 # (cd /opt/labship && ./scripts/…).
 sync_source() {
   local dest=$R$PREFIX
-  ensure_dir "$dest" 0755 root root
-  if [[ $(realpath -- "$SRC") == "$(realpath -- "$dest")" ]]; then
-    report unchanged "$dest: the source is the install directory itself (no sync needed)"
+  # Before ensure_dir: a checkout the operator owns and `git pull`s there
+  # keeps its owner and mode (root's would make git refuse it as of
+  # "dubious ownership", and the next upgrade command fail).
+  if [[ -d $dest && $(realpath -- "$SRC") == "$(realpath -- "$dest")" ]]; then
+    report unchanged "$dest: the source is the install directory itself (no sync needed; its owner and mode are left as they are)"
     return
   fi
+  ensure_dir "$dest" 0755 root root
   local prune=() name
   for name in "${SYNC_EXCLUDE[@]}"; do
     prune+=(-path "./$name" -o)
@@ -533,8 +536,15 @@ install_binaries() {
   else
     local bins=()
     for name in "$@"; do bins+=(--bin "$name"); done
-    echo "  building   cargo build --release --locked ${bins[*]} (in $R$PREFIX)"
-    (cd "$R$PREFIX" && cargo build --release --locked "${bins[@]}") ||
+    # The build runs in the synced copy, which has no .git/: the commit the
+    # binaries report (--version, User-Agent, labship_build_info) is the
+    # source checkout's, handed over as LABSHIP_COMMIT unless already set.
+    local commit=${LABSHIP_COMMIT:-}
+    if [[ -z $commit && -e $SRC/.git ]] && command -v git >/dev/null 2>&1; then
+      commit=$(git -c safe.directory='*' -C "$SRC" rev-parse HEAD 2>/dev/null) || commit=""
+    fi
+    echo "  building   cargo build --release --locked ${bins[*]} (in $R$PREFIX; commit ${commit:-from its .git, or unknown})"
+    (cd "$R$PREFIX" && LABSHIP_COMMIT=$commit cargo build --release --locked "${bins[@]}") ||
       die "cargo build --release --locked failed in $R$PREFIX (see above); nothing was restarted"
     from=${CARGO_TARGET_DIR:-$R$PREFIX/target}/release
     for name in "$@"; do
@@ -559,6 +569,42 @@ install_unit() {
   fi
   ensure_dir "$R/etc/systemd/system" 0755 root root
   install_file "$SRC/etc/$unit" "$R/etc/systemd/system/$unit" 0644 root root
+  ((LAST_CHANGED)) && UNITS_CHANGED=1
+  return 0
+}
+
+# rw_path_dropin UNIT KEY PATH DEFAULT: the unit may write only under DEFAULT
+# (ProtectSystem=strict); for a PATH (the config's KEY) elsewhere, our drop-in
+# /etc/systemd/system/UNIT.d/labship-rw-path.conf says ReadWritePaths=PATH,
+# and goes again once PATH is back under DEFAULT. Sets UNITS_CHANGED when it
+# changed. A PATH systemd cannot be given quoted is left to the operator.
+RW_DROPIN=labship-rw-path.conf
+rw_path_dropin() {
+  local unit=$1 key=$2 path=${3%/} default=$4
+  local dir=$R/etc/systemd/system/$unit.d
+  local dest=$dir/$RW_DROPIN
+  if [[ $path == "$default" || $path == "$default"/* ]]; then
+    if [[ -e $dest ]]; then
+      rm -f -- "$dest" || die "cannot remove $dest"
+      report removed "$dest ($key is under $default again)"
+      UNITS_CHANGED=1
+      REMOVED+=("${dest#"$R"}")
+    fi
+    return 0
+  fi
+  if [[ $path != /* || $path == *[\\\"$'\n']* ]]; then
+    echo "  WARNING    $key is $path: the unit may write only $default; add a drop-in by hand" >&2
+    echo "             (systemctl edit $unit) with [Service] ReadWritePaths=<that directory>" >&2
+    return 0
+  fi
+  ensure_dir "$dir" 0755 root root
+  local tmp
+  tmp=$(mktemp) || die "mktemp failed"
+  # Quoted (a path may hold spaces), % doubled (systemd's specifiers).
+  printf '# Written by %s: %s is %s, outside %s; removed when it is back.\n[Service]\nReadWritePaths="%s"\n' \
+    "$PROGRAM" "$key" "$path" "$default" "${path//%/%%}" >"$tmp" || die "cannot write $tmp"
+  install_file "$tmp" "$dest" 0644 root root
+  rm -f -- "$tmp"
   ((LAST_CHANGED)) && UNITS_CHANGED=1
   return 0
 }
@@ -615,6 +661,7 @@ daemon_reload() {
 
 STAMP_DIR=/var/lib/labship-installer
 WRITTEN=()       # files install_file wrote (new bytes) in this run
+REMOVED=()       # files a unit ran from that this run removed (a drop-in)
 CHANGED_FILES=() # set by changed_since_start
 
 # unit_files UNIT CONFIG: the files UNIT runs from, one a line: its unit
@@ -669,6 +716,10 @@ changed_since_start() {
       for w in "${WRITTEN[@]}"; do
         [[ $f != "$w" ]] || CHANGED_FILES+=("$f changed")
       done
+    done
+    # Gone from systemd's list after the reload, so not among FILE….
+    for w in "${REMOVED[@]}"; do
+      CHANGED_FILES+=("$w removed")
     done
   fi
   return 0

@@ -308,14 +308,19 @@ fn restarts_only_on_change(c: &Container) {
 /// writes episode `id` into episodes/ with umask 002: its data, then, when
 /// `finish`, meta.json last by rename.
 fn produce(c: &Container, user: &str, id: &str, finish: bool) {
+    produce_in(c, DATA_DIR, user, id, finish);
+}
+
+/// [`produce`] into the data_dir `data_dir`.
+fn produce_in(c: &Container, data_dir: &str, user: &str, id: &str, finish: bool) {
     let mut script = format!(
-        "set -e; umask 002; e=/var/lib/labship/episodes/{id}; mkdir -p $e/data; \
-         head -c 100000 /dev/urandom > $e/data/run-$$.bin; "
+        "set -e; umask 002; e='{data_dir}/episodes/{id}'; mkdir -p \"$e/data\"; \
+         head -c 100000 /dev/urandom > \"$e/data/run-$$.bin\"; "
     );
     if finish {
         script += &format!(
-            "printf '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > $e/.meta.tmp; \
-             mv $e/.meta.tmp $e/meta.json"
+            "printf '{{\"code_version\":{{\"commit\":\"{GOOD_COMMIT}\"}}}}' > \"$e/.meta.tmp\"; \
+             mv \"$e/.meta.tmp\" \"$e/meta.json\""
         );
     }
     let out = c.exec_as(user, &["sh", "-c", &script]);
@@ -324,10 +329,81 @@ fn produce(c: &Container, user: &str, id: &str, finish: bool) {
 
 /// Episode `id` is in the receiver's store and in the host's shipped/.
 fn shipped(c: &Container, r: &Receiver, id: &str) -> bool {
+    shipped_in(c, DATA_DIR, r, id)
+}
+
+/// [`shipped`] from the data_dir `data_dir`.
+fn shipped_in(c: &Container, data_dir: &str, r: &Receiver, id: &str) -> bool {
     r.stored(HOST).contains(&format!("{id}.tar.zst"))
-        && c.exec(&["test", "-d", &format!("/var/lib/labship/shipped/{id}")])
+        && c.exec(&["test", "-d", &format!("{data_dir}/shipped/{id}")])
             .status
             .success()
+}
+
+/// The default data_dir.
+const DATA_DIR: &str = "/var/lib/labship";
+
+/// A data_dir outside /var/lib/labship (a space in its name): a re-run
+/// creates it and the unit's drop-in `ReadWritePaths="/srv/lab data"`,
+/// restarts the shipper (its config changed), which ships from there, and
+/// the unit still starts with /var/lib/labship gone (its `-`). Back at the
+/// default, the drop-in goes and the shipper ships from there again.
+fn data_dir_elsewhere(c: &Container, r: &Receiver, config: &str) {
+    let (elsewhere, script) = ("/srv/lab data", "install-lab-host.sh");
+    let dropin = "/etc/systemd/system/labship-shipper.service.d/labship-rw-path.conf";
+    let default = format!("data_dir = \"{DATA_DIR}\"");
+    assert!(config.contains(&default), "{config}");
+    c.put_private(
+        "/etc/labship/shipper.toml",
+        config.replace(&default, &format!("data_dir = '{elsewhere}'")),
+    );
+    let out = install(c, "/opt/labship", script, SHIPPER_UNIT);
+    for want in [
+        format!("installed  {dropin}"),
+        format!("created    {elsewhere}/episodes/"),
+        format!("restarted  {SHIPPER_UNIT}"),
+    ] {
+        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    }
+    let written = String::from_utf8_lossy(&read(c, dropin)).into_owned();
+    assert!(
+        written.ends_with(&format!("[Service]\nReadWritePaths=\"{elsewhere}\"\n")),
+        "{written}"
+    );
+    let ships = |id: &str| {
+        produce_in(c, elsewhere, "producer", id, true);
+        c.wait_for(
+            SHIPPER_UNIT,
+            &format!("{id} shipped from {elsewhere}"),
+            Duration::from_secs(20),
+            || shipped_in(c, elsewhere, r, id),
+        );
+    };
+    ships("ep-elsewhere-1");
+    c.run(&["rm", "-rf", DATA_DIR]);
+    c.expect_ok(
+        SHIPPER_UNIT,
+        "systemctl restart without /var/lib/labship",
+        &c.exec(&["systemctl", "restart", SHIPPER_UNIT]),
+    );
+    ships("ep-elsewhere-2");
+
+    c.put_private("/etc/labship/shipper.toml", config);
+    let out = install(c, "/opt/labship", script, SHIPPER_UNIT);
+    for want in [
+        format!("removed    {dropin}"),
+        format!("restarted  {SHIPPER_UNIT}"),
+    ] {
+        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    }
+    assert!(!c.exec(&["test", "-e", dropin]).status.success(), "{out}");
+    produce(c, "producer", "ep-back", true);
+    c.wait_for(
+        SHIPPER_UNIT,
+        "ep-back shipped from /var/lib/labship",
+        Duration::from_secs(20),
+        || shipped(c, r, "ep-back"),
+    );
 }
 
 /// CONTRACT §13: a producer can neither read the host's key nor list
@@ -512,6 +588,7 @@ fn lab_host_installer_under_systemd() {
         Duration::from_secs(20),
         || shipped("ep-3"),
     );
+    data_dir_elsewhere(&c, &r, &config);
     let shutdown = c.shutdown();
     eprintln!(
         "lab host: boot {boot_time:?}, shutdown {shutdown:?}, exposure {score}, whole test {:?}",
@@ -920,6 +997,113 @@ fn install_root(src: &Path, script: &str, root: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The upgrade command `cd /opt/labship && git pull && sudo
+/// ./scripts/install-lab-host.sh` on a checkout the operator owns: the run
+/// from inside it leaves the checkout's owner and mode alone (made root's,
+/// the next `git pull` would be refused for "dubious ownership").
+#[test]
+fn a_checkout_that_is_the_install_dir_keeps_its_owner() {
+    if !rustix::process::geteuid().is_root() {
+        labship_tests::skip(
+            "a_checkout_that_is_the_install_dir_keeps_its_owner",
+            "needs root (a checkout owned by another user)",
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let root = env.path().join("root");
+    let checkout = root.join("opt/labship");
+    copy_source(&repo_root(), &checkout);
+    stand_in_binaries(&checkout);
+    std::os::unix::fs::chown(&checkout, Some(4321), Some(4321)).unwrap();
+    std::fs::set_permissions(
+        &checkout,
+        std::os::unix::fs::PermissionsExt::from_mode(0o775),
+    )
+    .unwrap();
+    let out = install_root(&checkout, "install-lab-host.sh", &root);
+    assert!(
+        out.contains("the source is the install directory itself"),
+        "{out}"
+    );
+    let meta = std::fs::metadata(&checkout).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (4321, 4321, 0o775),
+        "{out}"
+    );
+    assert!(checkout.join("bin/shipper").is_file(), "{out}");
+}
+
+/// Without `--bin-dir` the installer builds in the synced copy, which has no
+/// `.git`: it hands the build the source checkout's commit as
+/// `LABSHIP_COMMIT`, so `--version` and `labship_build_info` do not say
+/// `unknown`. `cargo` here is a stand-in on PATH that records what it was
+/// given and leaves the binaries a build would (the installer is the thing
+/// under test, not the compiler).
+#[test]
+fn a_build_from_a_checkout_is_given_its_commit() {
+    let env = TestEnv::new();
+    let src = env.path().join("src");
+    copy_source(&repo_root(), &src);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org", "-C"])
+            .arg(&src)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "a checkout"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let fake = env.path().join("fake-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let said = env.path().join("cargo-was-given");
+    let shipper = bin_dir().join("shipper");
+    std::fs::write(
+        fake.join("cargo"),
+        format!(
+            "#!/bin/sh\nprintf '%s %s\\n' \"$LABSHIP_COMMIT\" \"$*\" > {said:?}\n\
+             mkdir -p target/release\n\
+             printf '#!/bin/sh\\nexec %s \"$@\"\\n' {shipper:?} > target/release/shipper\n\
+             for n in doctor quarantine-unstamped; do echo '#!/bin/sh' > target/release/$n; done\n\
+             chmod 755 target/release/*\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        fake.join("cargo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = env.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new(src.join("scripts/install-lab-host.sh"))
+        .arg("--root")
+        .arg(&root)
+        .env("PATH", path)
+        .env_remove("LABSHIP_COMMIT")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let given = std::fs::read_to_string(&said).unwrap();
+    assert_eq!(
+        given.trim(),
+        format!(
+            "{head} build --release --locked --bin shipper --bin doctor --bin quarantine-unstamped"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(root.join("opt/labship/bin/shipper").is_file());
+}
+
 #[test]
 fn root_runs_give_identical_trees_and_touch_nothing_outside() {
     let t0 = Instant::now();
@@ -1112,10 +1296,11 @@ fn root_install_reads_data_dir_through_the_shipper() {
         }
     }
     let out = install_root(&src, "install-lab-host.sh", &root);
+    let dropin = root.join("etc/systemd/system/labship-shipper.service.d/labship-rw-path.conf");
     for want in [
         "kept       ",
         "/srv/lab data/episodes/ (",
-        "note       data_dir is /srv/lab data",
+        &format!("installed  {}", dropin.display()),
     ] {
         assert!(out.contains(want), "no {want:?} in:\n{out}");
     }
@@ -1148,6 +1333,23 @@ fn root_install_reads_data_dir_through_the_shipper() {
     let again = install_root(&src, "install-lab-host.sh", &root);
     assert!(again.contains(": done: 0 changed,"), "{again}");
     assert!(!again.contains("migrating"), "{again}");
+    assert!(
+        std::fs::read_to_string(&dropin)
+            .unwrap()
+            .ends_with("[Service]\nReadWritePaths=\"/srv/lab data\"\n"),
+        "{again}"
+    );
+    // Back at the default: the drop-in goes.
+    std::fs::write(
+        root.join("etc/labship/shipper.toml"),
+        "host_id = 'lab-01'\ndata_dir = '/var/lib/labship'\n",
+    )
+    .unwrap();
+    let back = install_root(&src, "install-lab-host.sh", &root);
+    assert!(
+        back.contains(&format!("removed    {}", dropin.display())) && !dropin.exists(),
+        "{back}"
+    );
 
     // Not TOML: the data_dir step is skipped with the parser's message.
     std::fs::write(
