@@ -146,11 +146,26 @@ pub(crate) fn upload_restarted(id: &Id) {
 
 /// A cut append of `id` after which the receiver holds no more (`Ok`: its
 /// offset) or could not say (`Err`: what asking met).
-pub(crate) fn upload_cut(id: &Id, held: Result<u64, &dyn std::fmt::Debug>) {
+pub(crate) fn upload_cut(id: &Id, held: Result<u64, &crate::state::Event>) {
+    use crate::state::Event;
     let offset = held.as_ref().ok().copied();
     let how = match held {
         Ok(o) => format!(" and the receiver holds no more than before ({o} bytes)"),
-        Err(after) => format!(", and asking the receiver's offset failed too: {after:?}"),
+        Err(Event::Answer {
+            status,
+            error,
+            message,
+            ..
+        }) => {
+            let code = error.map_or("", |c| c.as_str());
+            format!(
+                ", and the receiver answered the question of its offset with {status} {code}: {message}"
+            )
+        }
+        Err(Event::NoAnswer { message, .. } | Event::NotReceiver { message, .. }) => {
+            format!(", and asking the receiver's offset failed too: {message}")
+        }
+        Err(other) => format!(", and asking the receiver's offset failed too: {other:?}"),
     };
     tracing::info!(
         offset,

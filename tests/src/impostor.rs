@@ -40,6 +40,16 @@ impl Answer {
         }
     }
 
+    /// No answer at all: the connection closes once the request (and its
+    /// body) has been read, as a cut link or a crashed proxy leaves it.
+    pub fn hang_up() -> Self {
+        Self {
+            status: 0,
+            headers: vec![],
+            body: String::new(),
+        }
+    }
+
     /// A redirect to `location`.
     pub fn redirect(status: u16, location: &str) -> Self {
         Self {
@@ -168,6 +178,9 @@ fn serve(
         let a = answer(&request);
         let head_only = request.method == "HEAD";
         seen.lock().expect("requests lock").push(request);
+        if a.status == 0 {
+            return;
+        }
         let mut out = format!("HTTP/1.1 {} Impostor\r\n", a.status);
         for (name, value) in &a.headers {
             out.push_str(&format!("{name}: {value}\r\n"));

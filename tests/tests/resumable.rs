@@ -442,6 +442,73 @@ async fn episode_busy_defers_that_episode_only() {
     assert_eq!(names(&lab.data.join("shipped")), ["a-held", "b-free"]);
 }
 
+/// An append cut without an answer, and the receiver's answer to the empty
+/// append that settles its offset is `503 episode_busy` (its earlier
+/// append to the upload is still stopping): the receiver is there and says
+/// this episode waits, so the episode waits alone (CONTRACT §9), not the
+/// host as for the cut by itself.
+#[test]
+fn episode_busy_after_a_cut_defers_that_episode_only() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let receiver = Impostor::start(&env.pki, |q| match (q.method.as_str(), q.body_bytes) {
+        ("POST", _) if q.path.starts_with("/v1/uploads/") => Answer {
+            status: 201,
+            headers: vec![
+                ("Location".into(), format!("{}/{}", q.path, "ab".repeat(16))),
+                ("Upload-Offset".into(), "0".into()),
+            ],
+            body: String::new(),
+        },
+        ("PATCH", n) if n > 0 => Answer::hang_up(),
+        ("PATCH", _) => Answer::json(
+            503,
+            r#"{"error":"episode_busy","message":"an earlier append to this upload does not stop"}"#,
+        ),
+        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
+    });
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 * MIB, 7))];
+    write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
+    let cfg = env.path().join("shipper.toml");
+    let text = labship_tests::shipper_toml(
+        &env,
+        HOST,
+        &receiver.url,
+        &data,
+        &env.pki.client(HOST),
+        "settle_s = 0\nscan_interval_s = 1",
+    );
+    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 1, "transient\n{out}\n{err}");
+    let settled = receiver
+        .requests()
+        .iter()
+        .any(|q| q.method == "PATCH" && q.body_bytes == 0);
+    assert!(
+        settled,
+        "no settling append: {:?}\n{err}",
+        receiver.requests()
+    );
+    let retry = err
+        .lines()
+        .find(|l| l.contains("event=\"retry\"") || l.contains("transient failure"))
+        .unwrap_or_else(|| panic!("no retry line in\n{err}"));
+    assert!(
+        retry.contains("episode_busy") && retry.contains("scope=\"episode\""),
+        "{retry}\n{err}"
+    );
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(data.join("state/status.json")).unwrap()).unwrap();
+    assert!(
+        status["hold_s"].is_null(),
+        "the host is not on hold: {status}"
+    );
+}
+
 /// `shipper --once` with `LABSHIP_CRASH_AT=point`: it must die there.
 fn crash_at(lab: &Lab, point: &str) {
     labship_tests::process::shipper_crash_at(&lab.cfg, point);

@@ -30,7 +30,7 @@ use super::{Uploader, location};
 use crate::disk::Layout;
 use crate::journal;
 use crate::state::{Archive, Event};
-use labship_protocol::Id;
+use labship_protocol::{ErrorCode, Id};
 use requests::{Appended, Created, Probe, append, create, probe, settle};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,6 +256,19 @@ impl Attempt<'_> {
             Probe::At(o) => {
                 journal::upload_cut(id, Ok(o));
                 Some((event, None))
+            }
+            // The receiver is there and says this episode waits (its
+            // earlier append is still stopping): the episode's own wait
+            // (CONTRACT §9), not the cut's, which holds the whole host.
+            Probe::Failed((
+                after @ Event::Answer {
+                    error: Some(ErrorCode::EpisodeBusy),
+                    ..
+                },
+                retry_after,
+            )) => {
+                journal::upload_cut(id, Err(&after));
+                Some((after, retry_after))
             }
             Probe::Failed((after, _)) => {
                 journal::upload_cut(id, Err(&after));
