@@ -212,10 +212,26 @@ async fn create(
     conn: Option<axum::Extension<ConnInfo>>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Body,
+) -> Response {
+    // In its own task, as a PUT or a PATCH: a client going away never drops
+    // a creation between its spool directory and its table entry, or a
+    // replaced upload halfway through its removal.
+    let conn = conn.map(|c| c.0);
+    tokio::spawn(create_decided(state, conn, headers, path, body))
+        .await
+        .unwrap_or_else(|e| ApiError::internal(format!("upload create task: {e}")).into_response())
+}
+
+async fn create_decided(
+    state: Arc<AppState>,
+    conn: Option<ConnInfo>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
     mut body: axum::body::Body,
 ) -> Response {
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let decision = Decision::begin("upload_create", conn.map(|c| c.0), episode);
+    let decision = Decision::begin("upload_create", conn, episode);
     let mut facts = PutFacts::default();
     let conn = decision.conn();
     let result = create_inner(&state, conn, &headers, path, &mut facts).await;
@@ -421,8 +437,22 @@ async fn discard(
     headers: HeaderMap,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Response {
+    // In its own task: a client going away never leaves the upload marked
+    // gone with its files still on disk.
+    let conn = conn.map(|c| c.0);
+    tokio::spawn(discard_decided(state, conn, headers, path))
+        .await
+        .unwrap_or_else(|e| ApiError::internal(format!("upload delete task: {e}")).into_response())
+}
+
+async fn discard_decided(
+    state: Arc<AppState>,
+    conn: Option<ConnInfo>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Response {
     let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let decision = Decision::begin("upload_delete", conn.map(|c| c.0), episode);
+    let decision = Decision::begin("upload_delete", conn, episode);
     let mut facts = PutFacts::default();
     let result = async {
         let (identity, slot) = locate(&state, decision.conn(), &headers, path)?;
