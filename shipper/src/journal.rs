@@ -84,6 +84,16 @@ pub(crate) fn retry(
     }
 }
 
+/// `waiting` archives wait in `outbox/` for a retry: no new episode is
+/// packed until one of them goes (driver/packing.rs, `RETRIES_PACKED_MAX`).
+pub(crate) fn packing_held(waiting: usize) {
+    tracing::warn!(
+        waiting,
+        event = "packing_held",
+        "{waiting} archives wait in outbox/ for a retry after failures of their own; no new episode is packed until one of them goes (the retry lines say why they failed)"
+    );
+}
+
 /// The episode left `episodes/` by other hands while `what`.
 pub(crate) fn left_queue(what: &str) {
     let message = format!("the episode left episodes/ by other hands while {what}; nothing to do");

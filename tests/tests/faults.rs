@@ -1005,3 +1005,67 @@ fn shipper_refuses_a_ca_file_without_certificates_and_names_a_bad_key_file() {
         }
     }
 }
+
+/// A receiver that fails every upload with an answer of the episode's own
+/// scope (`500 internal`, as from a store gone read-only): each episode
+/// waits on its own backoff with its archive kept in `outbox/` for the
+/// retry, but only a few are packed; the rest of the backlog stays in
+/// `episodes/` (pending) instead of being copied, compressed, into
+/// `outbox/` on the disk the producers write to. Said once (WARN
+/// `packing_held`); nothing is quarantined.
+#[test]
+fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
+        "PUT" | "POST" if q.path != "/v1/ping" => Answer::json(
+            500,
+            r#"{"error":"internal","message":"internal error; see the receiver's log"}"#,
+        ),
+        "HEAD" => Answer::json(404, r#"{"error":"not_found","message":"no such episode"}"#),
+        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
+    });
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    let episodes = 30;
+    for k in 0..episodes {
+        let files: &[(&str, &[u8])] = &[("frames.bin", &noise((1 << 20) + 100_000, k))];
+        write_episode(&eps, &format!("ep-{k:02}"), Some(GOOD_COMMIT), files);
+    }
+    let cfg = env.path().join("shipper.toml");
+    let text = labship_tests::shipper_toml(
+        &env,
+        HOST,
+        &failing.url,
+        &data,
+        &env.pki.client(HOST),
+        "settle_s = 0\nscan_interval_s = 1",
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 1, "transient\n{out}\n{err}");
+    let packed = names(&data.join("outbox"))
+        .iter()
+        .filter(|n| n.ends_with(".tar.zst"))
+        .count();
+    assert!(
+        (8..=12).contains(&packed),
+        "{packed} archives packed into outbox/ for {episodes} episodes:\n{err}"
+    );
+    assert_eq!(names(&eps).len(), episodes as usize, "{err}");
+    assert!(names(&data.join("quarantine")).is_empty(), "{err}");
+    let held: Vec<&str> = err.lines().filter(|l| l.contains("packing_held")).collect();
+    assert_eq!(held.len(), 1, "{err}");
+    assert!(
+        held[0].contains("archives wait in outbox/ for a retry"),
+        "{}",
+        held[0]
+    );
+    let puts = failing
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PUT")
+        .count();
+    assert!(puts <= 12, "{puts} uploads for {packed} archives");
+}

@@ -298,6 +298,9 @@ impl Shipper {
         let (scope, wait) = if ep.whole_host {
             ("host", self.hold_host(ep.asked, ep.retry_after))
         } else {
+            if self.layout.archive_path(&ep.id).is_file() {
+                self.retries_packed += 1;
+            }
             ("episode", self.schedule(&ep.id, ep.retry_after))
         };
         self.record_error(&ep.id, code, status, message);

@@ -85,6 +85,11 @@ pub struct Shipper {
     uploads_moved: Arc<AtomicU64>,
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: HashSet<Id>,
+    /// Episodes on their own backoff with an archive in `outbox/`: at
+    /// [`packing::RETRIES_PACKED_MAX`], no new pack starts.
+    retries_packed: usize,
+    /// The hold on new packs was said (once until it lifts).
+    packing_held_said: bool,
     workers: u32,
     last_success: Option<SystemTime>,
     last_error: Option<LastError>,
@@ -136,6 +141,8 @@ impl Shipper {
             receiver_answered: false,
             uploads_moved: Arc::new(AtomicU64::new(0)),
             verified: HashSet::new(),
+            retries_packed: 0,
+            packing_held_said: false,
             workers,
             last_success: None,
             last_error: None,
@@ -181,6 +188,7 @@ impl Shipper {
         let settled = std::mem::take(&mut scan.settled);
         self.left.clear();
         self.forget_unqueued(&scan.found);
+        self.count_retries_packed();
         let mut cx = PassCtx {
             summary: Summary {
                 pending: scan.pending,
@@ -193,7 +201,9 @@ impl Shipper {
         while let Some((id, found)) = cx.upcoming.pop_front() {
             // Local work (quarantining unstamped or half-quarantined episodes)
             // goes on while the host is on hold; talking to the receiver waits.
-            if matches!(found, Found::Ready(_)) && (self.host_held() || self.episode_waits(&id)) {
+            if matches!(found, Found::Ready(_))
+                && (self.host_held() || self.episode_waits(&id) || self.packing_held(&id))
+            {
                 cx.summary.pending += 1;
                 continue;
             }

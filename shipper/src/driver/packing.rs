@@ -26,6 +26,14 @@ use tracing::Instrument as _;
 /// besides the one uploading.
 pub(super) const LOOK_AHEAD: usize = 2;
 
+/// Archives kept in `outbox/` for a retry after a failure of their own,
+/// beyond which no new episode is packed until one of them goes: a
+/// receiver that fails every upload with an answer of the episode's scope
+/// (500s from a store gone read-only, say) must not have the whole backlog
+/// packed into `outbox/`, on the disk the producers write to, one copy per
+/// episode. The ones waiting are retried on their own backoff meanwhile.
+pub(super) const RETRIES_PACKED_MAX: usize = 8;
+
 /// A pack on a blocking thread. Its archive arrives on `ready` as soon as
 /// it can be uploaded; for one in `outbox/` the thread then seals it (fsync,
 /// sidecar: [`crate::disk::Layout::seal`]) while the upload runs, and
@@ -60,7 +68,10 @@ impl Shipper {
     /// packing) on a blocking thread, unless a look-ahead pack is still
     /// running or [`LOOK_AHEAD`] archives already wait.
     pub(super) fn start_prefetch(&mut self, upcoming: &VecDeque<(Id, Found)>) {
-        if self.prefetch.len() >= LOOK_AHEAD || self.prefetch.iter().any(|p| p.packed.is_none()) {
+        if self.prefetch.len() >= LOOK_AHEAD
+            || self.prefetch.iter().any(|p| p.packed.is_none())
+            || self.retries_packed >= RETRIES_PACKED_MAX
+        {
             return;
         }
         let next = upcoming.iter().find_map(|(id, found)| match found {
@@ -83,6 +94,38 @@ impl Shipper {
                 packed: None,
             });
         }
+    }
+
+    /// The episodes on their own backoff whose archive waits in `outbox/`
+    /// (counted at each pass's start, one stat each; a failure in the pass
+    /// adds its own).
+    pub(super) fn count_retries_packed(&mut self) {
+        let layout = &self.layout;
+        self.retries_packed = self
+            .backoff
+            .keys()
+            .filter(|id| layout.archive_path(id).is_file())
+            .count();
+        if self.retries_packed < RETRIES_PACKED_MAX {
+            self.packing_held_said = false;
+        }
+    }
+
+    /// Whether ready episode `id` waits because it would need a new pack
+    /// while [`RETRIES_PACKED_MAX`] archives wait for a retry (said once
+    /// until the number drops).
+    pub(super) fn packing_held(&mut self, id: &Id) -> bool {
+        if self.retries_packed < RETRIES_PACKED_MAX
+            || self.prefetched(id)
+            || self.layout.outbox(id) != Outbox::Empty
+        {
+            return false;
+        }
+        if !self.packing_held_said {
+            self.packing_held_said = true;
+            crate::journal::packing_held(self.retries_packed);
+        }
+        true
     }
 
     /// A look-ahead pack whose episode was not driven in this pass (the host

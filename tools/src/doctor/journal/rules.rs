@@ -410,6 +410,10 @@ mod tests {
             "once per process, and archives still ship (by PUT); --ping shows the receiver",
         ),
         (
+            "packing_held",
+            "the retry row names the failures that keep the archives waiting",
+        ),
+        (
             "upload_location_dropped",
             "once per stale outbox/<id>.upload (other bytes, not our path); the upload starts over once",
         ),
