@@ -1069,3 +1069,115 @@ fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
         .count();
     assert!(puts <= 12, "{puts} uploads for {packed} archives");
 }
+
+/// An archive kept in `outbox/` for a retry, and then a late writer adds a
+/// file to its episode: once the episode settles again, the archive is
+/// stale (the tree's newest mtime is past it), dropped and packed again, so
+/// the receiver gets the file too. Uploading the old archive would have
+/// moved the changed tree to `shipped/` as if the receiver held it.
+#[test]
+fn an_episode_changed_after_its_pack_is_packed_again() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
+        "PUT" => Answer::json(500, r#"{"error":"internal","message":"internal error"}"#),
+        "HEAD" => Answer::json(404, r#"{"error":"not_found","message":"no such episode"}"#),
+        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
+    });
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 << 20, 5))];
+    let dir = write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
+    let cfg = env.path().join("shipper.toml");
+    let config = |url: &str| {
+        let text = labship_tests::shipper_toml(
+            &env,
+            HOST,
+            url,
+            &data,
+            &env.pki.client(HOST),
+            "settle_s = 1\nscan_interval_s = 1",
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    config(&failing.url);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, _, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(data.join("outbox/ep.tar.zst").is_file(), "{err}");
+
+    std::fs::write(dir.join("late.txt"), b"written after the pack\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = Receiver::start(&env);
+    config(&r.url);
+    let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("the episode changed after it was packed"),
+        "{err}"
+    );
+    assert_eq!(names(&data.join("shipped")), ["ep"], "{err}");
+    let stored = std::fs::read(r.store.join(HOST).join("ep.tar.zst")).unwrap();
+    let out_dir = env.path().join("unpacked");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    unpack(&stored, &out_dir);
+    assert_same_tree(&data.join("shipped/ep"), &out_dir.join("ep"));
+    assert!(out_dir.join("ep/late.txt").is_file());
+}
+
+/// An episode moved away by other hands while its archive waits in
+/// `outbox/` for a retry: the running daemon's next pass removes the
+/// archive and its sidecar (before, only a restart did, and a daemon that
+/// runs for months kept every such archive).
+#[test]
+fn an_episode_moved_away_while_it_waits_leaves_nothing_in_outbox() {
+    use labship_tests::impostor::{Answer, Impostor};
+    let env = TestEnv::new();
+    let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
+        "PUT" => Answer::json(500, r#"{"error":"internal","message":"internal error"}"#),
+        "HEAD" => Answer::json(404, r#"{"error":"not_found","message":"no such episode"}"#),
+        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
+    });
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 << 20, 9))];
+    write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
+    let cfg = env.path().join("shipper.toml");
+    let text = labship_tests::shipper_toml(
+        &env,
+        HOST,
+        &failing.url,
+        &data,
+        &env.pki.client(HOST),
+        "settle_s = 0\nscan_interval_s = 1",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = env.path().join("shipper.log");
+    let _daemon = Daemon(
+        std::process::Command::new(labship_tests::bin("shipper"))
+            .args(["--config", cfg.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not within 20 s:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let outbox = data.join("outbox");
+    wait("an archive kept for the retry", &|| {
+        outbox.join("ep.json").is_file()
+    });
+    std::fs::rename(eps.join("ep"), env.path().join("moved-away")).unwrap();
+    wait("outbox/ emptied", &|| names(&outbox).is_empty());
+    assert!(env.path().join("moved-away/meta.json").is_file());
+}

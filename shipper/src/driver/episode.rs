@@ -65,8 +65,8 @@ impl Shipper {
     /// Takes one episode the scan found as far as it goes in this pass.
     pub(super) async fn drive(&mut self, id: Id, found: Found, cx: &mut PassCtx<'_>) {
         let span = episode_span(&id);
-        let summary = &mut cx.summary;
-        let Some(state) = span.in_scope(|| self.initial_state(&id, found, summary)) else {
+        let (summary, newest) = (&mut cx.summary, cx.settled.get(&id).map(|s| s.newest));
+        let Some(state) = span.in_scope(|| self.initial_state(&id, found, newest, summary)) else {
             return;
         };
         let action = match &state {
@@ -90,7 +90,13 @@ impl Shipper {
     /// The state an episode starts from, by what the scan found and what
     /// `outbox/` holds for it; `None` when there is nothing more to do
     /// (an interrupted quarantine finished here, or a failure recorded).
-    fn initial_state(&mut self, id: &Id, found: Found, summary: &mut Summary) -> Option<State> {
+    fn initial_state(
+        &mut self,
+        id: &Id,
+        found: Found,
+        newest: Option<std::time::SystemTime>,
+        summary: &mut Summary,
+    ) -> Option<State> {
         let commit = match found {
             Found::QuarantinePending => {
                 self.finish_quarantine(id, summary);
@@ -103,7 +109,7 @@ impl Shipper {
         if self.prefetched(id) {
             return Some(State::Ready { commit });
         }
-        match self.layout.outbox(id) {
+        match self.changed_since_packed(id, self.layout.outbox(id), newest) {
             Outbox::Ours(archive) => {
                 let recovered = self.verified.insert(id.clone());
                 Some(State::Packed { archive, recovered })
@@ -124,6 +130,32 @@ impl Shipper {
                 }
                 Some(State::Ready { commit })
             }
+        }
+    }
+
+    /// `outbox`, judged stale when the episode's tree (its newest mtime,
+    /// `newest`, as this pass walked it) changed after the archive was
+    /// written: a file a late writer added or rewrote since would never be
+    /// shipped, and the tree moved to `shipped/` as if it had been.
+    fn changed_since_packed(
+        &self,
+        id: &Id,
+        outbox: Outbox,
+        newest: Option<std::time::SystemTime>,
+    ) -> Outbox {
+        let (Outbox::Ours(_), Some(newest)) = (&outbox, newest) else {
+            return outbox;
+        };
+        let packed = std::fs::metadata(self.layout.archive_path(id)).and_then(|m| m.modified());
+        match packed {
+            Ok(packed) if newest > packed => Outbox::Stale {
+                why: format!(
+                    "the episode changed after it was packed (a file dated {} in its tree, the archive {})",
+                    humantime::format_rfc3339_millis(newest),
+                    humantime::format_rfc3339_millis(packed)
+                ),
+            },
+            _ => outbox,
         }
     }
 

@@ -56,6 +56,8 @@ struct PassCtx<'a> {
     summary: Summary,
     progress: &'a (dyn Fn() + Sync),
     upcoming: VecDeque<(Id, Found)>,
+    /// What this pass's walks measured of each settled episode.
+    settled: HashMap<Id, crate::scan::Settled>,
 }
 
 #[derive(Debug)]
@@ -185,7 +187,6 @@ impl Shipper {
             Ok(scan) => scan,
             Err(e) => return self.scan_failed(&e),
         };
-        let settled = std::mem::take(&mut scan.settled);
         self.left.clear();
         self.forget_unqueued(&scan.found);
         self.count_retries_packed();
@@ -196,6 +197,7 @@ impl Shipper {
             },
             progress,
             upcoming: scan.found.into(),
+            settled: std::mem::take(&mut scan.settled),
         };
         self.receiver_answered = false;
         while let Some((id, found)) = cx.upcoming.pop_front() {
@@ -211,7 +213,7 @@ impl Shipper {
             progress();
         }
         self.drain(&mut cx).await;
-        self.publish(&settled, scan.pending);
+        self.publish(&cx.settled, scan.pending);
         self.last_pending = cx.summary.pending;
         self.write_status(&cx.summary);
         cx.summary
@@ -236,11 +238,26 @@ impl Shipper {
     }
 
     /// Forgets episodes that left the queue by other hands (an operator's
-    /// mv): these maps must not grow for months.
+    /// mv) or are being written again: these maps must not grow for months,
+    /// and the archives waiting for them in `outbox/` go too (nothing else
+    /// would remove them before a restart; one whose episode settles again
+    /// would hold a tree that changed since).
     fn forget_unqueued(&mut self, found: &[(Id, Found)]) {
         let queued: HashSet<&Id> = found.iter().map(|(id, _)| id).collect();
+        let gone: HashSet<Id> = self
+            .backoff
+            .keys()
+            .chain(&self.verified)
+            .filter(|id| !queued.contains(id))
+            .cloned()
+            .collect();
         self.backoff.retain(|id, _| queued.contains(id));
         self.verified.retain(|id| queued.contains(id));
+        for id in gone {
+            if let Err(e) = self.layout.drop_outbox(&id) {
+                tracing::warn!(episode_id = %id, error = %e, "cannot clear the outbox copy of an episode that left the queue or is being written again");
+            }
+        }
     }
 
     /// Collects everything still running beside the pass, then sweeps the
