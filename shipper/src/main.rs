@@ -325,7 +325,9 @@ async fn daemon(mut shipper: Shipper, config: &Config) -> ExitCode {
         });
     }
     systemd::ready(&format!("shipping to {}", config.url));
-    tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), "shipper ready");
+    // EVENT=ready settles doctor's "failed to start" row: a start that
+    // failed before a fix is history once a later one got here.
+    tracing::info!(host = %config.host_id, receiver = %config.url, data_dir = %config.data_dir.display(), event = "ready", "shipper ready");
     let progress = shipper.progress();
     // Progress and SIGHUP run beside the work loop, never cutting a pass
     // and never pinging the watchdog.

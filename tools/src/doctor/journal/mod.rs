@@ -168,6 +168,41 @@ mod tests {
         assert_eq!(c.tally(Rank::Watchdog).count, 1);
     }
 
+    /// A failed start is the headline until a later start gets as far as
+    /// `EVENT=ready`: the fix was made, and an agent reading the first line
+    /// must not edit and restart again.
+    #[test]
+    fn a_failed_start_is_reported_until_a_start_succeeds() {
+        let failed = entry(&[
+            (
+                "MESSAGE",
+                "shipper: invalid configuration: /etc/labship/shipper.toml: receiver.url: missing"
+                    .into(),
+            ),
+            ("_SYSTEMD_UNIT", UNIT.into()),
+        ]);
+        let repeated = entry(&[
+            (
+                "MESSAGE",
+                "labship-shipper.service: Start request repeated too quickly.".into(),
+            ),
+            ("UNIT", UNIT.into()),
+            ("_SYSTEMD_UNIT", "init.scope".into()),
+        ]);
+        let ready = entry(&[
+            ("EVENT", "ready".into()),
+            ("MESSAGE", "shipper ready".into()),
+            ("_SYSTEMD_UNIT", UNIT.into()),
+        ]);
+        let c = classify(&[failed.clone(), repeated.clone()]);
+        assert_eq!(c.tally(Rank::StartFailed).count, 2);
+        let c = classify(&[failed.clone(), repeated, ready.clone()]);
+        assert_eq!(c.tally(Rank::StartFailed).count, 0);
+        // Failing again after that counts again.
+        let c = classify(&[ready, failed]);
+        assert_eq!(c.tally(Rank::StartFailed).count, 1);
+    }
+
     /// A failed reload is reported until a later one loads the file.
     #[test]
     fn a_failed_reload_is_reported_until_one_succeeds() {

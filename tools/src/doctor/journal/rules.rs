@@ -78,7 +78,8 @@ pub(super) const RULES: &[Rule] = &[
             Match::Systemd("Start request repeated too quickly"),
             Match::StartupError,
         ],
-        settled_by: &[],
+        // A later start that got as far as serving: the failure is fixed.
+        settled_by: &["ready"],
         level: Level::Fail,
         rank: Rank::StartFailed,
         row: |t, _| {
