@@ -155,6 +155,11 @@ pub async fn check(
             config.url
         ),
     )];
+    out.extend(service_reads(
+        &opts.config,
+        config,
+        &super::unsettled::Reader::shipper(),
+    ));
     out.extend(certificate(config, opts.now));
     if opts.no_ping {
         out.push(Finding::ok("receiver", "ping skipped (--no-ping)"));
@@ -164,6 +169,63 @@ pub async fn check(
     out.extend(disk(config));
     out.extend(super::queue::check(config, opts.now, running));
     out
+}
+
+/// The files the shipper reads at start, judged for the user it runs as
+/// (the unit's `User=labship` and its groups): doctor usually runs as root,
+/// who reads everything, so a key installed `0600 root:root` looked fine
+/// here while the shipper exited 2 at every start. One it cannot read is
+/// ranked with an invalid config, above the journal's "failed to start"
+/// that is its symptom, with the fix for that file or directory.
+fn service_reads(
+    config_file: &Path,
+    config: &Config,
+    reader: &super::unsettled::Reader,
+) -> Vec<Finding> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut files = vec![("config", config_file.to_path_buf())];
+    files.extend(config.ca_file.iter().map(|f| ("certificate", f.clone())));
+    if let Some((cert, key)) = &config.auth.cert_and_key {
+        files.push(("certificate", cert.clone()));
+        files.push(("certificate", key.clone()));
+    }
+    files.extend(
+        config
+            .auth
+            .token_file
+            .iter()
+            .map(|f| ("certificate", f.clone())),
+    );
+    files
+        .into_iter()
+        .filter_map(|(check, file)| {
+            let (at, m) = reader.blocked_at(&file)?;
+            let quoted = super::unsettled::sh_quote(&at);
+            let fix = if m.is_dir() && reader.gids.contains(&m.gid()) {
+                format!("sudo chmod g+x {quoted}")
+            } else if m.is_dir() {
+                format!("sudo chmod o+x {quoted}")
+            } else {
+                format!("sudo chgrp labship {quoted} && sudo chmod 640 {quoted}")
+            };
+            let what = if m.is_dir() { "enter" } else { "read" };
+            Some(Finding::new(
+                Level::Fail,
+                check,
+                format!(
+                    "the shipper runs as user {} and may not {what} {} (owner {}:{}, mode {:04o}), so it cannot read {} and exits at start",
+                    reader.name,
+                    at.display(),
+                    m.uid(),
+                    m.gid(),
+                    m.mode() & 0o7777,
+                    file.display()
+                ),
+                Some(Fix::restart(format!("{fix} && sudo systemctl restart {UNIT}"))),
+                Rank::ConfigInvalid,
+            ))
+        })
+        .collect()
 }
 
 fn certificate(config: &Config, now: SystemTime) -> Vec<Finding> {
@@ -337,6 +399,73 @@ fn disk(config: &Config) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files the shipper reads at start, judged for its own user: a
+    /// key only its owner may read, a directory it may not enter, each
+    /// named with its fix; readable ones say nothing.
+    #[test]
+    fn files_the_service_user_cannot_read_are_named_with_their_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let write = |name: &str, mode: u32| {
+            let p = etc.join(name);
+            std::fs::write(&p, "x").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let (key, cert, ca) = (
+            write("client.key", 0o600),
+            write("client.pem", 0o644),
+            write("ca.pem", 0o644),
+        );
+        let toml = format!(
+            "host_id = 'lab-01'\ndata_dir = {:?}\n[receiver]\nurl = 'https://r.example.org:8443'\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n",
+            dir.path().join("data")
+        );
+        let file = etc.join("shipper.toml");
+        std::fs::write(&file, toml).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = labship_shipper::config::Config::load(&file).unwrap();
+        // Someone who owns none of these and is in none of their groups.
+        let stranger = super::super::unsettled::Reader {
+            name: "labship".into(),
+            uid: 4_000_000,
+            gids: vec![4_000_000],
+            producers: false,
+        };
+        let rows = service_reads(&file, &config, &stranger);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].rank, Rank::ConfigInvalid);
+        assert!(
+            rows[0].finding.contains("may not read")
+                && rows[0].finding.contains("client.key")
+                && rows[0].finding.contains("mode 0600"),
+            "{}",
+            rows[0].finding
+        );
+        let fix = rows[0].fix.as_deref().unwrap();
+        assert!(
+            fix.starts_with("sudo chgrp labship ") && fix.contains("&& sudo chmod 640 "),
+            "{fix}"
+        );
+
+        // The directory closed to it: every file behind it, each naming it.
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let rows = service_reads(&file, &config, &stranger);
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert!(
+            rows.iter().all(|r| r.finding.contains("may not enter")
+                && r.fix.as_deref().unwrap().starts_with("sudo chmod o+x ")),
+            "{rows:?}"
+        );
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Root, or a reader who may: nothing to say.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(service_reads(&file, &config, &stranger).is_empty());
+    }
 
     fn show(load: &str, active: &str, sub: &str, enabled: &str) -> Service {
         verdict(&format!(

@@ -82,6 +82,12 @@ impl Reader {
     /// What the mode bits let this user do: read a file, list and enter a
     /// directory.
     fn may_read(&self, m: &std::fs::Metadata) -> bool {
+        let need = if m.is_dir() { 0o5 } else { 0o4 };
+        self.may(m, need)
+    }
+
+    /// Whether the mode bits grant this user `need` (r 4, w 2, x 1).
+    fn may(&self, m: &std::fs::Metadata, need: u32) -> bool {
         if self.uid == 0 {
             return true;
         }
@@ -93,8 +99,26 @@ impl Reader {
         } else {
             mode
         };
-        let need = if m.is_dir() { 0o5 } else { 0o4 };
         bits & need == need
+    }
+
+    /// Where the mode bits stop this user from reading the file at `path`:
+    /// a directory on the way it may not enter, or the file itself, with
+    /// its metadata. `None` when it may, or when something on the way
+    /// cannot be stat'ed (other checks name a missing file).
+    pub fn blocked_at(&self, path: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
+        let path = std::fs::canonicalize(path).ok()?;
+        let mut at = PathBuf::new();
+        let parts: Vec<_> = path.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let m = std::fs::metadata(&at).ok()?;
+            let need = if i + 1 == parts.len() { 0o4 } else { 0o1 };
+            if !self.may(&m, need) {
+                return Some((at, m));
+            }
+        }
+        None
     }
 }
 
@@ -254,7 +278,7 @@ fn finding(dir: &Path, name: &str, cause: &Cause, reader: &Reader) -> Finding {
 }
 
 /// A path as one shell word.
-fn sh_quote(p: &Path) -> String {
+pub(crate) fn sh_quote(p: &Path) -> String {
     let s = p.display().to_string();
     if s.chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c))
