@@ -54,12 +54,14 @@ pub(crate) fn quarantined(id: &Id, reason: &Reason, dest: &Path) {
     );
 }
 
-/// A transient failure; `loud` for one an operator must fix.
+/// A transient failure; `loud` for one an operator must fix. `receiver`
+/// (the configured URL) names where it failed: a failure with no answer
+/// ("dns error", "connection refused") says nothing of it itself.
 pub(crate) fn retry(
     loud: bool,
     (code, status): (Option<ErrorCode>, Option<u16>),
     wait: Duration,
-    scope: &str,
+    (scope, receiver): (&str, &dyn Display),
     message: &str,
 ) {
     let (retry_in_ms, error_code) = (wait.as_millis() as u64, code.map(|c| c.as_str()));
@@ -69,6 +71,7 @@ pub(crate) fn retry(
             http_status = status,
             retry_in_ms,
             scope,
+            %receiver,
             event = "retry",
             "transient failure that needs an operator: {message}"
         );
@@ -78,6 +81,7 @@ pub(crate) fn retry(
             http_status = status,
             retry_in_ms,
             scope,
+            %receiver,
             event = "retry",
             "transient failure, will retry: {message}"
         );

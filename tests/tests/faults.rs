@@ -806,7 +806,10 @@ fn a_reset_or_refused_connection_is_a_link_failure() {
     let (code, out) = ping(&cfg);
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("Connection refused"), "{out}");
-    assert_link_retry(&once_fails(&env, &cfg, &data, "ep", 10_000));
+    let line = once_fails(&env, &cfg, &data, "ep", 10_000);
+    assert_link_retry(&line);
+    // The line names where it failed: "connection refused" alone does not.
+    assert!(line.contains(&format!("receiver={refused}/")), "{line}");
 
     let plain = Receiver::start_with(
         &env,

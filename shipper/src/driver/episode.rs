@@ -336,7 +336,8 @@ impl Shipper {
             ("episode", self.schedule(&ep.id, ep.retry_after))
         };
         self.record_error(&ep.id, code, status, message);
-        journal::retry(loud, (code, status), wait, scope, message);
+        let receiver = &self.config.url;
+        journal::retry(loud, (code, status), wait, (scope, receiver), message);
         Flow::Stop(ep)
     }
 
