@@ -68,6 +68,18 @@ pub(crate) fn no_answer(n: NoAnswer) -> Event {
     }
 }
 
+/// This upload's trouble alone (the receiver keeps losing or disputing it,
+/// the archive in `outbox/` cannot be read): loud, and only this episode
+/// waits, never the host.
+pub(crate) fn given_up(message: String) -> (Event, Option<Duration>) {
+    let event = Event::NoAnswer {
+        auth: false,
+        message,
+        episode: true,
+    };
+    (event, None)
+}
+
 pub(crate) async fn answer(r: reqwest::Response) -> (Event, Option<Duration>) {
     let status = r.status().as_u16();
     let retry_after = r

@@ -36,7 +36,7 @@ mod unanswered;
 
 pub use answer::retry_after;
 use answer::{ANSWER_BODY_CAP, not_receiver_text, read_capped};
-pub(crate) use answer::{answer, no_answer, not_receiver, redirect_text};
+pub(crate) use answer::{answer, given_up, no_answer, not_receiver, redirect_text};
 pub use ping::{PingVerdict, Pong, PongLimits};
 pub use unanswered::NoAnswer;
 pub(crate) use unanswered::classify;
@@ -201,11 +201,13 @@ impl Uploader {
             Some(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
             None => match tokio::fs::File::open(path).await {
                 Ok(f) => Box::new(f),
+                // This episode's trouble (its archive unreadable: EIO,
+                // permissions), not the receiver's: the host goes on.
                 Err(e) => {
-                    return (
-                        no_answer(NoAnswer::Unreachable(format!("{}: {e}", path.display()))),
-                        None,
-                    );
+                    return given_up(format!(
+                        "cannot read the archive {} to upload it: {e}",
+                        path.display()
+                    ));
                 }
             },
         };

@@ -26,7 +26,7 @@
 
 mod requests;
 
-use super::{Uploader, location};
+use super::{Uploader, given_up, location};
 use crate::disk::Layout;
 use crate::journal;
 use crate::state::{Archive, Event};
@@ -287,17 +287,6 @@ impl Attempt<'_> {
         }
         self.location = None;
     }
-}
-
-/// This upload's trouble alone (the receiver keeps losing or disputing it,
-/// the archive cannot be read): loud, and only this episode waits.
-fn given_up(message: String) -> Answer {
-    let event = Event::NoAnswer {
-        auth: false,
-        message,
-        episode: true,
-    };
-    (event, None)
 }
 
 /// All of one send()'s `HEAD`s and empty `PATCH`es together: with the

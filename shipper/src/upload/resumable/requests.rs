@@ -3,8 +3,9 @@
 //! the empty `PATCH` that settles an offset ([`settle`]) and the `PATCH`
 //! that appends the rest ([`append`]).
 
-use super::{Answer, PROBING_MAX, given_up};
+use super::{Answer, PROBING_MAX};
 use crate::state::{Archive, Event};
+use crate::upload::given_up;
 use crate::upload::{
     Body, NoAnswer, Uploader, answer, classify, location, no_answer, not_receiver, redirect_text,
 };
