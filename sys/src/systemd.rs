@@ -48,6 +48,11 @@ pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
+/// The unit's `WatchdogSec`, when the watchdog is on.
+pub fn watchdog_sec() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
 /// Half the unit's `WatchdogSec`, when the watchdog is on.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)

@@ -278,3 +278,40 @@ fn the_ops_listener_beyond_loopback_is_a_warning_and_a_bad_address_invalid() {
         "{out}"
     );
 }
+
+/// Under a watchdog (`WATCHDOG_USEC`, as systemd sets it from
+/// `WatchdogSec=180`), a `stall_timeout_s` whose quiet stretch (the stall
+/// window plus the 60 s an answer may take) reaches it stops the daemon at
+/// start: exit 2 naming the key and the largest value that fits, instead of
+/// every upload awaiting its answer killed as a hung shipper.
+#[test]
+fn a_stall_timeout_the_watchdog_would_outlast_is_refused_at_start() {
+    let env = TestEnv::new();
+    let id = env.pki.client("lab-01");
+    let cfg = env.path().join("shipper.toml");
+    let text = shipper_toml(
+        &env,
+        "lab-01",
+        "https://127.0.0.1:9",
+        &env.path().join("data"),
+        &id,
+        "",
+    )
+    .replace("stall_timeout_s = 5", "stall_timeout_s = 150");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(labship_tests::bin("shipper"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("WATCHDOG_USEC", "180000000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("receiver.stall_timeout_s = 150")
+            && err.contains("WatchdogSec (180 s)")
+            && err.contains("set at most 119 s"),
+        "{err}"
+    );
+}
