@@ -94,6 +94,7 @@ pub(crate) async fn check_headers(
         ));
     }
     let (identity, episode) = authorize(state, conn, headers, path)?;
+    crate::routes::note_host(&identity.host_id);
     facts.identity = Some(identity.clone());
     let host = identity.host_id.as_str();
     let commit = match header_str(headers, LABSHIP_COMMIT) {

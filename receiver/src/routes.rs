@@ -31,6 +31,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -233,9 +234,26 @@ async fn put_episode(
     // instead, so a commit in progress keeps its per-episode lock, its upload
     // permit and its audit line whatever the connection does.
     let conn = conn.map(|c| c.0);
-    let task = tokio::spawn(put_decided(state, conn, headers, path, body));
+    let span = request_span(
+        "put",
+        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
+    );
+    let task = tokio::spawn(put_decided(state, conn, headers, path, body).instrument(span));
     task.await
         .unwrap_or_else(|e| ApiError::internal(format!("put task: {e}")).into_response())
+}
+
+/// The span a request's work runs in: its operation and the episode of its
+/// path, and its host once authenticated ([`note_host`]), so that an error
+/// logged anywhere below (an internal one, whose answer says only "see the
+/// receiver's log") names the request it failed.
+pub(crate) fn request_span(op: &'static str, episode: &str) -> tracing::Span {
+    tracing::info_span!("request", op, episode, host = tracing::field::Empty)
+}
+
+/// Records the authenticated host on the current request's span.
+pub(crate) fn note_host(host: &str) {
+    tracing::Span::current().record("host", host);
 }
 
 async fn put_decided(

@@ -1310,6 +1310,16 @@ async fn a_verdict_found_mid_append_is_answered_not_reset() {
     }
     assert!(spool(&r).is_empty(), "{:?}", spool(&r));
     assert!(!r.store.join(HOST).join("ep.tar.zst").exists());
+    // What the receiver logs while it serves a request names the request.
+    let log = r.log_text();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("upload request refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        refused.contains("request{op=\"upload_append\" episode=\"ep\" host=\"lab-01\"}"),
+        "{refused}"
+    );
 }
 
 /// A second receiver started on the same `storage.dir` (by hand, beside the

@@ -31,6 +31,7 @@ use labship_protocol::upload::{UPLOAD_COMPLETE, UPLOAD_OFFSET, parse_complete, p
 use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// Checkpoint after this many appended bytes...
 const CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -66,7 +67,11 @@ pub(super) async fn patch(
     // As a PUT: in its own task, so a client going away never drops an
     // append halfway through a checkpoint or a commit.
     let conn = conn.map(|c| c.0);
-    let task = tokio::spawn(patch_decided(state, conn, headers, path, body));
+    let span = crate::routes::request_span(
+        "upload_append",
+        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
+    );
+    let task = tokio::spawn(patch_decided(state, conn, headers, path, body).instrument(span));
     task.await
         .unwrap_or_else(|e| ApiError::internal(format!("patch task: {e}")).into_response())
 }
@@ -115,6 +120,7 @@ async fn append(
         ));
     }
     let (identity, slot) = locate(state, conn, headers, path)?;
+    crate::routes::note_host(&identity.host_id);
     facts.identity = Some(identity.clone());
     let request = AppendHeaders::parse(headers, &slot)?;
     let Some((mut held, generation)) = take_over(&slot, TAKEOVER_WAIT).await else {

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use table::{Claim, Refusal, Slot, take_over};
+use tracing::Instrument as _;
 
 pub(crate) use table::Table;
 
@@ -218,7 +219,11 @@ async fn create(
     // a creation between its spool directory and its table entry, or a
     // replaced upload halfway through its removal.
     let conn = conn.map(|c| c.0);
-    tokio::spawn(create_decided(state, conn, headers, path, body))
+    let span = crate::routes::request_span(
+        "upload_create",
+        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
+    );
+    tokio::spawn(create_decided(state, conn, headers, path, body).instrument(span))
         .await
         .unwrap_or_else(|e| ApiError::internal(format!("upload create task: {e}")).into_response())
 }
@@ -440,7 +445,11 @@ async fn discard(
     // In its own task: a client going away never leaves the upload marked
     // gone with its files still on disk.
     let conn = conn.map(|c| c.0);
-    tokio::spawn(discard_decided(state, conn, headers, path))
+    let span = crate::routes::request_span(
+        "upload_delete",
+        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
+    );
+    tokio::spawn(discard_decided(state, conn, headers, path).instrument(span))
         .await
         .unwrap_or_else(|e| ApiError::internal(format!("upload delete task: {e}")).into_response())
 }
@@ -456,6 +465,7 @@ async fn discard_decided(
     let mut facts = PutFacts::default();
     let result = async {
         let (identity, slot) = locate(&state, decision.conn(), &headers, path)?;
+        crate::routes::note_host(&identity.host_id);
         facts.identity = Some(identity);
         let Some((mut held, _)) = take_over(&slot, TAKEOVER_WAIT).await else {
             return Err(episode_busy("an append to this upload does not stop"));
