@@ -469,6 +469,52 @@ fn journal_denied_is_a_finding_with_its_fix() {
     assert_eq!(out.status.code(), Some(1), "{text}");
 }
 
+/// Run without sudo by a user who may not read the config (/etc/labship is
+/// root:labship 0750): not "missing, run the installer", but run doctor
+/// with sudo (the installer would change nothing).
+#[test]
+fn a_config_this_user_may_not_read_says_run_doctor_with_sudo() {
+    let test = "a_config_this_user_may_not_read_says_run_doctor_with_sudo";
+    if !rustix::process::getuid().is_root() {
+        labship_tests::skip(test, "needs root to drop to nobody");
+        return;
+    }
+    let env = TestEnv::new();
+    let cfg = host(&env);
+    // Like /etc/labship: the directory closed to others.
+    let etc = env.path().join("etc-labship");
+    std::fs::create_dir(&etc).unwrap();
+    let closed = etc.join("shipper.toml");
+    std::fs::rename(&cfg, &closed).unwrap();
+    let ok = std::process::Command::new("chmod")
+        .args(["a+rX"])
+        .arg(env.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(&etc, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(labship_tests::bin("doctor"))
+        .args(["--config", closed.to_str().unwrap(), "--no-ping"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let headline = text.lines().next().unwrap_or_default();
+    assert!(
+        headline.starts_with("FAIL")
+            && headline.contains("Permission denied")
+            && headline.contains(&format!(
+                "fix: sudo {} --config {}",
+                labship_tests::bin("doctor").display(),
+                closed.display()
+            )),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("install-lab-host.sh"), "{text}");
+}
+
 /// The client certificate's expiry: FAIL once expired, WARN within 14 days,
 /// each with the renewal as its fix.
 #[test]

@@ -129,8 +129,21 @@ pub async fn check(
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            let fix = if e.key.is_empty() && !opts.config.exists() {
-                Fix::restart("cd /opt/labship && sudo ./scripts/install-lab-host.sh")
+            let denied = std::fs::metadata(&opts.config)
+                .is_err_and(|m| m.kind() == std::io::ErrorKind::PermissionDenied);
+            let fix = if e.key.is_empty() && denied {
+                // Not missing: this user may not read it (/etc/labship is
+                // root:labship 0750). The installer would change nothing.
+                let doctor = std::env::current_exe().map_or_else(
+                    |_| "/opt/labship/bin/doctor".into(),
+                    |p| p.display().to_string(),
+                );
+                Fix::safe(format!(
+                    "sudo {doctor} --config {}",
+                    super::unsettled::sh_quote(&opts.config)
+                ))
+            } else if e.key.is_empty() && !opts.config.exists() {
+                Fix::restart(reinstall())
             } else {
                 Fix::restart(format!(
                     "sudoedit {} && sudo systemctl restart {UNIT}",
@@ -363,6 +376,18 @@ async fn ping(config: &Config) -> Finding {
     }
 }
 
+/// The installer's command on this host: the package's copy (run as its
+/// postinst runs it) where the .deb installed labship (its /opt/labship
+/// holds only bin/), else the checkout's.
+fn reinstall() -> String {
+    let packaged = "/usr/share/labship-shipper/scripts/install-lab-host.sh";
+    if Path::new(packaged).is_file() && !Path::new("/opt/labship/scripts").is_dir() {
+        format!("sudo {packaged} --packaged")
+    } else {
+        "cd /opt/labship && sudo ./scripts/install-lab-host.sh".into()
+    }
+}
+
 fn disk(config: &Config) -> Vec<Finding> {
     let dir = &config.data_dir;
     let st = match rustix::fs::statvfs(dir) {
@@ -372,9 +397,7 @@ fn disk(config: &Config) -> Vec<Finding> {
                 Level::Fail,
                 "disk",
                 format!("cannot stat {}: {e}", dir.display()),
-                Some(Fix::restart(
-                    "cd /opt/labship && sudo ./scripts/install-lab-host.sh",
-                )),
+                Some(Fix::restart(reinstall())),
                 Rank::DataDirMissing,
             )];
         }
