@@ -60,8 +60,13 @@ main() {
   store=${store:-$DATA_DIR/episodes}
   # storage.dir holds the archives (kind fs) or the spool of partial
   # uploads (kind s3): created either way, and a dir outside $DATA_DIR gets
-  # the unit's drop-in.
-  ensure_dir "$R$store" 0750 svc svc
+  # the unit's drop-in. An existing one outside it is the operator's (its
+  # group may be the readers'; an NFS root_squash refuses a chown): kept.
+  if [[ $store == "$DATA_DIR"/* || ! -e $R$store ]]; then
+    ensure_dir "$R$store" 0750 svc svc
+  else
+    report kept "$R$store/ (storage.dir outside $DATA_DIR: its owner and mode are left as they are; user $SVC_USER must be able to write it)"
+  fi
 
   install_unit "$UNIT"
   rw_path_dropin "$UNIT" storage.dir "$store" "$DATA_DIR"

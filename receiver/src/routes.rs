@@ -233,14 +233,14 @@ async fn put_episode(
     // hyper drops a handler whose client went away. A PUT runs in its own task
     // instead, so a commit in progress keeps its per-episode lock, its upload
     // permit and its audit line whatever the connection does.
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let conn = conn.map(|c| c.0);
-    let span = request_span(
+    in_own_task(
         "put",
-        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
-    );
-    let task = tokio::spawn(put_decided(state, conn, headers, path, body).instrument(span));
-    task.await
-        .unwrap_or_else(|e| ApiError::internal(format!("put task: {e}")).into_response())
+        &episode,
+        put_decided(state, conn, headers, path, body),
+    )
+    .await
 }
 
 /// The span a request's work runs in: its operation and the episode of its
@@ -249,6 +249,19 @@ async fn put_episode(
 /// receiver's log") names the request it failed.
 pub(crate) fn request_span(op: &'static str, episode: &str) -> tracing::Span {
     tracing::info_span!("request", op, episode, host = tracing::field::Empty)
+}
+
+/// Runs a request's work `fut` in its own task, in its span ([`request_span`]):
+/// hyper drops a handler whose client went away, and a request must not stop
+/// halfway through a commit, a checkpoint, a creation or a removal.
+pub(crate) async fn in_own_task(
+    op: &'static str,
+    episode: &str,
+    fut: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    tokio::spawn(fut.instrument(request_span(op, episode)))
+        .await
+        .unwrap_or_else(|e| ApiError::internal(format!("{op} task: {e}")).into_response())
 }
 
 /// Records the authenticated host on the current request's span.

@@ -94,7 +94,7 @@ pub(crate) fn packing_held(waiting: usize) {
     tracing::warn!(
         waiting,
         event = "packing_held",
-        "{waiting} archives wait in outbox/ for a retry after failures of their own; no new episode is packed until one of them goes (the retry lines say why they failed)"
+        "{waiting} archives wait in outbox/ for a retry after failures of their own, and no upload has succeeded since: no more new episodes are packed until one does (one per pass still goes; the retry lines say why they failed)"
     );
 }
 

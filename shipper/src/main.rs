@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             return once(&mut shipper, json).await;
         }
         if let Some(why) = outlasts_the_watchdog(&config) {
-            return fail(json, 2, "invalid_config", why);
+            tracing::error!(key = "receiver.stall_timeout_s", "{why}");
         }
         daemon(shipper, &config).await
     });
@@ -309,15 +309,16 @@ async fn ops_listener(listen: std::net::SocketAddr, config: &Config) {
 /// Under a watchdog, the longest quiet stretch of the work loop (an upload
 /// whose body is sent, awaiting its answer: `receiver.stall_timeout_s` plus
 /// [`ANSWER_GRACE`]) must fit in the unit's `WatchdogSec`, or systemd kills
-/// every such upload as a hung shipper. Said as an invalid configuration,
-/// naming the key and both ways out.
+/// an upload that waits that long as a hung shipper. Said loudly at start,
+/// naming the key and both ways out; not refused: a short `WatchdogSec`
+/// (a drop-in to catch wedges sooner) is the operator's trade.
 fn outlasts_the_watchdog(config: &Config) -> Option<String> {
     use labship_shipper::upload::ANSWER_GRACE;
     let watchdog = systemd::watchdog_sec()?;
     let quiet = config.stall_timeout + ANSWER_GRACE;
     (quiet >= watchdog).then(|| {
         format!(
-            "invalid configuration: {}: receiver.stall_timeout_s = {}: with the {} s an answer may take after the body, the work loop may stay quiet {} s, not under this unit's WatchdogSec ({} s): systemd would kill every upload awaiting its answer; set at most {} s, or raise WatchdogSec in a drop-in (systemctl edit labship-shipper.service)",
+            "{}: receiver.stall_timeout_s = {}: with the {} s an answer may take after the body, the work loop may stay quiet {} s, not under this unit's WatchdogSec ({} s): systemd will kill an upload that awaits its answer that long; set at most {} s, or raise WatchdogSec in a drop-in (systemctl edit labship-shipper.service)",
             config.file.display(),
             config.stall_timeout.as_secs(),
             ANSWER_GRACE.as_secs(),

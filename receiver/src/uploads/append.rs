@@ -31,7 +31,6 @@ use labship_protocol::upload::{UPLOAD_COMPLETE, UPLOAD_OFFSET, parse_complete, p
 use labship_protocol::{Commit, ErrorCode, Id, Sha256Digest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument as _;
 
 /// Checkpoint after this many appended bytes...
 const CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -66,14 +65,10 @@ pub(super) async fn patch(
 ) -> Response {
     // As a PUT: in its own task, so a client going away never drops an
     // append halfway through a checkpoint or a commit.
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let conn = conn.map(|c| c.0);
-    let span = crate::routes::request_span(
-        "upload_append",
-        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
-    );
-    let task = tokio::spawn(patch_decided(state, conn, headers, path, body).instrument(span));
-    task.await
-        .unwrap_or_else(|e| ApiError::internal(format!("patch task: {e}")).into_response())
+    let work = patch_decided(state, conn, headers, path, body);
+    crate::routes::in_own_task("upload_append", &episode, work).await
 }
 
 async fn patch_decided(
@@ -91,9 +86,23 @@ async fn patch_decided(
     // This append may have left one more idle session behind.
     state.resumable.trim_sessions().await;
     // An answer from the headers: read (and discard) a bounded amount so
-    // that an HTTP/1 client still writing can read it.
-    if !facts.body_started && may_drain_unread_body(&headers, result.as_ref().err()) {
-        let _ = crate::ingest::drain(&mut body, EARLY_ANSWER_DRAIN, state.limits).await;
+    // that an HTTP/1 client still writing can read it. A verdict on the
+    // archive found while the body streamed (a 4xx: 413 past
+    // max_unpacked_bytes, 400): read the rest of it, as a PUT does, so the
+    // client reads that final answer instead of a reset it would take for a
+    // cut and send the archive again. A transient answer (503 at shutdown,
+    // 507, 500) is not worth the wait: read as a cut, it is retried anyway.
+    let verdict = result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.status().is_client_error());
+    let budget = if facts.body_started {
+        verdict.then_some(state.limits.max_bytes)
+    } else {
+        may_drain_unread_body(&headers, result.as_ref().err()).then_some(EARLY_ANSWER_DRAIN)
+    };
+    if let Some(budget) = budget {
+        let _ = crate::ingest::drain(&mut body, budget, state.limits).await;
     }
     decision.record(&state, &facts, &result);
     result.into_response()

@@ -38,7 +38,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use table::{Claim, Refusal, Slot, take_over};
-use tracing::Instrument as _;
 
 pub(crate) use table::Table;
 
@@ -218,14 +217,10 @@ async fn create(
     // In its own task, as a PUT or a PATCH: a client going away never drops
     // a creation between its spool directory and its table entry, or a
     // replaced upload halfway through its removal.
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let conn = conn.map(|c| c.0);
-    let span = crate::routes::request_span(
-        "upload_create",
-        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
-    );
-    tokio::spawn(create_decided(state, conn, headers, path, body).instrument(span))
-        .await
-        .unwrap_or_else(|e| ApiError::internal(format!("upload create task: {e}")).into_response())
+    let work = create_decided(state, conn, headers, path, body);
+    crate::routes::in_own_task("upload_create", &episode, work).await
 }
 
 async fn create_decided(
@@ -444,14 +439,10 @@ async fn discard(
 ) -> Response {
     // In its own task: a client going away never leaves the upload marked
     // gone with its files still on disk.
+    let episode = path.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     let conn = conn.map(|c| c.0);
-    let span = crate::routes::request_span(
-        "upload_delete",
-        path.as_ref().map(|p| p.1.as_str()).unwrap_or_default(),
-    );
-    tokio::spawn(discard_decided(state, conn, headers, path).instrument(span))
-        .await
-        .unwrap_or_else(|e| ApiError::internal(format!("upload delete task: {e}")).into_response())
+    let work = discard_decided(state, conn, headers, path);
+    crate::routes::in_own_task("upload_delete", &episode, work).await
 }
 
 async fn discard_decided(

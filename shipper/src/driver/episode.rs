@@ -327,11 +327,12 @@ impl Shipper {
                 tokio::task::spawn_blocking(move || keep_unanswered(&layout, &id, Some(&archive)))
                     .await;
         }
+        self.last_upload_ok = false;
         let (scope, wait) = if ep.whole_host {
             ("host", self.hold_host(ep.asked, ep.retry_after))
         } else {
             if self.layout.archive_path(&ep.id).is_file() {
-                self.retries_packed += 1;
+                self.waiting_packed.insert(ep.id.clone());
             }
             ("episode", self.schedule(&ep.id, ep.retry_after))
         };

@@ -185,6 +185,8 @@ impl Shipper {
             summary.shipped += 1;
         }
         self.backoff.remove(&id);
+        self.waiting_packed.remove(&id);
+        self.last_upload_ok = true;
         self.last_success = Some(SystemTime::now());
         self.left.insert(id.clone());
         crate::metrics::get().episode(if already_present {

@@ -88,8 +88,15 @@ pub struct Shipper {
     /// Outbox archives found at start-up are verified with HEAD once.
     verified: HashSet<Id>,
     /// Episodes on their own backoff with an archive in `outbox/`: at
-    /// [`packing::RETRIES_PACKED_MAX`], no new pack starts.
-    retries_packed: usize,
+    /// [`packing::RETRIES_PACKED_MAX`] of them, new packs are held
+    /// ([`Shipper::packing_held`]).
+    waiting_packed: HashSet<Id>,
+    /// The last upload that ended did so with the episode shipped: the
+    /// receiver takes uploads, so those waiting fail for reasons of their
+    /// own and hold nothing.
+    last_upload_ok: bool,
+    /// This pass's one new pack while new packs are held went.
+    probe_sent: bool,
     /// The hold on new packs was said (once until it lifts).
     packing_held_said: bool,
     workers: u32,
@@ -143,7 +150,9 @@ impl Shipper {
             receiver_answered: false,
             uploads_moved: Arc::new(AtomicU64::new(0)),
             verified: HashSet::new(),
-            retries_packed: 0,
+            waiting_packed: HashSet::new(),
+            last_upload_ok: true,
+            probe_sent: false,
             packing_held_said: false,
             workers,
             last_success: None,
@@ -189,7 +198,7 @@ impl Shipper {
         };
         self.left.clear();
         self.forget_unqueued(&scan.found);
-        self.count_retries_packed();
+        self.count_waiting_packed();
         let mut cx = PassCtx {
             summary: Summary {
                 pending: scan.pending,

@@ -27,11 +27,14 @@ use tracing::Instrument as _;
 pub(super) const LOOK_AHEAD: usize = 2;
 
 /// Archives kept in `outbox/` for a retry after a failure of their own,
-/// beyond which no new episode is packed until one of them goes: a
-/// receiver that fails every upload with an answer of the episode's scope
-/// (500s from a store gone read-only, say) must not have the whole backlog
+/// from which on new packs are held while no upload succeeds: a receiver
+/// that fails every upload with an answer of the episode's scope (500s
+/// from a store gone read-only, say) must not have the whole backlog
 /// packed into `outbox/`, on the disk the producers write to, one copy per
-/// episode. The ones waiting are retried on their own backoff meanwhile.
+/// episode. The ones waiting are retried on their own backoff meanwhile,
+/// and one new pack per pass still goes (up to twice this many waiting), so
+/// episodes failing for reasons of their own never stop the others: the
+/// first upload that succeeds lifts the hold.
 pub(super) const RETRIES_PACKED_MAX: usize = 8;
 
 /// A pack on a blocking thread. Its archive arrives on `ready` as soon as
@@ -70,7 +73,7 @@ impl Shipper {
     pub(super) fn start_prefetch(&mut self, upcoming: &VecDeque<(Id, Found)>) {
         if self.prefetch.len() >= LOOK_AHEAD
             || self.prefetch.iter().any(|p| p.packed.is_none())
-            || self.retries_packed >= RETRIES_PACKED_MAX
+            || self.new_packs_held()
         {
             return;
         }
@@ -97,33 +100,43 @@ impl Shipper {
     }
 
     /// The episodes on their own backoff whose archive waits in `outbox/`
-    /// (counted at each pass's start, one stat each; a failure in the pass
-    /// adds its own).
-    pub(super) fn count_retries_packed(&mut self) {
+    /// (at each pass's start, one stat each; a failure in the pass adds
+    /// its own, a ship removes its own).
+    pub(super) fn count_waiting_packed(&mut self) {
         let layout = &self.layout;
-        self.retries_packed = self
+        self.waiting_packed = self
             .backoff
             .keys()
             .filter(|id| layout.archive_path(id).is_file())
-            .count();
-        if self.retries_packed < RETRIES_PACKED_MAX {
+            .cloned()
+            .collect();
+        self.probe_sent = false;
+        if !self.new_packs_held() {
             self.packing_held_said = false;
         }
     }
 
+    /// [`RETRIES_PACKED_MAX`] archives wait for a retry and no upload has
+    /// succeeded since.
+    fn new_packs_held(&self) -> bool {
+        self.waiting_packed.len() >= RETRIES_PACKED_MAX && !self.last_upload_ok
+    }
+
     /// Whether ready episode `id` waits because it would need a new pack
-    /// while [`RETRIES_PACKED_MAX`] archives wait for a retry (said once
-    /// until the number drops).
+    /// while new packs are held (said once until the hold lifts); the
+    /// pass's one new pack goes.
     pub(super) fn packing_held(&mut self, id: &Id) -> bool {
-        if self.retries_packed < RETRIES_PACKED_MAX
-            || self.prefetched(id)
-            || self.layout.outbox(id) != Outbox::Empty
+        if !self.new_packs_held() || self.prefetched(id) || self.layout.outbox(id) != Outbox::Empty
         {
+            return false;
+        }
+        if self.waiting_packed.len() < 2 * RETRIES_PACKED_MAX && !self.probe_sent {
+            self.probe_sent = true;
             return false;
         }
         if !self.packing_held_said {
             self.packing_held_said = true;
-            crate::journal::packing_held(self.retries_packed);
+            crate::journal::packing_held(self.waiting_packed.len());
         }
         true
     }

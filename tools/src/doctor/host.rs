@@ -129,7 +129,7 @@ pub async fn check(
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            let denied = std::fs::metadata(&opts.config)
+            let denied = std::fs::File::open(&opts.config)
                 .is_err_and(|m| m.kind() == std::io::ErrorKind::PermissionDenied);
             let fix = if e.key.is_empty() && denied {
                 // Not missing: this user may not read it (/etc/labship is
@@ -430,6 +430,8 @@ mod tests {
     fn files_the_service_user_cannot_read_are_named_with_their_fix() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
+        // Whatever the umask: only the files below are closed to it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let etc = dir.path().join("etc");
         std::fs::create_dir(&etc).unwrap();
         let write = |name: &str, mode: u32| {
