@@ -1009,17 +1009,16 @@ fn shipper_refuses_a_ca_file_without_certificates_and_names_a_bad_key_file() {
     }
 }
 
-/// A receiver that fails every upload with an answer of the episode's own
-/// scope (`500 internal`, as from a store gone read-only): each episode
-/// waits on its own backoff with its archive kept in `outbox/` for the
-/// retry, but only a few are packed; the rest of the backlog stays in
-/// `episodes/` (pending) instead of being copied, compressed, into
-/// `outbox/` on the disk the producers write to. Said once (WARN
-/// `packing_held`); nothing is quarantined.
-#[test]
-fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
+/// Something answering as a receiver that fails every upload with `500
+/// internal` (a store gone read-only): the ping answers, `HEAD` says
+/// nothing is stored, every `PUT` and upload `POST` is 500. With the lab
+/// host's data_dir, its (empty) `episodes/` and its config pointing there
+/// (`top`: the config's top-level keys).
+fn failing_receiver(
+    env: &TestEnv,
+    top: &str,
+) -> (labship_tests::impostor::Impostor, PathBuf, PathBuf, PathBuf) {
     use labship_tests::impostor::{Answer, Impostor};
-    let env = TestEnv::new();
     let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
         "PUT" | "POST" if q.path != "/v1/ping" => Answer::json(
             500,
@@ -1031,21 +1030,29 @@ fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
     let data = env.path().join("lab");
     let eps = data.join("episodes");
     std::fs::create_dir_all(&eps).unwrap();
+    let cfg = env.path().join("shipper.toml");
+    let client = env.pki.client(HOST);
+    let text = labship_tests::shipper_toml(env, HOST, &failing.url, &data, &client, top);
+    std::fs::write(&cfg, text).unwrap();
+    (failing, data, eps, cfg)
+}
+
+/// A receiver that fails every upload with an answer of the episode's own
+/// scope (`500 internal`, as from a store gone read-only): each episode
+/// waits on its own backoff with its archive kept in `outbox/` for the
+/// retry, but only a few are packed; the rest of the backlog stays in
+/// `episodes/` (pending) instead of being copied, compressed, into
+/// `outbox/` on the disk the producers write to. Said once (WARN
+/// `packing_held`); nothing is quarantined.
+#[test]
+fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
+    let env = TestEnv::new();
+    let (failing, data, eps, cfg) = failing_receiver(&env, "settle_s = 0\nscan_interval_s = 1");
     let episodes = 30;
     for k in 0..episodes {
         let files: &[(&str, &[u8])] = &[("frames.bin", &noise((1 << 20) + 100_000, k))];
         write_episode(&eps, &format!("ep-{k:02}"), Some(GOOD_COMMIT), files);
     }
-    let cfg = env.path().join("shipper.toml");
-    let text = labship_tests::shipper_toml(
-        &env,
-        HOST,
-        &failing.url,
-        &data,
-        &env.pki.client(HOST),
-        "settle_s = 0\nscan_interval_s = 1",
-    );
-    std::fs::write(&cfg, &text).unwrap();
     let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 1, "transient\n{out}\n{err}");
     let packed = names(&data.join("outbox"))
@@ -1080,31 +1087,11 @@ fn a_receiver_failing_every_upload_gets_at_most_a_few_archives_packed() {
 /// moved the changed tree to `shipped/` as if the receiver held it.
 #[test]
 fn an_episode_changed_after_its_pack_is_packed_again() {
-    use labship_tests::impostor::{Answer, Impostor};
     let env = TestEnv::new();
-    let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
-        "PUT" => Answer::json(500, r#"{"error":"internal","message":"internal error"}"#),
-        "HEAD" => Answer::json(404, r#"{"error":"not_found","message":"no such episode"}"#),
-        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
-    });
-    let data = env.path().join("lab");
-    let eps = data.join("episodes");
-    std::fs::create_dir_all(&eps).unwrap();
+    let top = "settle_s = 1\nscan_interval_s = 1";
+    let (_failing, data, eps, cfg) = failing_receiver(&env, top);
     let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 << 20, 5))];
     let dir = write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
-    let cfg = env.path().join("shipper.toml");
-    let config = |url: &str| {
-        let text = labship_tests::shipper_toml(
-            &env,
-            HOST,
-            url,
-            &data,
-            &env.pki.client(HOST),
-            "settle_s = 1\nscan_interval_s = 1",
-        );
-        std::fs::write(&cfg, text).unwrap();
-    };
-    config(&failing.url);
     std::thread::sleep(Duration::from_millis(1100));
     let (code, _, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 1, "{err}");
@@ -1113,7 +1100,9 @@ fn an_episode_changed_after_its_pack_is_packed_again() {
     std::fs::write(dir.join("late.txt"), b"written after the pack\n").unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     let r = Receiver::start(&env);
-    config(&r.url);
+    let client = env.pki.client(HOST);
+    let text = labship_tests::shipper_toml(&env, HOST, &r.url, &data, &client, top);
+    std::fs::write(&cfg, text).unwrap();
     let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
@@ -1135,28 +1124,10 @@ fn an_episode_changed_after_its_pack_is_packed_again() {
 /// runs for months kept every such archive).
 #[test]
 fn an_episode_moved_away_while_it_waits_leaves_nothing_in_outbox() {
-    use labship_tests::impostor::{Answer, Impostor};
     let env = TestEnv::new();
-    let failing = Impostor::start(&env.pki, |q| match q.method.as_str() {
-        "PUT" => Answer::json(500, r#"{"error":"internal","message":"internal error"}"#),
-        "HEAD" => Answer::json(404, r#"{"error":"not_found","message":"no such episode"}"#),
-        _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
-    });
-    let data = env.path().join("lab");
-    let eps = data.join("episodes");
-    std::fs::create_dir_all(&eps).unwrap();
+    let (_failing, data, eps, cfg) = failing_receiver(&env, "settle_s = 0\nscan_interval_s = 1");
     let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 << 20, 9))];
     write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
-    let cfg = env.path().join("shipper.toml");
-    let text = labship_tests::shipper_toml(
-        &env,
-        HOST,
-        &failing.url,
-        &data,
-        &env.pki.client(HOST),
-        "settle_s = 0\nscan_interval_s = 1",
-    );
-    std::fs::write(&cfg, text).unwrap();
     let log = env.path().join("shipper.log");
     let _daemon = Daemon(
         std::process::Command::new(labship_tests::bin("shipper"))
