@@ -430,7 +430,8 @@ fn store_contents(store: &Path) -> Vec<String> {
     };
     for h in hosts.filter_map(Result::ok) {
         let name = h.file_name().to_string_lossy().into_owned();
-        if name == ".scratch" {
+        // The receiver's own: its scratch, and the lock it holds on the store.
+        if name == ".scratch" || name == labship_receiver::STORAGE_LOCK {
             continue;
         }
         match std::fs::read_dir(h.path()) {
