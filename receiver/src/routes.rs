@@ -290,7 +290,7 @@ async fn put_decided(
             if matches!(e.code, ErrorCode::TooLarge | ErrorCode::InsufficientStorage)
                 && !facts.body_started =>
         {
-            EARLY_REFUSAL_DRAIN
+            EARLY_ANSWER_DRAIN
         }
         _ => state.limits.max_bytes,
     };
@@ -381,9 +381,10 @@ impl ApiCall {
     }
 }
 
-/// How much of a body declared too large is read and discarded before the
-/// 413 is sent, so that a client still writing it can read the answer.
-const EARLY_REFUSAL_DRAIN: u64 = 4 << 20;
+/// How much of a body answered from its headers (a declared size refused,
+/// any refusal of a PUT, a POST or a PATCH before its body) is read and
+/// discarded first, so that a client still writing it can read the answer.
+pub(crate) const EARLY_ANSWER_DRAIN: u64 = 4 << 20;
 
 async fn put_inner(
     state: &AppState,

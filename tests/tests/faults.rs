@@ -556,23 +556,9 @@ fn receiver_killed_and_restarted_under_a_daemons_uploads_delivers_all_once() {
     }
     let log = env.path().join("shipper.log");
     let t = Instant::now();
-    let _daemon = Daemon(
-        std::process::Command::new(labship_tests::bin("shipper"))
-            .args(["--config", cfg.to_str().unwrap()])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = daemon_logged(&cfg, &log);
     let wait = |what: &str, within: Duration, cond: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + within;
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} not within {within:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_logged(&log, what, within, cond)
     };
     let mut kills = 0;
     for shipped_before in [1, 3] {
@@ -1009,6 +995,30 @@ fn shipper_refuses_a_ca_file_without_certificates_and_names_a_bad_key_file() {
     }
 }
 
+/// A shipper daemon on `cfg`, its stderr in `log`; killed when dropped.
+fn daemon_logged(cfg: &Path, log: &Path) -> Daemon {
+    Daemon(
+        std::process::Command::new(labship_tests::bin("shipper"))
+            .args(["--config", cfg.to_str().unwrap()])
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits `within` for `cond`; fails naming `what`, with the daemon's `log`.
+fn wait_logged(log: &Path, what: &str, within: Duration, cond: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {within:?}:\n{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Something answering as a receiver that fails every upload with `500
 /// internal` (a store gone read-only): the ping answers, `HEAD` says
 /// nothing is stored, every `PUT` and upload `POST` is 500. With the lab
@@ -1129,23 +1139,9 @@ fn an_episode_moved_away_while_it_waits_leaves_nothing_in_outbox() {
     let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 << 20, 9))];
     write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
     let log = env.path().join("shipper.log");
-    let _daemon = Daemon(
-        std::process::Command::new(labship_tests::bin("shipper"))
-            .args(["--config", cfg.to_str().unwrap()])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = daemon_logged(&cfg, &log);
     let wait = |what: &str, cond: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} not within 20 s:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_logged(&log, what, Duration::from_secs(20), cond)
     };
     let outbox = data.join("outbox");
     wait("an archive kept for the retry", &|| {

@@ -467,21 +467,7 @@ fn episode_busy_after_a_cut_defers_that_episode_only() {
         ),
         _ => Answer::json(200, r#"{"ok":true,"host_id":"lab-01"}"#),
     });
-    let data = env.path().join("lab");
-    let eps = data.join("episodes");
-    std::fs::create_dir_all(&eps).unwrap();
-    let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 * MIB, 7))];
-    write_episode(&eps, "ep", Some(GOOD_COMMIT), files);
-    let cfg = env.path().join("shipper.toml");
-    let text = labship_tests::shipper_toml(
-        &env,
-        HOST,
-        &receiver.url,
-        &data,
-        &env.pki.client(HOST),
-        "settle_s = 0\nscan_interval_s = 1",
-    );
-    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
+    let (data, cfg) = upload_api_host(&env, &receiver.url, &[("ep", 7)]);
     let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 1, "transient\n{out}\n{err}");
     let settled = receiver
@@ -507,6 +493,25 @@ fn episode_busy_after_a_cut_defers_that_episode_only() {
         status["hold_s"].is_null(),
         "the host is not on hold: {status}"
     );
+}
+
+/// A lab host whose every archive goes by the upload API
+/// (`resumable_min_bytes = 0`), shipping to `url`: episodes of 2 MiB of
+/// noise (id, seed) in its data_dir. Returns the data_dir and the config.
+fn upload_api_host(env: &TestEnv, url: &str, episodes: &[(&str, u64)]) -> (PathBuf, PathBuf) {
+    let data = env.path().join("lab");
+    let eps = data.join("episodes");
+    std::fs::create_dir_all(&eps).unwrap();
+    for (id, seed) in episodes {
+        let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 * MIB, *seed))];
+        write_episode(&eps, id, Some(GOOD_COMMIT), files);
+    }
+    let cfg = env.path().join("shipper.toml");
+    let client = env.pki.client(HOST);
+    let top = "settle_s = 0\nscan_interval_s = 1";
+    let text = labship_tests::shipper_toml(env, HOST, url, &data, &client, top);
+    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
+    (data, cfg)
 }
 
 /// `shipper --once` with `LABSHIP_CRASH_AT=point`: it must die there.
@@ -596,23 +601,8 @@ fn a_receiver_without_the_upload_api_gets_put() {
         // is not under test here.
         _ => Answer::json(503, r#"{"error":"episode_busy","message":"busy"}"#),
     });
-    let data = env.path().join("lab");
+    let (data, cfg) = upload_api_host(&env, &old.url, &[("a", 1), ("b", 2)]);
     let eps = data.join("episodes");
-    std::fs::create_dir_all(&eps).unwrap();
-    for (id, seed) in [("a", 1), ("b", 2)] {
-        let files: &[(&str, &[u8])] = &[("frames.bin", &noise(2 * MIB, seed))];
-        write_episode(&eps, id, Some(GOOD_COMMIT), files);
-    }
-    let cfg = env.path().join("shipper.toml");
-    let text = labship_tests::shipper_toml(
-        &env,
-        HOST,
-        &old.url,
-        &data,
-        &env.pki.client(HOST),
-        "settle_s = 0\nscan_interval_s = 1",
-    );
-    std::fs::write(&cfg, format!("{text}[limits]\nresumable_min_bytes = 0\n")).unwrap();
     let (code, out, err) = run("shipper", &["--config", cfg.to_str().unwrap(), "--once"]);
     assert_eq!(code, 1, "transient\n{out}\n{err}");
     let requests = old.requests();

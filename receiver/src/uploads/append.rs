@@ -99,7 +99,8 @@ async fn patch_decided(
     let budget = if facts.body_started {
         verdict.then_some(state.limits.max_bytes)
     } else {
-        may_drain_unread_body(&headers, result.as_ref().err()).then_some(EARLY_ANSWER_DRAIN)
+        may_drain_unread_body(&headers, result.as_ref().err())
+            .then_some(crate::routes::EARLY_ANSWER_DRAIN)
     };
     if let Some(budget) = budget {
         let _ = crate::ingest::drain(&mut body, budget, state.limits).await;
@@ -107,9 +108,6 @@ async fn patch_decided(
     decision.record(&state, &facts, &result);
     result.into_response()
 }
-
-/// What is read of a body answered from its headers alone.
-pub(super) const EARLY_ANSWER_DRAIN: u64 = 4 << 20;
 
 async fn append(
     state: &AppState,

@@ -239,7 +239,8 @@ async fn create_decided(
     // amount read (and discarded) so that the client sees the answer rather
     // than a reset.
     if may_drain_unread_body(&headers, result.as_ref().err()) {
-        let _ = crate::ingest::drain(&mut body, append::EARLY_ANSWER_DRAIN, state.limits).await;
+        let _ =
+            crate::ingest::drain(&mut body, crate::routes::EARLY_ANSWER_DRAIN, state.limits).await;
     }
     decision.record(&state, &facts, &result);
     result.into_response()
